@@ -1,0 +1,181 @@
+"""/v1/jobs: submit, list, inspect, cancel, artifacts, events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import RedirectResponse, StreamingResponse
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+
+from api.deps import current_owner, get_session, get_state
+from api.schemas import ArtifactOut, ErrorResponse, JobList, JobOut
+from api.state import AppState
+from api.submission import parse_config, submit_job
+from api.uploads import limited_request, require_file, save_upload
+from shared.errors import LorabakeError, NotFoundError
+from shared.jobs import request_cancel
+from shared.models import Artifact, Job, JobEvent, JobStatus
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+Owner = Annotated[str, Depends(current_owner)]
+State = Annotated[AppState, Depends(get_state)]
+DB = Annotated[Session, Depends(get_session)]
+
+_ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422)}
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["dataset", "config"],
+                    "properties": {
+                        "dataset": {"type": "string", "format": "binary", "description": "zip of images"},
+                        "config": {"type": "string", "description": "TrainingConfig as JSON text"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _owned_job(session: Session, owner: str, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.owner != owner:  # another owner's job is indistinguishable from a missing one
+        raise NotFoundError(f"no job {job_id}", details={"job_id": job_id})
+    return job
+
+
+@router.post("", status_code=201, response_model=JobOut, responses=_ERRORS, openapi_extra=_UPLOAD_BODY)
+async def create_job(request: Request, response: Response, owner: Owner, state: State) -> JobOut:
+    """Upload a dataset zip and a training config; the job is queued once both check out."""
+    limited = limited_request(request, state.settings.max_upload_bytes)
+    async with limited.form(max_files=1, max_fields=8) as form:
+        config = parse_config(form.get("config"))
+        upload = require_file(form.get("dataset"), "dataset")
+        received = await run_in_threadpool(save_upload, upload, state.settings.work_dir / "uploads")
+    try:
+        job = await run_in_threadpool(submit_job, state, owner, config, received)
+    finally:
+        received.path.unlink(missing_ok=True)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobOut.of(job)
+
+
+@router.get("", response_model=JobList, responses=_ERRORS)
+def list_jobs(
+    owner: Owner,
+    session: DB,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: str | None = None,
+) -> JobList:
+    """Newest first. `next_cursor` fetches the next (older) page."""
+    query = select(Job).where(Job.owner == owner)
+    if status is not None:
+        query = query.where(Job.status == status.value)
+    if cursor:
+        anchor = session.get(Job, cursor)
+        if anchor is None or anchor.owner != owner:
+            raise LorabakeError(
+                "unknown cursor", code="invalid_cursor", details={"field": "cursor"}, status_code=422
+            )
+        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(anchor.created_at, anchor.id))
+    jobs = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    next_cursor = jobs[limit - 1].id if len(jobs) > limit else None
+    return JobList(items=[JobOut.of(j) for j in jobs[:limit]], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)
+def get_job(job_id: str, owner: Owner, session: DB) -> JobOut:
+    return JobOut.of(_owned_job(session, owner, job_id))
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=_ERRORS)
+def cancel_job(job_id: str, owner: Owner, session: DB) -> JobOut:
+    """Stops a job between two steps; epochs already saved stay downloadable."""
+    job = _owned_job(session, owner, job_id)
+    request_cancel(session, job)
+    session.commit()
+    return JobOut.of(job)
+
+
+@router.get("/{job_id}/artifacts", response_model=list[ArtifactOut], responses=_ERRORS)
+def list_artifacts(job_id: str, owner: Owner, session: DB) -> list[ArtifactOut]:
+    return [ArtifactOut.of(a) for a in _owned_job(session, owner, job_id).artifacts]
+
+
+@router.get("/{job_id}/artifacts/{artifact_id}", responses={**_ERRORS, 307: {"description": "to storage"}})
+def download_artifact(job_id: str, artifact_id: str, owner: Owner, session: DB, state: State) -> Response:
+    """Redirects to a presigned storage URL (S3), or streams the file (embedded mode)."""
+    _owned_job(session, owner, job_id)
+    artifact = session.get(Artifact, artifact_id)
+    if artifact is None or artifact.job_id != job_id:
+        raise NotFoundError(
+            f"no artifact {artifact_id} in job {job_id}", details={"artifact_id": artifact_id}
+        )
+    url = state.store.presigned_url(artifact.object_key, artifact.name)
+    if url:
+        return RedirectResponse(url, status_code=307)
+    return StreamingResponse(
+        iterate_in_threadpool(state.store.iter_bytes(artifact.object_key)),
+        media_type="application/octet-stream",
+        headers={
+            "Content-Disposition": f'attachment; filename="{artifact.name}"',
+            "Content-Length": str(artifact.size_bytes),
+            "ETag": f'"{artifact.sha256}"',
+        },
+    )
+
+
+@router.get("/{job_id}/events", responses=_ERRORS)
+async def stream_events(
+    job_id: str, request: Request, owner: Owner, state: State, after: Annotated[int, Query(ge=0)] = 0
+) -> StreamingResponse:
+    """Server-sent events: status changes, saved files and progress, until the job ends.
+    Reconnecting clients resume with `Last-Event-ID` (or `?after=`)."""
+    with state.sessions() as session:
+        _owned_job(session, owner, job_id)
+    last_id = int(request.headers.get("last-event-id", after) or 0)
+
+    def fetch(since: int) -> tuple[list[JobEvent], bool]:
+        with state.sessions() as session:
+            events = list(
+                session.scalars(
+                    select(JobEvent)
+                    .where(JobEvent.job_id == job_id, JobEvent.id > since)
+                    .order_by(JobEvent.id)
+                )
+            )
+            job = session.get(Job, job_id)
+            done = job is None or JobStatus(job.status).is_terminal
+            return events, done
+
+    async def generate() -> AsyncIterator[str]:
+        since = last_id
+        idle = 0
+        while not await request.is_disconnected():
+            events, done = await run_in_threadpool(fetch, since)
+            for event in events:
+                since = event.id
+                yield f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.data)}\n\n"
+            if done and not events:
+                return
+            idle = 0 if events else idle + 1
+            if idle and idle % 30 == 0:  # a comment line every ~15 s keeps proxies from closing the stream
+                yield ": keep-alive\n\n"
+            await asyncio.sleep(0.5)
+
+    return StreamingResponse(
+        generate(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,74 @@
+"""Multipart upload with a hard size limit, streamed to disk.
+
+Starlette's form parser already streams file parts into temporary files; we only wrap the ASGI receive
+channel so a body over the limit is cut off as it arrives (a lying or absent Content-Length included),
+instead of after it has filled the disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.types import Message
+
+from shared.errors import LorabakeError, PayloadTooLargeError
+
+
+@dataclass
+class ReceivedFile:
+    path: Path
+    filename: str
+    size: int
+    sha256: str
+
+
+def limited_request(request: Request, max_bytes: int) -> Request:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLargeError(
+            f"upload is {int(declared)} bytes; the limit is {max_bytes}", details={"limit_bytes": max_bytes}
+        )
+    received = 0
+    upstream = request.receive
+
+    async def receive() -> Message:
+        nonlocal received
+        message = await upstream()
+        received += len(message.get("body", b""))
+        if received > max_bytes:
+            raise PayloadTooLargeError(
+                f"upload exceeds the limit of {max_bytes} bytes", details={"limit_bytes": max_bytes}
+            )
+        return message
+
+    return Request(request.scope, receive)
+
+
+def save_upload(upload: UploadFile, directory: Path) -> ReceivedFile:
+    """Copies an uploaded file to a named temp file in `directory`, hashing it on the way."""
+    directory.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    with tempfile.NamedTemporaryFile(dir=directory, suffix=".zip", delete=False) as out:
+        upload.file.seek(0)
+        while chunk := upload.file.read(1024 * 1024):
+            digest.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+    return ReceivedFile(Path(out.name), upload.filename or "dataset.zip", size, digest.hexdigest())
+
+
+def require_file(form_value: object, field: str) -> UploadFile:
+    if not isinstance(form_value, UploadFile):
+        raise LorabakeError(
+            f"multipart field '{field}' must be a file",
+            code="missing_field",
+            details={"field": field},
+            status_code=422,
+        )
+    return form_value

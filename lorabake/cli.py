@@ -1,0 +1,208 @@
+"""`lorabake` — run the service (embedded or split), manage keys, or train without any service."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from shared.settings import Settings, get_settings
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group()
+def main() -> None:
+    """lorabake: Kohya-compatible LoRA training as a service."""
+
+
+@main.command()
+def migrate() -> None:
+    """Create or upgrade the database schema (Alembic)."""
+    from shared.migrate import upgrade
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    click.echo("database is at the latest schema")
+
+
+@main.command("create-key")
+@click.option("--owner", required=True, help="Who the key's jobs belong to.")
+@click.option("--name", default="", help="A label to recognize the key by.")
+def create_key(owner: str, name: str) -> None:
+    """Create an API key and print it (it is shown only once)."""
+    from shared.db import session_scope
+    from shared.keys import create_api_key
+
+    with session_scope(get_settings().database_url) as session:
+        click.echo(create_api_key(session, owner, name))
+
+
+@main.command()
+@click.option("--host", default=None, help="Default: LORABAKE_API_HOST (127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Default: LORABAKE_API_PORT (8000).")
+def api(host: str | None, port: int | None) -> None:
+    """Run the HTTP API only."""
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = get_settings()
+    _setup_logging()
+    uvicorn.run(
+        create_app(settings), host=host or settings.api_host, port=port or settings.api_port, log_level="info"
+    )
+
+
+def _worker_argv(settings: Settings, concurrency: int) -> list[str]:
+    # One child per GPU, replaced after every job so its GPU memory is returned to the driver.
+    return [
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        str(concurrency),
+        "--pool",
+        "prefork",
+        "--max-tasks-per-child",
+        "1",
+        "-Q",
+        settings.queue_name,
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+@main.command()
+@click.option("--concurrency", type=int, default=1, show_default=True, help="Jobs at once (one per GPU).")
+def worker(concurrency: int) -> None:
+    """Run a Celery training worker."""
+    from worker.celery_app import app
+
+    app.worker_main(_worker_argv(get_settings(), concurrency))
+
+
+def _embedded_key(settings: Settings) -> str:
+    """The key `serve` prints: made once, kept in the data folder (readable by its owner only)."""
+    from shared.db import session_scope
+    from shared.keys import create_api_key, owner_for_key
+
+    key_file = settings.data_dir / "api-key"
+    with session_scope(settings.database_url) as session:
+        if key_file.exists():
+            key = key_file.read_text().strip()
+            if owner_for_key(session, key):
+                return key
+        key = create_api_key(session, owner="local", name="embedded")
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
+    return key
+
+
+@main.command()
+@click.option("--host", default=None, help="Default: LORABAKE_API_HOST (127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Default: LORABAKE_API_PORT (8000).")
+def serve(host: str | None, port: int | None) -> None:
+    """Everything on one machine: database, storage, broker, API and one worker. No servers needed."""
+    import uvicorn
+
+    from api.app import create_app
+    from shared.migrate import upgrade
+
+    settings = get_settings()
+    _setup_logging()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    assert settings.models_dir is not None
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    key = _embedded_key(settings)
+    host, port = host or settings.api_host, port or settings.api_port
+
+    env = {**os.environ, "LORABAKE_DATA_DIR": str(settings.data_dir)}
+    worker_proc = subprocess.Popen([sys.executable, "-m", "lorabake.cli", "worker"], env=env)
+    models = ", ".join(sorted(p.name for p in settings.models_dir.iterdir()))
+    models = models or "none yet: `lorabake tiny-model` writes a tiny demo model"
+    click.echo(
+        f"\nlorabake is running at http://{host}:{port}  (API docs: http://{host}:{port}/docs)\n"
+        f"API key: {key}\n"
+        f"data folder: {settings.data_dir}\n"
+        f"base models in {settings.models_dir}: {models}\n"
+    )
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    finally:
+        worker_proc.terminate()
+        try:
+            worker_proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker_proc.kill()
+
+
+@main.command()
+@click.argument("config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--models-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where base_model is looked up. Default: LORABAKE_MODELS_DIR.",
+)
+def train(config_file: Path, dataset_dir: Path, out_dir: Path, models_dir: Path | None) -> None:
+    """Train a LoRA from CONFIG_FILE (JSON) on DATASET_DIR into OUT_DIR, without the service."""
+    from pydantic import ValidationError
+
+    from shared.errors import LorabakeError
+    from shared.spec import TrainingConfig
+    from worker.training.engine import EngineHooks, Progress, SavedLora, train_lora
+
+    try:
+        config = TrainingConfig.model_validate(json.loads(config_file.read_text()))
+    except (ValidationError, json.JSONDecodeError) as exc:
+        raise click.ClickException(f"{config_file}: {exc}") from exc
+
+    def show_progress(p: Progress) -> None:
+        if p.step == p.total_steps or p.step % 10 == 0:
+            rate = f"{p.steps_per_second:.2f} it/s" if p.steps_per_second else "-"
+            click.echo(
+                f"epoch {p.epoch}/{p.total_epochs} step {p.step}/{p.total_steps} "
+                f"loss {p.loss if p.loss is not None else '-'} {rate}"
+            )
+
+    def show_saved(s: SavedLora) -> None:
+        click.echo(f"saved {s.path} (epoch {s.epoch}, step {s.step})")
+
+    hooks = EngineHooks(
+        on_stage=lambda s: click.echo(f"[{s}]"), on_progress=show_progress, on_saved=show_saved
+    )
+    try:
+        result = train_lora(
+            config, dataset_dir, out_dir, models_dir=models_dir or get_settings().models_dir, hooks=hooks
+        )
+    except LorabakeError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message}") from exc
+    click.echo(f"done: {len(result.files)} file(s) in {out_dir}, seed {result.seed}")
+
+
+@main.command("tiny-model")
+@click.argument("name", default="tiny-sd15")
+def tiny_model(name: str) -> None:
+    """Write a tiny random SD1.5-shaped model into the models folder, to try the service without a GPU."""
+    from worker.devtools.tiny_models import save_tiny_sd15
+
+    settings = get_settings()
+    assert settings.models_dir is not None
+    target = save_tiny_sd15(settings.models_dir / name)
+    click.echo(f'wrote {target}; use "base_model": "{name}"')
+
+
+if __name__ == "__main__":
+    main()
