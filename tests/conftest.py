@@ -1,0 +1,83 @@
+"""Session-wide real services: a fresh Postgres database, Redis, an S3 server, tiny models on disk.
+
+A service that cannot be reached fails the session loudly: CI must never pass by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingface_hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import uuid  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import boto3  # noqa: E402
+import pytest  # noqa: E402
+
+from tests.support import services  # noqa: E402
+
+
+@dataclass(frozen=True)
+class S3Server:
+    url: str
+    access_key: str = "testing"
+    secret_key: str = "testing"
+
+    def client(self):  # noqa: ANN201
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+        )
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    from shared.migrate import upgrade
+
+    url, name = services.create_pg_database()
+    upgrade(url)
+    yield url
+    from shared.db import get_engine
+
+    get_engine.cache_clear()
+    services.drop_pg_database(name)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    services.check_redis()
+    return services.REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    proc, url = services.start_s3_server(tmp_path_factory.mktemp("s3") / "moto.log")
+    yield S3Server(url)
+    services.stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny SD1.5 base models: a diffusers folder `tiny-sd15` and a single file `tiny-sd15.safetensors`."""
+    from worker.devtools.single_file import save_sd15_single_file
+    from worker.devtools.tiny_models import build_tiny_sd15_pipeline, save_tiny_sd15
+
+    root = tmp_path_factory.mktemp("models")
+    save_tiny_sd15(root / "tiny-sd15")
+    save_sd15_single_file(build_tiny_sd15_pipeline(), root / "tiny-sd15-single.safetensors")
+    return root
+
+
+@pytest.fixture
+def bucket(s3_server: S3Server) -> str:
+    """A fresh bucket per test, so 'nothing was stored' can be checked exactly."""
+    name = f"lb-{uuid.uuid4().hex[:12]}"
+    s3_server.client().create_bucket(Bucket=name)
+    return name

@@ -1,0 +1,229 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from shared.dataset_layout import DatasetLayout, detect_layout, is_junk, scan_dataset_dir
+from shared.errors import DatasetError
+
+
+def _error(files: list[str], **kwargs) -> DatasetError:
+    with pytest.raises(DatasetError) as info:
+        detect_layout(files, **kwargs)
+    return info.value
+
+
+def _paths(layout: DatasetLayout, folder: str) -> list[str]:
+    (subset,) = [s for s in layout.subsets if s.folder == folder]
+    return [e.path for e in subset.images]
+
+
+def test_kohya_img_and_reg_folders():
+    layout = detect_layout(
+        [
+            "img/6_lisabp woman/002.png",
+            "img/6_lisabp woman/001.jpg",
+            "img/6_lisabp woman/001.txt",
+            "reg/1_woman/r1.png",
+            "reg/1_woman/r2.webp",
+        ]
+    )
+    assert layout.kind == "kohya"
+    assert [s.folder for s in layout.subsets] == ["img/6_lisabp woman", "reg/1_woman"]
+    train, reg = layout.subsets
+    assert (train.repeats, train.trigger, train.class_token, train.is_reg) == (6, "lisabp", "woman", False)
+    assert [e.path for e in train.images] == ["img/6_lisabp woman/001.jpg", "img/6_lisabp woman/002.png"]
+    assert train.images[0].caption_path == "img/6_lisabp woman/001.txt"
+    assert train.images[1].caption_path is None
+    assert train.default_caption == "lisabp woman"
+    assert (reg.repeats, reg.trigger, reg.class_token, reg.is_reg) == (1, None, "woman", True)
+    assert layout.train_subsets == (train,) and layout.reg_subsets == (reg,)
+
+
+def test_kohya_folders_at_root_and_token_splitting():
+    layout = detect_layout(["10_sks young  woman/a.png", "3_style/b.png"])
+    assert layout.kind == "kohya"
+    a, b = layout.subsets
+    assert (a.folder, a.repeats, a.trigger, a.class_token) == (
+        "10_sks young  woman",
+        10,
+        "sks",
+        "young woman",
+    )
+    # a single word in a training folder is the trigger
+    assert (b.folder, b.repeats, b.trigger, b.class_token) == ("3_style", 3, "style", None)
+
+
+def test_reg_folder_keeps_all_words_as_class():
+    layout = detect_layout(["img/2_x man/a.png", "reg/1_old man/r.png"])
+    assert (layout.reg_subsets[0].trigger, layout.reg_subsets[0].class_token) == (None, "old man")
+
+
+def test_nested_folders_belong_to_their_repeats_folder():
+    layout = detect_layout(
+        ["img/2_x man/a.png", "img/2_x man/sub/deeper/b.png", "img/2_x man/sub/deeper/b.txt"]
+    )
+    (subset,) = layout.subsets
+    assert [e.path for e in subset.images] == ["img/2_x man/a.png", "img/2_x man/sub/deeper/b.png"]
+    assert subset.images[1].caption_path == "img/2_x man/sub/deeper/b.txt"
+
+
+def test_flat_layout_uses_arguments():
+    layout = detect_layout(
+        ["b.png", "a.jpeg", "a.caption", "sub/c.webp"], default_repeats=4, trigger="sks", class_token="dog"
+    )
+    assert layout.kind == "flat"
+    (subset,) = layout.subsets
+    assert (subset.folder, subset.repeats, subset.trigger, subset.class_token, subset.is_reg) == (
+        "",
+        4,
+        "sks",
+        "dog",
+        False,
+    )
+    assert [e.path for e in subset.images] == ["a.jpeg", "b.png", "sub/c.webp"]
+    assert subset.images[0].caption_path == "a.caption"
+
+
+def test_wrapper_folder_is_looked_through_and_paths_stay_real():
+    layout = detect_layout(
+        ["my set/img/5_zz cat/1.png", "my set/reg/1_cat/r.png", "__MACOSX/my set/img/._1.png", "README.md"]
+    )
+    assert [s.folder for s in layout.subsets] == ["my set/img/5_zz cat", "my set/reg/1_cat"]
+    assert _paths(layout, "my set/img/5_zz cat") == ["my set/img/5_zz cat/1.png"]
+
+    flat = detect_layout(["photos/1.png", "photos/2.png"])
+    assert flat.kind == "flat" and flat.subsets[0].folder == "photos"
+
+
+def test_only_one_wrapper_is_stripped():
+    layout = detect_layout(["outer/inner/img/1_a b/x.png"])
+    # two wrappers: the inner folders are not looked through, so this is a flat dataset
+    assert layout.kind == "flat" and layout.subsets[0].folder == "outer"
+
+
+def test_single_top_repeats_folder_is_not_a_wrapper():
+    layout = detect_layout(["7_x y/a.png", "7_x y/b.png"])
+    assert layout.kind == "kohya" and layout.subsets[0].repeats == 7
+
+
+def test_junk_and_unrelated_files_are_ignored():
+    layout = detect_layout(
+        [
+            "a.png",
+            ".DS_Store",
+            "sub/Thumbs.db",
+            "desktop.ini",
+            ".hidden.png",
+            "._a.png",
+            ".git/x.png",
+            "__MACOSX/a.png",
+            "notes.md",
+            "orphan.txt",
+        ]
+    )
+    assert [e.path for e in layout.subsets[0].images] == ["a.png"]
+    assert is_junk("__MACOSX/x/y.png") and is_junk("a/.DS_Store") and not is_junk("a/b.png")
+
+
+def test_txt_caption_preferred_over_caption():
+    layout = detect_layout(["a.png", "a.caption", "a.txt", "b.PNG", "b.TXT"])
+    assert [e.caption_path for e in layout.subsets[0].images] == ["a.txt", "b.TXT"]
+
+
+def test_caption_must_be_in_same_folder():
+    layout = detect_layout(["img/1_a b/x.png", "img/x.txt"])
+    assert layout.subsets[0].images[0].caption_path is None
+
+
+@pytest.mark.parametrize("name", ["anim.gif", "scan.BMP", "x/photo.tiff", "p.avif"])
+def test_unsupported_image_type(name):
+    err = _error(["a.png", name])
+    assert err.code == "unsupported_image_type" and err.details["entry"] == name
+    assert err.status_code == 422
+    assert "png" in err.message and "webp" in err.message
+
+
+def test_unsupported_type_inside_junk_is_ignored():
+    assert detect_layout(["a.png", "__MACOSX/b.gif"]).kind == "flat"
+
+
+@pytest.mark.parametrize("folder", ["0_x y", "10001_x y"])
+def test_invalid_repeats(folder):
+    err = _error([f"img/{folder}/a.png"])
+    assert err.code == "invalid_repeats" and err.details["entry"] == f"img/{folder}"
+    assert "10000" in err.message
+
+
+def test_max_repeats_is_allowed():
+    assert detect_layout(["10000_x/a.png"]).subsets[0].repeats == 10000
+
+
+@pytest.mark.parametrize("path", ["img/a.png", "reg/r.png", "img/lisabp woman/a.png"])
+def test_missing_repeats_prefix(path):
+    err = _error(["img/6_x y/ok.png", path])
+    assert err.code == "missing_repeats_prefix" and err.details["entry"] == path
+    assert "N_trigger class" in err.message
+
+
+def test_img_folder_alone_is_not_a_wrapper():
+    err = _error(["img/a.png", "img/b.png"])
+    assert err.code == "missing_repeats_prefix" and err.details["entry"] == "img/a.png"
+
+
+def test_mixed_layout_root_images_and_repeats_folders():
+    err = _error(["6_x y/a.png", "stray.png", "zz.png"])
+    assert err.code == "mixed_layout" and err.details["entry"] == "stray.png"
+
+
+def test_mixed_layout_img_and_root_repeats_folders():
+    err = _error(["img/6_x y/a.png", "2_z/b.png"])
+    assert err.code == "mixed_layout" and err.details["entry"] == "2_z/b.png"
+
+
+def test_root_repeats_folders_with_reg_folder_are_fine():
+    layout = detect_layout(["6_x y/a.png", "reg/1_y/r.png"])
+    assert [(s.folder, s.is_reg) for s in layout.subsets] == [("6_x y", False), ("reg/1_y", True)]
+
+
+@pytest.mark.parametrize(
+    "files", [[], ["readme.md", "a.txt"], ["__MACOSX/a.png", ".DS_Store"], ["reg/1_woman/r.png"]]
+)
+def test_no_images(files):
+    err = _error(files)
+    assert err.code == "no_images"
+
+
+def test_deterministic_regardless_of_input_order():
+    files = ["img/2_b c/2.png", "img/1_a b/1.png", "img/2_b c/1.png", "reg/1_c/z.png", "img/1_a b/0.png"]
+    assert detect_layout(files) == detect_layout(list(reversed(files)))
+    assert [s.folder for s in detect_layout(files).subsets] == ["img/1_a b", "img/2_b c", "reg/1_c"]
+
+
+def test_scan_dataset_dir_skips_symlinks(tmp_path: Path):
+    root = tmp_path / "ds"
+    (root / "img" / "3_sks dog").mkdir(parents=True)
+    (root / "img" / "3_sks dog" / "a.png").write_bytes(b"x")
+    (root / "img" / "3_sks dog" / "a.txt").write_text("a dog")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(b"x")
+    os.symlink(outside / "secret.png", root / "img" / "3_sks dog" / "link.png")
+    os.symlink(outside, root / "img" / "3_sks dog" / "linkdir")
+
+    layout = scan_dataset_dir(root, default_repeats=2)
+    (subset,) = layout.subsets
+    assert subset.folder == "img/3_sks dog" and subset.repeats == 3
+    assert [(e.path, e.caption_path) for e in subset.images] == [
+        ("img/3_sks dog/a.png", "img/3_sks dog/a.txt")
+    ]
+
+
+def test_scan_dataset_dir_flat_uses_kwargs(tmp_path: Path):
+    (tmp_path / "a.png").write_bytes(b"x")
+    layout = scan_dataset_dir(tmp_path, default_repeats=5, trigger="t", class_token="c")
+    assert (
+        layout.kind == "flat"
+        and layout.subsets[0].repeats == 5
+        and layout.subsets[0].default_caption == "t c"
+    )
