@@ -57,9 +57,9 @@ def api(host: str | None, port: int | None) -> None:
 
     settings = get_settings()
     _setup_logging()
-    uvicorn.run(
-        create_app(settings), host=host or settings.api_host, port=port or settings.api_port, log_level="info"
-    )
+    # our middleware logs each request with its request id, so uvicorn's access log would only repeat it
+    host, port = host or settings.api_host, port or settings.api_port
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
 
 
 def _worker_argv(settings: Settings, concurrency: int) -> list[str]:
@@ -137,7 +137,7 @@ def serve(host: str | None, port: int | None) -> None:
         f"base models in {settings.models_dir}: {models}\n"
     )
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
     finally:
         worker_proc.terminate()
         try:

@@ -10,6 +10,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingface_hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import shutil  # noqa: E402
 import uuid  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -65,13 +66,15 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny SD1.5 base models: a diffusers folder `tiny-sd15` and a single file `tiny-sd15.safetensors`."""
+    """Tiny SD1.5 base models: a diffusers folder `tiny-sd15` and a single file `tiny-sd15-single.safetensors`
+    whose configs come from `configs/sd15` (the shared SD1.x config folder, weights left out)."""
     from worker.devtools.single_file import save_sd15_single_file
     from worker.devtools.tiny_models import build_tiny_sd15_pipeline, save_tiny_sd15
 
     root = tmp_path_factory.mktemp("models")
     save_tiny_sd15(root / "tiny-sd15")
     save_sd15_single_file(build_tiny_sd15_pipeline(), root / "tiny-sd15-single.safetensors")
+    shutil.copytree(root / "tiny-sd15", root / "configs" / "sd15", ignore=shutil.ignore_patterns("*.safetensors"))
     return root
 
 

@@ -1,0 +1,81 @@
+"""`lorabake serve` — the README's first command — as a user runs it: no Postgres, Redis or S3; SQLite, a
+local object store and a filesystem broker under one data folder. A single-file base model this time."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support import services
+from tests.support.datasets import kohya_entries, write_zip
+from tests.support.lora_check import base_pipeline, max_abs_diff, render, render_with_lora, tensors
+from tests.support.stack import process_env
+
+CONFIG = {
+    "base_model": "tiny-sd15-single.safetensors",
+    "output_name": "demo",
+    "resolution": 64,
+    "epochs": 2,
+    "batch_size": 2,
+    "network_dim": 4,
+    "network_alpha": 4,
+    "unet_lr": 5e-3,
+    "text_encoder_lr": 0,
+    "mixed_precision": "no",
+    "seed": 3,
+}
+
+
+def test_serve_trains_and_streams_downloads(tmp_path: Path, models_dir: Path):
+    data = tmp_path / "data"
+    port = services.free_port()
+    env = process_env({"LORABAKE_DATA_DIR": str(data), "LORABAKE_MODELS_DIR": str(models_dir),
+                       "LORABAKE_PROGRESS_INTERVAL_SECONDS": "0.2"})
+    for name in list(env):  # nothing of a production stack may leak in
+        if name.startswith("LORABAKE_") and name not in ("LORABAKE_DATA_DIR", "LORABAKE_MODELS_DIR",
+                                                          "LORABAKE_PROGRESS_INTERVAL_SECONDS"):
+            del env[name]
+    log = tmp_path / "serve.log"
+    proc = services.start_process([sys.executable, "-m", "lorabake.cli", "serve", "--port", str(port)], env, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        services.wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 60, "lorabake serve", proc)
+        key = (data / "api-key").read_text().strip()
+        assert key in log.read_text(), "serve must print the API key to use"
+        assert (data / "lorabake.db").exists()
+        headers = {"Authorization": f"Bearer {key}"}
+
+        started = time.monotonic()
+        zip_path = write_zip(tmp_path / "set.zip", kohya_entries(images=4, repeats=2, webp=True))
+        with open(zip_path, "rb") as fh:
+            created = httpx.post(f"{url}/v1/jobs", headers=headers, files={"dataset": ("set.zip", fh)},
+                                 data={"config": json.dumps(CONFIG)}, timeout=60)
+        assert created.status_code == 201, created.text
+        job_id = created.json()["id"]
+        while True:
+            job = httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers).json()
+            if job["status"] in ("succeeded", "failed", "canceled"):
+                break
+            assert time.monotonic() - started < 180, job
+            time.sleep(0.3)
+        print(f"embedded job finished in {time.monotonic() - started:.1f}s")
+        assert job["status"] == "succeeded", job["error"]
+        assert [a["name"] for a in job["artifacts"]] == ["demo-000001.safetensors", "demo.safetensors"]
+
+        final = job["artifacts"][-1]
+        response = httpx.get(url + final["download_url"], headers=headers)  # streamed by the API itself
+        assert response.status_code == 200
+        assert response.headers["content-disposition"] == 'attachment; filename="demo.safetensors"'
+        path = tmp_path / "demo.safetensors"
+        path.write_bytes(response.content)
+        assert len(response.content) == final["size_bytes"]
+        assert not any(k.startswith("lora_te") for k in tensors(path))  # text_encoder_lr 0: UNet only
+        assert max_abs_diff(render_with_lora(path), render(base_pipeline())) > 1e-3
+        assert (data / "objects" / "jobs" / job_id / "artifacts" / "demo.safetensors").exists()
+    finally:
+        services.stop_process(proc)
+        print(log.read_text(errors="replace")[-4000:])

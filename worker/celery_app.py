@@ -1,0 +1,20 @@
+"""The Celery worker's entry: `celery -A worker.celery_app worker` (what `lorabake worker` runs)."""
+
+from __future__ import annotations
+
+import logging
+
+from shared.queue import TRAIN_TASK, make_celery
+from shared.settings import get_settings
+
+settings = get_settings()
+app = make_celery(settings)
+log = logging.getLogger("lorabake.worker")
+
+
+@app.task(name=TRAIN_TASK)
+def train_job(job_id: str) -> None:
+    # Imported here so the worker's main process stays light; each child (max 1 task) loads torch itself.
+    from worker.job_runner import JobRunner
+
+    JobRunner(settings).run(job_id)

@@ -1,0 +1,211 @@
+"""Runs one training job for the Celery task: claim the row, fetch and check the dataset, train,
+publish each file as soon as it is written, and record how it ended.
+
+The row is the truth. A re-delivered message for a finished job does nothing; one for a job whose worker
+died mid-run starts it again (until `max_attempts`), keeping the files already published.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db import session_factory
+from shared.errors import LorabakeError
+from shared.jobs import add_event, set_status
+from shared.models import Artifact, Job, JobStatus, utcnow
+from shared.settings import Settings
+from shared.spec import TrainingConfig
+from shared.storage import ObjectStore, build_store
+from worker.dataset_prep import prepare_dataset_dir
+from worker.training.engine import EngineHooks, Progress, SavedLora, TrainingCanceled, train_lora
+
+log = logging.getLogger("lorabake.worker")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as src:
+        while chunk := src.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, store: ObjectStore | None = None) -> None:
+        self.settings = settings
+        self.sessions: sessionmaker[Session] = session_factory(settings.database_url)
+        self.store = store or build_store(settings)
+
+    # -- claiming -------------------------------------------------------------------------------------
+    def claim(self, job_id: str) -> TrainingConfig | None:
+        """Marks the job as ours, or returns None when there is nothing (more) to do for it."""
+        with self.sessions() as session:
+            job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+            if job is None:
+                log.warning("job %s does not exist; dropping the message", job_id)
+                return None
+            if JobStatus(job.status).is_terminal:
+                log.info("job %s is already %s; nothing to do", job_id, job.status)
+                return None
+            if job.cancel_requested:
+                set_status(session, job, JobStatus.canceled)
+                session.commit()
+                return None
+            if job.attempts >= self.settings.max_attempts:
+                set_status(session, job, JobStatus.failed, error_code="too_many_attempts",
+                           error_message=f"the job stopped its worker {job.attempts} times (out of memory?)")
+                session.commit()
+                return None
+            job.attempts += 1
+            job.worker = socket.gethostname()
+            job.started_at = job.started_at or utcnow()
+            set_status(session, job, JobStatus.preparing)
+            session.commit()
+            return TrainingConfig.model_validate(job.config)
+
+    # -- running --------------------------------------------------------------------------------------
+    def run(self, job_id: str) -> None:
+        config = self.claim(job_id)
+        if config is None:
+            return
+        workdir = self.settings.work_dir / "jobs" / job_id
+        shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            dataset_dir = self._prepare_dataset(job_id, workdir)
+            hooks = _RowHooks(self, job_id)
+            result = train_lora(config, dataset_dir, workdir / "out", models_dir=self.settings.models_dir,
+                                hooks=hooks.engine_hooks())
+            hooks.flush()
+            with self.sessions() as session:
+                job = session.get(Job, job_id)
+                assert job is not None
+                set_status(session, job, JobStatus.succeeded, seed=result.seed)
+                session.commit()
+        except TrainingCanceled:
+            self._finish(job_id, JobStatus.canceled)
+        except LorabakeError as exc:
+            self._finish(job_id, JobStatus.failed, exc.code, exc.message)
+        except Exception as exc:  # the row must say what happened, whatever it was
+            log.exception("job %s failed", job_id)
+            code = "time_limit" if _is_time_limit(exc) else "training_error"
+            self._finish(job_id, JobStatus.failed, code, f"{type(exc).__name__}: {exc}")
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _prepare_dataset(self, job_id: str, workdir: Path) -> Path:
+        with self.sessions() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            dataset_key = job.dataset_key
+        archive = workdir / "dataset.zip"
+        try:
+            self.store.download_file(dataset_key, archive)
+        except Exception as exc:
+            raise LorabakeError(f"could not fetch the dataset {dataset_key}: {type(exc).__name__}: {exc}",
+                                code="dataset_unavailable") from exc
+        dataset_dir = prepare_dataset_dir(archive, workdir / "dataset", self.settings.zip_limits)
+        archive.unlink()
+        return dataset_dir
+
+    def _finish(self, job_id: str, status: JobStatus, code: str | None = None, message: str | None = None) -> None:
+        with self.sessions() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                return
+            set_status(session, job, status, error_code=code, error_message=message)
+            session.commit()
+
+    def publish(self, job_id: str, saved: SavedLora) -> None:
+        """Uploads one finished LoRA file and lists it on the job at once (upserted by name on re-runs)."""
+        key = f"jobs/{job_id}/artifacts/{saved.path.name}"
+        size = saved.path.stat().st_size
+        digest = sha256_of(saved.path)
+        self.store.put_file(key, saved.path)
+        with self.sessions() as session:
+            artifact = session.scalar(select(Artifact).where(Artifact.job_id == job_id,
+                                                             Artifact.name == saved.path.name))
+            if artifact is None:
+                artifact = Artifact(job_id=job_id, kind="lora", name=saved.path.name, object_key=key)
+                session.add(artifact)
+            artifact.epoch, artifact.step, artifact.is_final = saved.epoch, saved.step, saved.is_final
+            artifact.size_bytes, artifact.sha256 = size, digest
+            session.flush()
+            add_event(session, job_id, "artifact", {"id": artifact.id, "name": artifact.name,
+                                                    "epoch": saved.epoch, "step": saved.step,
+                                                    "size_bytes": size, "sha256": digest})
+            session.commit()
+
+
+class _RowHooks:
+    """Engine callbacks that write progress to the row at most once per interval and read the cancel flag."""
+
+    def __init__(self, runner: JobRunner, job_id: str) -> None:
+        self.runner = runner
+        self.job_id = job_id
+        self.interval = runner.settings.progress_interval_seconds
+        self.last_write = 0.0
+        self.pending: Progress | None = None
+        self.cancel = False
+
+    def engine_hooks(self) -> EngineHooks:
+        return EngineHooks(on_stage=self.on_stage, on_progress=self.on_progress,
+                           on_saved=self.on_saved, should_cancel=lambda: self.cancel)
+
+    def on_stage(self, stage: str) -> None:
+        with self.runner.sessions() as session:
+            add_event(session, self.job_id, "stage", {"stage": stage})
+            session.commit()
+        if stage == "training":
+            self.on_status(JobStatus.training)
+
+    def on_status(self, status: JobStatus) -> None:
+        with self.runner.sessions() as session:
+            job = session.get(Job, self.job_id)
+            assert job is not None
+            if job.status != status:
+                set_status(session, job, status)
+            self.cancel = job.cancel_requested
+            session.commit()
+
+    def on_progress(self, progress: Progress) -> None:
+        self.pending = progress
+        now = time.monotonic()
+        if now - self.last_write >= self.interval or progress.step == progress.total_steps:
+            self.flush()
+            self.last_write = now
+
+    def flush(self) -> None:
+        progress, self.pending = self.pending, None
+        if progress is None:
+            return
+        with self.runner.sessions() as session:
+            job = session.get(Job, self.job_id)
+            assert job is not None
+            job.step, job.total_steps = progress.step, progress.total_steps
+            job.epoch, job.total_epochs = progress.epoch, progress.total_epochs
+            job.loss, job.steps_per_second, job.eta_seconds = (
+                progress.loss, progress.steps_per_second, progress.eta_seconds)
+            add_event(session, self.job_id, "progress", {
+                "step": progress.step, "total_steps": progress.total_steps, "epoch": progress.epoch,
+                "loss": progress.loss, "steps_per_second": progress.steps_per_second,
+                "eta_seconds": progress.eta_seconds})
+            self.cancel = job.cancel_requested
+            session.commit()
+
+    def on_saved(self, saved: SavedLora) -> None:
+        self.flush()
+        if saved.is_final:
+            self.on_status(JobStatus.uploading)
+        self.runner.publish(self.job_id, saved)
+
+
+def _is_time_limit(exc: BaseException) -> bool:
+    return type(exc).__name__ in {"SoftTimeLimitExceeded", "TimeLimitExceeded"}
