@@ -74,7 +74,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     save_tiny_sd15(root / "tiny-sd15")
     save_sd15_single_file(build_tiny_sd15_pipeline(), root / "tiny-sd15-single.safetensors")
-    shutil.copytree(root / "tiny-sd15", root / "configs" / "sd15", ignore=shutil.ignore_patterns("*.safetensors"))
+    shutil.copytree(
+        root / "tiny-sd15", root / "configs" / "sd15", ignore=shutil.ignore_patterns("*.safetensors")
+    )
     return root
 
 

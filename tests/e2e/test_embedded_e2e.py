@@ -33,14 +33,24 @@ CONFIG = {
 def test_serve_trains_and_streams_downloads(tmp_path: Path, models_dir: Path):
     data = tmp_path / "data"
     port = services.free_port()
-    env = process_env({"LORABAKE_DATA_DIR": str(data), "LORABAKE_MODELS_DIR": str(models_dir),
-                       "LORABAKE_PROGRESS_INTERVAL_SECONDS": "0.2"})
+    env = process_env(
+        {
+            "LORABAKE_DATA_DIR": str(data),
+            "LORABAKE_MODELS_DIR": str(models_dir),
+            "LORABAKE_PROGRESS_INTERVAL_SECONDS": "0.2",
+        }
+    )
     for name in list(env):  # nothing of a production stack may leak in
-        if name.startswith("LORABAKE_") and name not in ("LORABAKE_DATA_DIR", "LORABAKE_MODELS_DIR",
-                                                          "LORABAKE_PROGRESS_INTERVAL_SECONDS"):
+        if name.startswith("LORABAKE_") and name not in (
+            "LORABAKE_DATA_DIR",
+            "LORABAKE_MODELS_DIR",
+            "LORABAKE_PROGRESS_INTERVAL_SECONDS",
+        ):
             del env[name]
     log = tmp_path / "serve.log"
-    proc = services.start_process([sys.executable, "-m", "lorabake.cli", "serve", "--port", str(port)], env, log)
+    proc = services.start_process(
+        [sys.executable, "-m", "lorabake.cli", "serve", "--port", str(port)], env, log
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         services.wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 60, "lorabake serve", proc)
@@ -52,8 +62,13 @@ def test_serve_trains_and_streams_downloads(tmp_path: Path, models_dir: Path):
         started = time.monotonic()
         zip_path = write_zip(tmp_path / "set.zip", kohya_entries(images=4, repeats=2, webp=True))
         with open(zip_path, "rb") as fh:
-            created = httpx.post(f"{url}/v1/jobs", headers=headers, files={"dataset": ("set.zip", fh)},
-                                 data={"config": json.dumps(CONFIG)}, timeout=60)
+            created = httpx.post(
+                f"{url}/v1/jobs",
+                headers=headers,
+                files={"dataset": ("set.zip", fh)},
+                data={"config": json.dumps(CONFIG)},
+                timeout=60,
+            )
         assert created.status_code == 201, created.text
         job_id = created.json()["id"]
         while True:

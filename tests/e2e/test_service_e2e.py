@@ -1,5 +1,5 @@
-"""The whole path over HTTP with real parts: API and Celery worker processes, Postgres, Redis, an S3 server,
-a tiny SD1.5 model. Upload a zip, watch the job, download every epoch, prove the files are the trained LoRA."""
+"""The whole path over HTTP with real parts: API and Celery worker processes, Postgres, Redis, an S3
+server, a tiny SD1.5 model. Upload a zip, watch the job, download each epoch, prove the files are the LoRA."""
 
 from __future__ import annotations
 
@@ -52,8 +52,9 @@ class Stack:
 
 
 def lorabake(*args: str, env: dict[str, str]) -> str:
-    done = subprocess.run([sys.executable, "-m", "lorabake.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "lorabake.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
@@ -63,13 +64,24 @@ def stack(pg_url, redis_url, s3_server, models_dir, tmp_path_factory) -> Iterato
     logs = tmp_path_factory.mktemp("stack-logs")
     bucket = "e2e-lorabake"
     s3_server.client().create_bucket(Bucket=bucket)
-    env = process_env(stack_env(pg_url=pg_url, redis_url=redis_url, s3_url=s3_server.url, bucket=bucket,
-                                data_dir=tmp_path_factory.mktemp("data"), models_dir=models_dir))
+    env = process_env(
+        stack_env(
+            pg_url=pg_url,
+            redis_url=redis_url,
+            s3_url=s3_server.url,
+            bucket=bucket,
+            data_dir=tmp_path_factory.mktemp("data"),
+            models_dir=models_dir,
+        )
+    )
     key = lorabake("create-key", "--owner", "e2e", env=env)
     port = services.free_port()
-    worker = services.start_process([sys.executable, "-m", "lorabake.cli", "worker"], env, logs / "worker.log")
-    api = services.start_process([sys.executable, "-m", "lorabake.cli", "api", "--port", str(port)], env,
-                                 logs / "api.log")
+    worker = services.start_process(
+        [sys.executable, "-m", "lorabake.cli", "worker"], env, logs / "worker.log"
+    )
+    api = services.start_process(
+        [sys.executable, "-m", "lorabake.cli", "api", "--port", str(port)], env, logs / "api.log"
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         services.wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 60, "API", api)
@@ -83,9 +95,13 @@ def stack(pg_url, redis_url, s3_server, models_dir, tmp_path_factory) -> Iterato
 
 def submit(stack: Stack, zip_path: Path, config: dict) -> dict:
     with open(zip_path, "rb") as fh:
-        response = httpx.post(f"{stack.url}/v1/jobs", headers=stack.headers, timeout=60,
-                              files={"dataset": (zip_path.name, fh, "application/zip")},
-                              data={"config": json.dumps(config)})
+        response = httpx.post(
+            f"{stack.url}/v1/jobs",
+            headers=stack.headers,
+            timeout=60,
+            files={"dataset": (zip_path.name, fh, "application/zip")},
+            data={"config": json.dumps(config)},
+        )
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -105,8 +121,9 @@ def finished(job: dict) -> bool:
 
 
 def download(stack: Stack, artifact: dict, dest: Path) -> Path:
-    response = httpx.get(stack.url + artifact["download_url"], headers=stack.headers, follow_redirects=True,
-                         timeout=60)
+    response = httpx.get(
+        stack.url + artifact["download_url"], headers=stack.headers, follow_redirects=True, timeout=60
+    )
     assert response.status_code == 200, response.text
     dest.write_bytes(response.content)
     return dest
@@ -137,11 +154,17 @@ def test_train_over_http_and_download_every_epoch(stack, tmp_path, models_dir):
         files.append(path)
 
     # The status history, as a client streaming events sees it.
-    with httpx.stream("GET", f"{stack.url}/v1/jobs/{job['id']}/events", headers=stack.headers,
-                      timeout=30) as stream:
+    with httpx.stream(
+        "GET", f"{stack.url}/v1/jobs/{job['id']}/events", headers=stack.headers, timeout=30
+    ) as stream:
         body = "".join(stream.iter_text())
-    statuses = [json.loads(line[6:])["status"] for block in body.split("\n\n") if "event: status" in block
-                for line in block.splitlines() if line.startswith("data: ")]
+    statuses = [
+        json.loads(line[6:])["status"]
+        for block in body.split("\n\n")
+        if "event: status" in block
+        for line in block.splitlines()
+        if line.startswith("data: ")
+    ]
     assert statuses == ["queued", "preparing", "training", "uploading", "succeeded"]
 
     # The files are the trained LoRA: same training in this process gives the same tensors and output.

@@ -15,7 +15,9 @@ PROMPT = "lisabp woman, color 1"
 
 def render(pipe) -> np.ndarray:  # noqa: ANN001
     generator = torch.Generator().manual_seed(1234)
-    return pipe(PROMPT, num_inference_steps=3, height=64, width=64, output_type="np", generator=generator).images
+    return pipe(
+        PROMPT, num_inference_steps=3, height=64, width=64, output_type="np", generator=generator
+    ).images
 
 
 def base_pipeline():  # noqa: ANN201

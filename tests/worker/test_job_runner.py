@@ -20,8 +20,9 @@ def runner(pg_url, tmp_path) -> JobRunner:
 def make_job(pg_url: str, **fields) -> str:
     job_id = uuid.uuid4().hex
     with session_scope(pg_url) as session:
-        session.add(Job(id=job_id, owner="t", config={"base_model": "x"}, plan={}, dataset_key="missing",
-                        **fields))
+        session.add(
+            Job(id=job_id, owner="t", config={"base_model": "x"}, plan={}, dataset_key="missing", **fields)
+        )
     return job_id
 
 
