@@ -82,7 +82,13 @@ def _worker_argv(settings: Settings, concurrency: int) -> list[str]:
 
 
 @main.command()
-@click.option("--concurrency", type=int, default=1, show_default=True, help="Jobs at once. Run one worker per GPU (CUDA_VISIBLE_DEVICES).",)
+@click.option(
+    "--concurrency",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Jobs at once. Run one worker per GPU (CUDA_VISIBLE_DEVICES).",
+)
 def worker(concurrency: int) -> None:
     """Run a Celery training worker."""
     from worker.celery_app import app
