@@ -60,11 +60,23 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class JobKind(StrEnum):
+    train = "train"
+    caption = "caption"  # captions a stored dataset (BLIP or WD14) on the GPU queue
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner: Mapped[str] = mapped_column(String(200), index=True)
+    kind: Mapped[str] = mapped_column(String(20), default=JobKind.train, server_default=JobKind.train)
+    # Jobs made from a stored dataset remember which one, and the caption revision they used.
+    dataset_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), index=True, default=None
+    )
+    caption_revision: Mapped[int | None] = mapped_column(Integer, default=None)
+    captions_key: Mapped[str | None] = mapped_column(String(500), default=None)  # snapshot object
     status: Mapped[str] = mapped_column(String(20), index=True, default=JobStatus.queued)
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     plan: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -112,6 +124,7 @@ class Artifact(Base):
     object_key: Mapped[str] = mapped_column(String(500))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)  # e.g. a sample's prompt
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="artifacts")
@@ -126,4 +139,60 @@ class JobEvent(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     type: Mapped[str] = mapped_column(String(20))
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Dataset(Base):
+    """An uploaded dataset, kept so it can be captioned, reviewed and trained on more than once."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    name: Mapped[str] = mapped_column(String(500), default="")
+    object_key: Mapped[str] = mapped_column(String(500))  # the zip as uploaded
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    sha256: Mapped[str] = mapped_column(String(64), default="")
+    layout: Mapped[dict[str, Any]] = mapped_column(JSON)  # kind + subsets (shared.dataset_layout)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)  # per-file outcome and warnings
+    caption_revision: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    images: Mapped[list[DatasetImage]] = relationship(
+        back_populates="dataset", order_by="DatasetImage.path", cascade="all, delete-orphan"
+    )
+
+
+class DatasetImage(Base):
+    __tablename__ = "dataset_images"
+    __table_args__ = (UniqueConstraint("dataset_id", "path", name="uq_dataset_images_path"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(String(1000))  # inside the zip
+    subset: Mapped[str] = mapped_column(String(1000))  # the subset folder it belongs to
+    is_reg: Mapped[bool] = mapped_column(Boolean, default=False)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(20))
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    caption: Mapped[str | None] = mapped_column(Text, default=None)  # None: the folder's `trigger class`
+    caption_source: Mapped[str] = mapped_column(String(20), default="none")  # file, blip, wd14, edit
+    thumbnail_key: Mapped[str | None] = mapped_column(String(500), default=None)
+
+    dataset: Mapped[Dataset] = relationship(back_populates="images")
+
+
+class CaptionRevision(Base):
+    """One change to a dataset's captions: what each changed caption was and became."""
+
+    __tablename__ = "caption_revisions"
+    __table_args__ = (UniqueConstraint("dataset_id", "revision", name="uq_caption_revisions_revision"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(20))  # upload, edit, blip, wd14
+    changes: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"images": [{"id", "before", "after"}]}
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
