@@ -10,10 +10,13 @@ import logging
 
 from pydantic import ValidationError
 
+from api.datasets_service import owned_dataset, store_caption_snapshot
 from api.errors import describe_fields, field_errors
 from api.state import AppState
 from api.uploads import ReceivedFile
-from shared.errors import LorabakeError
+from shared.dataset_layout import DatasetLayout
+from shared.datasets import dataset_layout
+from shared.errors import LorabakeError, NotFoundError
 from shared.intake import inspect_dataset_zip
 from shared.jobs import add_event, set_status
 from shared.models import Job, JobStatus, new_id
@@ -25,6 +28,9 @@ log = logging.getLogger("lorabake.api")
 
 
 def parse_config(text: object) -> TrainingConfig:
+    """The `config` field as JSON text (multipart) or an already-decoded object (JSON body)."""
+    if isinstance(text, dict):
+        text = json.dumps(text)
     if not isinstance(text, str) or not text.strip():
         raise LorabakeError(
             "multipart field 'config' (JSON text) is required",
@@ -62,27 +68,96 @@ def parse_config(text: object) -> TrainingConfig:
 
 def submit_job(state: AppState, owner: str, config: TrainingConfig, upload: ReceivedFile) -> Job:
     report = inspect_dataset_zip(upload.path, config, state.settings.zip_limits)
-    plan = compute_plan(report.layout, config)
+    plan = compute_plan(report.layout, config, report.image_sizes)  # bucketed by the probed sizes
 
     job_id = new_id()
     dataset_key = f"jobs/{job_id}/dataset.zip"
     state.store.put_file(dataset_key, upload.path, "application/zip")
+    job = Job(
+        id=job_id,
+        owner=owner,
+        dataset_key=dataset_key,
+        dataset_filename=upload.filename,
+        dataset_bytes=upload.size,
+        dataset_sha256=upload.sha256,
+    )
+    return queue_job(
+        state,
+        job,
+        config.model_dump(mode="json"),
+        plan.model_dump(mode="json"),
+        plan.total_steps,
+        plan.epochs,
+        config.seed,
+    )
+
+
+def dataset_job_config(config: TrainingConfig, layout: DatasetLayout) -> TrainingConfig:
+    """A flat dataset's repeats/trigger/class were fixed at upload; the job takes them from there."""
+    if layout.kind != "flat":
+        return config
+    subset = layout.train_subsets[0]
+    stored = {"repeats": subset.repeats, "trigger_word": subset.trigger, "class_word": subset.class_token}
+    for name, value in stored.items():
+        if name in config.model_fields_set and getattr(config, name) != value:
+            raise LorabakeError(
+                f"config.{name} is {getattr(config, name)!r} but the dataset was uploaded with {value!r}; "
+                "leave it out (or upload the dataset again with other options)",
+                code="invalid_config",
+                details={"fields": [{"field": f"config.{name}", "message": "conflict"}]},
+                status_code=422,
+            )
+    return config.model_copy(update=stored)
+
+
+def submit_dataset_job(state: AppState, owner: str, config: TrainingConfig, dataset_id: str) -> Job:
+    """A training job on a stored dataset, pinned to its current caption revision."""
+    with state.sessions() as session:
+        try:
+            dataset = owned_dataset(session, owner, dataset_id)
+        except NotFoundError as exc:
+            raise LorabakeError(
+                f"no dataset {dataset_id}",
+                code="unknown_dataset",
+                details={"field": "dataset_id"},
+                status_code=422,
+            ) from exc
+        layout = dataset_layout(dataset)
+        config = dataset_job_config(config, layout)
+        plan = compute_plan(layout, config)
+        job_id = new_id()
+        captions_key = store_caption_snapshot(state, job_id, dataset)
+        job = Job(
+            id=job_id,
+            owner=owner,
+            dataset_key=dataset.object_key,
+            dataset_filename=dataset.name,
+            dataset_bytes=dataset.bytes,
+            dataset_sha256=dataset.sha256,
+            dataset_id=dataset.id,
+            caption_revision=dataset.caption_revision,
+            captions_key=captions_key,
+        )
+    return queue_job(
+        state,
+        job,
+        config.model_dump(mode="json"),
+        plan.model_dump(mode="json"),
+        plan.total_steps,
+        plan.epochs,
+        config.seed,
+    )
+
+
+def queue_job(
+    state: AppState, job: Job, config: dict, plan: dict, total_steps: int, total_epochs: int, seed: int | None
+) -> Job:
+    """Records a job whose objects are stored, then enqueues it; on failure removes what it stored."""
+    job_id = job.id
+    job.status, job.config, job.plan = JobStatus.queued, config, plan
+    job.total_steps, job.total_epochs, job.seed = total_steps, total_epochs, seed
     try:
         with state.sessions() as session:
-            job = Job(
-                id=job_id,
-                owner=owner,
-                status=JobStatus.queued,
-                config=config.model_dump(mode="json"),
-                plan=plan.model_dump(mode="json"),
-                dataset_key=dataset_key,
-                dataset_filename=upload.filename,
-                dataset_bytes=upload.size,
-                dataset_sha256=upload.sha256,
-                total_steps=plan.total_steps,
-                total_epochs=plan.epochs,
-                seed=config.seed,
-            )
             session.add(job)
             add_event(session, job_id, "status", {"status": JobStatus.queued.value})
             session.commit()

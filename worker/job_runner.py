@@ -8,6 +8,7 @@ died mid-run starts it again (until `max_attempts`), keeping the files already p
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import socket
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.db import session_factory
 from shared.errors import LorabakeError
 from shared.jobs import add_event, set_status
-from shared.models import Artifact, Job, JobStatus, utcnow
+from shared.models import Artifact, Job, JobKind, JobStatus, utcnow
 from shared.settings import Settings
 from shared.spec import TrainingConfig
 from shared.storage import ObjectStore, build_store
@@ -45,7 +46,7 @@ class JobRunner:
         self.store = store or build_store(settings)
 
     # -- claiming -------------------------------------------------------------------------------------
-    def claim(self, job_id: str) -> TrainingConfig | None:
+    def claim(self, job_id: str) -> Job | None:
         """Marks the job as ours, or returns None when there is nothing (more) to do for it."""
         with self.sessions() as session:
             job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
@@ -60,8 +61,13 @@ class JobRunner:
                 session.commit()
                 return None
             if job.attempts >= self.settings.max_attempts:
-                set_status(session, job, JobStatus.failed, error_code="too_many_attempts",
-                           error_message=f"the job stopped its worker {job.attempts} times (out of memory?)")
+                set_status(
+                    session,
+                    job,
+                    JobStatus.failed,
+                    error_code="too_many_attempts",
+                    error_message=f"the job stopped its worker {job.attempts} times (out of memory?)",
+                )
                 session.commit()
                 return None
             job.attempts += 1
@@ -69,20 +75,32 @@ class JobRunner:
             job.started_at = job.started_at or utcnow()
             set_status(session, job, JobStatus.preparing)
             session.commit()
-            return TrainingConfig.model_validate(job.config)
+            session.expunge(job)
+            return job
 
     # -- running --------------------------------------------------------------------------------------
     def run(self, job_id: str) -> None:
-        config = self.claim(job_id)
-        if config is None:
+        claimed = self.claim(job_id)
+        if claimed is None:
             return
         workdir = self.settings.work_dir / "jobs" / job_id
         shutil.rmtree(workdir, ignore_errors=True)
         try:
-            dataset_dir = self._prepare_dataset(job_id, workdir)
+            if claimed.kind == JobKind.caption:
+                from worker.caption_runner import run_caption_job  # only caption jobs load the captioners
+
+                run_caption_job(self, claimed, workdir)
+                return
+            config = TrainingConfig.model_validate(claimed.config)
+            dataset_dir = self.prepare_for(claimed, workdir)
             hooks = _RowHooks(self, job_id)
-            result = train_lora(config, dataset_dir, workdir / "out", models_dir=self.settings.models_dir,
-                                hooks=hooks.engine_hooks())
+            result = train_lora(
+                config,
+                dataset_dir,
+                workdir / "out",
+                models_dir=self.settings.models_dir,
+                hooks=hooks.engine_hooks(),
+            )
             hooks.flush()
             with self.sessions() as session:
                 job = session.get(Job, job_id)
@@ -90,32 +108,43 @@ class JobRunner:
                 set_status(session, job, JobStatus.succeeded, seed=result.seed)
                 session.commit()
         except TrainingCanceled:
-            self._finish(job_id, JobStatus.canceled)
+            self.finish(job_id, JobStatus.canceled)
         except LorabakeError as exc:
-            self._finish(job_id, JobStatus.failed, exc.code, exc.message)
+            self.finish(job_id, JobStatus.failed, exc.code, exc.message)
         except Exception as exc:  # the row must say what happened, whatever it was
             log.exception("job %s failed", job_id)
             code = "time_limit" if _is_time_limit(exc) else "training_error"
-            self._finish(job_id, JobStatus.failed, code, f"{type(exc).__name__}: {exc}")
+            self.finish(job_id, JobStatus.failed, code, f"{type(exc).__name__}: {exc}")
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _prepare_dataset(self, job_id: str, workdir: Path) -> Path:
-        with self.sessions() as session:
-            job = session.get(Job, job_id)
-            assert job is not None
-            dataset_key = job.dataset_key
-        archive = workdir / "dataset.zip"
+    def fetch(self, key: str, dest: Path) -> Path:
         try:
-            self.store.download_file(dataset_key, archive)
+            self.store.download_file(key, dest)
         except Exception as exc:
-            raise LorabakeError(f"could not fetch the dataset {dataset_key}: {type(exc).__name__}: {exc}",
-                                code="dataset_unavailable") from exc
-        dataset_dir = prepare_dataset_dir(archive, workdir / "dataset", self.settings.zip_limits)
+            raise LorabakeError(
+                f"could not fetch {key} from storage: {type(exc).__name__}: {exc}",
+                code="dataset_unavailable",
+            ) from exc
+        return dest
+
+    def prepare_for(self, job: Job, workdir: Path, *, captions: dict[str, str | None] | None = None,
+                    convert: bool = True) -> Path:
+        """The job's dataset as a folder: extracted, its caption snapshot (or `captions`) applied."""
+        archive = self.fetch(job.dataset_key, workdir / "dataset.zip")
+        if captions is None and job.captions_key:
+            # a stored dataset: train on the caption revision the job was created with
+            snapshot = json.loads(self.fetch(job.captions_key, workdir / "captions.json").read_text())
+            captions = snapshot["captions"]
+        dataset_dir = prepare_dataset_dir(
+            archive, workdir / "dataset", self.settings.zip_limits, captions=captions, convert=convert
+        )
         archive.unlink()
         return dataset_dir
 
-    def _finish(self, job_id: str, status: JobStatus, code: str | None = None, message: str | None = None) -> None:
+    def finish(
+        self, job_id: str, status: JobStatus, code: str | None = None, message: str | None = None
+    ) -> None:
         with self.sessions() as session:
             job = session.get(Job, job_id)
             if job is None:
@@ -130,17 +159,28 @@ class JobRunner:
         digest = sha256_of(saved.path)
         self.store.put_file(key, saved.path)
         with self.sessions() as session:
-            artifact = session.scalar(select(Artifact).where(Artifact.job_id == job_id,
-                                                             Artifact.name == saved.path.name))
+            artifact = session.scalar(
+                select(Artifact).where(Artifact.job_id == job_id, Artifact.name == saved.path.name)
+            )
             if artifact is None:
                 artifact = Artifact(job_id=job_id, kind="lora", name=saved.path.name, object_key=key)
                 session.add(artifact)
             artifact.epoch, artifact.step, artifact.is_final = saved.epoch, saved.step, saved.is_final
             artifact.size_bytes, artifact.sha256 = size, digest
             session.flush()
-            add_event(session, job_id, "artifact", {"id": artifact.id, "name": artifact.name,
-                                                    "epoch": saved.epoch, "step": saved.step,
-                                                    "size_bytes": size, "sha256": digest})
+            add_event(
+                session,
+                job_id,
+                "artifact",
+                {
+                    "id": artifact.id,
+                    "name": artifact.name,
+                    "epoch": saved.epoch,
+                    "step": saved.step,
+                    "size_bytes": size,
+                    "sha256": digest,
+                },
+            )
             session.commit()
 
 
@@ -156,8 +196,12 @@ class _RowHooks:
         self.cancel = False
 
     def engine_hooks(self) -> EngineHooks:
-        return EngineHooks(on_stage=self.on_stage, on_progress=self.on_progress,
-                           on_saved=self.on_saved, should_cancel=lambda: self.cancel)
+        return EngineHooks(
+            on_stage=self.on_stage,
+            on_progress=self.on_progress,
+            on_saved=self.on_saved,
+            should_cancel=lambda: self.cancel,
+        )
 
     def on_stage(self, stage: str) -> None:
         with self.runner.sessions() as session:
@@ -192,11 +236,23 @@ class _RowHooks:
             job.step, job.total_steps = progress.step, progress.total_steps
             job.epoch, job.total_epochs = progress.epoch, progress.total_epochs
             job.loss, job.steps_per_second, job.eta_seconds = (
-                progress.loss, progress.steps_per_second, progress.eta_seconds)
-            add_event(session, self.job_id, "progress", {
-                "step": progress.step, "total_steps": progress.total_steps, "epoch": progress.epoch,
-                "loss": progress.loss, "steps_per_second": progress.steps_per_second,
-                "eta_seconds": progress.eta_seconds})
+                progress.loss,
+                progress.steps_per_second,
+                progress.eta_seconds,
+            )
+            add_event(
+                session,
+                self.job_id,
+                "progress",
+                {
+                    "step": progress.step,
+                    "total_steps": progress.total_steps,
+                    "epoch": progress.epoch,
+                    "loss": progress.loss,
+                    "steps_per_second": progress.steps_per_second,
+                    "eta_seconds": progress.eta_seconds,
+                },
+            )
             self.cancel = job.cancel_requested
             session.commit()
 

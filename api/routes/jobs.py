@@ -9,14 +9,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from api.deps import current_owner, get_session, get_state
+from api.pagination import newest_first_page
 from api.schemas import ArtifactOut, ErrorResponse, JobList, JobOut
 from api.state import AppState
-from api.submission import parse_config, submit_job
+from api.submission import parse_config, submit_dataset_job, submit_job
 from api.uploads import limited_request, require_file, save_upload
 from shared.errors import LorabakeError, NotFoundError
 from shared.jobs import request_cancel
@@ -35,9 +36,10 @@ _UPLOAD_BODY = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["dataset", "config"],
+                    "required": ["config"],
                     "properties": {
                         "dataset": {"type": "string", "format": "binary", "description": "zip of images"},
+                        "dataset_id": {"type": "string", "description": "a stored dataset, instead of a zip"},
                         "config": {"type": "string", "description": "TrainingConfig as JSON text"},
                     },
                 }
@@ -56,16 +58,33 @@ def _owned_job(session: Session, owner: str, job_id: str) -> Job:
 
 @router.post("", status_code=201, response_model=JobOut, responses=_ERRORS, openapi_extra=_UPLOAD_BODY)
 async def create_job(request: Request, response: Response, owner: Owner, state: State) -> JobOut:
-    """Upload a dataset zip and a training config; the job is queued once both check out."""
-    limited = limited_request(request, state.settings.max_upload_bytes)
-    async with limited.form(max_files=1, max_fields=8) as form:
-        config = parse_config(form.get("config"))
-        upload = require_file(form.get("dataset"), "dataset")
-        received = await run_in_threadpool(save_upload, upload, state.settings.work_dir / "uploads")
-    try:
-        job = await run_in_threadpool(submit_job, state, owner, config, received)
-    finally:
-        received.path.unlink(missing_ok=True)
+    """Queue a training job: multipart with a `dataset` zip (or a stored `dataset_id`) and `config`,
+    or a JSON body `{"dataset_id": ..., "config": {...}}`. Nothing is stored unless all of it checks out."""
+    if request.headers.get("content-type", "").startswith("application/json"):
+        body = await request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("dataset_id"), str):
+            raise LorabakeError(
+                "a JSON body needs `dataset_id` (string) and `config` (object)",
+                code="missing_field",
+                details={"field": "dataset_id"},
+                status_code=422,
+            )
+        config = parse_config(body.get("config"))
+        job = await run_in_threadpool(submit_dataset_job, state, owner, config, body["dataset_id"])
+    else:
+        limited = limited_request(request, state.settings.max_upload_bytes)
+        async with limited.form(max_files=1, max_fields=8) as form:
+            config = parse_config(form.get("config"))
+            dataset_id = form.get("dataset_id")
+            if isinstance(dataset_id, str) and dataset_id:
+                job = await run_in_threadpool(submit_dataset_job, state, owner, config, dataset_id)
+            else:
+                upload = require_file(form.get("dataset"), "dataset")
+                received = await run_in_threadpool(save_upload, upload, state.settings.work_dir / "uploads")
+                try:
+                    job = await run_in_threadpool(submit_job, state, owner, config, received)
+                finally:
+                    received.path.unlink(missing_ok=True)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobOut.of(job)
 
@@ -82,16 +101,8 @@ def list_jobs(
     query = select(Job).where(Job.owner == owner)
     if status is not None:
         query = query.where(Job.status == status.value)
-    if cursor:
-        anchor = session.get(Job, cursor)
-        if anchor is None or anchor.owner != owner:
-            raise LorabakeError(
-                "unknown cursor", code="invalid_cursor", details={"field": "cursor"}, status_code=422
-            )
-        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(anchor.created_at, anchor.id))
-    jobs = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
-    next_cursor = jobs[limit - 1].id if len(jobs) > limit else None
-    return JobList(items=[JobOut.of(j) for j in jobs[:limit]], next_cursor=next_cursor)
+    jobs, next_cursor = newest_first_page(session, query, Job, owner, cursor, limit)
+    return JobList(items=[JobOut.of(j) for j in jobs], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)

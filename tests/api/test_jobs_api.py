@@ -249,4 +249,5 @@ def test_health_and_readiness(client, env):
 def test_openapi_documents_the_upload(client):
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert set(body["required"]) == {"dataset", "config"}
+    assert set(body["required"]) == {"config"}
+    assert {"dataset", "dataset_id", "config"} <= set(body["properties"])

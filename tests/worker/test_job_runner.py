@@ -71,5 +71,5 @@ def test_missing_dataset_object_fails_the_job_with_its_reason(runner, pg_url):
     runner.run(job_id)
     job = load(pg_url, job_id)
     assert (job.status, job.attempts, job.error_code) == (JobStatus.failed, 1, "dataset_unavailable")
-    assert job.error_message and "missing" in job.error_message
+    assert job.error_message and "missing" in job.error_message  # the object key it could not fetch
     assert events(pg_url, job_id) == ["preparing", "failed"]
