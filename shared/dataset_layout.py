@@ -92,6 +92,7 @@ def detect_layout(
     default_repeats: int = 1,
     trigger: str | None = None,
     class_token: str | None = None,
+    caption_extension: str = ".txt",
 ) -> DatasetLayout:
     """Read the dataset's structure from relative POSIX file paths (already safe and normalized).
 
@@ -100,14 +101,15 @@ def detect_layout(
     Flat layout: no `N_` folder anywhere at the top; every image forms one subset using `default_repeats`,
     `trigger` and `class_token` (which the Kohya layout ignores: its folder names win).
     One wrapper folder shared by every image is looked through; paths in the result stay real paths.
+    An image's caption is the same-stem file with `caption_extension`, else `.txt`, else `.caption`.
     """
     if not 1 <= default_repeats <= MAX_REPEATS:
         raise ValueError(f"default_repeats must be 1..{MAX_REPEATS}")
-    images, captions = _classify(files)
+    images, captions = _classify(files, caption_extension)
     if not images:
         raise DatasetError(f"The dataset contains no training images ({_ACCEPTED}).", code="no_images")
     prefix = _wrapper_prefix(images)
-    caption_of = _caption_index(captions)
+    caption_of = _caption_index(captions, caption_extension)
 
     groups: dict[tuple[str, str], list[str]] = {}  # (folder under prefix, origin) -> image paths
     strays: list[str] = []
@@ -145,6 +147,7 @@ def scan_dataset_dir(
     default_repeats: int = 1,
     trigger: str | None = None,
     class_token: str | None = None,
+    caption_extension: str = ".txt",
 ) -> DatasetLayout:
     """`detect_layout` over the regular files under `root`; symlinks (files or folders) are skipped."""
     files: list[str] = []
@@ -155,20 +158,27 @@ def scan_dataset_dir(
             full = base / name
             if not full.is_symlink() and full.is_file():
                 files.append(full.relative_to(root).as_posix())
-    return detect_layout(files, default_repeats=default_repeats, trigger=trigger, class_token=class_token)
+    return detect_layout(
+        files,
+        default_repeats=default_repeats,
+        trigger=trigger,
+        class_token=class_token,
+        caption_extension=caption_extension,
+    )
 
 
-def _classify(files: Iterable[str]) -> tuple[list[str], list[str]]:
+def _classify(files: Iterable[str], caption_extension: str = ".txt") -> tuple[list[str], list[str]]:
     """Sorted image and caption paths; junk and unrelated files dropped, unsupported images refused."""
     images: list[str] = []
     captions: list[str] = []
+    caption_exts = {*CAPTION_EXTENSIONS, caption_extension.lower()}
     for path in sorted(set(files)):
         if not path or path.endswith("/") or is_junk(path):
             continue
         ext = posixpath.splitext(path)[1].lower()
         if ext in IMAGE_EXTENSIONS:
             images.append(path)
-        elif ext in CAPTION_EXTENSIONS:
+        elif ext in caption_exts:
             captions.append(path)
         elif ext in REJECTED_IMAGE_EXTENSIONS:
             raise DatasetError(
@@ -260,13 +270,19 @@ def _split_tokens(tokens: str, is_reg: bool) -> tuple[str | None, str | None]:
     return trigger, rest or None
 
 
-def _caption_index(captions: list[str]) -> dict[str, str]:
-    """Image path without extension -> caption path; `.txt` wins over `.caption`."""
+def _caption_index(captions: list[str], caption_extension: str = ".txt") -> dict[str, str]:
+    """Image path without extension -> caption path; `caption_extension` wins, then `.txt`, `.caption`."""
+    order = (caption_extension.lower(), *CAPTION_EXTENSIONS)
+
+    def rank(path: str) -> int:
+        ext = posixpath.splitext(path)[1].lower()
+        return order.index(ext) if ext in order else len(order)
+
     index: dict[str, str] = {}
     for path in captions:  # sorted, so the choice is deterministic
-        stem, ext = posixpath.splitext(path)
+        stem = posixpath.splitext(path)[0]
         current = index.get(stem)
-        if current is None or (ext.lower() == ".txt" and not current.lower().endswith(".txt")):
+        if current is None or rank(path) < rank(current):
             index[stem] = path
     return index
 

@@ -120,8 +120,7 @@ def _analyze_image(
         entry.path,
         subset.folder,
         subset.is_reg,
-        info.width,
-        info.height,
+        *info.upright_size,  # as trained (EXIF orientation applied): what the job plan buckets by
         info.format,
         digest,
         caption or None,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from shared.errors import DatasetError
 
@@ -28,6 +28,12 @@ class ImageInfo:
     width: int
     height: int
     format: str  # Pillow's name: "PNG", "JPEG" or "WEBP"
+    orientation: int = 1  # EXIF orientation; 5..8 turn the image a quarter, so it trains as height x width
+
+    @property
+    def upright_size(self) -> tuple[int, int]:
+        """(width, height) as trained: after the EXIF orientation is applied (as the worker loads it)."""
+        return _upright((self.width, self.height), self.orientation)
 
 
 def probe_image(fp: BinaryIO | Path, name: str, max_pixels: int) -> ImageInfo:
@@ -44,7 +50,16 @@ def probe_image(fp: BinaryIO | Path, name: str, max_pixels: int) -> ImageInfo:
                 entry=name,
             )
         _decode(img, name)
-        return ImageInfo(width=width, height=height, format=_format(img))
+        return ImageInfo(width=width, height=height, format=_format(img), orientation=_orientation(img))
+
+
+def upright_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file as trained, EXIF orientation applied; reads the orientation the way
+    ImageOps.exif_transpose does (after loading, so a PNG eXIf chunk behind the pixels counts too)."""
+    with _open(path, path.name) as img:
+        size = img.size
+        _decode(img, path.name)
+        return _upright(size, _orientation(img))
 
 
 def convert_to_trainable(path: Path, *, entry: str | None = None) -> Path:
@@ -96,6 +111,18 @@ def _open(fp: BinaryIO | Path, name: str) -> Image.Image:
                 entry=name,
             ) from exc
         raise _corrupt(name, exc) from exc
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = int(img.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # a damaged EXIF block: exif_transpose would not turn the image either
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _upright(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
 
 
 def _format(img: Image.Image) -> str:

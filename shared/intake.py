@@ -18,6 +18,11 @@ class DatasetReport:
     layout: DatasetLayout
     images: dict[str, ImageInfo]  # by path inside the zip
 
+    @property
+    def image_sizes(self) -> dict[str, tuple[int, int]]:
+        """(width, height) as trained (EXIF orientation applied), by path: what compute_plan buckets by."""
+        return {path: info.upright_size for path, info in self.images.items()}
+
 
 def layout_options(config: TrainingConfig) -> dict:
     """How a config fills in what a flat layout leaves open (repeats, caption for uncaptioned images)."""
@@ -25,6 +30,7 @@ def layout_options(config: TrainingConfig) -> dict:
         "default_repeats": config.repeats,
         "trigger": config.trigger_word,
         "class_token": config.class_word,
+        "caption_extension": config.caption_extension,
     }
 
 

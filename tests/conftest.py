@@ -67,13 +67,17 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny SD1.5 base models: a diffusers folder `tiny-sd15` and a single file `tiny-sd15-single.safetensors`
-    whose configs come from `configs/sd15` (the shared SD1.x config folder, weights left out)."""
+    whose configs come from `configs/sd15` (the shared SD1.x config folder, weights left out); tiny
+    captioners `tiny-blip` (BLIP) and `tiny-wd14` (an ONNX tagger)."""
     from worker.devtools.single_file import save_sd15_single_file
+    from worker.devtools.tiny_captioners import save_tiny_blip, save_tiny_wd14
     from worker.devtools.tiny_models import build_tiny_sd15_pipeline, save_tiny_sd15
 
     root = tmp_path_factory.mktemp("models")
     save_tiny_sd15(root / "tiny-sd15")
     save_sd15_single_file(build_tiny_sd15_pipeline(), root / "tiny-sd15-single.safetensors")
+    save_tiny_blip(root / "tiny-blip")
+    save_tiny_wd14(root / "tiny-wd14")
     shutil.copytree(
         root / "tiny-sd15", root / "configs" / "sd15", ignore=shutil.ignore_patterns("*.safetensors")
     )

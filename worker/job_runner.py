@@ -26,7 +26,9 @@ from shared.settings import Settings
 from shared.spec import TrainingConfig
 from shared.storage import ObjectStore, build_store
 from worker.dataset_prep import prepare_dataset_dir
+from worker.training.checkpoints import ResumeStateError
 from worker.training.engine import EngineHooks, Progress, SavedLora, TrainingCanceled, train_lora
+from worker.training.sampling import SavedSample
 
 log = logging.getLogger("lorabake.worker")
 
@@ -94,19 +96,16 @@ class JobRunner:
             config = TrainingConfig.model_validate(claimed.config)
             dataset_dir = self.prepare_for(claimed, workdir)
             hooks = _RowHooks(self, job_id)
-            result = train_lora(
-                config,
-                dataset_dir,
-                workdir / "out",
-                models_dir=self.settings.models_dir,
-                hooks=hooks.engine_hooks(),
-            )
+            # A re-delivered job (its worker died) continues from the last resume state it uploaded.
+            resume_from = self.fetch_resume_state(job_id, workdir) if claimed.attempts > 1 else None
+            result = self.train(config, dataset_dir, workdir, hooks, resume_from)
             hooks.flush()
             with self.sessions() as session:
                 job = session.get(Job, job_id)
                 assert job is not None
                 set_status(session, job, JobStatus.succeeded, seed=result.seed)
                 session.commit()
+            self.drop_resume_state(job_id)
         except TrainingCanceled:
             self.finish(job_id, JobStatus.canceled)
         except LorabakeError as exc:
@@ -151,21 +150,120 @@ class JobRunner:
                 return
             set_status(session, job, status, error_code=code, error_message=message)
             session.commit()
+        if status.is_terminal:  # nothing will resume it (a worker that dies never gets here)
+            self.drop_resume_state(job_id)
 
-    def publish(self, job_id: str, saved: SavedLora) -> None:
-        """Uploads one finished LoRA file and lists it on the job at once (upserted by name on re-runs)."""
-        key = f"jobs/{job_id}/artifacts/{saved.path.name}"
-        size = saved.path.stat().st_size
-        digest = sha256_of(saved.path)
-        self.store.put_file(key, saved.path)
+    # -- resume state ---------------------------------------------------------------------------------
+    def train(
+        self,
+        config: TrainingConfig,
+        dataset_dir: Path,
+        workdir: Path,
+        hooks: _RowHooks,
+        resume_from: Path | None,
+    ):
+        """train_lora with a resume state written beside every saved file; an unusable state (another
+        config, a corrupt upload) is logged and the job trains from the start instead."""
+        run = dict(
+            models_dir=self.settings.models_dir, hooks=hooks.engine_hooks(), state_dir=workdir / "state"
+        )
+        try:
+            return train_lora(config, dataset_dir, workdir / "out", resume_from=resume_from, **run)
+        except ResumeStateError as exc:
+            if resume_from is None:
+                raise
+            log.warning("job %s: resume state unusable (%s); training from the start", hooks.job_id, exc)
+            shutil.rmtree(workdir / "out", ignore_errors=True)
+            return train_lora(config, dataset_dir, workdir / "out", **run)
+
+    @staticmethod
+    def state_key(job_id: str) -> str:
+        return f"jobs/{job_id}/state/latest"
+
+    def save_resume_state(self, job_id: str, path: Path, epoch: int, step: int) -> None:
+        """Uploads the engine's resume state over the previous one, then its record beside it
+        (`latest.json`: key, step, epoch, size, sha256), which is written only once the state is complete."""
+        key = self.state_key(job_id)
+        self.store.put_file(key, path)
+        record = {
+            "key": key,
+            "step": step,
+            "epoch": epoch,
+            "size_bytes": path.stat().st_size,
+            "sha256": sha256_of(path),
+            "saved_at": time.time(),
+        }
+        record_path = path.with_name(path.name + ".json")
+        record_path.write_text(json.dumps(record), encoding="utf-8")
+        self.store.put_file(f"{key}.json", record_path, "application/json")
+
+    def read_resume_record(self, job_id: str) -> dict | None:
+        key = self.state_key(job_id)
+        if f"{key}.json" not in self.store.list_keys(f"jobs/{job_id}/state/"):
+            return None
+        return json.loads(b"".join(self.store.iter_bytes(f"{key}.json")))
+
+    def fetch_resume_state(self, job_id: str, workdir: Path) -> Path | None:
+        """The job's last uploaded resume state on local disk, or None (none, or it cannot be fetched)."""
+        try:
+            record = self.read_resume_record(job_id)
+            if record is None:
+                return None
+            dest = workdir / "resume" / "state.pt"
+            self.store.download_file(record["key"], dest)
+        except Exception:
+            log.exception("job %s: could not fetch its resume state; training from the start", job_id)
+            return None
+        log.info("job %s resumes after step %s (epoch %s)", job_id, record["step"], record["epoch"])
+        return dest
+
+    def drop_resume_state(self, job_id: str) -> None:
+        try:
+            self.store.delete_prefix(f"jobs/{job_id}/state/")
+        except Exception:
+            log.exception("job %s: could not delete its resume state", job_id)
+
+    def unpublish(self, job_id: str, saved: SavedLora) -> None:
+        """A kept-last-N file was removed: its artifact row and object go too."""
         with self.sessions() as session:
             artifact = session.scalar(
                 select(Artifact).where(Artifact.job_id == job_id, Artifact.name == saved.path.name)
             )
             if artifact is None:
-                artifact = Artifact(job_id=job_id, kind="lora", name=saved.path.name, object_key=key)
+                return
+            key = artifact.object_key
+            add_event(session, job_id, "artifact_removed", {"id": artifact.id, "name": artifact.name})
+            session.delete(artifact)
+            session.commit()
+        self.store.delete_prefix(key)
+
+    def publish(self, job_id: str, saved: SavedLora | SavedSample) -> None:
+        """Uploads one finished LoRA file or sample image and lists it on the job at once (upserted by name
+        on re-runs); a sample's artifact carries its prompt and settings in `meta`."""
+        sample = isinstance(saved, SavedSample)
+        with self.sessions() as session:  # a re-run never replaces a file with one of an earlier step
+            published_step = session.scalar(
+                select(Artifact.step).where(Artifact.job_id == job_id, Artifact.name == saved.path.name)
+            )
+        if published_step is not None and saved.step is not None and saved.step < published_step:
+            name = saved.path.name
+            log.info("job %s: %s of step %s kept (not %s)", job_id, name, published_step, saved.step)
+            return
+        key = f"jobs/{job_id}/artifacts/{saved.path.name}"
+        size = saved.path.stat().st_size
+        digest = sha256_of(saved.path)
+        self.store.put_file(key, saved.path, "image/png" if sample else "application/octet-stream")
+        with self.sessions() as session:
+            artifact = session.scalar(
+                select(Artifact).where(Artifact.job_id == job_id, Artifact.name == saved.path.name)
+            )
+            if artifact is None:
+                kind = "sample" if sample else "lora"
+                artifact = Artifact(job_id=job_id, kind=kind, name=saved.path.name, object_key=key)
                 session.add(artifact)
-            artifact.epoch, artifact.step, artifact.is_final = saved.epoch, saved.step, saved.is_final
+            artifact.epoch, artifact.step = saved.epoch, saved.step
+            artifact.is_final = not sample and saved.is_final
+            artifact.meta = saved.meta() if sample else None
             artifact.size_bytes, artifact.sha256 = size, digest
             session.flush()
             add_event(
@@ -174,6 +272,7 @@ class JobRunner:
                 "artifact",
                 {
                     "id": artifact.id,
+                    "kind": artifact.kind,
                     "name": artifact.name,
                     "epoch": saved.epoch,
                     "step": saved.step,
@@ -200,6 +299,11 @@ class _RowHooks:
             on_stage=self.on_stage,
             on_progress=self.on_progress,
             on_saved=self.on_saved,
+            on_removed=lambda saved: self.runner.unpublish(self.job_id, saved),
+            on_state_saved=lambda path, epoch, step: self.runner.save_resume_state(
+                self.job_id, path, epoch, step
+            ),
+            on_sample=lambda sample: self.runner.publish(self.job_id, sample),
             should_cancel=lambda: self.cancel,
         )
 

@@ -3,6 +3,7 @@ the saved Kohya file reloads in diffusers as exactly the LoRA that was trained."
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -21,7 +22,10 @@ from worker.training.export import read_metadata, save_kohya_lora
 from worker.training.model_loading import load_sd15_pipeline, resolve_base_model
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 230), "yellow": (230, 220, 40)}
-BASE = dict(base_model="tiny", resolution=64, mixed_precision="no", batch_size=2, seed=1234)
+# min_bucket_reso 64: Kohya's 256 default must not exceed the resolution; 64x64 is then the only bucket.
+BASE = dict(
+    base_model="tiny", resolution=64, min_bucket_reso=64, mixed_precision="no", batch_size=2, seed=1234
+)
 
 
 def make_dataset(root: Path, repeats: int = 1) -> Path:
@@ -362,6 +366,104 @@ def test_regularization_accumulation_and_short_batches(env, tmp_path):
     )
 
 
+def _striped(size: tuple[int, int], rgb: tuple[int, int, int]) -> Image.Image:
+    """A colour with a horizontal ramp, so mirroring changes the image."""
+    ramp = np.linspace(0.3, 1.0, size[0], dtype=np.float32)[None, :, None]
+    pixels = (ramp * np.array(rgb, dtype=np.float32)[None, None, :]).repeat(size[1], axis=0)
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def make_mixed_dataset(root: Path) -> Path:
+    """img/1_sks toy: 2 portraits 48x128, 1 landscape 128x48, 2 squares 64x64; reg/1_toy: 2 landscapes."""
+    train, reg = root / "img" / "1_sks toy", root / "reg" / "1_toy"
+    train.mkdir(parents=True)
+    reg.mkdir(parents=True)
+    shapes = {"p1": (48, 128), "p2": (48, 128), "l1": (128, 48), "s1": (64, 64), "s2": (64, 64)}
+    for i, (name, size) in enumerate(shapes.items()):
+        _striped(size, list(COLORS.values())[i % 4]).save(train / f"{name}.png")
+        (train / f"{name}.txt").write_text(f"sks toy, {name}, shape, color {i}\n", encoding="utf-8")
+    for i in range(2):
+        _striped((128, 48), (90 + 60 * i, 90, 90)).save(reg / f"r{i}.png")
+    return root
+
+
+MIXED = dict(
+    **{**BASE, "batch_size": 4, "min_bucket_reso": 32},
+    max_bucket_reso=128,
+    bucket_reso_steps=32,
+    epochs=2,
+    network_dim=2,
+    network_alpha=1.0,
+    text_encoder_lr=0,
+    save_every_n_epochs=None,
+)
+
+
+def test_mixed_aspect_ratios_take_exactly_the_planned_steps(env, tmp_path):
+    """Buckets at 64 (steps 32, 32..128): 48x128 -> 32x96, 128x48 -> 96x32, 64x64 -> 64x64. 5 train samples;
+    reg matched 3 + 2. Per bucket ceil(n / 4): 32x96 2 -> 1, 64x64 2 -> 1, 96x32 1 + 5 = 6 -> 2: 4 batches
+    and steps per epoch (one bucket would be ceil(10 / 4) = 3)."""
+    models, _ = env
+    dataset = make_mixed_dataset(tmp_path / "data")
+    rec = Recorder()
+    result = train_lora(
+        TrainingConfig(**MIXED), dataset, tmp_path / "out", models_dir=models, hooks=rec.hooks(), device="cpu"
+    )
+    plan = result.plan
+    buckets = [(b.width, b.height, b.images, b.samples, b.batches) for b in plan.buckets]
+    assert buckets == [(32, 96, 2, 2, 1), (64, 64, 2, 2, 1), (96, 32, 3, 6, 2)]
+    assert (plan.batches_per_epoch, plan.steps_per_epoch, plan.total_steps) == (4, 4, 8)
+    assert [p.step for p in rec.progress] == list(range(1, 9))
+    assert [p.epoch for p in rec.progress] == [1] * 4 + [2] * 4
+    assert all(np.isfinite(p.loss) for p in rec.progress)
+    meta = read_metadata(result.files[-1].path)
+    bucket_meta = (meta["ss_enable_bucket"], meta["ss_min_bucket_reso"], meta["ss_max_bucket_reso"])
+    assert bucket_meta == ("True", "32", "128")
+    assert json.loads(meta["ss_bucket_info"])["buckets"]["2"] == {"resolution": [96, 32], "count": 6}
+
+
+def test_caption_options_flip_and_disk_cache_stay_reproducible(env, tmp_path, monkeypatch):
+    """Per-step captions (shuffle, keep_tokens, dropout, tag dropout) with a frozen text encoder (so the
+    output cache is bypassed), flip_aug, latents cached on disk: the same seed gives the same LoRA, and the
+    second run reads every latent from the cache."""
+    from worker.training import data
+
+    models, _ = env
+    dataset = make_mixed_dataset(tmp_path / "data")
+    config = TrainingConfig(
+        **{**MIXED, "epochs": 1, "unet_lr": 1e-2},
+        shuffle_caption=True,
+        keep_tokens=1,
+        caption_dropout_rate=0.3,
+        caption_tag_dropout_rate=0.2,
+        caption_prefix="photo of",
+        flip_aug=True,
+        cache_latents_to_disk=True,
+        prior_loss_weight=0.5,
+    )
+    seen: list[tuple[str, ...]] = []
+    real_batches = data.epoch_batches
+
+    def spy(*args, **kwargs):
+        batches = real_batches(*args, **kwargs)
+        seen.extend(b.captions for b in batches)
+        assert all(b.flipped is not None for b in batches)
+        return batches
+
+    monkeypatch.setattr(data, "epoch_batches", spy)
+    cache = tmp_path / "cache"
+    first = train_lora(config, dataset, tmp_path / "a", models_dir=models, device="cpu", cache_dir=cache)
+    assert len(list(cache.glob("*.npz"))) == 2 * 7  # 7 images, both orientations
+    captions = [c for batch in seen for c in batch]
+    assert "" in captions and "photo of toy" in captions  # dropped; a reg image's folder caption
+    assert all(c in ("", "photo of toy") or c.startswith("photo of sks toy, ") for c in captions)
+    monkeypatch.setattr(data, "load_bucket_image", lambda *a, **k: pytest.fail("latents should be on disk"))
+    second = train_lora(config, dataset, tmp_path / "b", models_dir=models, device="cpu", cache_dir=cache)
+    a, b = load_file(first.files[0].path), load_file(second.files[0].path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(a[k].abs().max() > 0 for k in a if "lora_up" in k)
+
+
 # --- pieces of the engine -----------------------------------------------------------------------------------
 
 
@@ -389,15 +491,16 @@ def test_sample_table_and_epoch_batches(tmp_path):
     table = data.build_sample_table(DatasetLayout(kind="kohya", subsets=(train, reg)), tmp_path)
     assert table.captions == ("first line , tag", "sks toy", "sks toy", "toy")
     assert len(table.image_paths) == 4 and len(table.epoch_items) == 12  # 3 x 2 train + 6 matched reg
-    assert table.loss_weights.tolist() == [1.0, 1.0, 1.0, data.PRIOR_LOSS_WEIGHT]
-    items = torch.tensor(table.epoch_items)
-    one = data.epoch_batches(items, seed=1, epoch=1, batch_size=5)
-    assert [len(b) for b in one] == [5, 5, 2]
-    assert sorted(torch.cat(one).tolist()) == sorted(table.epoch_items)
-    again = data.epoch_batches(items, seed=1, epoch=1, batch_size=5)
-    assert all(torch.equal(x, y) for x, y in zip(one, again, strict=True))
-    other_epoch = data.epoch_batches(items, seed=1, epoch=2, batch_size=5)
-    assert not torch.equal(torch.cat(one), torch.cat(other_epoch))
+    assert table.loss_weights().tolist() == [1.0, 1.0, 1.0, data.PRIOR_LOSS_WEIGHT]
+    assert table.loss_weights(0.5).tolist() == [1.0, 1.0, 1.0, 0.5]  # prior_loss_weight
+    order = data.SampleOrder(table.epoch_items, item_bucket=(0, 0, 0, 0))  # one bucket
+    one = data.epoch_batches(order, seed=1, epoch=1, batch_size=5)
+    assert sorted(len(b) for b in one) == [2, 5, 5]  # the short batch lands anywhere (Kohya shuffles batches)
+    assert sorted(torch.cat([b.items for b in one]).tolist()) == sorted(table.epoch_items)
+    again = data.epoch_batches(order, seed=1, epoch=1, batch_size=5)
+    assert all(torch.equal(x.items, y.items) for x, y in zip(one, again, strict=True))
+    other_epoch = data.epoch_batches(order, seed=1, epoch=2, batch_size=5)
+    assert not torch.equal(torch.cat([b.items for b in one]), torch.cat([b.items for b in other_epoch]))
 
 
 def test_images_are_upright_rgb_short_side_resized_and_center_cropped(tmp_path):

@@ -1,4 +1,5 @@
-"""Write an A1111 / original-Stable-Diffusion ("LDM") single-file checkpoint from a diffusers SD1.x pipeline.
+"""Write an A1111 / original-Stable-Diffusion ("LDM") single-file checkpoint from a diffusers SD1.x pipeline
+(SD2.x and SDXL base pipelines too: ``save_sd2_single_file``, ``save_sdxl_single_file``).
 
 diffusers ships only the reading direction (``from_single_file``); tests and demos that exercise
 single-file base models need the writing direction. The UNet map is derived from the UNet config (block
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from safetensors.torch import save_file
 
 UNET_PREFIX = "model.diffusion_model."
@@ -68,9 +69,14 @@ def _same(sub_key: str) -> str:
 
 def _unet_prefix_map(config: Mapping[str, Any]) -> dict[str, tuple[str, Renamer]]:
     """diffusers module prefix -> (LDM module prefix, renamer for what follows it), from the UNet config."""
-    if config.get("addition_embed_type") or config.get("class_embed_type") or config.get("num_class_embeds"):
+    text_time = config.get("addition_embed_type") == "text_time"  # SDXL: label_emb in the LDM layout
+    if (
+        (config.get("addition_embed_type") and not text_time)
+        or config.get("class_embed_type")
+        or config.get("num_class_embeds")
+    ):
         raise ValueError(
-            "only SD1.x UNets (no class/addition embeddings) can be written as an SD1 single file"
+            "only SD UNets without class embeddings (SDXL's text_time embedding aside) can be written"
         )
     if config.get("mid_block_type", "UNetMidBlock2DCrossAttn") != "UNetMidBlock2DCrossAttn":
         raise ValueError(f"unsupported mid_block_type {config.get('mid_block_type')!r}")
@@ -91,6 +97,9 @@ def _unet_prefix_map(config: Mapping[str, Any]) -> dict[str, tuple[str, Renamer]
         "mid_block.attentions.0": ("middle_block.1", _same),
         "mid_block.resnets.1": ("middle_block.2", resnet),
     }
+    if text_time:
+        m["add_embedding.linear_1"] = ("label_emb.0.0", _same)
+        m["add_embedding.linear_2"] = ("label_emb.0.2", _same)
     down_types, up_types = config["down_block_types"], config["up_block_types"]
     idx = 1  # input_blocks.0 is conv_in
     for level, block_type in enumerate(down_types):
@@ -222,3 +231,112 @@ def save_sd15_single_file(
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={"format": "pt"})
     return path
+
+
+# --- SD2.x and SDXL -----------------------------------------------------------------------------------------
+
+SD2_CLIP_PREFIX = "cond_stage_model.model."  # OpenCLIP ViT-H
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."  # CLIP ViT-L, transformers layout
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."  # OpenCLIP bigG
+
+_OPEN_CLIP_LAYER_RENAMES = (
+    ("layer_norm1.", "ln_1."),
+    ("layer_norm2.", "ln_2."),
+    ("mlp.fc1.", "mlp.c_fc."),
+    ("mlp.fc2.", "mlp.c_proj."),
+    ("self_attn.out_proj.", "attn.out_proj."),
+)
+
+
+def text_encoder_to_open_clip(text_encoder: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A transformers CLIP text encoder in OpenCLIP's layout (without the ``...model.`` prefix).
+
+    q/k/v are fused into ``attn.in_proj_weight``/``in_proj_bias``; a projection (CLIPTextModelWithProjection)
+    becomes ``text_projection``, stored transposed ([width, embed]) as OpenCLIP multiplies ``x @ proj``.
+    """
+    sd = {
+        (k if k.startswith(("text_model.", "text_projection.")) else f"text_model.{k}"): v
+        for k, v in text_encoder.state_dict().items()
+    }
+    out: dict[str, torch.Tensor] = {}
+    layer = re.compile(r"^text_model\.encoder\.layers\.(\d+)\.(.+)$")
+    fused: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, tensor in sd.items():
+        if key == "text_model.embeddings.token_embedding.weight":
+            out["token_embedding.weight"] = tensor
+        elif key == "text_model.embeddings.position_embedding.weight":
+            out["positional_embedding"] = tensor
+        elif key.startswith("text_model.final_layer_norm."):
+            out["ln_final." + key.rsplit(".", 1)[1]] = tensor
+        elif key == "text_projection.weight":
+            out["text_projection"] = tensor.T.contiguous()
+        elif key.endswith("position_ids"):
+            continue
+        elif match := layer.match(key):
+            index, rest = match.groups()
+            qkv = re.match(r"^self_attn\.(q|k|v)_proj\.(weight|bias)$", rest)
+            if qkv:
+                fused.setdefault((index, qkv.group(2)), {})[qkv.group(1)] = tensor
+                continue
+            for old, new in _OPEN_CLIP_LAYER_RENAMES:
+                if rest.startswith(old):
+                    out[f"transformer.resblocks.{index}.{new}{rest[len(old) :]}"] = tensor
+                    break
+            else:
+                raise ValueError(f"text encoder key {key!r} has no OpenCLIP mapping")
+        else:
+            raise ValueError(f"text encoder key {key!r} has no OpenCLIP mapping")
+    for (index, kind), parts in fused.items():
+        name = "in_proj_weight" if kind == "weight" else "in_proj_bias"
+        out[f"transformer.resblocks.{index}.attn.{name}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
+
+
+def sd2_single_file_state_dict(pipe: StableDiffusionPipeline) -> dict[str, torch.Tensor]:
+    """An SD2.x checkpoint's keys: LDM UNet (Linear proj_in/proj_out), VAE, OpenCLIP text encoder."""
+    sd: dict[str, torch.Tensor] = {}
+    sd.update({UNET_PREFIX + k: v for k, v in unet_to_ldm(pipe.unet).items()})
+    sd.update({VAE_PREFIX + k: v for k, v in vae_to_ldm(pipe.vae).items()})
+    sd.update({SD2_CLIP_PREFIX + k: v for k, v in text_encoder_to_open_clip(pipe.text_encoder).items()})
+    return sd
+
+
+def sdxl_single_file_state_dict(pipe: StableDiffusionXLPipeline) -> dict[str, torch.Tensor]:
+    """An SDXL base checkpoint's keys (SAI layout): UNet with ``label_emb``, VAE, CLIP-L under
+    ``conditioner.embedders.0.transformer.text_model.``, OpenCLIP bigG under
+    ``conditioner.embedders.1.model.``."""
+    sd: dict[str, torch.Tensor] = {}
+    sd.update({UNET_PREFIX + k: v for k, v in unet_to_ldm(pipe.unet).items()})
+    sd.update({VAE_PREFIX + k: v for k, v in vae_to_ldm(pipe.vae).items()})
+    sd.update({SDXL_CLIP_PREFIX + k: v for k, v in text_encoder_to_ldm(pipe.text_encoder).items()})
+    sd.update(
+        {SDXL_OPEN_CLIP_PREFIX + k: v for k, v in text_encoder_to_open_clip(pipe.text_encoder_2).items()}
+    )
+    return sd
+
+
+def _write(state_dict: dict[str, torch.Tensor], path: Path, dtype: torch.dtype | None) -> Path:
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"single-file checkpoints are written as .safetensors, got {path.name!r}")
+    tensors = {}
+    for key, tensor in state_dict.items():
+        tensor = tensor.detach().cpu()
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        tensors[key] = tensor.contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return path
+
+
+def save_sd2_single_file(pipe: StableDiffusionPipeline, path: Path, dtype: torch.dtype | None = None) -> Path:
+    """Write an SD2.x-shaped pipeline as one original-layout .safetensors file and return its path."""
+    return _write(sd2_single_file_state_dict(pipe), path, dtype)
+
+
+def save_sdxl_single_file(
+    pipe: StableDiffusionXLPipeline, path: Path, dtype: torch.dtype | None = None
+) -> Path:
+    """Write an SDXL-shaped pipeline as one SAI-layout .safetensors file and return its path."""
+    return _write(sdxl_single_file_state_dict(pipe), path, dtype)

@@ -1,12 +1,19 @@
-"""Training data: images -> cached VAE latents, captions, and each epoch's shuffled batches.
+"""Training data: images -> cached VAE latents per aspect-ratio bucket, captions, each epoch's batches.
 
 Everything per-sample is precomputed once into tensors indexed by "item" (one unique (subset, image) pair),
-so a training step only gathers rows: no decoding, tokenising or Python lists per step. Repeats and
-regularization matching only change how often an item index appears in an epoch (shared.plan.epoch_samples).
+so a training step only gathers rows: no decoding per step. Repeats and regularization matching only change
+how often an item index appears in an epoch (shared.plan.epoch_samples). Images train at their bucket's
+size (shared.buckets); a batch never mixes buckets. Captions are tokenised once unless Kohya's caption
+options make them change per step (worker.training.captions): then each batch carries its own captions.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +21,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from shared.buckets import Assignment, BucketSelector, BucketSettings, Size
 from shared.dataset_layout import DatasetLayout, ImageEntry, Subset
+from shared.images import upright_size
 from shared.plan import epoch_samples
+from worker.training.captions import CaptionOptions, process_caption
 
 PRIOR_LOSS_WEIGHT = 1.0  # Kohya's --prior_loss_weight default: the loss weight of regularization samples
 
@@ -30,9 +40,9 @@ class SampleTable:
     item_image: tuple[int, ...]  # per item: index into image_paths
     epoch_items: tuple[int, ...]  # one epoch's samples as item indices, before shuffling
 
-    @property
-    def loss_weights(self) -> torch.Tensor:
-        weights = [PRIOR_LOSS_WEIGHT if s.is_reg else 1.0 for s, _ in self.items]
+    def loss_weights(self, prior_loss_weight: float = PRIOR_LOSS_WEIGHT) -> torch.Tensor:
+        """Per item: prior_loss_weight for regularization samples, 1 otherwise (Kohya)."""
+        weights = [prior_loss_weight if s.is_reg else 1.0 for s, _ in self.items]
         return torch.tensor(weights, dtype=torch.float32)
 
 
@@ -74,29 +84,32 @@ def build_sample_table(layout: DatasetLayout, dataset_dir: Path) -> SampleTable:
 
 
 def load_image(path: Path) -> Image.Image:
-    """RGB, upright: phone photos store rotation in EXIF, and Kohya's loaders apply it too."""
+    """RGB, upright: phone photos store rotation in EXIF (Kohya does not turn them; we do, and bucket by the
+    upright size, which is also what the API plans with)."""
     with Image.open(path) as img:
         return ImageOps.exif_transpose(img).convert("RGB")
 
 
-def target_size(image: Image.Image, resolution: int) -> tuple[int, int]:
-    """(width, height) to train this image at. A square now; aspect-ratio bucketing replaces this function."""
-    del image
-    return resolution, resolution
+def read_image_sizes(dataset_dir: Path, layout: DatasetLayout) -> dict[str, Size]:
+    """(width, height) as trained, EXIF orientation applied, of every image of the layout by relative path:
+    what shared.plan.compute_plan and the latent cache bucket by."""
+    paths = sorted({image.path for s in layout.subsets for image in s.images})
+    return {p: upright_size(Path(dataset_dir) / p) for p in paths}
 
 
-def resize_and_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Scale so the image covers size, then center-crop the rest (Kohya's trim_and_resize, no random crop)."""
-    width, height = size
-    scale = max(width / image.width, height / image.height)
-    resized = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
-    if resized != image.size:
-        # Area averaging when shrinking, Lanczos when enlarging: Kohya's cv2 INTER_AREA / LANCZOS4 defaults.
-        resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.LANCZOS
-        image = image.resize(resized, resample)
-    left = (image.width - width) // 2
-    top = (image.height - height) // 2
-    return image.crop((left, top, left + width, top + height))
+def fit_to_bucket(image: Image.Image, assignment: Assignment, *, name: str = "image") -> Image.Image:
+    """Kohya's trim_and_resize_if_required without random_crop: resize to assignment.resized (which covers
+    the bucket), then trim the excess equally from both sides (`excess // 2` left/top)."""
+    width, height = assignment.resized
+    if image.size != (width, height):
+        if width < assignment.bucket[0] or height < assignment.bucket[1]:
+            raise ValueError(
+                f"{name!r}: resized size {assignment.resized} does not cover {assignment.bucket}"
+            )
+        # Kohya's resize_image defaults: area averaging when no side grows, Lanczos otherwise.
+        shrinking = image.width >= width and image.height >= height
+        image = image.resize((width, height), Image.Resampling.BOX if shrinking else Image.Resampling.LANCZOS)
+    return image.crop(assignment.crop_box)
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -105,50 +118,253 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 
-def load_training_image(path: Path, resolution: int) -> torch.Tensor:
+def load_bucket_image(path: Path, assignment: Assignment, size: Size | None = None) -> torch.Tensor:
+    """[3, bucket h, bucket w] in [-1, 1]. size: the (upright) size the bucket was chosen for, checked."""
     image = load_image(path)
-    return image_to_tensor(resize_and_crop(image, target_size(image, resolution)))
+    if size is not None and image.size != tuple(size):
+        raise ValueError(f"{path.name!r} is {image.size[0]}x{image.size[1]}, planned as {size[0]}x{size[1]}")
+    return image_to_tensor(fit_to_bucket(image, assignment, name=path.name))
+
+
+def load_training_image(path: Path, resolution: int) -> torch.Tensor:
+    """One image at resolution x resolution (resized to cover, center-cropped): bucketing off."""
+    image = load_image(path)
+    assignment = BucketSelector(BucketSettings(resolution=resolution, enable_bucket=False)).select(image.size)
+    return image_to_tensor(fit_to_bucket(image, assignment, name=path.name))
+
+
+# --- latents ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BucketLatents:
+    """Cached latents, one tensor per bucket (all rows of a bucket share a shape), already scaled."""
+
+    sizes: list[Size]  # bucket (width, height), sorted
+    latents: list[torch.Tensor]  # per bucket [n, C, h, w], float32, on the VAE's device
+    flipped: list[torch.Tensor] | None  # the same of the horizontally mirrored images (flip_aug)
+    image_bucket: list[int]  # per image: index into sizes
+    image_row: list[int]  # per image: row in its bucket's tensor
+
+    def rows(self, bucket: int, rows: torch.Tensor, flipped: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, C, h, w] for rows of one bucket; flipped (bool per row) picks the mirrored latents."""
+        latents = self.latents[bucket][rows]
+        if flipped is None or self.flipped is None:
+            return latents
+        mirrored = self.flipped[bucket][rows]
+        return torch.where(flipped.view(-1, 1, 1, 1), mirrored, latents)
+
+
+def vae_fingerprint(vae: torch.nn.Module) -> str:
+    """A short hash of the VAE encoder's first and last layers: disk-cached latents never cross VAEs."""
+    digest = hashlib.sha256()
+    state = vae.state_dict()
+    for name in sorted(
+        k for k in state if k.startswith(("encoder.conv_in.", "encoder.conv_out.", "quant_conv."))
+    ):
+        digest.update(name.encode())
+        digest.update(state[name].detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class LatentDiskCache:
+    """VAE distribution parameters (mean and log-variance, before sampling and scaling) as .npz files in a
+    cache folder, one per (image path, mtime, size, bucket, resized size, mirrored, VAE). Storing the
+    distribution rather than a sample keeps a run identical whether its latents come from disk or not."""
+
+    def __init__(self, folder: Path, dataset_dir: Path, vae_key: str):
+        self.folder, self.dataset_dir, self.vae_key = Path(folder), Path(dataset_dir), vae_key
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _file(self, rel_path: str, assignment: Assignment, flipped: bool) -> Path:
+        stat = (self.dataset_dir / rel_path).stat()
+        key = json.dumps(
+            [
+                rel_path,
+                stat.st_mtime_ns,
+                stat.st_size,
+                assignment.bucket,
+                assignment.resized,
+                flipped,
+                self.vae_key,
+            ]
+        )
+        return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:40]}.npz"
+
+    def load(self, rel_path: str, assignment: Assignment, flipped: bool) -> torch.Tensor | None:
+        path = self._file(rel_path, assignment, flipped)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return torch.from_numpy(np.array(npz["params"], dtype=np.float32))
+        except (OSError, KeyError, ValueError):
+            return None
+
+    def save(self, rel_path: str, assignment: Assignment, flipped: bool, params: torch.Tensor) -> None:
+        path = self._file(rel_path, assignment, flipped)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+        try:
+            np.savez(tmp, params=params.detach().float().cpu().numpy())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 @torch.no_grad()
 def cache_latents(
     vae: torch.nn.Module,
-    paths: list[Path],
-    resolution: int,
+    dataset_dir: Path,
+    image_paths: Sequence[str],
+    assignments: Mapping[str, Assignment],
     *,
     generator: torch.Generator,
+    flip_aug: bool = False,
+    image_sizes: Mapping[str, Size] | None = None,
+    disk_cache: LatentDiskCache | None = None,
     batch_size: int = 4,
-) -> torch.Tensor:
-    """Encode each image once; returns [N, C, h, w] on the VAE's device, already times scaling_factor.
+) -> BucketLatents:
+    """Encode each image once at its bucket (and once mirrored with flip_aug, as Kohya's cache_batch_latents
+    does); latents end on the VAE's device, times scaling_factor.
 
-    Like Kohya's cache_latents this stores one latent_dist.sample() per image, reused every epoch and repeat.
-    generator is a CPU generator, so the cached latents do not depend on the device.
+    Like Kohya this keeps one latent_dist sample per image (and orientation), reused every epoch and repeat.
+    The samples are drawn from `generator` (CPU) in a fixed order (bucket, image, orientation), so they do
+    not depend on the device nor on which images came from the disk cache.
     """
-    device, dtype = vae.device, vae.dtype
-    chunks: list[torch.Tensor] = []
-    for start in range(0, len(paths), batch_size):
-        pixels = torch.stack([load_training_image(p, resolution) for p in paths[start : start + batch_size]])
-        dist = vae.encode(pixels.to(device, dtype)).latent_dist
-        latents = dist.sample(generator=generator)
-        if torch.isnan(latents).any():
-            raise ValueError(
-                f"NaN in the VAE latents of {[str(p) for p in paths[start : start + batch_size]]}"
+    dataset_dir = Path(dataset_dir)
+    sizes = sorted({assignments[p].bucket for p in image_paths})
+    bucket_of = {size: i for i, size in enumerate(sizes)}
+    members: list[list[int]] = [[] for _ in sizes]
+    image_bucket, image_row = [], []
+    for index, path in enumerate(image_paths):
+        bucket = bucket_of[assignments[path].bucket]
+        image_bucket.append(bucket)
+        image_row.append(len(members[bucket]))
+        members[bucket].append(index)
+    orientations = (False, True) if flip_aug else (False,)
+    per_orientation: dict[bool, list[torch.Tensor]] = {o: [] for o in orientations}
+    for indices in members:
+        chunks: dict[bool, list[torch.Tensor]] = {o: [] for o in orientations}
+        for start in range(0, len(indices), batch_size):
+            chunk = [image_paths[i] for i in indices[start : start + batch_size]]
+            params = _chunk_params(
+                vae, dataset_dir, chunk, assignments, orientations, image_sizes, disk_cache
             )
-        chunks.append(latents)
-    return torch.cat(chunks).mul_(vae.config.scaling_factor)
+            for flipped in orientations:
+                chunks[flipped].append(_sample(params[flipped], generator, chunk))
+        for flipped in orientations:
+            per_orientation[flipped].append(
+                torch.cat(chunks[flipped]).mul_(vae.config.scaling_factor).to(vae.device)
+            )
+    return BucketLatents(
+        sizes=sizes,
+        latents=per_orientation[False],
+        flipped=per_orientation[True] if flip_aug else None,
+        image_bucket=image_bucket,
+        image_row=image_row,
+    )
+
+
+def _chunk_params(
+    vae: torch.nn.Module,
+    dataset_dir: Path,
+    chunk: list[str],
+    assignments: Mapping[str, Assignment],
+    orientations: tuple[bool, ...],
+    image_sizes: Mapping[str, Size] | None,
+    disk_cache: LatentDiskCache | None,
+) -> dict[bool, torch.Tensor]:
+    """Latent distribution parameters [n, 2C, h, w] (CPU float32) of a chunk of one bucket's images."""
+    cached = {
+        o: [disk_cache.load(p, assignments[p], o) if disk_cache else None for p in chunk]
+        for o in orientations
+    }
+    missing = [i for i, p in enumerate(chunk) if any(cached[o][i] is None for o in orientations)]
+    if missing:
+        pixels = torch.stack(
+            [
+                load_bucket_image(
+                    dataset_dir / chunk[i],
+                    assignments[chunk[i]],
+                    image_sizes.get(chunk[i]) if image_sizes else None,
+                )
+                for i in missing
+            ]
+        ).to(vae.device, vae.dtype)
+        for flipped in orientations:
+            batch = torch.flip(pixels, dims=[3]) if flipped else pixels
+            params = vae.encode(batch).latent_dist.parameters.float().cpu()
+            if torch.isnan(params).any():
+                raise ValueError(f"NaN in the VAE latents of {[chunk[i] for i in missing]}")
+            for row, i in enumerate(missing):
+                cached[flipped][i] = params[row]
+                if disk_cache is not None:
+                    disk_cache.save(chunk[i], assignments[chunk[i]], flipped, params[row])
+    return {o: torch.stack(cached[o]) for o in orientations}  # type: ignore[arg-type]
+
+
+def _sample(params: torch.Tensor, generator: torch.Generator, chunk: list[str]) -> torch.Tensor:
+    """One draw from diffusers' DiagonalGaussianDistribution(params) with a CPU generator."""
+    mean, logvar = torch.chunk(params, 2, dim=1)
+    std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
+    latents = mean + std * torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+    if torch.isnan(latents).any():
+        raise ValueError(f"NaN in the VAE latents of {chunk}")
+    return latents
 
 
 # --- batches ------------------------------------------------------------------------------------------------
 
 
-def epoch_batches(
-    epoch_items: torch.Tensor, *, seed: int, epoch: int, batch_size: int
-) -> tuple[torch.Tensor, ...]:
-    """One epoch's item indices, shuffled reproducibly (seed + epoch), in batches; the last may be short.
+@dataclass(frozen=True)
+class SampleOrder:
+    """What an epoch is made of: the item of every sample, each item's bucket, and the per-step options."""
 
-    epoch_items may live on the training device; the permutation is drawn on the CPU, so it is the same on
-    every device.
-    """
+    epoch_items: tuple[int, ...]  # one epoch's samples as item indices (repeats and reg matching applied)
+    item_bucket: tuple[int, ...]  # per item: index of its latents bucket
+    flip_aug: bool = False
+    captions: tuple[str, ...] | None = None  # per item raw captions, when they change per step
+    caption_options: CaptionOptions | None = None
+
+    def __len__(self) -> int:
+        return len(self.epoch_items)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One micro-batch: items of a single bucket, plus this step's mirroring and captions when they vary."""
+
+    bucket: int
+    items: torch.Tensor  # item indices, int64, on the CPU
+    flipped: torch.Tensor | None = None  # bool per sample (flip_aug)
+    captions: tuple[str, ...] | None = None  # processed per sample (shuffle/dropout options)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def epoch_batches(order: SampleOrder, *, seed: int, epoch: int, batch_size: int) -> list[Batch]:
+    """One epoch's batches, reproducible from (seed, epoch), as Kohya's make_buckets/shuffle_buckets make
+    them: each bucket's samples shuffled and cut into batches (the last of a bucket may be short), then the
+    batches of all buckets shuffled together. Mirroring (probability 1/2 per sample) and the captions of
+    this epoch are drawn here too, on the CPU, so they are the same on every device."""
     gen = torch.Generator().manual_seed(seed + epoch)
-    order = torch.randperm(len(epoch_items), generator=gen).to(epoch_items.device)
-    return torch.split(epoch_items[order], batch_size)
+    by_bucket: dict[int, list[int]] = {}
+    for item in order.epoch_items:
+        by_bucket.setdefault(order.item_bucket[item], []).append(item)
+    pieces: list[tuple[int, torch.Tensor]] = []
+    for bucket in sorted(by_bucket):
+        items = torch.tensor(by_bucket[bucket], dtype=torch.int64)
+        items = items[torch.randperm(len(items), generator=gen)]
+        pieces.extend((bucket, chunk) for chunk in torch.split(items, batch_size))
+    rng = random.Random(f"captions:{seed}:{epoch}")
+    batches: list[Batch] = []
+    for index in torch.randperm(len(pieces), generator=gen).tolist():
+        bucket, items = pieces[index]
+        flipped = torch.rand(len(items), generator=gen) < 0.5 if order.flip_aug else None
+        captions = None
+        if order.captions is not None:
+            options = order.caption_options or CaptionOptions()
+            captions = tuple(
+                process_caption(order.captions[i], options, epoch=epoch, rng=rng) for i in items.tolist()
+            )
+        batches.append(Batch(bucket=bucket, items=items, flipped=flipped, captions=captions))
+    return batches

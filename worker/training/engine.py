@@ -7,9 +7,10 @@ Kohya-format file per saved epoch. Callers observe and steer it through EngineHo
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,14 +18,18 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers import DDPMScheduler, DiffusionPipeline
 
+from shared.buckets import BucketSettings, assign_buckets, sdxl_size_conditioning
 from shared.dataset_layout import scan_dataset_dir
 from shared.plan import TrainingPlan, compute_plan
 from shared.spec import TrainingConfig
-from worker.training import data, export, network, optim
+from worker.training import checkpoints, conditioning, data, export, network, optim, sampling, text
+from worker.training import noise as noise_options
+from worker.training.captions import CaptionOptions, with_affixes
 from worker.training.errors import TrainingSetupError
-from worker.training.model_loading import load_sd15_pipeline, resolve_base_model
+from worker.training.model_loading import load_pipeline, resolve_base_model, resolve_family
+from worker.training.sampling import SavedSample, generate_samples
 
 
 @dataclass(frozen=True)
@@ -61,9 +66,15 @@ def _noop(*_args: object) -> None:
 
 @dataclass
 class EngineHooks:
-    on_stage: Callable[[str], None] = _noop  # "loading_model", "caching_latents", "training", "saving"
+    on_stage: Callable[[str], None] = _noop  # "loading_model", "caching_latents", "training", "saving",
+    # "sampling"
     on_progress: Callable[[Progress], None] = _noop  # after every optimizer step; the caller throttles
     on_saved: Callable[[SavedLora], None] = _noop  # right after a file is completely written
+    on_sample: Callable[[SavedSample], None] = _noop  # right after each sample image is completely written
+    on_removed: Callable[[SavedLora], None] = _noop  # a kept-last-N file was deleted (maybe saved earlier)
+    # (resume state path, completed epochs, step) right after the state file is written; it is replaced by
+    # the next one, so copy or upload it before returning
+    on_state_saved: Callable[[Path, int, int], None] = _noop
     should_cancel: Callable[[], bool] = field(default=lambda: False)  # polled between optimizer steps
 
 
@@ -73,7 +84,9 @@ class TrainResult:
     seed: int
     plan: TrainingPlan
     final_loss: float | None
-    pipeline: StableDiffusionPipeline  # the trained in-memory pipeline, adapters attached, in eval mode
+    pipeline: DiffusionPipeline  # the trained in-memory pipeline (SD/SDXL), adapters attached, in eval mode
+    family: str = "sd1"  # the base model's family: "sd1", "sd2" or "sdxl"
+    v_parameterization: bool = False  # trained on v targets (pipeline.scheduler says the same)
 
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -149,28 +162,50 @@ class NoiseSchedule:
 
 @dataclass
 class _Batches:
-    """Per-item tensors on the device; a batch is a tensor of item indices."""
+    """Per-item tensors on the device; a batch (data.Batch) holds item indices of one bucket."""
 
-    latents: torch.Tensor  # per unique image, float32
-    item_image: torch.Tensor  # item -> latent row
-    input_ids: torch.Tensor  # per item
+    latents: data.BucketLatents  # per aspect-ratio bucket, float32
+    item_row: torch.Tensor  # item -> row in its bucket's latents
+    input_ids: torch.Tensor | None  # per item; None when captions change per step (each batch has its own)
     loss_weights: torch.Tensor  # per item
     cond: torch.Tensor | None  # per item text-encoder output, when the text encoder is frozen
-    epoch_items: torch.Tensor
+    epoch_items: data.SampleOrder  # what data.epoch_batches cuts each epoch from
+    pooled: torch.Tensor | None = None  # SDXL: per item pooled text embeds, when the encoders are frozen
+    time_ids: torch.Tensor | None = None  # SDXL: per item (orig h, w, crop top, left, target h, w), float32
+    time_ids_flipped: torch.Tensor | None = None  # SDXL with flip_aug: the same for the mirrored image
 
 
-def _encode_text(text_encoder: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    return text_encoder(input_ids, return_dict=False)[0]
+def _encode_text(
+    text_encoder: torch.nn.Module, input_ids: torch.Tensor, clip_skip: int | None = None
+) -> torch.Tensor:
+    # clip_skip and max_token_length windows ([N, n, 77] ids) as Kohya encodes them: worker/training/text.py
+    return text.encode(text_encoder, input_ids, clip_skip)
 
 
-def _tokenize(tokenizer, captions: tuple[str, ...]) -> torch.Tensor:
-    return tokenizer(
-        list(captions),
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
+def _encode_prompt(
+    text_encoder: torch.nn.Module,
+    text_encoder_2: torch.nn.Module | None,
+    input_ids: torch.Tensor,
+    clip_skip: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(UNet encoder hidden states, SDXL pooled embeds or None) for token ids from _tokenize_all."""
+    if text_encoder_2 is None:
+        return _encode_text(text_encoder, input_ids, clip_skip), None
+    return conditioning.encode_sdxl(text_encoder, text_encoder_2, input_ids)
+
+
+def _tokenize(tokenizer, captions: tuple[str, ...], max_token_length: int | None = None) -> torch.Tensor:
+    return text.tokenize(tokenizer, captions, max_token_length)  # [N, 77], or [N, n, 77] windows
+
+
+def _tokenize_all(
+    pipe: DiffusionPipeline, captions: tuple[str, ...], max_token_length: int | None = None
+) -> torch.Tensor:
+    """[N, 77] ids (one tokenizer), [N, 2, 77] for SDXL's two: one index gathers a batch either way."""
+    tokenizer_2 = getattr(pipe, "tokenizer_2", None)
+    if tokenizer_2 is None:
+        return _tokenize(pipe.tokenizer, captions, max_token_length)
+    return torch.stack([_tokenize(pipe.tokenizer, captions), _tokenize(tokenizer_2, captions)], dim=1)
 
 
 class _LossFn:
@@ -178,33 +213,77 @@ class _LossFn:
 
     def __init__(
         self,
-        pipe: StableDiffusionPipeline,
+        pipe: DiffusionPipeline,
         batches: _Batches,
         accelerator: Accelerator,
         weight_dtype: torch.dtype,
         seed: int,
+        config: TrainingConfig | None = None,
     ):
         self.unet, self.text_encoder = pipe.unet, pipe.text_encoder
+        self.text_encoder_2 = getattr(pipe, "text_encoder_2", None)  # SDXL
         self.batches, self.accelerator, self.weight_dtype = batches, accelerator, weight_dtype
         self.schedule = NoiseSchedule(DDPMScheduler.from_config(pipe.scheduler.config), accelerator.device)
         self.generator = torch.Generator(accelerator.device).manual_seed(seed)
+        max_token_length = config.max_token_length if config is not None else None
+        self.tokenize = functools.partial(_tokenize_all, pipe, max_token_length=max_token_length)
+        # Kohya's clip_skip, noise_offset / adaptive_noise_scale and min_snr_gamma (None: off)
+        self.clip_skip = config.clip_skip if config is not None else None
+        self.noise_offset = config.noise_offset if config is not None else None
+        self.adaptive_noise_scale = config.adaptive_noise_scale if config is not None else None
+        self.min_snr_gamma = config.min_snr_gamma if config is not None else None
+        if self.min_snr_gamma is not None:
+            alphas_cumprod = DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod
+            self.all_snr = noise_options.snr_table(alphas_cumprod).to(accelerator.device)
 
-    def __call__(self, items: torch.Tensor) -> torch.Tensor:
+    def _input_ids(self, batch: data.Batch, items: torch.Tensor) -> torch.Tensor:
+        if batch.captions is not None:  # Kohya's shuffle/dropout options: this step's captions, tokenised now
+            return self.tokenize(batch.captions).to(items.device)
+        assert self.batches.input_ids is not None
+        return self.batches.input_ids[items]
+
+    def _time_ids(self, items: torch.Tensor, flipped: torch.Tensor | None) -> torch.Tensor:
         b = self.batches
-        latents = b.latents[b.item_image[items]]
+        assert b.time_ids is not None
+        if flipped is None or b.time_ids_flipped is None:
+            return b.time_ids[items]
+        return torch.where(flipped.view(-1, 1), b.time_ids_flipped[items], b.time_ids[items])
+
+    def __call__(self, batch: data.Batch) -> torch.Tensor:
+        b = self.batches
+        items = batch.items.to(b.item_row.device, non_blocking=True)
+        flipped = batch.flipped.to(items.device, non_blocking=True) if batch.flipped is not None else None
+        latents = b.latents.rows(batch.bucket, b.item_row[items], flipped)
         gen, device = self.generator, latents.device
         noise = torch.randn(latents.shape, generator=gen, device=device)
+        if self.noise_offset:  # drawn after the noise, before the timesteps, as Kohya draws them
+            noise = noise_options.offset_noise(
+                latents, noise, self.noise_offset, self.adaptive_noise_scale, generator=gen
+            )
         steps = self.schedule.num_timesteps
         timesteps = torch.randint(0, steps, (len(latents),), generator=gen, device=device)
         noisy, target = self.schedule.noisy_and_target(latents, noise, timesteps)
         with self.accelerator.autocast():
             if b.cond is not None:
                 hidden = b.cond[items]
+                pooled = b.pooled[items] if b.pooled is not None else None
             else:
-                hidden = _encode_text(self.text_encoder, b.input_ids[items])
-            pred = self.unet(noisy.to(self.weight_dtype), timesteps, hidden, return_dict=False)[0]
+                input_ids = self._input_ids(batch, items)
+                hidden, pooled = _encode_prompt(
+                    self.text_encoder, self.text_encoder_2, input_ids, clip_skip=self.clip_skip
+                )
+            added = None
+            if b.time_ids is not None:  # SDXL's "text_time" conditioning
+                added = {"text_embeds": pooled, "time_ids": self._time_ids(items, flipped)}
+            pred = self.unet(
+                noisy.to(self.weight_dtype), timesteps, hidden, added_cond_kwargs=added, return_dict=False
+            )[0]
         # Kohya: float32 MSE, mean per sample, times the sample's weight (prior_loss_weight for reg), mean.
         per_sample = F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3))
+        if self.min_snr_gamma is not None:  # Kohya's apply_snr_weight, after the sample weights
+            per_sample = per_sample * noise_options.min_snr_weight(
+                timesteps, self.all_snr, self.min_snr_gamma, v_prediction=self.schedule.v_prediction
+            )
         return (per_sample * b.loss_weights[items]).mean()
 
 
@@ -229,7 +308,7 @@ class _Rate:
 
 
 def _add_network(
-    pipe: StableDiffusionPipeline, config: TrainingConfig, seed: int, device: torch.device
+    pipe: DiffusionPipeline, config: TrainingConfig, seed: int, device: torch.device
 ) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter], torch.dtype]:
     unet, vae, text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
     for model in (unet, vae, text_encoder):
@@ -240,11 +319,28 @@ def _add_network(
         text_encoder if config.trains_text_encoder else None,
         rank=config.network_dim,
         alpha=config.network_alpha,
+        target=config.network_target,
+        conv_rank=config.conv_dim,
+        conv_alpha=config.conv_alpha,
     )
+    text_encoders = [text_encoder]
+    text_encoder_2 = getattr(pipe, "text_encoder_2", None)
+    if text_encoder_2 is not None:  # SDXL: both encoders get LoRA (lora_te1_/lora_te2_) or neither does
+        text_encoders.append(text_encoder_2)
+        text_encoder_2.requires_grad_(False)
+        if config.trains_text_encoder:
+            te2_params = network.add_text_encoder_lora(
+                text_encoder_2,
+                rank=config.network_dim,
+                alpha=config.network_alpha,
+                target=config.network_target,
+            )
+            te_params = [*te_params, *te2_params]
     # Frozen base weights in the compute dtype (as Kohya does), the VAE kept float32 (it runs once, and
     # SD1.5's VAE overflows in fp16); LoRA weights stay float32 for the optimizer and the grad scaler.
     weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
-    for model, dtype in ((unet, weight_dtype), (text_encoder, weight_dtype), (vae, torch.float32)):
+    placements = [(unet, weight_dtype), *((te, weight_dtype) for te in text_encoders), (vae, torch.float32)]
+    for model, dtype in placements:
         # dtype only when it changes: diffusers warns on every .to(dtype) of a model.
         model.to(device, **({"dtype": dtype} if model.dtype != dtype else {}))
     for p in (*unet_params, *te_params):
@@ -253,40 +349,77 @@ def _add_network(
         unet.enable_gradient_checkpointing()
         if config.trains_text_encoder:
             # Non-reentrant: the reentrant variant drops the gradients of LoRA weights behind frozen inputs.
-            text_encoder.activation_checkpointing_enable(
-                activation_checkpointing_kwargs={"use_reentrant": False}
-            )
+            for te in text_encoders:
+                te.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return unet_params, te_params, weight_dtype
 
 
 def _prepare_batches(
-    pipe: StableDiffusionPipeline,
+    pipe: DiffusionPipeline,
     table: data.SampleTable,
     dataset_dir: Path,
     config: TrainingConfig,
     seed: int,
     accelerator: Accelerator,
+    image_sizes: Mapping[str, tuple[int, int]],
+    cache_dir: Path,
 ) -> _Batches:
     device = accelerator.device
+    assignments = assign_buckets(
+        {p: image_sizes[p] for p in table.image_paths}, BucketSettings.from_config(config)
+    )  # the same buckets compute_plan counted
+    disk_cache = None
+    if config.cache_latents_to_disk:
+        disk_cache = data.LatentDiskCache(cache_dir, dataset_dir, data.vae_fingerprint(pipe.vae))
     latents = data.cache_latents(
         pipe.vae,
-        [dataset_dir / p for p in table.image_paths],
-        config.resolution,
+        dataset_dir,
+        table.image_paths,
+        assignments,
         generator=torch.Generator().manual_seed(seed),
+        flip_aug=config.flip_aug,
+        image_sizes=image_sizes,
+        disk_cache=disk_cache,
     )  # kept float32: noise, noisy latents and targets are formed in fp32, only the UNet input is cast
-    input_ids = _tokenize(pipe.tokenizer, table.captions).to(device)
-    cond = None
-    if not config.trains_text_encoder:
-        # A frozen text encoder gives each caption the same output every step: encode it once.
+    caption_options = CaptionOptions.from_config(config)
+    varies = caption_options.varies  # then each batch brings this step's captions, tokenised per step
+    captions = tuple(with_affixes(c, caption_options) for c in table.captions)
+    input_ids = None if varies else _tokenize_all(pipe, captions, config.max_token_length).to(device)
+    cond = pooled = time_ids = time_ids_flipped = None
+    text_encoder_2 = getattr(pipe, "text_encoder_2", None)
+    if not config.trains_text_encoder and input_ids is not None:
+        # A frozen text encoder gives each caption the same output every step: encode it once. Not when
+        # captions change per step (Kohya refuses cache_text_encoder_outputs with shuffle/dropout).
         with torch.no_grad(), accelerator.autocast():
-            cond = _encode_text(pipe.text_encoder, input_ids)
+            cond, pooled = _encode_prompt(pipe.text_encoder, text_encoder_2, input_ids, config.clip_skip)
+    if text_encoder_2 is not None:
+        # SDXL size/crop conditioning per item, from its image size and bucket (Kohya's values).
+        def item_time_ids(flipped: bool) -> torch.Tensor:
+            paths = [table.image_paths[i] for i in table.item_image]
+            parts = [
+                sdxl_size_conditioning(image_sizes[p], assignments[p].bucket, flipped=flipped) for p in paths
+            ]
+            return conditioning.sdxl_time_ids(*zip(*parts, strict=True)).to(device)
+
+        time_ids = item_time_ids(False)
+        time_ids_flipped = item_time_ids(True) if config.flip_aug else None
+    item_bucket = tuple(latents.image_bucket[i] for i in table.item_image)
     return _Batches(
         latents=latents,
-        item_image=torch.tensor(table.item_image, device=device),
+        item_row=torch.tensor([latents.image_row[i] for i in table.item_image], device=device),
         input_ids=input_ids,
-        loss_weights=table.loss_weights.to(device),
+        loss_weights=table.loss_weights(config.prior_loss_weight).to(device),
         cond=cond,
-        epoch_items=torch.tensor(table.epoch_items, device=device),
+        epoch_items=data.SampleOrder(
+            epoch_items=table.epoch_items,
+            item_bucket=item_bucket,
+            flip_aug=config.flip_aug,
+            captions=table.captions if varies else None,
+            caption_options=caption_options if varies else None,
+        ),
+        pooled=pooled,
+        time_ids=time_ids,
+        time_ids_flipped=time_ids_flipped,
     )
 
 
@@ -298,29 +431,46 @@ def train_lora(
     models_dir: Path,
     hooks: EngineHooks | None = None,
     device: str | None = None,
+    cache_dir: Path | None = None,
+    resume_from: Path | None = None,
+    state_dir: Path | None = None,
 ) -> TrainResult:
     """Train one LoRA; files land in out_dir as they are saved. Raises TrainingSetupError before any work
-    for a config this worker cannot run, TrainingCanceled when hooks.should_cancel() turns true."""
+    for a config this worker cannot run, TrainingCanceled when hooks.should_cancel() turns true.
+    cache_dir: where config.cache_latents_to_disk keeps latents (default: out_dir/.latent-cache).
+    state_dir: write a resume state there with every saved file (hooks.on_state_saved announces it).
+    resume_from: such a state of this same run: training continues after its step, as if never stopped."""
     hooks = hooks or EngineHooks()
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     dev = resolve_device(device)
     check_precision(config.mixed_precision, dev)
     optim.check_optimizer_available(config)
+    sampling.check_samplers_available(config)
     layout = scan_dataset_dir(
         dataset_dir,
         default_repeats=config.repeats,
         trigger=config.trigger_word,
         class_token=config.class_word,
+        caption_extension=config.caption_extension,
     )
-    plan = compute_plan(layout, config)
-    seed = config.seed if config.seed is not None else secrets.randbelow(2**32)
+    image_sizes = data.read_image_sizes(dataset_dir, layout)  # upright, as the API probed them
+    plan = compute_plan(layout, config, image_sizes)  # aspect-ratio buckets: the engine batches the same way
+    resume_state = checkpoints.read_state(Path(resume_from)) if resume_from is not None else None
+    if resume_state is not None:
+        checkpoints.check_state(resume_state, config, plan)
+        seed = int(resume_state["seed"])  # the run's seed, also when the config let it be chosen
+    else:
+        seed = config.seed if config.seed is not None else secrets.randbelow(2**32)
     resolved = resolve_base_model(config.base_model, models_dir)
+    family = resolve_family(resolved, config.model_family)  # from config files / key names: no weights read
     out_dir.mkdir(parents=True, exist_ok=True)
     accelerator = make_accelerator(config.mixed_precision, dev)
     started_at = time.time()
 
     hooks.on_stage("loading_model")
-    pipe = load_sd15_pipeline(resolved, dtype=torch.float32)
+    pipe = load_pipeline(resolved, family, dtype=torch.float32)
+    text.check_options(config, family, pipe.text_encoder)
+    v_parameterization = _set_prediction_type(pipe, config.v_parameterization)
     unet_params, te_params, weight_dtype = _add_network(pipe, config, seed, accelerator.device)
     optimizer = optim.build_optimizer(config, unet_params, te_params)
     lr_scheduler = optim.build_lr_scheduler(config, optimizer, plan.total_steps)
@@ -328,12 +478,21 @@ def train_lora(
 
     hooks.on_stage("caching_latents")
     table = data.build_sample_table(layout, dataset_dir)
-    batches = _prepare_batches(pipe, table, dataset_dir, config, seed, accelerator)
+    batches = _prepare_batches(
+        pipe,
+        table,
+        dataset_dir,
+        config,
+        seed,
+        accelerator,
+        image_sizes,
+        Path(cache_dir) if cache_dir is not None else out_dir / ".latent-cache",
+    )
     run_metadata = export.training_metadata(
         config,
         plan,
         seed=seed,
-        optimizer=optim.optimizer_name(optimizer.optimizer),
+        optimizer=optim.optimizer_name(optimizer.optimizer, optim.optimizer_kwargs(config)),
         tag_freq=export.tag_frequency(
             (export.folder_name(subset, dataset_dir), caption)
             for (subset, _), caption in zip(table.items, table.captions, strict=True)
@@ -341,24 +500,54 @@ def train_lora(
         dirs=export.dataset_dirs(layout, dataset_dir, reg=False),
         reg_dirs=export.dataset_dirs(layout, dataset_dir, reg=True),
         started_at=started_at,
+        family=family,
+        v_parameterization=v_parameterization,
     )
 
     hooks.on_stage("training")
     train_te = config.trains_text_encoder
     pipe.unet.train()
-    pipe.text_encoder.train(train_te)
-    loss_fn = _LossFn(pipe, batches, accelerator, weight_dtype, seed)
+    for te in _text_encoders(pipe):
+        te.train(train_te)
+    loss_fn = _LossFn(pipe, batches, accelerator, weight_dtype, seed, config=config)
     params = [*unet_params, *te_params]
     accum = config.gradient_accumulation_steps
     rate = _Rate(plan.total_steps)
-    files: list[SavedLora] = []
-    step = 0
-    loss_value: float | None = None
-    for epoch in range(1, plan.epochs + 1):
+    run_metadata.update(export.option_metadata(config))
+    ckpt = checkpoints.Checkpointer(
+        config=config,
+        plan=plan,
+        seed=seed,
+        out_dir=out_dir,
+        hooks=hooks,
+        save_file=lambda name, epoch, step, is_final: _save(
+            pipe, config, out_dir, run_metadata, epoch=epoch, step=step, is_final=is_final, name=name
+        ),
+        train_state=checkpoints.TrainState(
+            models={
+                "unet": pipe.unet,
+                "text_encoder": pipe.text_encoder,
+                "text_encoder_2": getattr(pipe, "text_encoder_2", None),
+            },
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            noise_generator=loss_fn.generator,
+            scaler=accelerator.scaler,
+        ),
+        state_dir=Path(state_dir) if state_dir is not None else None,
+    )
+    files = ckpt.files  # this call's saved files that are kept (keep-last-N removes from it)
+    start = ckpt.resume(resume_state) if resume_state is not None else checkpoints.Position()
+    step = start.step
+    loss_value: float | None = ckpt.loss
+    sample = functools.partial(_sample, pipe, config, out_dir, accelerator, seed, hooks, plan.total_steps)
+    if config.sample_at_first and step == 0:
+        sample(epoch=0, step=0, by_epoch=True)  # Kohya's --sample_at_first: before step 1, named e000000
+    for epoch in range(start.epoch, plan.epochs + 1):
         epoch_batches = data.epoch_batches(
             batches.epoch_items, seed=seed, epoch=epoch, batch_size=config.batch_size
         )
-        for first in range(0, len(epoch_batches), accum):
+        for first in range(start.batch if epoch == start.epoch else 0, len(epoch_batches), accum):
             if hooks.should_cancel():
                 raise TrainingCanceled(step, files)
             group = epoch_batches[first : first + accum]
@@ -379,23 +568,82 @@ def train_lora(
             hooks.on_progress(
                 Progress(step, plan.total_steps, epoch, plan.epochs, loss_value, steps_per_second, eta)
             )
-        if epoch in plan.saved_epochs:
-            hooks.on_stage("saving")
-            saved = _save(
-                pipe, config, out_dir, run_metadata, epoch=epoch, step=step, is_final=epoch == plan.epochs
-            )
-            files.append(saved)
-            hooks.on_saved(saved)
-            if not saved.is_final:
-                hooks.on_stage("training")
+            if sampling.due_at_step(config, step):  # before the step's save, as Kohya does
+                sample(epoch=epoch, step=step, by_epoch=False)
+            ckpt.after_step(step=step, epoch=epoch, next_batch=first + accum, loss=loss_value)
+        ckpt.after_epoch(step=step, epoch=epoch, loss=loss_value)  # the epoch's file, removals, state
+        if sampling.due_at_epoch(config, epoch):  # after the epoch's save, as Kohya does
+            sample(epoch=epoch, step=step, by_epoch=True)
 
     pipe.unet.eval()
-    pipe.text_encoder.eval()
-    return TrainResult(files=files, seed=seed, plan=plan, final_loss=loss_value, pipeline=pipe)
+    for te in _text_encoders(pipe):
+        te.eval()
+    return TrainResult(
+        files=files,
+        seed=seed,
+        plan=plan,
+        final_loss=loss_value,
+        pipeline=pipe,
+        family=family,
+        v_parameterization=v_parameterization,
+    )
+
+
+def _sample(
+    pipe: DiffusionPipeline,
+    config: TrainingConfig,
+    out_dir: Path,
+    accelerator: Accelerator,
+    seed: int,
+    hooks: EngineHooks,
+    total_steps: int,
+    *,
+    epoch: int,
+    step: int,
+    by_epoch: bool,
+) -> None:
+    """One image per sample prompt from the in-memory pipeline into out_dir/sample (Kohya's folder)."""
+    prompts = sampling.prompts_of(config)
+    if not prompts:
+        return
+    hooks.on_stage("sampling")
+    generate_samples(
+        pipe,
+        prompts,
+        out_dir / "sample",
+        output_name=config.output_name,
+        epoch=epoch,
+        step=step,
+        by_epoch=by_epoch,
+        default_sampler=config.sample_sampler,
+        run_seed=seed,
+        autocast=accelerator.autocast,
+        on_sample=hooks.on_sample,
+        extra_parameters={"Model": config.base_model, "LoRA": config.output_name},
+    )
+    if step < total_steps:
+        hooks.on_stage("training")
+
+
+def _text_encoders(pipe: DiffusionPipeline) -> list[torch.nn.Module]:
+    """The pipeline's text encoders: one for SD1.x/2.x, two for SDXL."""
+    return [te for te in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if te is not None]
+
+
+def _set_prediction_type(pipe: DiffusionPipeline, v_parameterization: bool | None) -> bool:
+    """Whether to train on v targets: the job's v_parameterization (Kohya's flag), else the base model's
+    scheduler config. When the job overrides it, the pipeline's scheduler is switched too, so the returned
+    pipeline samples the way it was trained."""
+    from_config = pipe.scheduler.config.get("prediction_type", "epsilon") == "v_prediction"
+    if v_parameterization is None or v_parameterization == from_config:
+        return from_config
+    prediction_type = "v_prediction" if v_parameterization else "epsilon"
+    pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction_type)
+    return v_parameterization
 
 
 def _save(
-    pipe: StableDiffusionPipeline,
+    pipe: DiffusionPipeline,
     config: TrainingConfig,
     out_dir: Path,
     run_metadata: dict[str, str],
@@ -403,13 +651,17 @@ def _save(
     epoch: int,
     step: int,
     is_final: bool,
+    name: str | None = None,  # default: the epoch file's name
 ) -> SavedLora:
-    path = out_dir / export.lora_file_name(config.output_name, epoch, is_final=is_final)
+    path = out_dir / (name or export.lora_file_name(config.output_name, epoch, is_final=is_final))
+    train_te = config.trains_text_encoder
     export.save_kohya_lora(
         pipe.unet,
-        pipe.text_encoder if config.trains_text_encoder else None,
+        pipe.text_encoder if train_te else None,
         path,
+        text_encoder_2=getattr(pipe, "text_encoder_2", None) if train_te else None,
         network_alpha=config.network_alpha,
+        conv_alpha=(config.conv_alpha or 1.0) if config.conv_dim else None,  # Kohya's conv_alpha default: 1
         save_dtype=export.SAVE_DTYPES[config.save_precision],
         metadata=export.file_metadata(run_metadata, epoch=epoch, step=step, finished_at=time.time()),
     )

@@ -7,6 +7,8 @@ A job's ``base_model`` reference is one of:
 - a hub repo id such as ``runwayml/stable-diffusion-v1-5``, used only if it is already in the Hugging Face
   cache (nothing is downloaded).
 
+The model family (SD1.x, SD2.x, SDXL base) is read from the folder's configs or the single file's key names
+(:func:`detect_family`) unless the job names it; :func:`load_pipeline` loads the family's pipeline class.
 Every failure is raised as :class:`BaseModelError`, whose message names what was asked for and why it failed.
 """
 
@@ -16,17 +18,32 @@ import json
 import os
 import re
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from shared.errors import LorabakeError
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 SHARED_SD15_CONFIG = Path("configs") / "sd15"
+
+ModelFamily = Literal["sd1", "sd2", "sdxl"]
+FAMILY_LABELS: dict[str, str] = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+FAMILY_PIPELINES: dict[str, type[DiffusionPipeline]] = {
+    "sd1": StableDiffusionPipeline,
+    "sd2": StableDiffusionPipeline,
+    "sdxl": StableDiffusionXLPipeline,
+}
+# The shared config folder per family for single files without a <stem>.config/ (see find_single_file_config).
+SHARED_CONFIGS: dict[str, Path] = {
+    "sd1": SHARED_SD15_CONFIG,
+    "sd2": Path("configs") / "sd2",
+    "sdxl": Path("configs") / "sdxl",
+}
 _HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -123,7 +140,9 @@ def resolve_base_model(ref: str, models_dir: Path, cache_dir: Path | None = None
     raise BaseModelError(ref, f"file not found: {path}")
 
 
-def find_single_file_config(resolved: ResolvedModel, config_dir: Path | None = None) -> Path:
+def find_single_file_config(
+    resolved: ResolvedModel, config_dir: Path | None = None, family: ModelFamily = "sd1"
+) -> Path:
     """The diffusers folder whose configs (and tokenizer/scheduler) go with a single-file checkpoint.
 
     Single files hold weights only; diffusers needs a config folder and must not fetch one from the hub.
@@ -132,10 +151,13 @@ def find_single_file_config(resolved: ResolvedModel, config_dir: Path | None = N
     1. ``config_dir`` given by the caller;
     2. ``<stem>.config/`` next to the file (``models/foo.safetensors`` -> ``models/foo.config/``);
     3. ``<stem>.config/`` at the top of models_dir;
-    4. ``configs/sd15/`` under models_dir (one shared SD1.5 config for all SD1.x single files).
+    4. the family's shared folder under models_dir: ``configs/sd15/`` (SD1.x), ``configs/sd2/`` (SD2.x),
+       ``configs/sdxl/`` (SDXL base).
 
     Each must be a diffusers pipeline folder (model_index.json, unet/vae/text_encoder/tokenizer/scheduler
-    configs); weights in it are not needed.
+    configs, plus text_encoder_2/tokenizer_2 for SDXL); weights in it are not needed. Its scheduler config
+    also gives the default prediction type (SD2: put a 768-v config in ``configs/sd2/`` and train 512 base
+    models with ``v_parameterization: false``, or give such a file its own ``<stem>.config/``).
     """
     if config_dir is not None:
         if not (Path(config_dir) / "model_index.json").is_file():
@@ -145,7 +167,7 @@ def find_single_file_config(resolved: ResolvedModel, config_dir: Path | None = N
     candidates = [
         resolved.path.parent / stem_dir,
         resolved.models_dir / stem_dir,
-        resolved.models_dir / SHARED_SD15_CONFIG,
+        resolved.models_dir / SHARED_CONFIGS[family],
     ]
     for candidate in candidates:
         if (candidate / "model_index.json").is_file():
@@ -157,25 +179,129 @@ def find_single_file_config(resolved: ResolvedModel, config_dir: Path | None = N
     )
 
 
-def _check_pipeline_class(resolved: ResolvedModel, folder: Path) -> None:
+def _read_json(resolved: ResolvedModel, path: Path) -> dict:
     try:
-        class_name = json.loads((folder / "model_index.json").read_text(encoding="utf-8")).get("_class_name")
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise BaseModelError(resolved.ref, f"unreadable {folder / 'model_index.json'}: {exc}") from exc
-    if class_name != "StableDiffusionPipeline":
+        raise BaseModelError(resolved.ref, f"unreadable {path}: {exc}") from exc
+    if not isinstance(value, dict):
+        raise BaseModelError(resolved.ref, f"unreadable {path}: not a JSON object")
+    return value
+
+
+def _check_pipeline_class(resolved: ResolvedModel, folder: Path, family: ModelFamily = "sd1") -> None:
+    class_name = _read_json(resolved, folder / "model_index.json").get("_class_name")
+    expected = FAMILY_PIPELINES[family].__name__
+    if class_name != expected:
         raise BaseModelError(
-            resolved.ref, f"{folder} holds a {class_name}, expected a StableDiffusionPipeline (SD1.x)"
+            resolved.ref, f"{folder} holds a {class_name}, expected a {expected} ({FAMILY_LABELS[family]})"
         )
 
 
-def _check_ckpt_is_weights_only(resolved: ResolvedModel) -> None:
+# --- model family -------------------------------------------------------------------------------------------
+
+_LDM_UNET = "model.diffusion_model."
+SD2_CROSS_ATTENTION_DIM = 1024  # OpenCLIP ViT-H; SD1.x has 768 (CLIP ViT-L)
+
+
+def detect_folder_family(resolved: ResolvedModel, folder: Path) -> ModelFamily:
+    """Family of a diffusers pipeline folder: model_index.json's ``_class_name`` (StableDiffusionXLPipeline
+    -> sdxl), then the UNet config: SD2.x has cross_attention_dim 1024 and Linear proj_in/proj_out
+    (``use_linear_projection``), SD1.x 768 and 1x1 convs. Other pipeline classes are refused."""
+    class_name = _read_json(resolved, folder / "model_index.json").get("_class_name")
+    if class_name == StableDiffusionXLPipeline.__name__:
+        return "sdxl"
+    if class_name != StableDiffusionPipeline.__name__:
+        raise BaseModelError(
+            resolved.ref,
+            f"{folder} holds a {class_name}; supported are StableDiffusionPipeline (SD1.x, SD2.x) and "
+            "StableDiffusionXLPipeline (SDXL base)",
+        )
+    unet_config = folder / "unet" / "config.json"
+    unet = _read_json(resolved, unet_config) if unet_config.is_file() else {}
+    if unet.get("cross_attention_dim") == SD2_CROSS_ATTENTION_DIM or unet.get("use_linear_projection"):
+        return "sd2"
+    return "sd1"
+
+
+def detect_family_from_keys(shapes: Mapping[str, tuple[int, ...]]) -> ModelFamily | None:
+    """Family of an original-layout (A1111/SAI) single-file checkpoint from its key names and shapes.
+
+    - SDXL base: a second text encoder, ``conditioner.embedders.1.`` (OpenCLIP bigG);
+    - SD2.x: the OpenCLIP ViT-H text encoder ``cond_stage_model.model.``, or a UNet whose cross-attention
+      reads 1024-wide states, or Linear (2-D) ``proj_in`` weights (SD1.x has 1x1 convs);
+    - SD1.x: any other ``model.diffusion_model.`` UNet.
+
+    None when it is none of these (SDXL refiner, SD3, Flux, a VAE or LoRA file, ...). The prediction type
+    is not in the weights: it comes from the config folder's scheduler or the job's v_parameterization.
+    """
+    if any(k.startswith("conditioner.embedders.1.") for k in shapes):
+        return "sdxl"
+    if any(k.startswith("conditioner.") for k in shapes) or not any(k.startswith(_LDM_UNET) for k in shapes):
+        return None
+    if any(k.startswith("cond_stage_model.model.") for k in shapes):
+        return "sd2"
+    for key, shape in shapes.items():
+        if not key.startswith(_LDM_UNET):
+            continue
+        if key.endswith(".attn2.to_k.weight") and len(shape) == 2 and shape[1] == SD2_CROSS_ATTENTION_DIM:
+            return "sd2"
+        if key.endswith(".proj_in.weight") and len(shape) == 2:
+            return "sd2"
+    return "sd1"
+
+
+def _single_file_shapes(resolved: ResolvedModel) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a single file, read from the safetensors header (no tensor data) or, for .ckpt,
+    through the weights-only gate."""
+    if resolved.path.suffix.lower() == ".ckpt":
+        loaded = _check_ckpt_is_weights_only(resolved)
+        state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else {}
+        return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    import safetensors
+
+    try:
+        with safetensors.safe_open(str(resolved.path), framework="pt") as f:
+            names = f.keys()
+            return {k: tuple(f.get_slice(k).get_shape()) for k in names}
+    except Exception as exc:
+        raise BaseModelError(
+            resolved.ref, f"failed to read {resolved.path}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def detect_family(resolved: ResolvedModel) -> ModelFamily:
+    """The family of a resolved base model (see detect_folder_family / detect_family_from_keys)."""
+    if resolved.kind == "diffusers":
+        return detect_folder_family(resolved, resolved.path)
+    family = detect_family_from_keys(_single_file_shapes(resolved))
+    if family is None:
+        raise BaseModelError(
+            resolved.ref,
+            f"{resolved.path.name} is not an SD1.x, SD2.x or SDXL base checkpoint in the original "
+            "(A1111/SAI) layout; set model_family if it is one",
+        )
+    return family
+
+
+def resolve_family(resolved: ResolvedModel, requested: str = "auto") -> ModelFamily:
+    """The job's model_family, or the detected one for "auto"."""
+    if requested == "auto":
+        return detect_family(resolved)
+    if requested not in FAMILY_PIPELINES:
+        raise BaseModelError(resolved.ref, f"unknown model family {requested!r}")
+    return requested  # type: ignore[return-value]
+
+
+def _check_ckpt_is_weights_only(resolved: ResolvedModel) -> object:
     """Refuse a .ckpt whose pickle needs more than tensors/containers/numbers (i.e. could run code).
 
     diffusers itself loads .ckpt with weights_only=True, but swallows the reason into a generic OSError; this
     gate gives a clear message and keeps the guarantee in our code. mmap keeps it cheap on multi-GB files.
+    Returns what was loaded.
     """
     try:
-        torch.load(
+        return torch.load(
             resolved.path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(resolved.path)
         )
     except Exception as exc:
@@ -187,37 +313,43 @@ def _check_ckpt_is_weights_only(resolved: ResolvedModel) -> None:
         ) from exc
 
 
-def load_sd15_pipeline(
-    resolved: ResolvedModel, dtype: torch.dtype = torch.float32, config_dir: Path | None = None
-) -> StableDiffusionPipeline:
-    """Load an SD1.x pipeline offline (``local_files_only``) from a resolved reference.
+def load_pipeline(
+    resolved: ResolvedModel,
+    family: ModelFamily,
+    dtype: torch.dtype = torch.float32,
+    config_dir: Path | None = None,
+) -> DiffusionPipeline:
+    """Load a base model of the given family offline (``local_files_only``) from a resolved reference:
+    a StableDiffusionPipeline for sd1/sd2, a StableDiffusionXLPipeline for sdxl.
 
-    - diffusers folders (and cached hub snapshots): ``from_pretrained``;
+    - diffusers folders (and cached hub snapshots): ``from_pretrained``; model_index.json must name the
+      family's pipeline class;
     - single files: ``from_single_file(config=...)`` with the config folder chosen by
-      :func:`find_single_file_config` (``config_dir`` first). ``.ckpt`` files are pickles: they are first
-      checked with ``torch.load(weights_only=True)`` here, and diffusers 0.42 also reads them that way
-      (``diffusers.models.model_loading_utils.load_state_dict``), so a pickle that needs anything but
-      tensors/containers/numbers is refused, never executed; tests pin both.
+      :func:`find_single_file_config` (``config_dir``, then ``<stem>.config/`` next to the file or at the top
+      of models_dir, then ``configs/sd15``, ``configs/sd2`` or ``configs/sdxl`` by family). ``.ckpt`` files
+      are pickles: they are first checked with ``torch.load(weights_only=True)`` here, and diffusers 0.42
+      also reads them that way (``diffusers.models.model_loading_utils.load_state_dict``), so a pickle that
+      needs anything but tensors/containers/numbers is refused, never executed; tests pin both.
 
-    The safety checker is never loaded: training does not use it, and it is ~1.2 GB on the real SD1.5.
+    The safety checker (SD1/2) and the watermarker (SDXL) are never loaded: training uses neither.
     Any failure is raised as BaseModelError.
     """
-    kwargs = {
-        "dtype": dtype,
-        "local_files_only": True,
-        "safety_checker": None,
-        "requires_safety_checker": False,
-    }
+    pipeline_class = FAMILY_PIPELINES[family]
+    kwargs: dict[str, object] = {"dtype": dtype, "local_files_only": True}
+    if pipeline_class is StableDiffusionPipeline:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    else:
+        kwargs.update(add_watermarker=False)
     try:
         if resolved.kind == "diffusers":
-            _check_pipeline_class(resolved, resolved.path)
-            pipe = StableDiffusionPipeline.from_pretrained(resolved.path, **kwargs)
+            _check_pipeline_class(resolved, resolved.path, family)
+            pipe = pipeline_class.from_pretrained(resolved.path, **kwargs)
         else:
-            config = find_single_file_config(resolved, config_dir)
-            _check_pipeline_class(resolved, config)
+            config = find_single_file_config(resolved, config_dir, family)
+            _check_pipeline_class(resolved, config, family)
             if resolved.path.suffix.lower() == ".ckpt":
                 _check_ckpt_is_weights_only(resolved)
-            pipe = StableDiffusionPipeline.from_single_file(str(resolved.path), config=str(config), **kwargs)
+            pipe = pipeline_class.from_single_file(str(resolved.path), config=str(config), **kwargs)
     except BaseModelError:
         raise
     except Exception as exc:
@@ -225,3 +357,10 @@ def load_sd15_pipeline(
             resolved.ref, f"failed to load {resolved.path}: {type(exc).__name__}: {exc}"
         ) from exc
     return pipe
+
+
+def load_sd15_pipeline(
+    resolved: ResolvedModel, dtype: torch.dtype = torch.float32, config_dir: Path | None = None
+) -> StableDiffusionPipeline:
+    """Load an SD1.x pipeline: ``load_pipeline(resolved, "sd1", dtype, config_dir)``."""
+    return load_pipeline(resolved, "sd1", dtype, config_dir)  # type: ignore[return-value]
