@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 
 from api.errors import install_error_handlers
-from api.routes import datasets, health, jobs
+from api.routes import datasets, health, jobs, plan
 from api.state import AppState
 from shared.settings import Settings, get_settings
 
@@ -55,4 +55,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(datasets.router)
+    app.include_router(plan.router)
     return app

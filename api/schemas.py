@@ -42,6 +42,8 @@ class ArtifactOut(BaseModel):
     sha256: str
     created_at: datetime
     download_url: str  # our API path; it redirects to storage (S3) or streams the file (embedded)
+    # kind "sample": prompt, negative_prompt, seed, width, height, cfg_scale, steps, sampler, prompt_index
+    meta: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, artifact: Artifact) -> ArtifactOut:
@@ -56,12 +58,16 @@ class ArtifactOut(BaseModel):
             sha256=artifact.sha256,
             created_at=artifact.created_at,
             download_url=f"/v1/jobs/{artifact.job_id}/artifacts/{artifact.id}",
+            meta=artifact.meta,
         )
 
 
 class JobOut(BaseModel):
     id: str
+    kind: str  # "train", or "caption" (captions a stored dataset)
     status: str
+    dataset_id: str | None  # the stored dataset it used, if any
+    caption_revision: int | None  # that dataset's caption revision it trained on (or produced)
     config: dict[str, Any]
     plan: dict[str, Any]
     progress: ProgressOut
@@ -81,7 +87,10 @@ class JobOut(BaseModel):
         percent = 100.0 * job.step / job.total_steps if job.total_steps else 0.0
         return cls(
             id=job.id,
+            kind=job.kind,
             status=job.status,
+            dataset_id=job.dataset_id,
+            caption_revision=job.caption_revision,
             config=job.config,
             plan=job.plan,
             progress=ProgressOut(

@@ -14,13 +14,14 @@ from api.datasets_service import owned_dataset, store_caption_snapshot
 from api.errors import describe_fields, field_errors
 from api.state import AppState
 from api.uploads import ReceivedFile
+from shared.captioning import CaptionConfig
 from shared.dataset_layout import DatasetLayout
 from shared.datasets import dataset_layout
 from shared.errors import LorabakeError, NotFoundError
 from shared.intake import inspect_dataset_zip
 from shared.jobs import add_event, set_status
-from shared.models import Job, JobStatus, new_id
-from shared.plan import compute_plan
+from shared.models import Job, JobKind, JobStatus, new_id
+from shared.presets import plan_run
 from shared.queue import enqueue_training
 from shared.spec import TrainingConfig
 
@@ -68,7 +69,8 @@ def parse_config(text: object) -> TrainingConfig:
 
 def submit_job(state: AppState, owner: str, config: TrainingConfig, upload: ReceivedFile) -> Job:
     report = inspect_dataset_zip(upload.path, config, state.settings.zip_limits)
-    plan = compute_plan(report.layout, config, report.image_sizes)  # bucketed by the probed sizes
+    run = plan_run(config, report.layout, report.image_sizes, report)  # preset, buckets by probed sizes
+    config, plan = run.config, run.plan
 
     job_id = new_id()
     dataset_key = f"jobs/{job_id}/dataset.zip"
@@ -85,7 +87,7 @@ def submit_job(state: AppState, owner: str, config: TrainingConfig, upload: Rece
         state,
         job,
         config.model_dump(mode="json"),
-        plan.model_dump(mode="json"),
+        run.plan_json(),
         plan.total_steps,
         plan.epochs,
         config.seed,
@@ -124,7 +126,9 @@ def submit_dataset_job(state: AppState, owner: str, config: TrainingConfig, data
             ) from exc
         layout = dataset_layout(dataset)
         config = dataset_job_config(config, layout)
-        plan = compute_plan(layout, config)
+        sizes = {image.path: (image.width, image.height) for image in dataset.images}  # upright, as probed
+        run = plan_run(config, layout, sizes, dataset.report)
+        config, plan = run.config, run.plan
         job_id = new_id()
         captions_key = store_caption_snapshot(state, job_id, dataset)
         job = Job(
@@ -142,11 +146,22 @@ def submit_dataset_job(state: AppState, owner: str, config: TrainingConfig, data
         state,
         job,
         config.model_dump(mode="json"),
-        plan.model_dump(mode="json"),
+        run.plan_json(),
         plan.total_steps,
         plan.epochs,
         config.seed,
     )
+
+
+def submit_caption_job(state: AppState, owner: str, dataset_id: str, config: CaptionConfig) -> Job:
+    """A captioning run over a stored dataset, queued like a training job (it needs the GPU too)."""
+    with state.sessions() as session:
+        dataset = owned_dataset(session, owner, dataset_id)
+        images = sum(1 for image in dataset.images if not image.is_reg)
+        job = Job(id=new_id(), owner=owner, kind=JobKind.caption, dataset_key=dataset.object_key,
+                  dataset_filename=dataset.name, dataset_bytes=dataset.bytes, dataset_sha256=dataset.sha256,
+                  dataset_id=dataset.id)
+    return queue_job(state, job, config.model_dump(mode="json"), {"images": images}, images, 0, None)
 
 
 def queue_job(

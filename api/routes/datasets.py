@@ -31,10 +31,13 @@ from api.schemas import (
     DatasetOut,
     DatasetSummary,
     ErrorResponse,
+    JobOut,
     TagCount,
 )
 from api.state import AppState
+from api.submission import submit_caption_job
 from api.uploads import limited_request, require_file, save_upload
+from shared.captioning import CaptionConfig
 from shared.captions import CaptionEdit, tag_frequency
 from shared.errors import LorabakeError, NotFoundError
 from shared.models import Dataset, DatasetImage
@@ -173,3 +176,14 @@ def get_tags(dataset_id: str, owner: Owner, session: DB) -> list[TagCount]:
     dataset = owned_dataset(session, owner, dataset_id)
     counts = tag_frequency(i.caption for i in dataset.images if not i.is_reg)
     return [TagCount(tag=tag, count=count) for tag, count in counts]
+
+
+@router.post("/{dataset_id}/caption", status_code=201, response_model=JobOut, responses=_ERRORS)
+async def caption_dataset(
+    dataset_id: str, config: Annotated[CaptionConfig, Body()], response: Response, owner: Owner, state: State
+) -> JobOut:
+    """Caption the dataset's training images with BLIP (photos) or WD14 tags (anime) as a job on the GPU
+    queue; the result becomes the dataset's next caption revision. Follow it at /v1/jobs/{id}."""
+    job = await run_in_threadpool(submit_caption_job, state, owner, dataset_id, config)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobOut.of(job)

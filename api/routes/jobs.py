@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import mimetypes
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -138,7 +139,7 @@ def download_artifact(job_id: str, artifact_id: str, owner: Owner, session: DB, 
         return RedirectResponse(url, status_code=307)
     return StreamingResponse(
         iterate_in_threadpool(state.store.iter_bytes(artifact.object_key)),
-        media_type="application/octet-stream",
+        media_type=mimetypes.guess_type(artifact.name)[0] or "application/octet-stream",
         headers={
             "Content-Disposition": f'attachment; filename="{artifact.name}"',
             "Content-Length": str(artifact.size_bytes),

@@ -22,6 +22,7 @@ from tests.support.stack import settings_from_env, stack_env
 CONFIG = {
     "base_model": "tiny-sd15",
     "resolution": 64,
+    "min_bucket_reso": 64,  # Kohya's 256 default must not exceed the resolution (64x64 images: one bucket)
     "epochs": 3,
     "batch_size": 2,
     "network_dim": 4,

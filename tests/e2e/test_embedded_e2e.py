@@ -19,6 +19,7 @@ CONFIG = {
     "base_model": "tiny-sd15-single.safetensors",
     "output_name": "demo",
     "resolution": 64,
+    "min_bucket_reso": 64,  # Kohya's 256 default must not exceed the resolution (64x64 images: one bucket)
     "epochs": 2,
     "batch_size": 2,
     "network_dim": 4,

@@ -4,23 +4,16 @@ server, a tiny SD1.5 model. Upload a zip, watch the job, download each epoch, pr
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
-import pytest
 import torch
+from PIL import Image
 
 from shared.spec import TrainingConfig
 from shared.zipsafe import ZipLimits
-from tests.support import services
+from tests.support.client import download, finished, submit, wait_for
 from tests.support.datasets import kohya_entries, write_zip
 from tests.support.lora_check import base_pipeline, max_abs_diff, render, render_with_lora, tensors
-from tests.support.stack import process_env, stack_env
 from worker.dataset_prep import prepare_dataset_dir
 from worker.training.engine import train_lora
 
@@ -28,6 +21,7 @@ TRAIN_CONFIG = {
     "base_model": "tiny-sd15",
     "output_name": "lisabp_v1",
     "resolution": 64,
+    "min_bucket_reso": 64,  # Kohya's 256 default must not exceed the resolution (64x64 images: one bucket)
     "epochs": 2,
     "batch_size": 2,
     "network_dim": 4,
@@ -38,100 +32,17 @@ TRAIN_CONFIG = {
     "save_precision": "float",
     "seed": 7,
 }
-
-
-@dataclass
-class Stack:
-    url: str
-    key: str
-    env: dict[str, str]
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
-
-def lorabake(*args: str, env: dict[str, str]) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "lorabake.cli", *args], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
-@pytest.fixture(scope="module")
-def stack(pg_url, redis_url, s3_server, models_dir, tmp_path_factory) -> Iterator[Stack]:
-    logs = tmp_path_factory.mktemp("stack-logs")
-    bucket = "e2e-lorabake"
-    s3_server.client().create_bucket(Bucket=bucket)
-    env = process_env(
-        stack_env(
-            pg_url=pg_url,
-            redis_url=redis_url,
-            s3_url=s3_server.url,
-            bucket=bucket,
-            data_dir=tmp_path_factory.mktemp("data"),
-            models_dir=models_dir,
-        )
-    )
-    key = lorabake("create-key", "--owner", "e2e", env=env)
-    port = services.free_port()
-    worker = services.start_process(
-        [sys.executable, "-m", "lorabake.cli", "worker"], env, logs / "worker.log"
-    )
-    api = services.start_process(
-        [sys.executable, "-m", "lorabake.cli", "api", "--port", str(port)], env, logs / "api.log"
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        services.wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 60, "API", api)
-        yield Stack(url, key, env)
-    finally:
-        services.stop_process(api)
-        services.stop_process(worker)
-        for log in logs.iterdir():  # shown by pytest only when a test failed
-            print(f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}")
-
-
-def submit(stack: Stack, zip_path: Path, config: dict) -> dict:
-    with open(zip_path, "rb") as fh:
-        response = httpx.post(
-            f"{stack.url}/v1/jobs",
-            headers=stack.headers,
-            timeout=60,
-            files={"dataset": (zip_path.name, fh, "application/zip")},
-            data={"config": json.dumps(config)},
-        )
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def wait_for(stack: Stack, job_id: str, done, timeout: float = 240) -> dict:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = httpx.get(f"{stack.url}/v1/jobs/{job_id}", headers=stack.headers).json()
-        if done(job):
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} did not get there in {timeout}s: {job}")
-
-
-def finished(job: dict) -> bool:
-    return job["status"] in ("succeeded", "failed", "canceled")
-
-
-def download(stack: Stack, artifact: dict, dest: Path) -> Path:
-    response = httpx.get(
-        stack.url + artifact["download_url"], headers=stack.headers, follow_redirects=True, timeout=60
-    )
-    assert response.status_code == 200, response.text
-    dest.write_bytes(response.content)
-    return dest
+# Kohya's sample settings, tiny: one image after each epoch (a 64x96 PNG, 4 steps).
+SAMPLES = {
+    "sample_prompts": ["# a comment line", "lisabp woman --n blurry --w 64 --h 96 --d 3 --s 4 --ss euler_a"],
+    "sample_every_n_epochs": 1,
+}
 
 
 def test_train_over_http_and_download_every_epoch(stack, tmp_path, models_dir):
     zip_path = write_zip(tmp_path / "lisa.zip", kohya_entries(images=4, repeats=2, with_reg=True, webp=True))
-    job = submit(stack, zip_path, TRAIN_CONFIG)
+    config = {**TRAIN_CONFIG, **SAMPLES}
+    job = submit(stack, zip_path, config)
     # 4 images x 2 repeats, reg matched -> 16 samples / batch 2 = 8 steps per epoch, 2 epochs
     assert job["plan"]["steps_per_epoch"] == 8 and job["plan"]["total_steps"] == 16
 
@@ -141,8 +52,10 @@ def test_train_over_http_and_download_every_epoch(stack, tmp_path, models_dir):
     assert job["progress"]["epoch"] == 2 and job["progress"]["percent"] == 100.0
     assert job["seed"] == 7
 
-    artifacts = httpx.get(f"{stack.url}/v1/jobs/{job['id']}/artifacts", headers=stack.headers).json()
+    listed = httpx.get(f"{stack.url}/v1/jobs/{job['id']}/artifacts", headers=stack.headers).json()
+    artifacts = [a for a in listed if a["kind"] == "lora"]
     assert [a["name"] for a in artifacts] == ["lisabp_v1-000001.safetensors", "lisabp_v1.safetensors"]
+    assert all(a["meta"] is None for a in artifacts)
     assert [(a["epoch"], a["is_final"]) for a in artifacts] == [(1, False), (2, True)]
     files = []
     for artifact in artifacts:
@@ -152,6 +65,31 @@ def test_train_over_http_and_download_every_epoch(stack, tmp_path, models_dir):
 
         assert hashlib.sha256(path.read_bytes()).hexdigest() == artifact["sha256"]
         files.append(path)
+
+    # One sample per epoch, after that epoch's save, with its settings; each downloads as the asked PNG.
+    samples = [a for a in listed if a["kind"] == "sample"]
+    assert [(a["name"], a["epoch"], a["step"]) for a in samples] == [
+        ("lisabp_v1_e000001_00.png", 1, 8),
+        ("lisabp_v1_e000002_00.png", 2, 16),
+    ]
+    meta = {
+        "prompt": "lisabp woman",
+        "negative_prompt": "blurry",
+        "seed": 3,
+        "width": 64,
+        "height": 96,
+        "cfg_scale": 7.5,
+        "steps": 4,
+        "sampler": "euler_a",
+        "prompt_index": 0,
+    }
+    assert all(a["meta"] == meta and not a["is_final"] for a in samples)
+    for sample in samples:
+        path = download(stack, sample, tmp_path / sample["name"])
+        assert path.stat().st_size == sample["size_bytes"]
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size == (64, 96)
+            assert image.text["parameters"].startswith("lisabp woman\nNegative prompt: blurry\nSteps: 4,")
 
     # The status history, as a client streaming events sees it.
     with httpx.stream(
@@ -169,7 +107,7 @@ def test_train_over_http_and_download_every_epoch(stack, tmp_path, models_dir):
 
     # The files are the trained LoRA: same training in this process gives the same tensors and output.
     dataset = prepare_dataset_dir(zip_path, tmp_path / "dataset", ZipLimits())
-    local = train_lora(TrainingConfig(**TRAIN_CONFIG), dataset, tmp_path / "local", models_dir=models_dir)
+    local = train_lora(TrainingConfig(**config), dataset, tmp_path / "local", models_dir=models_dir)
     served, trained_here = tensors(files[-1]), tensors(local.files[-1].path)
     assert served.keys() == trained_here.keys()
     assert all(torch.equal(served[k], trained_here[k]) for k in served)

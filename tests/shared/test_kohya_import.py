@@ -1,0 +1,204 @@
+"""kohya_ss GUI configs map onto TrainingConfig with the same meaning; every key is accounted for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.kohya_import import import_kohya_config, parse_optimizer_args
+from shared.spec import TrainingConfig
+from tests.support.kohya_configs import guide_character_config
+
+
+def imported(**changes: Any) -> dict[str, Any]:
+    data = guide_character_config()
+    for key, value in changes.items():
+        if value is ...:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    return import_kohya_config(data).to_dict()
+
+
+def unsupported_keys(result: dict[str, Any]) -> set[str]:
+    return {u["key"] for u in result["unsupported"]}
+
+
+def ignored(result: dict[str, Any]) -> dict[str, str]:
+    return {i["key"]: i["reason"] for i in result["ignored"]}
+
+
+def test_the_guides_settings_map_with_the_same_meaning_and_validate():
+    data = guide_character_config()
+    result = import_kohya_config(data).to_dict()
+    config = result["config"]
+    assert config["base_model"] == "v1-5-pruned-emaonly.safetensors"
+    assert any("models directory" in n and "v1-5-pruned-emaonly.safetensors" in n for n in result["notes"])
+    assert config["model_family"] == "sd1" and config["v_parameterization"] is False
+    assert (config["resolution"], config["batch_size"], config["epochs"]) == (512, 2, 10)
+    assert (config["network_dim"], config["network_alpha"]) == (128, 128)
+    assert (config["mixed_precision"], config["save_precision"], config["optimizer"]) == (
+        "bf16",
+        "fp16",
+        "AdamW8bit",
+    )
+    assert config["save_every_n_epochs"] == 1 and config["lr_scheduler"] == "cosine"
+    assert (config["unet_lr"], config["text_encoder_lr"]) == (1e-4, 5e-5)  # strings in the file
+    assert config["lr_warmup_steps"] == 0.1  # 10 percent -> the ratio sd-scripts receives
+    assert config["seed"] == 1234 and config["clip_skip"] == 2 and config["max_token_length"] == 75
+    assert config["noise_offset"] is None and config["min_snr_gamma"] is None  # 0 = not passed by kohya_ss
+    assert config["save_every_n_steps"] is None and config["sample_every_n_steps"] is None
+    assert config["bucket_no_upscale"] is True and config["max_bucket_reso"] == 2048
+    assert "conv_dim" not in config  # LoRA_type Standard: no conv layers, whatever conv_dim says
+    assert result["unsupported"] == []
+    TrainingConfig.model_validate(config)  # a valid config as it stands (base_model is filled)
+
+    # xformers -> SDPA, paths -> the upload, attention and latents caching are ours
+    reasons = ignored(result)
+    assert "SDPA" in reasons["xformers"]
+    for key in ("train_data_dir", "output_dir", "logging_dir", "reg_data_dir"):
+        assert "the dataset is uploaded instead" in reasons[key]
+    assert {"cache_latents", "conv_dim", "conv_alpha", "learning_rate", "model_list"} <= set(reasons)
+    assert any("reg/N_class" in n for n in result["notes"])  # reg_data_dir was set
+
+
+def test_every_key_is_mapped_ignored_or_unsupported_and_ignored_is_disjoint():
+    data = guide_character_config()
+    data.update(
+        {
+            "random_crop": True,
+            "LoRA_type": "LyCORIS/LoHa",
+            "something_new": "x",
+            "huggingface_token": "hf_secret",
+        }
+    )
+    result = import_kohya_config(data).to_dict()
+    mapped = {m["key"] for m in result["mapped"]}
+    dropped = set(ignored(result))
+    refused = {u["key"].split(".")[0] for u in result["unsupported"]}
+    assert mapped | dropped | refused == set(data)
+    assert not dropped & (mapped | refused)
+    assert {"random_crop", "LoRA_type", "something_new"} <= refused
+    assert "huggingface_token" in dropped
+    assert "hf_secret" not in str(result)  # credentials are never echoed back
+
+
+def test_blank_and_zero_values_mean_unset_as_kohya_ss_passes_them():
+    result = imported(
+        seed="", clip_skip=0, save_every_n_epochs=0, sample_every_n_epochs=0, max_token_length=""
+    )
+    config = result["config"]
+    assert config["seed"] is None and config["clip_skip"] is None and config["max_token_length"] is None
+    assert config["save_every_n_epochs"] is None and config["sample_every_n_epochs"] is None
+    assert imported(seed=0)["config"]["seed"] is None  # kohya_ss: int(seed) != 0 else None -> random
+    assert imported(seed="42")["config"]["seed"] == 42
+
+
+def test_learning_rates_follow_kohya_ss():
+    both_zero = imported(learning_rate="0.0002", unet_lr=0, text_encoder_lr="0")["config"]
+    assert (both_zero["unet_lr"], both_zero["text_encoder_lr"]) == (2e-4, 2e-4)  # learning_rate for both
+    unet_only = imported(unet_lr="0.0001", text_encoder_lr=0)
+    assert unet_only["config"]["text_encoder_lr"] == 0  # --network_train_unet_only
+    te_only = imported(unet_lr=0, text_encoder_lr="5e-05")
+    assert "unet_lr" in unsupported_keys(te_only) and "unet_lr" not in te_only["config"]
+    nothing = imported(learning_rate=0, unet_lr=0, text_encoder_lr=0)
+    assert "learning_rate" in unsupported_keys(nothing)
+
+
+def test_warmup_percent_steps_and_the_constant_scheduler():
+    assert imported(lr_warmup=5)["config"]["lr_warmup_steps"] == 0.05
+    steps = imported(lr_warmup=10, lr_warmup_steps=150)
+    assert steps["config"]["lr_warmup_steps"] == 150 and "lr_warmup" in ignored(steps)
+    assert imported(lr_warmup=0)["config"]["lr_warmup_steps"] == 0
+    constant = imported(lr_scheduler="constant", lr_warmup=10)
+    assert "lr_warmup" in unsupported_keys(constant) and "lr_warmup_steps" not in constant["config"]
+    assert constant["config"]["lr_scheduler"] == "constant"
+    assert "lr_warmup" in unsupported_keys(imported(lr_warmup=100))
+    restarts = imported(lr_scheduler="cosine_with_restarts", lr_scheduler_num_cycles="")["config"]
+    assert restarts["lr_scheduler_num_cycles"] == 10  # kohya_ss: empty -> one cycle per epoch
+    assert "lr_scheduler" in unsupported_keys(imported(lr_scheduler="adafactor"))
+
+
+def test_resolution_epochs_and_steps():
+    wide = imported(max_resolution="512,768")
+    assert "resolution" not in wide["config"] and "max_resolution" in unsupported_keys(wide)
+    assert any("not square" in n for n in wide["notes"])
+    assert imported(max_resolution="768,768")["config"]["resolution"] == 768
+    assert imported(max_resolution="1024")["config"]["resolution"] == 1024
+    both = imported(epoch=10, max_train_epochs="4")
+    assert both["config"]["epochs"] == 4 and "epoch" in ignored(both)
+    steps = imported(max_train_steps="1600")
+    assert "max_train_steps" in unsupported_keys(steps) and steps["config"]["epochs"] == 10
+
+
+def test_optimizer_args_string_becomes_a_dict():
+    args, problems = parse_optimizer_args('weight_decay=0.1 betas=0.9,0.99 "eps=1e-08"')
+    assert args == {"weight_decay": 0.1, "betas": [0.9, 0.99], "eps": 1e-08} and problems == []
+    result = imported(optimizer="AdamW", optimizer_args="weight_decay=0.01 betas=0.9,0.999 d_coef=2 oops")
+    assert result["config"]["optimizer_args"] == {"weight_decay": 0.01, "betas": [0.9, 0.999]}
+    assert {"optimizer_args.d_coef", "optimizer_args"} <= unsupported_keys(result)
+    prodigy = imported(
+        optimizer="Prodigy",
+        learning_rate=1,
+        unet_lr=1,
+        text_encoder_lr=1,
+        optimizer_args="decouple=True d_coef=2",
+    )
+    assert prodigy["config"]["optimizer_args"] == {"decouple": True, "d_coef": 2}
+    assert "optimizer" in unsupported_keys(imported(optimizer="DAdaptAdam"))
+    assert "optimizer_args" in ignored(imported(optimizer_args=""))
+
+
+def test_model_family_lora_type_and_base_model_forms():
+    assert imported(sdxl=True, max_resolution="1024,1024")["config"]["model_family"] == "sdxl"
+    assert imported(v2=True, v_parameterization=True)["config"]["model_family"] == "sd2"
+    locon = imported(LoRA_type="Kohya LoCon", conv_dim=16, conv_alpha=8)["config"]
+    assert (locon["conv_dim"], locon["conv_alpha"]) == (16, 8)
+    assert "LoRA_type" in unsupported_keys(imported(LoRA_type="LyCORIS/LoCon"))
+    hub = imported(pretrained_model_name_or_path="runwayml/stable-diffusion-v1-5")
+    assert hub["config"]["base_model"] == "runwayml/stable-diffusion-v1-5"
+    posix = imported(pretrained_model_name_or_path="/home/me/models/anything-v3.safetensors")
+    assert posix["config"]["base_model"] == "anything-v3.safetensors"
+    missing = imported(pretrained_model_name_or_path="")
+    assert "base_model" not in missing["config"] and any("base_model" in n for n in missing["notes"])
+    TrainingConfig.model_validate({**missing["config"], "base_model": "sd15"})  # valid once it is filled
+    assert "flux1_checkbox" in unsupported_keys(imported(flux1_checkbox=True))
+
+
+def test_values_our_config_refuses_become_unsupported_not_dropped():
+    result = imported(output_name="lisa bp v1", train_batch_size=128, bucket_reso_steps=60)
+    refused = {u["key"]: u for u in result["unsupported"]}
+    assert refused["output_name"]["value"] == "lisa bp v1"
+    assert refused["train_batch_size"]["value"] == 128
+    assert "bucket_reso_steps" in refused
+    assert not {"output_name", "batch_size", "bucket_reso_steps"} & set(result["config"])
+    TrainingConfig.model_validate(result["config"])
+    assert "full_fp16" in unsupported_keys(imported(full_fp16=True))
+    assert "additional_parameters" in unsupported_keys(
+        imported(additional_parameters="--debiased_estimation")
+    )
+    assert "vae" in unsupported_keys(imported(vae="C:\\vae\\kl-f8-anime.ckpt"))
+    assert "noise_offset_type" in unsupported_keys(imported(noise_offset_type="Multires"))
+    assert imported(noise_offset="0.05")["config"]["noise_offset"] == 0.05
+    assert "keep_tokens" in unsupported_keys(imported(keep_tokens="two"))
+    # a rule between fields blames the field its message names first whose removal satisfies it
+    bucket = imported(min_bucket_reso=768)
+    assert unsupported_keys(bucket) == {"min_bucket_reso"} and bucket["config"]["resolution"] == 512
+    prodigy = imported(optimizer="Prodigy", unet_lr=1, text_encoder_lr=0.5)  # prodigyopt refuses this too
+    assert unsupported_keys(prodigy) == {"optimizer"} and "optimizer" not in prodigy["config"]
+    assert any("check unet_lr" in n for n in prodigy["notes"])
+
+
+# the guide's sample line: "a relevant sample prompt followed by: --n low quality, worst quality, ..."
+PROMPT = "lisabp, portrait --n low quality, worst quality, bad anatomy, --w 512 --h 512 --d 1 --l 7.5 --s 20"
+
+
+def test_sample_prompts_and_sampler():
+    result = imported(
+        sample_prompts=PROMPT + "\n\n",
+        sample_every_n_epochs=1,
+        sample_sampler="euler_a",
+    )
+    config = result["config"]
+    assert config["sample_prompts"] == [PROMPT]
+    assert config["sample_every_n_epochs"] == 1 and config["sample_sampler"] == "euler_a"
+    assert "sample_sampler" in unsupported_keys(imported(sample_sampler="no-such-sampler"))
