@@ -166,14 +166,24 @@ def train(config_file: Path, dataset_dir: Path, out_dir: Path, models_dir: Path 
     """Train a LoRA from CONFIG_FILE (JSON) on DATASET_DIR into OUT_DIR, without the service."""
     from pydantic import ValidationError
 
+    from shared.dataset_layout import scan_dataset_dir
     from shared.errors import LorabakeError
+    from shared.images import upright_size
+    from shared.intake import layout_options
+    from shared.presets import apply_preset
     from shared.spec import TrainingConfig
     from worker.training.engine import EngineHooks, Progress, SavedLora, train_lora
 
     try:
         config = TrainingConfig.model_validate(json.loads(config_file.read_text()))
+        # the service applies presets when a job is submitted; here the dataset is first seen now
+        layout = scan_dataset_dir(dataset_dir, **layout_options(config))
+        sizes = {i.path: upright_size(dataset_dir / i.path) for s in layout.subsets for i in s.images}
+        config = apply_preset(config, layout, sizes)
     except (ValidationError, json.JSONDecodeError) as exc:
         raise click.ClickException(f"{config_file}: {exc}") from exc
+    except LorabakeError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message}") from exc
 
     def show_progress(p: Progress) -> None:
         if p.step == p.total_steps or p.step % 10 == 0:
