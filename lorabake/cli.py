@@ -210,14 +210,22 @@ def train(config_file: Path, dataset_dir: Path, out_dir: Path, models_dir: Path 
 
 @main.command("tiny-model")
 @click.argument("name", default="tiny-sd15")
-def tiny_model(name: str) -> None:
-    """Write a tiny random SD1.5-shaped model into the models folder, to try the service without a GPU."""
+@click.option("--with-captioners", is_flag=True, help="Also write tiny-blip and tiny-wd14 captioners.")
+def tiny_model(name: str, with_captioners: bool) -> None:
+    """Write a tiny random SD1.5-shaped model into the models folder, to try the service without a GPU
+    (its LoRAs and samples are noise: it shows the flow, not quality)."""
     from worker.devtools.tiny_models import save_tiny_sd15
 
     settings = get_settings()
     assert settings.models_dir is not None
     target = save_tiny_sd15(settings.models_dir / name)
     click.echo(f'wrote {target}; use "base_model": "{name}"')
+    if with_captioners:
+        from worker.devtools.tiny_captioners import save_tiny_blip, save_tiny_wd14
+
+        save_tiny_blip(settings.models_dir / "tiny-blip")
+        save_tiny_wd14(settings.models_dir / "tiny-wd14")
+        click.echo('wrote tiny-blip and tiny-wd14 ("blip_model": "tiny-blip", "wd14_model": "tiny-wd14")')
 
 
 if __name__ == "__main__":
