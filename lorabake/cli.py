@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,21 @@ def worker(concurrency: int) -> None:
     app.worker_main(_worker_argv(get_settings(), concurrency))
 
 
+def _requeue_interrupted(settings: Settings) -> None:
+    """The embedded mode has one worker and it is not running yet: a job that shows as running was cut off
+    by the last shutdown. The filesystem broker keeps no unacknowledged messages, so queue it again."""
+    from shared.db import session_scope
+    from shared.jobs import interrupted_job_ids
+    from shared.queue import enqueue_training, make_celery
+
+    with session_scope(settings.database_url) as session:
+        job_ids = interrupted_job_ids(session)
+    app = make_celery(settings)
+    for job_id in job_ids:
+        enqueue_training(app, settings, job_id)
+        click.echo(f"job {job_id} was interrupted by the last shutdown; queued again (it resumes)")
+
+
 def _embedded_key(settings: Settings) -> str:
     """The key `serve` prints: made once, kept in the data folder (readable by its owner only)."""
     from shared.db import session_scope
@@ -130,10 +146,14 @@ def serve(host: str | None, port: int | None) -> None:
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
     key = _embedded_key(settings)
+    _requeue_interrupted(settings)
     host, port = host or settings.api_host, port or settings.api_port
 
     env = {**os.environ, "LORABAKE_DATA_DIR": str(settings.data_dir)}
-    worker_proc = subprocess.Popen([sys.executable, "-m", "lorabake.cli", "worker"], env=env)
+    # Its own process group, so stopping serve stops the worker's pool children too.
+    worker_proc = subprocess.Popen(
+        [sys.executable, "-m", "lorabake.cli", "worker"], env=env, start_new_session=True
+    )
     models = ", ".join(sorted(p.name for p in settings.models_dir.iterdir()))
     models = models or "none yet: `lorabake tiny-model` writes a tiny demo model"
     click.echo(
@@ -142,14 +162,24 @@ def serve(host: str | None, port: int | None) -> None:
         f"data folder: {settings.data_dir}\n"
         f"base models in {settings.models_dir}: {models}\n"
     )
+    # uvicorn re-raises SIGTERM after its graceful shutdown; with the default handler that would end this
+    # process before `finally` stops the worker. Exiting through SystemExit runs it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
     finally:
-        worker_proc.terminate()
-        try:
-            worker_proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker_proc.kill()
+        stop_worker(worker_proc)
+
+
+def stop_worker(proc: subprocess.Popen, grace_seconds: float = 10) -> None:
+    """Warm shutdown first, then the whole process group. A job cut off here is queued again by the next
+    `lorabake serve` and resumes from its last saved state."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
 
 
 @main.command()

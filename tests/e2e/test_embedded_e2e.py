@@ -31,9 +31,7 @@ CONFIG = {
 }
 
 
-def test_serve_trains_and_streams_downloads(tmp_path: Path, models_dir: Path):
-    data = tmp_path / "data"
-    port = services.free_port()
+def serve_env(data: Path, models_dir: Path) -> dict[str, str]:
     env = process_env(
         {
             "LORABAKE_DATA_DIR": str(data),
@@ -48,13 +46,35 @@ def test_serve_trains_and_streams_downloads(tmp_path: Path, models_dir: Path):
             "LORABAKE_PROGRESS_INTERVAL_SECONDS",
         ):
             del env[name]
-    log = tmp_path / "serve.log"
+    return env
+
+
+def start_serve(env: dict[str, str], port: int, log: Path):  # noqa: ANN201
     proc = services.start_process(
         [sys.executable, "-m", "lorabake.cli", "serve", "--port", str(port)], env, log
     )
     url = f"http://127.0.0.1:{port}"
+    services.wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 60, "lorabake serve", proc)
+    return proc, url
+
+
+def processes_using(data: Path) -> list[int]:
+    """Processes whose environment points at this data folder (serve, its worker, pool children)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if f"LORABAKE_DATA_DIR={data}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_serve_trains_and_streams_downloads(tmp_path: Path, models_dir: Path):
+    data = tmp_path / "data"
+    log = tmp_path / "serve.log"
+    proc, url = start_serve(serve_env(data, models_dir), services.free_port(), log)
     try:
-        services.wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 60, "lorabake serve", proc)
         key = (data / "api-key").read_text().strip()
         assert key in log.read_text(), "serve must print the API key to use"
         assert (data / "lorabake.db").exists()
@@ -95,3 +115,47 @@ def test_serve_trains_and_streams_downloads(tmp_path: Path, models_dir: Path):
     finally:
         services.stop_process(proc)
         print(log.read_text(errors="replace")[-4000:])
+
+
+def test_stopping_serve_stops_its_worker_and_the_job_resumes_on_restart(tmp_path: Path, models_dir: Path):
+    data = tmp_path / "data"
+    env = serve_env(data, models_dir)
+    proc, url = start_serve(env, services.free_port(), tmp_path / "serve1.log")
+    try:
+        headers = {"Authorization": f"Bearer {(data / 'api-key').read_text().strip()}"}
+        zip_path = write_zip(tmp_path / "set.zip", kohya_entries(images=4, repeats=2, webp=False))
+        with open(zip_path, "rb") as fh:
+            job = httpx.post(
+                f"{url}/v1/jobs",
+                headers=headers,
+                files={"dataset": ("set.zip", fh)},
+                data={"config": json.dumps({**CONFIG, "epochs": 40})},
+                timeout=60,
+            ).json()
+        deadline = time.monotonic() + 120
+        while not httpx.get(f"{url}/v1/jobs/{job['id']}", headers=headers).json()["artifacts"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        services.stop_process(proc, timeout=40)
+    assert processes_using(data) == [], "serve must not leave its worker behind"
+
+    proc, url = start_serve(env, services.free_port(), tmp_path / "serve2.log")
+    try:
+        deadline = time.monotonic() + 240
+        while (job := httpx.get(f"{url}/v1/jobs/{job['id']}", headers=headers).json())["status"] not in (
+            "succeeded",
+            "failed",
+            "canceled",
+        ):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.3)
+        assert job["status"] == "succeeded", job["error"]
+        assert job["attempts"] == 2  # cut off once, then resumed by the restarted serve
+        assert job["progress"]["step"] == job["progress"]["total_steps"] == 160
+        names = [a["name"] for a in job["artifacts"]]
+        assert names[-1] == "demo.safetensors" and len(names) == len(set(names))
+    finally:
+        services.stop_process(proc, timeout=40)
+        print((tmp_path / "serve1.log").read_text(errors="replace")[-3000:])
+        print((tmp_path / "serve2.log").read_text(errors="replace")[-3000:])

@@ -78,7 +78,7 @@ def start_process(args: list[str], env: dict[str, str], log_path: Path) -> subpr
         return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
+def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
     if proc.poll() is not None:
         return
     proc.terminate()
