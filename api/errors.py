@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from shared.errors import LorabakeError
 
 log = logging.getLogger("lorabake.api")
+M = TypeVar("M", bound=BaseModel)
 
 
 def error_response(
@@ -34,6 +37,32 @@ def field_errors(exc: ValidationError | RequestValidationError, prefix: str = ""
 
 def describe_fields(fields: list[dict[str, str]]) -> str:
     return "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+
+
+def validate_json_model(model: type[M], raw: object, field: str, code: str) -> M:
+    """`raw` (JSON text or already-decoded JSON) as `model`; every failure is a 422 naming `field` (and the
+    sub-fields at fault, as `field.sub`)."""
+    if isinstance(raw, str | bytes):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise LorabakeError(
+                f"{field} is not valid JSON: {exc}", code=code, details={"field": field}, status_code=422
+            ) from exc
+    if not isinstance(raw, dict):
+        raise LorabakeError(
+            f"{field} must be a JSON object", code=code, details={"field": field}, status_code=422
+        )
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        fields = field_errors(exc, prefix=f"{field}.")
+        raise LorabakeError(
+            f"invalid {field}: {describe_fields(fields)}",
+            code=code,
+            details={"fields": fields},
+            status_code=422,
+        ) from exc
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -5,13 +5,10 @@ Bad input fails in the first step, before any object or row exists, so nothing i
 
 from __future__ import annotations
 
-import json
 import logging
 
-from pydantic import ValidationError
-
 from api.datasets_service import owned_dataset, store_caption_snapshot
-from api.errors import describe_fields, field_errors
+from api.errors import validate_json_model
 from api.state import AppState
 from api.uploads import ReceivedFile
 from shared.captioning import CaptionConfig
@@ -28,43 +25,16 @@ from shared.spec import TrainingConfig
 log = logging.getLogger("lorabake.api")
 
 
-def parse_config(text: object) -> TrainingConfig:
-    """The `config` field as JSON text (multipart) or an already-decoded object (JSON body)."""
-    if isinstance(text, dict):
-        text = json.dumps(text)
-    if not isinstance(text, str) or not text.strip():
+def parse_config(raw: object) -> TrainingConfig:
+    """The `config` field: JSON text (multipart) or an already-decoded object (JSON body)."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
         raise LorabakeError(
-            "multipart field 'config' (JSON text) is required",
+            "field 'config' (a JSON object) is required",
             code="missing_field",
             details={"field": "config"},
             status_code=422,
         )
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise LorabakeError(
-            f"config is not valid JSON: {exc}",
-            code="invalid_config",
-            details={"field": "config"},
-            status_code=422,
-        ) from exc
-    if not isinstance(raw, dict):
-        raise LorabakeError(
-            "config must be a JSON object",
-            code="invalid_config",
-            details={"field": "config"},
-            status_code=422,
-        )
-    try:
-        return TrainingConfig.model_validate(raw)
-    except ValidationError as exc:
-        fields = field_errors(exc, prefix="config.")
-        raise LorabakeError(
-            f"invalid config: {describe_fields(fields)}",
-            code="invalid_config",
-            details={"fields": fields},
-            status_code=422,
-        ) from exc
+    return validate_json_model(TrainingConfig, raw, "config", "invalid_config")
 
 
 def submit_job(state: AppState, owner: str, config: TrainingConfig, upload: ReceivedFile) -> Job:
@@ -158,9 +128,16 @@ def submit_caption_job(state: AppState, owner: str, dataset_id: str, config: Cap
     with state.sessions() as session:
         dataset = owned_dataset(session, owner, dataset_id)
         images = sum(1 for image in dataset.images if not image.is_reg)
-        job = Job(id=new_id(), owner=owner, kind=JobKind.caption, dataset_key=dataset.object_key,
-                  dataset_filename=dataset.name, dataset_bytes=dataset.bytes, dataset_sha256=dataset.sha256,
-                  dataset_id=dataset.id)
+        job = Job(
+            id=new_id(),
+            owner=owner,
+            kind=JobKind.caption,
+            dataset_key=dataset.object_key,
+            dataset_filename=dataset.name,
+            dataset_bytes=dataset.bytes,
+            dataset_sha256=dataset.sha256,
+            dataset_id=dataset.id,
+        )
     return queue_job(state, job, config.model_dump(mode="json"), {"images": images}, images, 0, None)
 
 

@@ -251,17 +251,17 @@ def _kohya_subset(folder: str, is_reg: bool, paths: list[str], caption_of: dict[
             code="invalid_repeats",
             entry=folder,
         )
-    trigger, class_token = _split_tokens(tokens, is_reg)
+    trigger, class_token = split_tokens(tokens, is_reg)
     entries = tuple(_entry(p, caption_of) for p in paths)
     return Subset(folder, repeats, trigger, class_token, is_reg, entries)
 
 
-def _split_tokens(tokens: str, is_reg: bool) -> tuple[str | None, str | None]:
+def split_tokens(tokens: str | None, is_reg: bool) -> tuple[str | None, str | None]:
     """`"lisabp woman"` -> trigger + class. Reg folders have no trigger: all their text is class.
 
     A one-word training folder (`6_lisabp`) is taken as the trigger, the word the LoRA must learn.
     """
-    text = " ".join(tokens.split())
+    text = " ".join((tokens or "").split())
     if not text:
         return None, None
     if is_reg:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
-from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -21,7 +19,7 @@ from api.datasets_service import (
     thumbnail_bytes,
 )
 from api.deps import current_owner, get_session, get_state
-from api.errors import describe_fields, field_errors
+from api.errors import validate_json_model
 from api.pagination import newest_first_page
 from api.schemas import (
     CaptionEditResult,
@@ -39,7 +37,7 @@ from api.submission import submit_caption_job
 from api.uploads import limited_request, require_file, save_upload
 from shared.captioning import CaptionConfig
 from shared.captions import CaptionEdit, tag_frequency
-from shared.errors import LorabakeError, NotFoundError
+from shared.errors import NotFoundError
 from shared.models import Dataset, DatasetImage
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -73,23 +71,7 @@ _UPLOAD_BODY = {
 def parse_options(text: object) -> DatasetOptions:
     if text is None or (isinstance(text, str) and not text.strip()):
         return DatasetOptions()
-    try:
-        return DatasetOptions.model_validate(json.loads(str(text)))
-    except json.JSONDecodeError as exc:
-        raise LorabakeError(
-            f"options is not valid JSON: {exc}",
-            code="invalid_options",
-            details={"field": "options"},
-            status_code=422,
-        ) from exc
-    except ValidationError as exc:
-        fields = field_errors(exc, prefix="options.")
-        raise LorabakeError(
-            f"invalid options: {describe_fields(fields)}",
-            code="invalid_options",
-            details={"fields": fields},
-            status_code=422,
-        ) from exc
+    return validate_json_model(DatasetOptions, text, "options", "invalid_options")
 
 
 @router.post("", status_code=201, response_model=DatasetOut, responses=_ERRORS, openapi_extra=_UPLOAD_BODY)

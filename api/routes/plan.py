@@ -6,16 +6,23 @@ from itertools import islice
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.datasets_service import owned_dataset
 from api.deps import current_owner, get_state
-from api.errors import describe_fields, field_errors
+from api.errors import validate_json_model
 from api.schemas import ErrorResponse
 from api.state import AppState
 from api.submission import dataset_job_config, parse_config
-from shared.dataset_layout import MAX_REPEATS, DatasetLayout, ImageEntry, Subset, parse_repeats_folder
+from shared.dataset_layout import (
+    MAX_REPEATS,
+    DatasetLayout,
+    ImageEntry,
+    Subset,
+    parse_repeats_folder,
+    split_tokens,
+)
 from shared.datasets import dataset_layout, image_sizes
 from shared.errors import LorabakeError, NotFoundError
 from shared.kohya_import import import_kohya_config
@@ -127,16 +134,7 @@ async def _json_object(request: Request) -> dict[str, Any]:
 
 
 def parse_counts(raw: object) -> DatasetCounts:
-    try:
-        return DatasetCounts.model_validate(raw)
-    except ValidationError as exc:
-        fields = field_errors(exc, prefix="counts.")
-        raise LorabakeError(
-            f"invalid counts: {describe_fields(fields)}",
-            code="invalid_counts",
-            details={"fields": fields},
-            status_code=422,
-        ) from exc
+    return validate_json_model(DatasetCounts, raw, "counts", "invalid_counts")
 
 
 def counts_layout(counts: DatasetCounts) -> tuple[DatasetLayout, dict[str, tuple[int, int]] | None]:
@@ -205,17 +203,6 @@ def counts_layout(counts: DatasetCounts) -> tuple[DatasetLayout, dict[str, tuple
 def folder_parts(folder: str) -> tuple[int, str] | None:
     """(N, tokens) of a Kohya folder's last path part, None for any other name."""
     return parse_repeats_folder(folder.rsplit("/", 1)[-1]) if folder else None
-
-
-def split_tokens(tokens: str | None, is_reg: bool) -> tuple[str | None, str | None]:
-    """`lisabp woman` -> (trigger, class); a reg folder's words are all class (as dataset_layout reads)."""
-    text = " ".join((tokens or "").split())
-    if not text:
-        return None, None
-    if is_reg:
-        return None, text
-    trigger, _, rest = text.partition(" ")
-    return trigger, rest or None
 
 
 # --- the dry run -------------------------------------------------------------------------------------------

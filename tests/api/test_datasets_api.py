@@ -4,55 +4,23 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from api.app import create_app
 from shared.db import session_scope
 from shared.keys import create_api_key
 from shared.models import Job, JobStatus
 from tests.support.datasets import image_bytes, kohya_entries, write_zip
-from tests.support.stack import settings_from_env, stack_env
-
-
-@pytest.fixture
-def env(pg_url, redis_url, s3_server, bucket, tmp_path, models_dir) -> dict[str, str]:
-    return stack_env(
-        pg_url=pg_url,
-        redis_url=redis_url,
-        s3_url=s3_server.url,
-        bucket=bucket,
-        data_dir=tmp_path / "data",
-        models_dir=models_dir,
-    )
-
-
-@pytest.fixture
-def client(env) -> Iterator[TestClient]:
-    with TestClient(create_app(settings_from_env(env))) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def headers(pg_url) -> dict[str, str]:
-    with session_scope(pg_url) as session:
-        return {"Authorization": f"Bearer {create_api_key(session, owner=f'ds-{uuid.uuid4().hex[:8]}')}"}
+from tests.support.stack import bucket_keys
 
 
 def upload(client: TestClient, headers: dict, zip_path: Path, options: dict | None = None):
     with open(zip_path, "rb") as fh:
         data = {"options": json.dumps(options)} if options else {}
         return client.post("/v1/datasets", headers=headers, files={"dataset": (zip_path.name, fh)}, data=data)
-
-
-def objects(s3_server, bucket: str) -> list[str]:
-    return [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
 
 
 def cmyk_jpeg() -> bytes:
@@ -93,7 +61,7 @@ def test_upload_reports_every_file_and_warns(client, headers, tmp_path, s3_serve
     captions = {i["path"]: i["caption"] for i in dataset["image_list"]}
     assert captions[f"{folder}/001.png"] == "lisabp, woman, color 1"
     assert captions[f"{folder}/000.jpg"] is None  # no caption file: trains on "lisabp woman"
-    keys = objects(s3_server, bucket)
+    keys = bucket_keys(s3_server, bucket)
     assert f"datasets/{dataset['id']}/dataset.zip" in keys
     assert sum(k.endswith(".jpg") and "/thumbs/" in k for k in keys) == 8
 
@@ -120,7 +88,7 @@ def test_unsafe_or_empty_zips_are_refused_and_store_nothing(client, headers, tmp
     bad_options = upload(client, headers, write_zip(tmp_path / "ok.zip", kohya_entries()), {"repeats": 0})
     assert bad_options.status_code == 422
     assert bad_options.json()["error"]["details"]["fields"][0]["field"] == "options.repeats"
-    assert objects(s3_server, bucket) == []
+    assert bucket_keys(s3_server, bucket) == []
     assert client.get("/v1/datasets", headers=headers).json()["items"] == []
 
 
@@ -178,7 +146,7 @@ def test_job_from_dataset_pins_its_caption_revision(client, headers, tmp_path, s
     job = created.json()
     assert job["plan"]["images"] == 3 and job["plan"]["total_steps"] == 12
     snapshot_key = f"jobs/{job['id']}/captions.json"
-    assert snapshot_key in objects(s3_server, bucket)
+    assert snapshot_key in bucket_keys(s3_server, bucket)
     body = s3_server.client().get_object(Bucket=bucket, Key=snapshot_key)["Body"].read()
     snapshot = json.loads(body)
     assert snapshot["revision"] == 0 and snapshot["dataset_id"] == dataset["id"]
@@ -195,7 +163,7 @@ def test_job_from_dataset_pins_its_caption_revision(client, headers, tmp_path, s
         session.get(Job, job["id"]).status = JobStatus.succeeded
     assert client.delete(f"/v1/datasets/{dataset['id']}", headers=headers).status_code == 204
     assert client.get(f"/v1/datasets/{dataset['id']}", headers=headers).status_code == 404
-    assert not [k for k in objects(s3_server, bucket) if k.startswith(f"datasets/{dataset['id']}/")]
+    assert not [k for k in bucket_keys(s3_server, bucket) if k.startswith(f"datasets/{dataset['id']}/")]
     assert client.get(f"/v1/jobs/{job['id']}", headers=headers).status_code == 200
 
 

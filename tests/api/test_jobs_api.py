@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import uuid
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from shared.db import session_scope
 from shared.keys import create_api_key
 from shared.models import Job
 from tests.support.datasets import image_bytes, kohya_entries, write_zip
-from tests.support.stack import settings_from_env, stack_env
+from tests.support.stack import bucket_keys, settings_from_env
 
 CONFIG = {
     "base_model": "tiny-sd15",
@@ -29,30 +27,6 @@ CONFIG = {
     "network_alpha": 2,
     "mixed_precision": "no",
 }
-
-
-@pytest.fixture
-def env(pg_url, redis_url, s3_server, bucket, tmp_path, models_dir) -> dict[str, str]:
-    return stack_env(
-        pg_url=pg_url,
-        redis_url=redis_url,
-        s3_url=s3_server.url,
-        bucket=bucket,
-        data_dir=tmp_path / "data",
-        models_dir=models_dir,
-    )
-
-
-@pytest.fixture
-def client(env) -> Iterator[TestClient]:
-    with TestClient(create_app(settings_from_env(env))) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def key(pg_url) -> str:
-    with session_scope(pg_url) as session:
-        return create_api_key(session, owner=f"alice-{uuid.uuid4().hex[:8]}")  # the database is shared
 
 
 def auth(key: str) -> dict[str, str]:
@@ -75,11 +49,6 @@ def job_count(pg_url: str) -> int:
         return session.scalar(select(func.count()).select_from(Job))
 
 
-def objects(s3_server, bucket: str) -> list[str]:
-    listing = s3_server.client().list_objects_v2(Bucket=bucket)
-    return [o["Key"] for o in listing.get("Contents", [])]
-
-
 def test_submit_stores_job_plan_and_dataset(client, key, tmp_path, s3_server, bucket):
     zip_path = write_zip(tmp_path / "set.zip", kohya_entries(images=4, repeats=3, with_reg=True))
     response = submit(client, key, zip_path)
@@ -93,7 +62,7 @@ def test_submit_stores_job_plan_and_dataset(client, key, tmp_path, s3_server, bu
     assert plan["steps_per_epoch"] == 12 and plan["total_steps"] == 36
     assert plan["saved_epochs"] == [1, 2, 3]
     assert job["progress"]["total_steps"] == 36
-    assert objects(s3_server, bucket) == [f"jobs/{job['id']}/dataset.zip"]
+    assert bucket_keys(s3_server, bucket) == [f"jobs/{job['id']}/dataset.zip"]
     fetched = client.get(f"/v1/jobs/{job['id']}", headers=auth(key))
     assert fetched.status_code == 200 and fetched.json()["id"] == job["id"]
     assert fetched.headers["x-request-id"]
@@ -189,7 +158,7 @@ def test_bad_zips_are_4xx_naming_the_entry_and_store_nothing(
         assert error["details"]["entry"] == entry
         assert entry in error["message"]
     assert job_count(pg_url) == before
-    assert objects(s3_server, bucket) == []
+    assert bucket_keys(s3_server, bucket) == []
 
 
 @pytest.mark.parametrize(
@@ -212,7 +181,7 @@ def test_invalid_config_is_422_naming_the_field(
     assert error["code"] == "invalid_config"
     assert field in [f["field"] for f in error["details"]["fields"]]
     assert field in error["message"]
-    assert job_count(pg_url) == before and objects(s3_server, bucket) == []
+    assert job_count(pg_url) == before and bucket_keys(s3_server, bucket) == []
 
 
 def test_config_that_is_not_json_and_missing_dataset(client, key, tmp_path):
@@ -228,7 +197,7 @@ def test_upload_over_the_limit_is_413(env, key, tmp_path, pg_url, s3_server, buc
         response = submit(client, key, write_zip(tmp_path / "s.zip", kohya_entries(images=6)))
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
-    assert objects(s3_server, bucket) == []
+    assert bucket_keys(s3_server, bucket) == []
 
 
 def test_health_and_readiness(client, env):

@@ -4,50 +4,19 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from api.app import create_app
 from shared.db import session_scope
 from shared.keys import create_api_key
 from shared.models import Job
 from tests.support.datasets import flat_entries, kohya_entries, write_zip
 from tests.support.kohya_configs import guide_character_config
-from tests.support.stack import settings_from_env, stack_env
+from tests.support.stack import bucket_keys
 
 LISA = {"subsets": [{"folder": "img/6_lisabp woman", "images": 34}]}
-
-
-@pytest.fixture
-def env(pg_url, redis_url, s3_server, bucket, tmp_path, models_dir) -> dict[str, str]:
-    return stack_env(
-        pg_url=pg_url,
-        redis_url=redis_url,
-        s3_url=s3_server.url,
-        bucket=bucket,
-        data_dir=tmp_path / "data",
-        models_dir=models_dir,
-    )
-
-
-@pytest.fixture
-def client(env) -> Iterator[TestClient]:
-    with TestClient(create_app(settings_from_env(env))) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def headers(pg_url) -> dict[str, str]:
-    with session_scope(pg_url) as session:
-        return {"Authorization": f"Bearer {create_api_key(session, owner=f'plan-{uuid.uuid4().hex[:8]}')}"}
-
-
-def objects(s3_server, bucket: str) -> list[str]:
-    return [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
 
 
 def job_count(pg_url: str) -> int:
@@ -97,7 +66,7 @@ def test_counts_dry_run_is_the_guides_example_and_stores_nothing(client, headers
     assert files[0] == ("lisabp-000001.safetensors", 204) and files[-1] == ("lisabp.safetensors", 2040)
     assert len(files) == out["checkpoint_count"] == 10
     assert [w["code"] for w in out["warnings"]] == ["bf16_gpu"] == [w["code"] for w in plan["warnings"]]
-    assert job_count(pg_url) == jobs_before and objects(s3_server, bucket) == []
+    assert job_count(pg_url) == jobs_before and bucket_keys(s3_server, bucket) == []
 
 
 def test_counts_with_sizes_reg_and_a_flat_folder(client, headers):
@@ -131,7 +100,7 @@ def test_counts_with_sizes_reg_and_a_flat_folder(client, headers):
 
 def test_dataset_dry_run_matches_the_job_it_would_queue(client, headers, pg_url, s3_server, bucket, tmp_path):
     dataset = upload(client, headers, write_zip(tmp_path / "d.zip", kohya_entries(images=4, repeats=3)))
-    stored = set(objects(s3_server, bucket))
+    stored = set(bucket_keys(s3_server, bucket))
     jobs_before = job_count(pg_url)
     config = {"base_model": "tiny-sd15", "preset": "concept", "resolution": 64, "min_bucket_reso": 64}
     dry = client.post("/v1/plan", headers=headers, json={"config": config, "dataset_id": dataset["id"]})
@@ -140,7 +109,7 @@ def test_dataset_dry_run_matches_the_job_it_would_queue(client, headers, pg_url,
     assert out["source"] == "dataset" and out["plan"]["repeats"] == 3
     assert out["plan"]["buckets"]  # a stored dataset knows its image sizes
     assert "webp_images" in {w["code"] for w in out["warnings"]}  # from the stored intake report
-    assert job_count(pg_url) == jobs_before and set(objects(s3_server, bucket)) == stored
+    assert job_count(pg_url) == jobs_before and set(bucket_keys(s3_server, bucket)) == stored
 
     job = client.post("/v1/jobs", headers=headers, json={"config": config, "dataset_id": dataset["id"]})
     assert job.status_code == 201, job.text
@@ -211,7 +180,7 @@ def test_422s_name_the_field_and_store_nothing(client, headers, pg_url, tmp_path
     stolen = client.post("/v1/plan", headers=other, json={"config": base, "dataset_id": dataset["id"]})
     assert stolen.status_code == 422 and fields(stolen) == ["dataset_id"]
     assert job_count(pg_url) == jobs_before
-    assert all(k.startswith(f"datasets/{dataset['id']}/") for k in objects(s3_server, bucket))
+    assert all(k.startswith(f"datasets/{dataset['id']}/") for k in bucket_keys(s3_server, bucket))
 
 
 def test_kohya_import_endpoint_feeds_a_dry_run(client, headers):

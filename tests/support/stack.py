@@ -50,3 +50,8 @@ def settings_from_env(env: dict[str, str]) -> Settings:
 def process_env(env: dict[str, str]) -> dict[str, str]:
     """The environment a child process gets: ours (PATH, HF_HUB_OFFLINE...) plus the stack's settings."""
     return {**os.environ, "HF_HUB_OFFLINE": "1", **env}
+
+
+def bucket_keys(s3_server, bucket: str) -> list[str]:  # noqa: ANN001 - the tests' S3Server
+    """Every object key in the bucket (to show that a refused request stored nothing)."""
+    return [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
