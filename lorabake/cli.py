@@ -192,7 +192,10 @@ def stop_worker(proc: subprocess.Popen, grace_seconds: float = 10) -> None:
     default=None,
     help="Where base_model is looked up. Default: LORABAKE_MODELS_DIR.",
 )
-def train(config_file: Path, dataset_dir: Path, out_dir: Path, models_dir: Path | None) -> None:
+@click.option("--allow-download", is_flag=True, help="Download a hub base model missing from the HF cache.")
+def train(
+    config_file: Path, dataset_dir: Path, out_dir: Path, models_dir: Path | None, allow_download: bool
+) -> None:
     """Train a LoRA from CONFIG_FILE (JSON) on DATASET_DIR into OUT_DIR, without the service."""
     from pydantic import ValidationError
 
@@ -230,8 +233,14 @@ def train(config_file: Path, dataset_dir: Path, out_dir: Path, models_dir: Path 
         on_stage=lambda s: click.echo(f"[{s}]"), on_progress=show_progress, on_saved=show_saved
     )
     try:
+        settings = get_settings()
         result = train_lora(
-            config, dataset_dir, out_dir, models_dir=models_dir or get_settings().models_dir, hooks=hooks
+            config,
+            dataset_dir,
+            out_dir,
+            models_dir=models_dir or settings.models_dir,
+            hooks=hooks,
+            allow_download=allow_download or settings.allow_model_downloads,
         )
     except LorabakeError as exc:
         raise click.ClickException(f"{exc.code}: {exc.message}") from exc

@@ -165,7 +165,10 @@ class JobRunner:
         """train_lora with a resume state written beside every saved file; an unusable state (another
         config, a corrupt upload) is logged and the job trains from the start instead."""
         run = dict(
-            models_dir=self.settings.models_dir, hooks=hooks.engine_hooks(), state_dir=workdir / "state"
+            models_dir=self.settings.models_dir,
+            hooks=hooks.engine_hooks(),
+            state_dir=workdir / "state",
+            allow_download=self.settings.allow_model_downloads,
         )
         try:
             return train_lora(config, dataset_dir, workdir / "out", resume_from=resume_from, **run)

@@ -114,6 +114,14 @@ def test_hub_id_not_in_cache(models_dir: Path, tmp_path: Path):
     assert "runwayml/stable-diffusion-v1-5" in msg and "not in the Hugging Face cache" in msg
 
 
+def test_hub_id_download_is_attempted_only_when_allowed(models_dir: Path, tmp_path: Path):
+    # The test process is offline (HF_HUB_OFFLINE=1): an allowed download is tried and its failure reported.
+    with pytest.raises(BaseModelError) as err:
+        resolve_base_model("someorg/not-cached", models_dir, cache_dir=tmp_path / "hf", allow_download=True)
+    msg = str(err.value)
+    assert "someorg/not-cached" in msg and "could not download" in msg and "downloads are disabled" not in msg
+
+
 def test_hub_id_from_cache_loads(models_dir: Path, tmp_path: Path, reference):
     # The hub cache layout: models--org--name/{refs/main, snapshots/<commit>/...}.
     commit = "0123456789abcdef0123456789abcdef01234567"

@@ -434,6 +434,7 @@ def train_lora(
     cache_dir: Path | None = None,
     resume_from: Path | None = None,
     state_dir: Path | None = None,
+    allow_download: bool = False,
 ) -> TrainResult:
     """Train one LoRA; files land in out_dir as they are saved. Raises TrainingSetupError before any work
     for a config this worker cannot run, TrainingCanceled when hooks.should_cancel() turns true.
@@ -461,7 +462,7 @@ def train_lora(
         seed = int(resume_state["seed"])  # the run's seed, also when the config let it be chosen
     else:
         seed = config.seed if config.seed is not None else secrets.randbelow(2**32)
-    resolved = resolve_base_model(config.base_model, models_dir)
+    resolved = resolve_base_model(config.base_model, models_dir, allow_download=allow_download)
     family = resolve_family(resolved, config.model_family)  # from config files / key names: no weights read
     out_dir.mkdir(parents=True, exist_ok=True)
     accelerator = make_accelerator(config.mixed_precision, dev)

@@ -93,19 +93,39 @@ def _classify_local(ref: str, path: Path, models_dir: Path) -> ResolvedModel:
     return ResolvedModel(ref, "single_file", "local", path, models_dir)
 
 
-def _resolve_hub(ref: str, models_dir: Path, cache_dir: Path | None) -> ResolvedModel:
+# What a diffusers pipeline needs, and not the duplicate .bin / fp16 / non-EMA weights many repos also hold.
+HUB_PIPELINE_FILES = [
+    "model_index.json",
+    "scheduler/*.json",
+    "tokenizer*/*",
+    "*/config.json",
+    "text_encoder*/model.safetensors",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/diffusion_pytorch_model.safetensors",
+]
+
+
+def _resolve_hub(ref: str, models_dir: Path, cache_dir: Path | None, allow_download: bool) -> ResolvedModel:
     from huggingface_hub import snapshot_download
 
+    where = f"the Hugging Face cache ({cache_dir or 'default location'})"
     try:
-        # local_files_only: only what is already cached; downloads are never started from here.
         snapshot = Path(snapshot_download(ref, cache_dir=cache_dir, local_files_only=True))
     except Exception as exc:
-        raise BaseModelError(
-            ref,
-            f"looks like a hub repo id but is not in the Hugging Face cache ({cache_dir or 'default cache'}) "
-            f"and downloads are disabled; put the model under {models_dir} or pre-fill the cache "
-            f"({type(exc).__name__})",
-        ) from exc
+        if not allow_download:
+            raise BaseModelError(
+                ref,
+                f"looks like a hub repo id but is not in {where} and downloads are disabled "
+                f"(LORABAKE_ALLOW_MODEL_DOWNLOADS); put the model under {models_dir} or pre-fill the cache "
+                f"({type(exc).__name__})",
+            ) from exc
+        try:
+            # Into the shared cache: workers that mount the same HF_HOME download a model once, under a lock.
+            snapshot = Path(snapshot_download(ref, cache_dir=cache_dir, allow_patterns=HUB_PIPELINE_FILES))
+        except Exception as download_exc:
+            raise BaseModelError(
+                ref, f"could not download it into {where}: {type(download_exc).__name__}: {download_exc}"
+            ) from download_exc
     if not (snapshot / "model_index.json").is_file():
         raise BaseModelError(
             ref, f"cached snapshot {snapshot} has no model_index.json (not a diffusers pipeline)"
@@ -113,12 +133,15 @@ def _resolve_hub(ref: str, models_dir: Path, cache_dir: Path | None) -> Resolved
     return ResolvedModel(ref, "diffusers", "hub", snapshot, models_dir)
 
 
-def resolve_base_model(ref: str, models_dir: Path, cache_dir: Path | None = None) -> ResolvedModel:
+def resolve_base_model(
+    ref: str, models_dir: Path, cache_dir: Path | None = None, *, allow_download: bool = False
+) -> ResolvedModel:
     """Classify ``ref`` and check it exists; raise BaseModelError otherwise.
 
     Local paths win over hub ids: ``org/name`` is a hub id only if ``models_dir/org/name`` does not exist.
     Paths may not leave ``models_dir`` (no ``..``; absolute paths must lie inside it). ``cache_dir``
-    overrides the Hugging Face cache location for hub ids.
+    overrides the Hugging Face cache location for hub ids; a hub id missing from the cache is downloaded
+    only with ``allow_download``.
     """
     models_dir = Path(models_dir)
     if not isinstance(ref, str) or not ref.strip() or "\x00" in ref:
@@ -136,7 +159,7 @@ def resolve_base_model(ref: str, models_dir: Path, cache_dir: Path | None = None
     if path.exists():
         return _classify_local(ref, path, models_dir)
     if not raw.is_absolute() and _HUB_REPO_ID.match(ref) and raw.suffix.lower() not in SINGLE_FILE_SUFFIXES:
-        return _resolve_hub(ref, models_dir, cache_dir)
+        return _resolve_hub(ref, models_dir, cache_dir, allow_download)
     raise BaseModelError(ref, f"file not found: {path}")
 
 
