@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.captioning import CaptionConfig
 from shared.sample_prompts import DEFAULT_SAMPLER, normalize_sampler, parse_prompt_line
 
 Optimizer = Literal["AdamW", "AdamW8bit", "Lion", "Prodigy", "Adafactor"]
@@ -158,6 +159,9 @@ class TrainingConfig(BaseModel):
     bucket_reso_steps: int = Field(64, ge=8, le=1024, multiple_of=8, description="Bucket sides step by this.")
     bucket_no_upscale: bool = Field(
         False, description="Buckets from each image's own size (never enlarged); min/max are then unused."
+    )
+    captioning: CaptionConfig | None = Field(
+        None, description="Caption the images with BLIP or WD14 as the job's first stage (see /v1/datasets)."
     )
     caption_extension: str = Field(
         ".txt", description="Caption files beside the images; the other of .txt/.caption is read if missing."

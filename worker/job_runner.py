@@ -96,6 +96,8 @@ class JobRunner:
             config = TrainingConfig.model_validate(claimed.config)
             dataset_dir = self.prepare_for(claimed, workdir)
             hooks = _RowHooks(self, job_id)
+            if config.captioning is not None:
+                self.caption_stage(dataset_dir, config, hooks)
             # A re-delivered job (its worker died) continues from the last resume state it uploaded.
             resume_from = self.fetch_resume_state(job_id, workdir) if claimed.attempts > 1 else None
             result = self.train(config, dataset_dir, workdir, hooks, resume_from)
@@ -127,8 +129,9 @@ class JobRunner:
             ) from exc
         return dest
 
-    def prepare_for(self, job: Job, workdir: Path, *, captions: dict[str, str | None] | None = None,
-                    convert: bool = True) -> Path:
+    def prepare_for(
+        self, job: Job, workdir: Path, *, captions: dict[str, str | None] | None = None, convert: bool = True
+    ) -> Path:
         """The job's dataset as a folder: extracted, its caption snapshot (or `captions`) applied."""
         archive = self.fetch(job.dataset_key, workdir / "dataset.zip")
         if captions is None and job.captions_key:
@@ -178,6 +181,28 @@ class JobRunner:
             log.warning("job %s: resume state unusable (%s); training from the start", hooks.job_id, exc)
             shutil.rmtree(workdir / "out", ignore_errors=True)
             return train_lora(config, dataset_dir, workdir / "out", **run)
+
+    def caption_stage(self, dataset_dir: Path, config: TrainingConfig, hooks: _RowHooks) -> None:
+        """`config.captioning`: caption the folder before training; the captions used become an artifact."""
+        from worker.captioning import CaptioningCanceled
+        from worker.captioning.stage import caption_folder
+
+        assert config.captioning is not None
+        hooks.on_stage("captioning")
+        try:
+            captions = caption_folder(
+                dataset_dir,
+                config,
+                config.captioning,
+                models_dir=self.settings.models_dir,
+                allow_download=self.settings.allow_model_downloads,
+                should_cancel=hooks.refresh_cancel,
+            )
+        except CaptioningCanceled as exc:
+            raise TrainingCanceled(0, []) from exc
+        listing = dataset_dir.parent / "captions.json"
+        listing.write_text(json.dumps(captions, indent=1, ensure_ascii=False), encoding="utf-8")
+        self.publish_file(hooks.job_id, listing, kind="captions", content_type="application/json")
 
     @staticmethod
     def state_key(job_id: str) -> str:
@@ -241,32 +266,56 @@ class JobRunner:
         self.store.delete_prefix(key)
 
     def publish(self, job_id: str, saved: SavedLora | SavedSample) -> None:
-        """Uploads one finished LoRA file or sample image and lists it on the job at once (upserted by name
-        on re-runs); a sample's artifact carries its prompt and settings in `meta`."""
-        sample = isinstance(saved, SavedSample)
-        with self.sessions() as session:  # a re-run never replaces a file with one of an earlier step
-            published_step = session.scalar(
-                select(Artifact.step).where(Artifact.job_id == job_id, Artifact.name == saved.path.name)
+        """Uploads one finished LoRA file or sample image and lists it on the job at once; a sample's
+        artifact carries its prompt and settings in `meta`."""
+        if isinstance(saved, SavedSample):
+            self.publish_file(
+                job_id,
+                saved.path,
+                kind="sample",
+                content_type="image/png",
+                epoch=saved.epoch,
+                step=saved.step,
+                meta=saved.meta(),
             )
-        if published_step is not None and saved.step is not None and saved.step < published_step:
-            name = saved.path.name
-            log.info("job %s: %s of step %s kept (not %s)", job_id, name, published_step, saved.step)
+        else:
+            self.publish_file(
+                job_id, saved.path, kind="lora", epoch=saved.epoch, step=saved.step, is_final=saved.is_final
+            )
+
+    def publish_file(
+        self,
+        job_id: str,
+        path: Path,
+        *,
+        kind: str,
+        content_type: str = "application/octet-stream",
+        epoch: int | None = None,
+        step: int | None = None,
+        is_final: bool = False,
+        meta: dict | None = None,
+    ) -> None:
+        """Uploads a file and upserts its artifact row by name (re-runs update, never duplicate), unless the
+        job already published that name from a later step: a re-run never replaces a file with an older."""
+        with self.sessions() as session:
+            published_step = session.scalar(
+                select(Artifact.step).where(Artifact.job_id == job_id, Artifact.name == path.name)
+            )
+        if published_step is not None and step is not None and step < published_step:
+            log.info("job %s: %s of step %s kept (not %s)", job_id, path.name, published_step, step)
             return
-        key = f"jobs/{job_id}/artifacts/{saved.path.name}"
-        size = saved.path.stat().st_size
-        digest = sha256_of(saved.path)
-        self.store.put_file(key, saved.path, "image/png" if sample else "application/octet-stream")
+        key = f"jobs/{job_id}/artifacts/{path.name}"
+        size = path.stat().st_size
+        digest = sha256_of(path)
+        self.store.put_file(key, path, content_type)
         with self.sessions() as session:
             artifact = session.scalar(
-                select(Artifact).where(Artifact.job_id == job_id, Artifact.name == saved.path.name)
+                select(Artifact).where(Artifact.job_id == job_id, Artifact.name == path.name)
             )
             if artifact is None:
-                kind = "sample" if sample else "lora"
-                artifact = Artifact(job_id=job_id, kind=kind, name=saved.path.name, object_key=key)
+                artifact = Artifact(job_id=job_id, kind=kind, name=path.name, object_key=key)
                 session.add(artifact)
-            artifact.epoch, artifact.step = saved.epoch, saved.step
-            artifact.is_final = not sample and saved.is_final
-            artifact.meta = saved.meta() if sample else None
+            artifact.epoch, artifact.step, artifact.is_final, artifact.meta = epoch, step, is_final, meta
             artifact.size_bytes, artifact.sha256 = size, digest
             session.flush()
             add_event(
@@ -275,10 +324,10 @@ class JobRunner:
                 "artifact",
                 {
                     "id": artifact.id,
-                    "kind": artifact.kind,
+                    "kind": kind,
                     "name": artifact.name,
-                    "epoch": saved.epoch,
-                    "step": saved.step,
+                    "epoch": epoch,
+                    "step": step,
                     "size_bytes": size,
                     "sha256": digest,
                 },
@@ -325,6 +374,12 @@ class _RowHooks:
                 set_status(session, job, status)
             self.cancel = job.cancel_requested
             session.commit()
+
+    def refresh_cancel(self) -> bool:
+        with self.runner.sessions() as session:
+            job = session.get(Job, self.job_id)
+            self.cancel = bool(job and job.cancel_requested)
+        return self.cancel
 
     def on_progress(self, progress: Progress) -> None:
         self.pending = progress

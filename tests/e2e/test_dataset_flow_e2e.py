@@ -95,3 +95,56 @@ def test_upload_caption_review_and_train(stack: Stack, tmp_path):
 
     busy = httpx.delete(url, headers=stack.headers)
     assert busy.status_code == 204  # every job on it has finished
+
+
+def test_captioning_as_the_first_stage_of_a_training_job(stack: Stack, tmp_path):
+    entries = {
+        k: v for k, v in kohya_entries(images=2, repeats=1, webp=False).items() if not k.endswith(".txt")
+    }
+    config = {
+        "base_model": "tiny-sd15",
+        "output_name": "tagged",
+        "resolution": 64,
+        "enable_bucket": False,
+        "epochs": 1,
+        "network_dim": 4,
+        "network_alpha": 4,
+        "mixed_precision": "no",
+        "captioning": {
+            "method": "wd14",
+            "wd14_model": "tiny-wd14",
+            "general_threshold": 0.0,
+            "character_threshold": 1.0,
+            "trigger_first": "lisabp",
+        },
+    }
+    bad = submit_raw(
+        stack, write_zip(tmp_path / "a.zip", entries), {**config, "captioning": {"method": "clip"}}
+    )
+    assert bad.status_code == 422
+    assert "config.captioning.method" in [f["field"] for f in bad.json()["error"]["details"]["fields"]]
+
+    job = submit_raw(stack, write_zip(tmp_path / "b.zip", entries), config).json()
+    job = wait_for(stack, job["id"], finished)
+    assert job["status"] == "succeeded", job["error"]
+    listing = next(a for a in job["artifacts"] if a["kind"] == "captions")
+    captions = httpx.get(
+        stack.url + listing["download_url"], headers=stack.headers, follow_redirects=True
+    ).json()
+    assert len(captions) == 2 and all(c.startswith("lisabp, ") for c in captions.values())
+    lora = next(a for a in job["artifacts"] if a["kind"] == "lora")
+    data = httpx.get(stack.url + lora["download_url"], headers=stack.headers, follow_redirects=True).content
+    metadata = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]
+    trained_tags = {tag for freq in json.loads(metadata["ss_tag_frequency"]).values() for tag in freq}
+    assert trained_tags >= {"lisabp"} | {t for c in captions.values() for t in c.split(", ")}
+
+
+def submit_raw(stack: Stack, zip_path, config: dict) -> httpx.Response:  # noqa: ANN001
+    with open(zip_path, "rb") as fh:
+        return httpx.post(
+            f"{stack.url}/v1/jobs",
+            headers=stack.headers,
+            files={"dataset": ("d.zip", fh)},
+            data={"config": json.dumps(config)},
+            timeout=60,
+        )
