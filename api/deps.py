@@ -37,3 +37,9 @@ def current_owner(request: Request, session: Annotated[Session, Depends(get_sess
     if owner is None:
         raise AuthError("the API key is unknown or revoked", code="invalid_api_key")
     return owner
+
+
+# The parameters every route takes, named once.
+Owner = Annotated[str, Depends(current_owner)]
+State = Annotated[AppState, Depends(get_state)]
+DB = Annotated[Session, Depends(get_session)]

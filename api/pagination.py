@@ -12,14 +12,16 @@ from shared.errors import LorabakeError
 Row = TypeVar("Row")
 
 
-def newest_first_page(session: Session, query: Select, model: type[Row], owner: str, cursor: str | None,
-                      limit: int) -> tuple[list[Row], str | None]:
+def newest_first_page(
+    session: Session, query: Select, model: type[Row], owner: str, cursor: str | None, limit: int
+) -> tuple[list[Row], str | None]:
     table: Any = model
     if cursor:
         anchor = session.get(model, cursor)
         if anchor is None or anchor.owner != owner:
-            raise LorabakeError("unknown cursor", code="invalid_cursor", details={"field": "cursor"},
-                                status_code=422)
+            raise LorabakeError(
+                "unknown cursor", code="invalid_cursor", details={"field": "cursor"}, status_code=422
+            )
         query = query.where(tuple_(table.created_at, table.id) < tuple_(anchor.created_at, anchor.id))
     rows = list(session.scalars(query.order_by(table.created_at.desc(), table.id.desc()).limit(limit + 1)))
     next_cursor = rows[limit - 1].id if len(rows) > limit else None  # type: ignore[attr-defined]

@@ -20,6 +20,11 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` documenting our error body for these status codes."""
+    return {code: {"model": ErrorResponse} for code in codes}
+
+
 class ProgressOut(BaseModel):
     step: int
     total_steps: int

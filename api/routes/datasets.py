@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Query, Request, Response
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.datasets_service import (
@@ -18,7 +17,7 @@ from api.datasets_service import (
     owned_dataset,
     thumbnail_bytes,
 )
-from api.deps import current_owner, get_session, get_state
+from api.deps import DB, Owner, State
 from api.errors import validate_json_model
 from api.pagination import newest_first_page
 from api.schemas import (
@@ -28,11 +27,10 @@ from api.schemas import (
     DatasetList,
     DatasetOut,
     DatasetSummary,
-    ErrorResponse,
     JobOut,
     TagCount,
+    error_responses,
 )
-from api.state import AppState
 from api.submission import submit_caption_job
 from api.uploads import limited_request, require_file, save_upload
 from shared.captioning import CaptionConfig
@@ -41,11 +39,8 @@ from shared.errors import NotFoundError
 from shared.models import Dataset, DatasetImage
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
-Owner = Annotated[str, Depends(current_owner)]
-State = Annotated[AppState, Depends(get_state)]
-DB = Annotated[Session, Depends(get_session)]
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422)}
+_ERRORS = error_responses(401, 404, 409, 413, 422)
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,

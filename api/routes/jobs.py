@@ -8,16 +8,15 @@ import mimetypes
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from api.deps import current_owner, get_session, get_state
+from api.deps import DB, Owner, State
 from api.pagination import newest_first_page
-from api.schemas import ArtifactOut, ErrorResponse, JobList, JobOut
-from api.state import AppState
+from api.schemas import ArtifactOut, JobList, JobOut, error_responses
 from api.submission import parse_config, submit_dataset_job, submit_job
 from api.uploads import limited_request, require_file, save_upload
 from shared.errors import LorabakeError, NotFoundError
@@ -25,11 +24,8 @@ from shared.jobs import request_cancel
 from shared.models import Artifact, Job, JobEvent, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-Owner = Annotated[str, Depends(current_owner)]
-State = Annotated[AppState, Depends(get_state)]
-DB = Annotated[Session, Depends(get_session)]
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422)}
+_ERRORS = error_responses(401, 404, 409, 413, 422)
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from itertools import islice
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.datasets_service import owned_dataset
-from api.deps import current_owner, get_state
+from api.deps import Owner, State
 from api.errors import validate_json_model
-from api.schemas import ErrorResponse
+from api.schemas import error_responses
 from api.state import AppState
 from api.submission import dataset_job_config, parse_config
 from shared.dataset_layout import (
@@ -30,10 +30,8 @@ from shared.presets import PlannedRun, checkpoint_schedule, plan_run
 from shared.spec import TrainingConfig
 
 router = APIRouter(tags=["plan"])
-Owner = Annotated[str, Depends(current_owner)]
-State = Annotated[AppState, Depends(get_state)]
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (401, 422)}
+_ERRORS = error_responses(401, 422)
 MAX_CHECKPOINTS = 1000  # files listed in a dry run; `checkpoint_count` has them all
 MAX_IMAGES = 200_000  # synthetic images in a `counts` layout
 
