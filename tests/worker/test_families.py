@@ -239,6 +239,28 @@ def test_sdxl_conditioning_is_the_pipelines():
     assert conditioning.square_time_ids(3, 64).tolist() == [[64, 64, 0, 0, 64, 64]] * 3
 
 
+def test_sdxl_long_captions_use_token_windows(models: Path, dataset: Path, tmp_path: Path):
+    """max_token_length 150 on SDXL: each 77-token window through both encoders, joined to 152 states; the
+    pooled embeds are the first window's (sd-scripts' pool2[::n_size]); a run trains on them."""
+    from worker.training.text import tokenize
+
+    pipe = build_tiny_sdxl_pipeline(seed=0)
+    caption = ", ".join(f"tag{i}" for i in range(60))  # far over 75 tokens
+    long_ids = torch.stack([tokenize(t, [caption], 150) for t in (pipe.tokenizer, pipe.tokenizer_2)], dim=1)
+    assert long_ids.shape == (1, 2, 2, 77)
+    hidden, pooled = conditioning.encode_sdxl(pipe.text_encoder, pipe.text_encoder_2, long_ids)
+    assert hidden.shape == (1, 152, TEXT_HIDDEN + SDXL_TEXT_HIDDEN_2)
+    first_hidden, first_pooled = conditioning.encode_sdxl(
+        pipe.text_encoder, pipe.text_encoder_2, long_ids[:, :, 0]
+    )
+    torch.testing.assert_close(pooled, first_pooled)
+    torch.testing.assert_close(hidden[:, :76], first_hidden[:, :76])  # <BOS> + the first 75 tokens
+
+    config = _config("sdxl", max_token_length=150, epochs=1)
+    result = train_lora(config, dataset, tmp_path / "out", models_dir=models)
+    assert read_metadata(result.files[-1].path)["ss_max_token_length"] == "150"
+
+
 # --- train, save, reload ------------------------------------------------------------------------------------
 
 

@@ -17,15 +17,29 @@ from collections.abc import Sequence
 
 import torch
 
+from worker.training.text import join_windows
+
 
 def encode_sdxl(
     text_encoder: torch.nn.Module, text_encoder_2: torch.nn.Module, input_ids: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hidden states [B, 77, d1 + d2], pooled embeds [B, projection_dim]) from [B, 2, 77] ids."""
-    out1 = text_encoder(input_ids[:, 0], output_hidden_states=True, return_dict=True)
-    out2 = text_encoder_2(input_ids[:, 1], output_hidden_states=True, return_dict=True)
+    """(hidden states [B, 77, d1 + d2], pooled embeds [B, projection_dim]) from [B, 2, 77] ids.
+
+    With max_token_length windows ([B, 2, n, 77] ids) each window is encoded on its own and the states are
+    joined as for SD1/SD2 (75n + 2 of them); the pooled embeds are the first window's, as sd-scripts takes
+    them (`pool2[::n_size]`)."""
+    chunked = input_ids.dim() == 4
+    b = input_ids.shape[0]
+    n, seq = (input_ids.shape[2], input_ids.shape[3]) if chunked else (1, input_ids.shape[-1])
+    ids1 = input_ids[:, 0].reshape(b * n, seq)
+    ids2 = input_ids[:, 1].reshape(b * n, seq)
+    out1 = text_encoder(ids1, output_hidden_states=True, return_dict=True)
+    out2 = text_encoder_2(ids2, output_hidden_states=True, return_dict=True)
     hidden = torch.cat([out1.hidden_states[-2], out2.hidden_states[-2]], dim=-1)
-    return hidden, out2.text_embeds
+    if not chunked:
+        return hidden, out2.text_embeds
+    joined = join_windows(hidden.reshape(b, n * seq, hidden.shape[-1]), n, seq)
+    return joined, out2.text_embeds.reshape(b, n, -1)[:, 0]
 
 
 def sdxl_time_ids(

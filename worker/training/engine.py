@@ -201,11 +201,19 @@ def _tokenize(tokenizer, captions: tuple[str, ...], max_token_length: int | None
 def _tokenize_all(
     pipe: DiffusionPipeline, captions: tuple[str, ...], max_token_length: int | None = None
 ) -> torch.Tensor:
-    """[N, 77] ids (one tokenizer), [N, 2, 77] for SDXL's two: one index gathers a batch either way."""
+    """[N, 77] ids (one tokenizer), [N, 2, 77] for SDXL's two, with an extra window axis before the 77 when
+    max_token_length is 150/225: one index gathers a batch either way."""
     tokenizer_2 = getattr(pipe, "tokenizer_2", None)
     if tokenizer_2 is None:
         return _tokenize(pipe.tokenizer, captions, max_token_length)
-    return torch.stack([_tokenize(pipe.tokenizer, captions), _tokenize(tokenizer_2, captions)], dim=1)
+    # [N, 2, 77], or [N, 2, n, 77] with max_token_length windows
+    return torch.stack(
+        [
+            _tokenize(pipe.tokenizer, captions, max_token_length),
+            _tokenize(tokenizer_2, captions, max_token_length),
+        ],
+        dim=1,
+    )
 
 
 class _LossFn:

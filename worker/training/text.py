@@ -96,18 +96,12 @@ def check_options(config, family: str, text_encoder: torch.nn.Module) -> None:
     """clip_skip / max_token_length this model can use, or a TrainingSetupError naming the field."""
     from worker.training.errors import TrainingSetupError
 
-    if family == "sdxl":
-        if config.clip_skip not in (None, 1):
-            raise TrainingSetupError(
-                "clip_skip does not apply to SDXL (its UNet reads fixed layers of both text encoders; "
-                "sd-scripts ignores it with a warning); leave clip_skip unset",
-                details={"field": "clip_skip"},
-            )
-        if windows(config.max_token_length) > 1:
-            raise TrainingSetupError(
-                "max_token_length 150/225 is not supported for SDXL models yet; leave it unset (75)",
-                details={"field": "max_token_length"},
-            )
+    if family == "sdxl" and config.clip_skip not in (None, 1):
+        raise TrainingSetupError(
+            "clip_skip does not apply to SDXL (its UNet reads fixed layers of both text encoders; "
+            "sd-scripts ignores it with a warning); leave clip_skip unset",
+            details={"field": "clip_skip"},
+        )
     if config.clip_skip is not None and config.clip_skip > num_layers(text_encoder):
         raise TrainingSetupError(
             f"clip_skip {config.clip_skip} is more than the text encoder's {num_layers(text_encoder)} layers",
