@@ -13,7 +13,7 @@ from api.state import AppState
 from api.uploads import ReceivedFile
 from shared.captioning import CaptionConfig
 from shared.dataset_layout import DatasetLayout
-from shared.datasets import dataset_layout
+from shared.datasets import dataset_layout, image_sizes
 from shared.errors import LorabakeError, NotFoundError
 from shared.intake import inspect_dataset_zip
 from shared.jobs import add_event, set_status
@@ -96,8 +96,7 @@ def submit_dataset_job(state: AppState, owner: str, config: TrainingConfig, data
             ) from exc
         layout = dataset_layout(dataset)
         config = dataset_job_config(config, layout)
-        sizes = {image.path: (image.width, image.height) for image in dataset.images}  # upright, as probed
-        run = plan_run(config, layout, sizes, dataset.report)
+        run = plan_run(config, layout, image_sizes(dataset), dataset.report)  # upright, as probed
         config, plan = run.config, run.plan
         job_id = new_id()
         captions_key = store_caption_snapshot(state, job_id, dataset)

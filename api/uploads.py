@@ -8,6 +8,7 @@ instead of after it has filled the disk.
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,31 @@ def limited_request(request: Request, max_bytes: int) -> Request:
         return message
 
     return Request(request.scope, receive)
+
+
+JSON_BODY_LIMIT = 1024 * 1024  # configs and caption edits are small; a larger body is not one of ours
+
+
+async def read_json_object(request: Request, max_bytes: int = JSON_BODY_LIMIT) -> dict:
+    """The body as a JSON object, read under a byte limit; bad JSON is a 422 naming the body, not a 500."""
+    body = await limited_request(request, max_bytes).body()
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise LorabakeError(
+            f"the body is not valid JSON: {exc}",
+            code="invalid_request",
+            status_code=422,
+            details={"fields": [{"field": "body", "message": "not valid JSON"}]},
+        ) from exc
+    if not isinstance(data, dict):
+        raise LorabakeError(
+            "the body must be a JSON object",
+            code="invalid_request",
+            status_code=422,
+            details={"fields": [{"field": "body", "message": "not a JSON object"}]},
+        )
+    return data
 
 
 def save_upload(upload: UploadFile, directory: Path) -> ReceivedFile:

@@ -18,7 +18,7 @@ from api.deps import DB, Owner, State
 from api.pagination import newest_first_page
 from api.schemas import ArtifactOut, JobList, JobOut, error_responses
 from api.submission import parse_config, submit_dataset_job, submit_job
-from api.uploads import limited_request, require_file, save_upload
+from api.uploads import limited_request, read_json_object, require_file, save_upload
 from shared.errors import LorabakeError, NotFoundError
 from shared.jobs import request_cancel
 from shared.models import Artifact, Job, JobEvent, JobStatus
@@ -58,8 +58,8 @@ async def create_job(request: Request, response: Response, owner: Owner, state: 
     """Queue a training job: multipart with a `dataset` zip (or a stored `dataset_id`) and `config`,
     or a JSON body `{"dataset_id": ..., "config": {...}}`. Nothing is stored unless all of it checks out."""
     if request.headers.get("content-type", "").startswith("application/json"):
-        body = await request.json()
-        if not isinstance(body, dict) or not isinstance(body.get("dataset_id"), str):
+        body = await read_json_object(request)
+        if not isinstance(body.get("dataset_id"), str):
             raise LorabakeError(
                 "a JSON body needs `dataset_id` (string) and `config` (object)",
                 code="missing_field",

@@ -15,6 +15,7 @@ from api.errors import validate_json_model
 from api.schemas import error_responses
 from api.state import AppState
 from api.submission import dataset_job_config, parse_config
+from api.uploads import read_json_object
 from shared.dataset_layout import (
     MAX_REPEATS,
     DatasetLayout,
@@ -116,16 +117,6 @@ def _unprocessable(message: str, field: str, code: str = "invalid_request") -> L
     return LorabakeError(
         message, code=code, details={"fields": [{"field": field, "message": message}]}, status_code=422
     )
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise _unprocessable(f"the body is not valid JSON: {exc}", "body") from exc
-    if not isinstance(body, dict):
-        raise _unprocessable("the body must be a JSON object", "body")
-    return body
 
 
 # --- a layout from counts ----------------------------------------------------------------------------------
@@ -237,7 +228,7 @@ async def dry_run(request: Request, owner: Owner, state: State) -> PlanOut:
     stored `dataset_id` or `counts` ({"subsets": [{"folder": "img/6_lisabp woman", "images": 34}]}).
     Returns the config after its preset, the plan (per subset, buckets when sizes are known), the LoRA files
     that will be saved with their steps, and warnings."""
-    body = await _json_object(request)
+    body = await read_json_object(request)
     unknown = sorted(set(body) - {"config", "dataset_id", "counts"})
     if unknown:
         raise _unprocessable(f"unknown field {unknown[0]!r}", unknown[0])
@@ -260,5 +251,5 @@ async def import_kohya(request: Request, owner: Owner) -> KohyaImportOut:
     """Read a kohya_ss GUI configuration JSON (LoRA tab, Configuration file > Save): `config` holds the
     TrainingConfig fields with the same meaning (add base_model if it is missing), `mapped` where each key
     went, `ignored` keys with no effect here, `unsupported` values that cannot be trained the same way."""
-    body = await _json_object(request)
+    body = await read_json_object(request)
     return KohyaImportOut(**import_kohya_config(body).to_dict())

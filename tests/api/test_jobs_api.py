@@ -221,3 +221,11 @@ def test_openapi_documents_the_upload(client):
     body = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert set(body["required"]) == {"config"}
     assert {"dataset", "dataset_id", "config"} <= set(body["properties"])
+
+
+def test_json_body_that_is_broken_or_huge_is_a_4xx(client, key):
+    headers = {**auth(key), "Content-Type": "application/json"}
+    broken = client.post("/v1/jobs", headers=headers, content=b'{"dataset_id": ')
+    assert broken.status_code == 422 and broken.json()["error"]["details"]["fields"][0]["field"] == "body"
+    huge = client.post("/v1/jobs", headers=headers, content=b'{"x": "' + b"a" * (2 * 1024 * 1024) + b'"}')
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "payload_too_large"
