@@ -139,17 +139,35 @@ def child(kind: str, root: Path, steps: int) -> None:
     )
 
 
+def profile_engine(steps: int) -> None:
+    """Where an engine step's time goes: calls per step of the heavy kernels next to everything of ours."""
+    import cProfile
+    import pstats
+
+    with tempfile.TemporaryDirectory() as tmp:
+        models, data = make_inputs(Path(tmp))
+        profiler = cProfile.Profile()
+        profiler.enable()
+        run_engine(models, data, steps)
+        profiler.disable()
+    pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--profile", action="store_true", help="one engine run under cProfile, top calls")
     parser.add_argument("--child", choices=["engine", "floor"])
     parser.add_argument("--root", type=Path)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.root, args.steps)
+        return
+    if args.profile:
+        profile_engine(args.steps)
         return
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryDirectory() as tmp:
