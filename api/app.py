@@ -5,26 +5,59 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 
 from api.errors import install_error_handlers
 from api.routes import datasets, health, jobs, plan
 from api.state import AppState
+from shared.periodic import PeriodicThread
+from shared.reconciler import Reconciler
 from shared.settings import Settings, get_settings
+from shared.workers import worker_id
 
 log = logging.getLogger("lorabake.api")
 
 
+def start_reconciler(state: AppState) -> PeriodicThread | None:
+    """Every API process runs the reconciler (a database lock lets one act at a time), so a deployment
+    has one with no extra setup."""
+    settings = state.settings
+    if settings.reconcile_interval_seconds <= 0:
+        return None
+    reconciler = Reconciler(
+        settings, state.sessions, state.dispatcher, state.store, holder=f"api:{worker_id()}"
+    )
+    return PeriodicThread("reconciler", settings.reconcile_interval_seconds, reconciler.run_once).start()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Requests served at once in threads; the pool is sized to give each of them a connection.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+        reconciler = start_reconciler(state)
+        try:
+            yield
+        finally:
+            if reconciler is not None:
+                reconciler.stop()
+            await state.events.close()
+
     app = FastAPI(
         title="lorabake",
         version="1",
         description="Train Kohya-compatible LoRAs: upload a dataset zip and a config, download each epoch.",
+        lifespan=lifespan,
     )
-    app.state.lorabake = AppState.build(settings)
+    state = AppState.build(settings)
+    app.state.lorabake = state
     install_error_handlers(app)
 
     @app.middleware("http")

@@ -17,7 +17,7 @@ from shared.captions import CaptionEdit, captions_at_revision, edit_caption
 from shared.dataset_report import analyze_dataset_zip, layout_to_json
 from shared.datasets import record_captions
 from shared.errors import ConflictError, LorabakeError, NotFoundError
-from shared.models import CaptionRevision, Dataset, DatasetImage, Job, JobStatus, new_id
+from shared.models import CaptionRevision, Dataset, DatasetImage, Job, JobStatus, is_object_id, new_id
 
 
 class DatasetOptions(BaseModel):
@@ -31,7 +31,7 @@ class DatasetOptions(BaseModel):
 
 
 def owned_dataset(session: Session, owner: str, dataset_id: str) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
+    dataset = session.get(Dataset, dataset_id) if is_object_id(dataset_id) else None
     if dataset is None or dataset.owner != owner:
         raise NotFoundError(f"no dataset {dataset_id}", details={"dataset_id": dataset_id})
     return dataset
@@ -90,7 +90,7 @@ def create_dataset(state: AppState, owner: str, options: DatasetOptions, upload:
             session.add_all(rows)
             session.commit()
     except BaseException:
-        state.store.delete_prefix(prefix)
+        state.remove_objects(prefix)
         raise
     return dataset_id
 
@@ -176,7 +176,7 @@ def delete_dataset(state: AppState, session: Session, dataset: Dataset) -> None:
         )
     session.delete(dataset)
     session.commit()
-    state.store.delete_prefix(f"datasets/{dataset.id}/")
+    state.remove_objects(f"datasets/{dataset.id}/")
 
 
 def thumbnail_bytes(state: AppState, image: DatasetImage) -> bytes:

@@ -13,9 +13,11 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from shared.errors import LorabakeError
+from shared.outages import ServiceUnavailable, outage_of
 
 log = logging.getLogger("lorabake.api")
 M = TypeVar("M", bound=BaseModel)
+RETRY_AFTER_SECONDS = 5
 
 
 def error_response(
@@ -65,10 +67,77 @@ def validate_json_model(model: type[M], raw: object, field: str, code: str) -> M
         ) from exc
 
 
+def _internal_error(request: Request, exc: BaseException) -> JSONResponse:
+    request_id = getattr(request.state, "request_id", None)
+    log.error("unhandled error (request %s)", request_id, exc_info=exc)
+    return error_response(
+        500, "internal_error", "an unexpected error occurred; it has been logged", {"request_id": request_id}
+    )
+
+
+def unavailable_response(service: str, message: str, retry_after: int = RETRY_AFTER_SECONDS) -> JSONResponse:
+    return error_response(
+        503, f"{service}_unavailable", message, {"service": service}, {"Retry-After": str(retry_after)}
+    )
+
+
+async def _dependency_error(request: Request, exc: Exception) -> JSONResponse:
+    """Errors of the database, storage and broker libraries: an outage (or any storage refusal: our own
+    requests to it are well-formed, so it is the server's state) is a 503 with Retry-After; anything
+    else from them is a bug of ours, a 500."""
+    if _is_nul_refusal(exc):
+        return _nul_response()
+    service = outage_of(exc)
+    if service is None and _is_storage_error(exc):
+        service = "storage"
+    if service is None:
+        return _internal_error(request, exc)
+    log.warning(
+        "%s unavailable (request %s): %s: %s",
+        service,
+        getattr(request.state, "request_id", None),
+        type(exc).__name__,
+        str(exc)[:300],
+    )
+    return unavailable_response(service, f"the {service} is unavailable right now; try again shortly")
+
+
+def _is_nul_refusal(exc: BaseException) -> bool:
+    """psycopg refuses NUL characters in text values: whatever carried one there was bad input."""
+    return any(
+        isinstance(e, ValueError) and "NUL (0x00)" in str(e) for e in (exc, exc.__cause__, exc.__context__)
+    )
+
+
+def _nul_response() -> JSONResponse:
+    return error_response(
+        422, "invalid_text", "a text value contains a NUL character (\\u0000), which cannot be stored"
+    )
+
+
+def _is_storage_error(exc: BaseException) -> bool:
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return isinstance(exc, BotoCoreError | ClientError | Boto3Error)
+
+
+def _dependency_error_types() -> tuple[type[Exception], ...]:
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+    from kombu.exceptions import KombuError
+    from redis.exceptions import RedisError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return (SQLAlchemyError, BotoCoreError, ClientError, Boto3Error, KombuError, RedisError)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LorabakeError)
     async def _lorabake(request: Request, exc: LorabakeError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        if isinstance(exc, ServiceUnavailable):
+            headers = {"Retry-After": str(exc.retry_after)}
         return error_response(exc.status_code, exc.code, exc.message, exc.details, headers)
 
     @app.exception_handler(RequestValidationError)
@@ -81,13 +150,13 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail))
 
+    for error_type in _dependency_error_types():
+        app.add_exception_handler(error_type, _dependency_error)  # type: ignore[arg-type]
+
+    @app.exception_handler(ValueError)
+    async def _value(request: Request, exc: ValueError) -> JSONResponse:
+        return _nul_response() if _is_nul_refusal(exc) else _internal_error(request, exc)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        request_id = getattr(request.state, "request_id", None)
-        log.exception("unhandled error (request %s)", request_id)
-        return error_response(
-            500,
-            "internal_error",
-            "an unexpected error occurred; it has been logged",
-            {"request_id": request_id},
-        )
+        return _internal_error(request, exc)

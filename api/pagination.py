@@ -8,6 +8,7 @@ from sqlalchemy import Select, tuple_
 from sqlalchemy.orm import Session
 
 from shared.errors import LorabakeError
+from shared.models import is_object_id
 
 Row = TypeVar("Row")
 
@@ -17,7 +18,7 @@ def newest_first_page(
 ) -> tuple[list[Row], str | None]:
     table: Any = model
     if cursor:
-        anchor = session.get(model, cursor)
+        anchor = session.get(model, cursor) if is_object_id(cursor) else None
         if anchor is None or anchor.owner != owner:
             raise LorabakeError(
                 "unknown cursor", code="invalid_cursor", details={"field": "cursor"}, status_code=422

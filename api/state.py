@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.events_hub import EventHub
+from api.owner_cache import OwnerCache
 from shared.db import session_factory
-from shared.queue import make_celery
+from shared.queue import JobDispatcher, make_celery
 from shared.settings import Settings
 from shared.storage import ObjectStore, build_store
+
+log = logging.getLogger("lorabake.api")
 
 
 @dataclass
@@ -19,9 +24,27 @@ class AppState:
     sessions: sessionmaker[Session]
     store: ObjectStore
     celery: Celery
+    dispatcher: JobDispatcher
+    owners: OwnerCache
+    events: EventHub = field(repr=False)
+
+    def remove_objects(self, prefix: str) -> None:
+        """Best effort, for cleaning up after a failed or finished request: storage may be what failed."""
+        try:
+            self.store.delete_prefix(prefix)
+        except Exception:
+            log.exception("could not remove the objects under %s; they are left behind", prefix)
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:
+        sessions = session_factory(settings.database_url, settings.engine_options)
+        celery = make_celery(settings)
         return cls(
-            settings, session_factory(settings.database_url), build_store(settings), make_celery(settings)
+            settings,
+            sessions,
+            build_store(settings),
+            celery,
+            JobDispatcher(celery, settings),
+            OwnerCache(settings.auth_cache_seconds),
+            EventHub(sessions),
         )

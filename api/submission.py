@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import update
+
 from api.datasets_service import owned_dataset, store_caption_snapshot
 from api.errors import validate_json_model
 from api.state import AppState
@@ -16,10 +18,9 @@ from shared.dataset_layout import DatasetLayout
 from shared.datasets import dataset_layout, image_sizes
 from shared.errors import LorabakeError, NotFoundError
 from shared.intake import inspect_dataset_zip
-from shared.jobs import add_event, set_status
-from shared.models import Job, JobKind, JobStatus, new_id
+from shared.jobs import add_event
+from shared.models import Job, JobKind, JobStatus, new_id, utcnow
 from shared.presets import plan_run
-from shared.queue import enqueue_training
 from shared.spec import TrainingConfig
 
 log = logging.getLogger("lorabake.api")
@@ -143,43 +144,34 @@ def submit_caption_job(state: AppState, owner: str, dataset_id: str, config: Cap
 def queue_job(
     state: AppState, job: Job, config: dict, plan: dict, total_steps: int, total_epochs: int, seed: int | None
 ) -> Job:
-    """Records a job whose objects are stored, then enqueues it; on failure removes what it stored."""
+    """Records a job whose objects are stored, then hands it to the broker, best effort (the outbox): the
+    row is committed first, so a broker that is down costs nothing but time; the reconciler sends the job
+    once the broker is back. A failed commit removes what was stored, so a refusal leaves nothing behind."""
     job_id = job.id
     job.status, job.config, job.plan = JobStatus.queued, config, plan
     job.total_steps, job.total_epochs, job.seed = total_steps, total_epochs, seed
+    job.enqueued_at = utcnow()
+    job.artifacts = []
     try:
         with state.sessions() as session:
             session.add(job)
             add_event(session, job_id, "status", {"status": JobStatus.queued.value})
             session.commit()
     except BaseException:
-        state.store.delete_prefix(f"jobs/{job_id}/")
+        state.remove_objects(f"jobs/{job_id}/")
         raise
+    # Sent only after the commit, so a worker never receives an id it cannot find.
+    if not state.dispatcher.send(job_id):
+        _mark_unsent(state, job_id)
+    return job
 
-    # Enqueue only after the commit, so a worker never receives an id it cannot find.
+
+def _mark_unsent(state: AppState, job_id: str) -> None:
+    """So the reconciler sends it at its next pass; if even this cannot be written, it finds the job
+    missing from the broker after `requeue_after_seconds`."""
     try:
-        enqueue_training(state.celery, state.settings, job_id)
-    except Exception as exc:
-        log.exception("could not enqueue job %s", job_id)
         with state.sessions() as session:
-            stored = session.get(Job, job_id)
-            assert stored is not None
-            set_status(
-                session,
-                stored,
-                JobStatus.failed,
-                error_code="queue_unavailable",
-                error_message=f"the job queue is unreachable: {exc}",
-            )
+            session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=None))
             session.commit()
-        raise LorabakeError(
-            "the job queue is unreachable; try again shortly",
-            code="queue_unavailable",
-            details={"job_id": job_id},
-            status_code=503,
-        ) from exc
-    with state.sessions() as session:
-        loaded = session.get(Job, job_id)
-        assert loaded is not None
-        _ = loaded.artifacts  # load before the session closes
-        return loaded
+    except Exception:
+        log.warning("job %s: could not mark it unsent; the reconciler will find it", job_id)

@@ -91,24 +91,39 @@ def _worker_argv(settings: Settings, concurrency: int) -> list[str]:
     help="Jobs at once. Run one worker per GPU (CUDA_VISIBLE_DEVICES).",
 )
 def worker(concurrency: int) -> None:
-    """Run a Celery training worker."""
+    """Run a Celery training worker (and, beside it, its heartbeat and a reconciler)."""
     from worker.celery_app import app
 
-    app.worker_main(_worker_argv(get_settings(), concurrency))
+    settings = get_settings()
+    # A process of its own, not a thread: the Celery pool forks children from this one, which must hold no
+    # database connections or locks for them to inherit.
+    duties = subprocess.Popen(
+        [sys.executable, "-m", "lorabake.cli", "worker-duties", "--parent", str(os.getpid())],
+        env={**os.environ, "LORABAKE_DATA_DIR": str(settings.data_dir)},
+    )
+    try:
+        app.worker_main(_worker_argv(settings, concurrency))
+    finally:
+        duties.terminate()
+
+
+@main.command("worker-duties", hidden=True)
+@click.option("--parent", type=int, required=True, help="The worker process this one serves.")
+def worker_duties(parent: int) -> None:
+    """The worker's heartbeat and a reconciler, until the worker process is gone."""
+    from shared.duties import run_worker_duties
+
+    _setup_logging()
+    run_worker_duties(get_settings(), parent)
 
 
 def _requeue_interrupted(settings: Settings) -> None:
     """The embedded mode has one worker and it is not running yet: a job that shows as running was cut off
-    by the last shutdown. The filesystem broker keeps no unacknowledged messages, so queue it again."""
-    from shared.db import session_scope
-    from shared.jobs import interrupted_job_ids
-    from shared.queue import enqueue_training, make_celery
+    by the last shutdown. Queue it again at once (it resumes), without waiting for its lease to run out."""
+    from shared.duties import build_reconciler
 
-    with session_scope(settings.database_url) as session:
-        job_ids = interrupted_job_ids(session)
-    app = make_celery(settings)
-    for job_id in job_ids:
-        enqueue_training(app, settings, job_id)
+    report = build_reconciler(settings, holder="serve").take_back_interrupted()
+    for job_id in report.requeued:
         click.echo(f"job {job_id} was interrupted by the last shutdown; queued again (it resumes)")
 
 

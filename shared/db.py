@@ -1,4 +1,9 @@
-"""Engine and session factory. One engine per process, built from settings."""
+"""Engine and session factory. One engine per process and URL, built from settings.
+
+Every connection has bounds (connect timeout, TCP keepalives and user timeout, a statement timeout, a pool
+wait limit), so a database that is down or unreachable turns into an error the caller can answer (503) or
+retry, never into a request or worker that hangs.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+from shared.settings import EngineOptions
 
 
 def _enable_sqlite_foreign_keys_and_wal(dbapi_conn, _record) -> None:  # noqa: ANN001
@@ -19,17 +26,38 @@ def _enable_sqlite_foreign_keys_and_wal(dbapi_conn, _record) -> None:  # noqa: A
     cursor.close()
 
 
-@lru_cache(maxsize=4)
-def get_engine(database_url: str) -> Engine:
+def _postgres_connect_args(options: EngineOptions) -> dict[str, object]:
+    return {
+        "connect_timeout": options.connect_timeout,
+        # A peer that vanished (host down, cable cut) is noticed in seconds, not after the kernel's hours.
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 3,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 15_000,
+        "options": f"-c statement_timeout={options.statement_timeout_ms}",
+    }
+
+
+@lru_cache(maxsize=8)
+def get_engine(database_url: str, options: EngineOptions = EngineOptions()) -> Engine:  # noqa: B008
     if database_url.startswith("sqlite"):
         engine = create_engine(database_url, connect_args={"check_same_thread": False, "timeout": 10})
         event.listen(engine, "connect", _enable_sqlite_foreign_keys_and_wal)
         return engine
-    return create_engine(database_url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(
+        database_url,
+        pool_pre_ping=True,
+        pool_size=options.pool_size,
+        max_overflow=options.max_overflow,
+        pool_timeout=options.pool_timeout,
+        pool_recycle=1800,
+        connect_args=_postgres_connect_args(options),
+    )
 
 
-def session_factory(database_url: str) -> sessionmaker[Session]:
-    return sessionmaker(get_engine(database_url), expire_on_commit=False)
+def session_factory(database_url: str, options: EngineOptions = EngineOptions()) -> sessionmaker[Session]:  # noqa: B008
+    return sessionmaker(get_engine(database_url, options), expire_on_commit=False)
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -26,8 +27,21 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes (stored as UTC), Postgres aware ones: compare them as aware."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def is_object_id(value: str) -> bool:
+    """Whether `value` can be one of our ids; anything else names nothing (and never reaches the database)."""
+    return _ID.fullmatch(value) is not None
 
 
 class JobStatus(StrEnum):
@@ -95,8 +109,16 @@ class Job(Base):
 
     seed: Mapped[int | None] = mapped_column(BigInteger, default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # times a worker started it
+    # of those, runs its worker handed back (an outage, a shutdown): they do not count towards max_attempts
+    handed_back: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     worker: Mapped[str | None] = mapped_column(String(200), default=None)
+    # The lease of the worker running the job (shared.leases): every write it makes names this token, so a
+    # worker presumed dead (its lease ran out and the job moved on) can write nothing more.
+    lease_token: Mapped[str | None] = mapped_column(String(32), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    # The outbox: when the job was last handed to the broker; NULL when that failed (the reconciler sends it).
+    enqueued_at: Mapped[datetime | None] = mapped_column(default=None)
     error_code: Mapped[str | None] = mapped_column(String(100), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
 
@@ -104,6 +126,11 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    @property
+    def lost_runs(self) -> int:
+        """Runs whose worker stopped without a word (killed, out of memory, its host lost)."""
+        return self.attempts - self.handed_back
 
     artifacts: Mapped[list[Artifact]] = relationship(
         back_populates="job", order_by="Artifact.created_at", cascade="all, delete-orphan"
@@ -128,6 +155,29 @@ class Artifact(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="artifacts")
+
+
+class WorkerProcess(Base):
+    """A worker that is alive, as its own heartbeat says (what the queue's consumers are)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid
+    hostname: Mapped[str] = mapped_column(String(200))
+    queues: Mapped[str] = mapped_column(String(500), default="")
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class ServiceLock(Base):
+    """A named lock with an expiry, so that one process at a time runs a periodic duty (the reconciler)
+    on Postgres and SQLite alike."""
+
+    __tablename__ = "service_locks"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200), default="")
+    expires_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class JobEvent(Base):

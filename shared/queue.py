@@ -1,28 +1,43 @@
-"""The Celery app both sides share. The API only sends task names; the worker registers the tasks.
+"""The Celery app both sides share, and handing job ids to it. The API only sends task names; the worker
+registers the tasks.
 
-Celery carries just the job id: the database row is the truth, so there is no result backend.
+The broker is a doorbell, the database row is the truth: Celery carries just the job id, there is no result
+backend, and a message that is lost, late or sent twice does no harm (the reconciler re-sends what the broker
+lost; claiming a job is atomic, so a duplicate does nothing).
 """
 
 from __future__ import annotations
+
+import logging
+import threading
+import time
 
 from celery import Celery
 
 from shared.settings import Settings
 
 TRAIN_TASK = "lorabake.train_job"
+log = logging.getLogger("lorabake.queue")
 
 
 def make_celery(settings: Settings) -> Celery:
     app = Celery("lorabake", broker=settings.broker_url, set_as_current=False)
+    timeout = settings.broker_timeout_seconds
     transport_options: dict = {
-        # Longer than the hard time limit, so a slow job is never handed to a second worker while alive.
+        # Only needs to be long enough not to matter: leases and the reconciler bring back a dead worker's
+        # job in about a minute; this is when Redis would hand the same message out once more.
         "visibility_timeout": settings.task_time_limit + 600,
+        "socket_connect_timeout": timeout,
+        "socket_timeout": max(timeout, 5.0),  # above kombu's 1 s BRPOP, so an idle consumer never times out
+        "socket_keepalive": True,
+        "retry_on_timeout": True,
+        "health_check_interval": 10,
     }
     if settings.broker_url.startswith("filesystem"):
         folder = settings.broker_dir
         for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
-        transport_options.update(
+        transport_options = dict(
             data_folder_in=str(folder / "queue"),
             data_folder_out=str(folder / "queue"),
             processed_folder=str(folder / "processed"),
@@ -33,14 +48,24 @@ def make_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         result_backend=None,
         task_acks_late=True,
-        task_reject_on_worker_lost=True,  # a worker killed mid-job (OOM) gets the job re-delivered
+        task_reject_on_worker_lost=True,  # a pool child killed mid-job gets its message back at once
         worker_prefetch_multiplier=1,
         task_default_queue=settings.queue_name,
         task_soft_time_limit=settings.task_soft_time_limit,
         task_time_limit=settings.task_time_limit,
         broker_transport_options=transport_options,
+        broker_connection_timeout=timeout,
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # a worker waits out a broker outage instead of exiting
+        # Sending is best effort (the outbox): one quick retry, then the reconciler's turn.
+        task_publish_retry_policy={
+            "max_retries": 1,
+            "interval_start": 0.2,
+            "interval_step": 0.2,
+            "interval_max": 0.2,
+        },
         worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_serializer="json",
         accept_content=["json"],
     )
@@ -49,3 +74,33 @@ def make_celery(settings: Settings) -> Celery:
 
 def enqueue_training(app: Celery, settings: Settings, job_id: str) -> None:
     app.send_task(TRAIN_TASK, args=[job_id], queue=settings.queue_name)
+
+
+class JobDispatcher:
+    """Sends job ids to the broker, best effort. After a failed send it skips sending for `cooldown`
+    seconds, so that requests made while the broker is down do not each wait for its timeout; the jobs
+    they stored are sent by the reconciler once the broker is back."""
+
+    def __init__(self, app: Celery, settings: Settings, cooldown: float = 5.0) -> None:
+        self.app = app
+        self.settings = settings
+        self.cooldown = cooldown
+        self._down_until = 0.0
+        self._lock = threading.Lock()
+
+    def send(self, job_id: str) -> bool:
+        if time.monotonic() < self._down_until:
+            return False
+        try:
+            enqueue_training(self.app, self.settings, job_id)
+        except Exception as exc:  # any broker failure: the job is stored, the reconciler sends it later
+            with self._lock:
+                self._down_until = time.monotonic() + self.cooldown
+            log.warning(
+                "could not send job %s to the broker (%s: %s); the reconciler will",
+                job_id,
+                type(exc).__name__,
+                exc,
+            )
+            return False
+        return True

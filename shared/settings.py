@@ -6,6 +6,7 @@ filesystem Celery broker), so `lorabake serve` needs no server. Production sets 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -14,6 +15,17 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.zipsafe import ZipLimits
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How a process connects to the database: pool bounds and timeouts (see shared.db)."""
+
+    pool_size: int = 8
+    max_overflow: int = 24
+    pool_timeout: float = 10.0
+    connect_timeout: int = 3
+    statement_timeout_ms: int = 60_000
 
 
 class Settings(BaseSettings):
@@ -54,6 +66,29 @@ class Settings(BaseSettings):
     task_time_limit: int = 12 * 3600 + 300
     max_attempts: int = 3
 
+    # Leases: a worker holds its job for lease_seconds and renews it every lease_renew_seconds from a
+    # thread beside training; a lease that runs out puts the job back in the queue (the reconciler).
+    lease_seconds: float = 60.0
+    lease_renew_seconds: float = 15.0
+    # The reconciler's pass (0 turns it off in this process): expired leases, jobs lost by the broker.
+    reconcile_interval_seconds: float = 15.0
+    # A queued job missing from the broker this long after it was sent is sent again.
+    requeue_after_seconds: float = 30.0
+    # How long a worker retries the database or storage before it hands its job back to the queue.
+    outage_retry_seconds: float = 300.0
+
+    # Connections: every call has a bound, so an outage is an error (503) and never a hang.
+    db_pool_size: int = 8
+    db_max_overflow: int = 24
+    db_pool_timeout_seconds: float = 10.0
+    db_connect_timeout_seconds: int = 3
+    db_statement_timeout_seconds: float = 60.0
+    broker_timeout_seconds: float = 3.0
+    s3_connect_timeout_seconds: float = 3.0
+    s3_read_timeout_seconds: float = 20.0
+    api_threads: int = 32  # requests served at once in threads; keep <= db_pool_size + db_max_overflow
+    auth_cache_seconds: float = 5.0  # a revoked key stops working within this long
+
     @model_validator(mode="before")
     @classmethod
     def _split_origins(cls, values: dict) -> dict:
@@ -74,11 +109,23 @@ class Settings(BaseSettings):
         self.work_dir = (self.work_dir or self.data_dir / "work").expanduser().resolve()
         if self.task_time_limit <= self.task_soft_time_limit:
             raise ValueError("LORABAKE_TASK_TIME_LIMIT must exceed LORABAKE_TASK_SOFT_TIME_LIMIT")
+        if not 0 < self.lease_renew_seconds < self.lease_seconds:
+            raise ValueError("LORABAKE_LEASE_RENEW_SECONDS must be above 0 and below LORABAKE_LEASE_SECONDS")
         return self
 
     @property
     def broker_dir(self) -> Path:
         return self.data_dir / "broker"
+
+    @property
+    def engine_options(self) -> EngineOptions:
+        return EngineOptions(
+            pool_size=self.db_pool_size,
+            max_overflow=self.db_max_overflow,
+            pool_timeout=self.db_pool_timeout_seconds,
+            connect_timeout=self.db_connect_timeout_seconds,
+            statement_timeout_ms=int(self.db_statement_timeout_seconds * 1000),
+        )
 
     @property
     def zip_limits(self) -> ZipLimits:

@@ -43,20 +43,44 @@ OPTIMIZER_ARGS: dict[str, frozenset[str]] = {
     "AdamW": frozenset({"betas", "eps", "weight_decay", "amsgrad", "maximize", "foreach", "fused"}),
     "AdamW8bit": frozenset(
         {
-            "betas", "eps", "weight_decay", "amsgrad", "min_8bit_size", "percentile_clipping", "block_wise",
+            "betas",
+            "eps",
+            "weight_decay",
+            "amsgrad",
+            "min_8bit_size",
+            "percentile_clipping",
+            "block_wise",
             "is_paged",
         }
     ),
     "Lion": frozenset({"betas", "weight_decay", "use_triton", "decoupled_weight_decay"}),
     "Prodigy": frozenset(
         {
-            "betas", "beta3", "eps", "weight_decay", "decouple", "use_bias_correction", "safeguard_warmup",
-            "d0", "d_coef", "growth_rate", "fsdp_in_use", "slice_p",
+            "betas",
+            "beta3",
+            "eps",
+            "weight_decay",
+            "decouple",
+            "use_bias_correction",
+            "safeguard_warmup",
+            "d0",
+            "d_coef",
+            "growth_rate",
+            "fsdp_in_use",
+            "slice_p",
         }
     ),
     "Adafactor": frozenset(
-        {"eps", "clip_threshold", "decay_rate", "beta1", "weight_decay", "scale_parameter", "relative_step",
-         "warmup_init"}
+        {
+            "eps",
+            "clip_threshold",
+            "decay_rate",
+            "beta1",
+            "weight_decay",
+            "scale_parameter",
+            "relative_step",
+            "warmup_init",
+        }
     ),
 }
 

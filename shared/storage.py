@@ -27,6 +27,11 @@ class ObjectStore(Protocol):
     def check(self) -> None: ...
 
 
+def resume_state_prefix(job_id: str) -> str:
+    """Where a job's resume state lives; deleted only once the job truly ended."""
+    return f"jobs/{job_id}/state/"
+
+
 def _safe_key(key: str) -> str:
     parts = PurePosixPath(key).parts
     if not parts or key.startswith("/") or any(p in ("..", ".", "") for p in parts):
@@ -104,7 +109,16 @@ class S3Store:
             "region_name": settings.s3_region,
             "aws_access_key_id": settings.s3_access_key_id,
             "aws_secret_access_key": settings.s3_secret_access_key,
-            "config": Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+            # Bounded calls: a storage server that is down or hung is an error within seconds (the API
+            # answers 503, the worker retries), not a request that waits for minutes.
+            "config": Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                connect_timeout=settings.s3_connect_timeout_seconds,
+                read_timeout=settings.s3_read_timeout_seconds,
+                retries={"total_max_attempts": 2, "mode": "standard"},
+                max_pool_connections=max(10, settings.api_threads),
+            ),
         }
         self.bucket = settings.s3_bucket
         self.expiry = settings.presign_expiry_seconds

@@ -1,8 +1,11 @@
-"""Runs one training job for the Celery task: claim the row, fetch and check the dataset, train,
-publish each file as soon as it is written, and record how it ended.
+"""Runs one job for the Celery task: claim its lease, fetch and check the dataset, train (or caption),
+publish each file as it is written, and record how it ended.
 
-The row is the truth. A re-delivered message for a finished job does nothing; one for a job whose worker
-died mid-run starts it again (until `max_attempts`), keeping the files already published.
+The row is the truth and the lease is the right to change it. A delivery for a finished job, or for one whose
+lease another worker holds, does nothing. A job whose worker died is queued again by the reconciler and
+resumes here from its last uploaded resume state, keeping the files already published. Database and storage
+outages are waited out (bounded, shared.retrying); one that outlasts the bound hands the job back to the queue
+instead of failing it. A job fails only for its own reasons: its data, its model, its config.
 """
 
 from __future__ import annotations
@@ -11,21 +14,27 @@ import hashlib
 import json
 import logging
 import shutil
-import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import session_factory
 from shared.errors import LorabakeError
-from shared.jobs import add_event, set_status
-from shared.models import Artifact, Job, JobKind, JobStatus, utcnow
+from shared.jobs import add_event
+from shared.leases import Claim, JobLease, LeaseLost, claim_job
+from shared.models import Artifact, JobKind, JobStatus
+from shared.outages import is_outage
+from shared.retrying import OutageOutlasted, retry_outages
 from shared.settings import Settings
 from shared.spec import TrainingConfig
-from shared.storage import ObjectStore, build_store
+from shared.storage import ObjectStore, build_store, resume_state_prefix
+from shared.workers import worker_id
 from worker.dataset_prep import prepare_dataset_dir
+from worker.job_keeper import JobKeeper
+from worker.publisher import FileToPublish, PublishActions, Publisher
 from worker.training.checkpoints import ResumeStateError
 from worker.training.engine import EngineHooks, Progress, SavedLora, TrainingCanceled, train_lora
 from worker.training.sampling import SavedSample
@@ -44,84 +53,35 @@ def sha256_of(path: Path) -> str:
 class JobRunner:
     def __init__(self, settings: Settings, store: ObjectStore | None = None) -> None:
         self.settings = settings
-        self.sessions: sessionmaker[Session] = session_factory(settings.database_url)
+        self.sessions: sessionmaker[Session] = session_factory(settings.database_url, settings.engine_options)
         self.store = store or build_store(settings)
+        self.worker_id = worker_id()
 
-    # -- claiming -------------------------------------------------------------------------------------
-    def claim(self, job_id: str) -> Job | None:
-        """Marks the job as ours, or returns None when there is nothing (more) to do for it."""
-        with self.sessions() as session:
-            job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
-            if job is None:
-                log.warning("job %s does not exist; dropping the message", job_id)
-                return None
-            if JobStatus(job.status).is_terminal:
-                log.info("job %s is already %s; nothing to do", job_id, job.status)
-                return None
-            if job.cancel_requested:
-                set_status(session, job, JobStatus.canceled)
-                session.commit()
-                return None
-            if job.attempts >= self.settings.max_attempts:
-                set_status(
-                    session,
-                    job,
-                    JobStatus.failed,
-                    error_code="too_many_attempts",
-                    error_message=f"the job stopped its worker {job.attempts} times (out of memory?)",
-                )
-                session.commit()
-                return None
-            job.attempts += 1
-            job.worker = socket.gethostname()
-            job.started_at = job.started_at or utcnow()
-            set_status(session, job, JobStatus.preparing)
-            session.commit()
-            session.expunge(job)
-            return job
+    def retrying(self, what: str, call):  # noqa: ANN001, ANN201 - call: () -> T, returns T
+        return retry_outages(what, call, bound=self.settings.outage_retry_seconds)
 
-    # -- running --------------------------------------------------------------------------------------
     def run(self, job_id: str) -> None:
-        claimed = self.claim(job_id)
-        if claimed is None:
-            return
-        workdir = self.settings.work_dir / "jobs" / job_id
-        shutil.rmtree(workdir, ignore_errors=True)
-        try:
-            if claimed.kind == JobKind.caption:
-                from worker.caption_runner import run_caption_job  # only caption jobs load the captioners
-
-                run_caption_job(self, claimed, workdir)
-                return
-            config = TrainingConfig.model_validate(claimed.config)
-            dataset_dir = self.prepare_for(claimed, workdir)
-            hooks = _RowHooks(self, job_id)
-            if config.captioning is not None:
-                self.caption_stage(dataset_dir, config, hooks)
-            # A re-delivered job (its worker died) continues from the last resume state it uploaded.
-            resume_from = self.fetch_resume_state(job_id, workdir) if claimed.attempts > 1 else None
-            result = self.train(config, dataset_dir, workdir, hooks, resume_from)
-            hooks.flush()
-            with self.sessions() as session:
-                job = session.get(Job, job_id)
-                assert job is not None
-                set_status(session, job, JobStatus.succeeded, seed=result.seed)
-                session.commit()
+        result = self.retrying(
+            "claim the job",
+            lambda: claim_job(
+                self.sessions,
+                job_id,
+                self.worker_id,
+                lease_seconds=self.settings.lease_seconds,
+                max_attempts=self.settings.max_attempts,
+            ),
+        )
+        if result.ended:
             self.drop_resume_state(job_id)
-        except TrainingCanceled:
-            self.finish(job_id, JobStatus.canceled)
-        except LorabakeError as exc:
-            self.finish(job_id, JobStatus.failed, exc.code, exc.message)
-        except Exception as exc:  # the row must say what happened, whatever it was
-            log.exception("job %s failed", job_id)
-            code = "time_limit" if _is_time_limit(exc) else "training_error"
-            self.finish(job_id, JobStatus.failed, code, f"{type(exc).__name__}: {exc}")
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+        if result.claim is not None:
+            ClaimedRun(self, result.claim).execute()
 
+    # -- storage, no lease needed ---------------------------------------------------------------------
     def fetch(self, key: str, dest: Path) -> Path:
         try:
-            self.store.download_file(key, dest)
+            self.retrying(f"fetch {key}", lambda: self.store.download_file(key, dest))
+        except OutageOutlasted:
+            raise
         except Exception as exc:
             raise LorabakeError(
                 f"could not fetch {key} from storage: {type(exc).__name__}: {exc}",
@@ -129,66 +89,198 @@ class JobRunner:
             ) from exc
         return dest
 
-    def prepare_for(
-        self, job: Job, workdir: Path, *, captions: dict[str, str | None] | None = None, convert: bool = True
-    ) -> Path:
+    @staticmethod
+    def state_key(job_id: str) -> str:
+        return f"{resume_state_prefix(job_id)}latest"
+
+    def read_resume_record(self, job_id: str) -> dict | None:
+        key = self.state_key(job_id)
+        if f"{key}.json" not in self.store.list_keys(resume_state_prefix(job_id)):
+            return None
+        return json.loads(b"".join(self.store.iter_bytes(f"{key}.json")))
+
+    def fetch_resume_state(self, job_id: str, workdir: Path) -> Path | None:
+        """The job's last uploaded resume state on local disk, or None (it has none: a first run)."""
+        record = self.retrying("read the job's resume state", lambda: self.read_resume_record(job_id))
+        if record is None:
+            return None
+        dest = workdir / "resume" / "state.pt"
+        self.retrying("fetch the job's resume state", lambda: self.store.download_file(record["key"], dest))
+        log.info("job %s resumes after step %s (epoch %s)", job_id, record["step"], record["epoch"])
+        return dest
+
+    def drop_resume_state(self, job_id: str) -> None:
+        """Only once the job truly ended: until then it is what a next attempt resumes from."""
+        try:
+            self.retrying(
+                "delete the job's resume state", lambda: self.store.delete_prefix(resume_state_prefix(job_id))
+            )
+        except Exception:
+            log.exception("job %s: could not delete its resume state", job_id)
+
+
+class ClaimedRun:
+    """One claimed job from its dataset to its end, holding the lease; every write goes through it."""
+
+    def __init__(self, runner: JobRunner, claim: Claim) -> None:
+        settings = runner.settings
+        self.runner = runner
+        self.job = claim.job
+        self.job_id = claim.job.id
+        self.settings = settings
+        self.workdir = settings.work_dir / "jobs" / self.job_id
+        self.lease = JobLease(runner.sessions, self.job_id, claim.token, settings.lease_seconds)
+        self.keeper = JobKeeper(
+            self.lease,
+            renew_every=settings.lease_renew_seconds,
+            write_every=settings.progress_interval_seconds,
+            outage_bound=settings.outage_retry_seconds,
+        )
+        actions = PublishActions(
+            publish=self.publish_file, remove=self.unpublish, save_state=self.save_resume_state
+        )
+        self.publisher = Publisher(actions, self.workdir / "spool")
+
+    # -- the whole run ------------------------------------------------------------------------------------
+    def execute(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.keeper.start()
+        self.publisher.start()
+        try:
+            self._run_and_record()
+        finally:
+            self.keeper.stop()
+            self.publisher.close()
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _run_and_record(self) -> None:
+        try:
+            if self.job.kind == JobKind.caption:
+                from worker.caption_runner import run_caption_job  # only caption jobs load the captioners
+
+                run_caption_job(self)
+                return
+            seed = self._train()
+            self.publisher.drain()  # the job ends only once every saved file is in storage and listed
+            self.keeper.flush()
+            self.finish(JobStatus.succeeded, seed=seed)
+        except TrainingCanceled:
+            self.stopped()
+        except LeaseLost:
+            log.warning(
+                "job %s: lease lost (presumed dead, the job moved on); stopping without writing", self.job_id
+            )
+        except LorabakeError as exc:
+            self.publish_what_was_saved()
+            self.finish(JobStatus.failed, error_code=exc.code, error_message=exc.message)
+        except Exception as exc:
+            if isinstance(exc, OutageOutlasted) or is_outage(exc):
+                self.hand_back(exc)
+                return
+            log.exception("job %s failed", self.job_id)
+            self.publish_what_was_saved()
+            self.finish(
+                JobStatus.failed, error_code=_error_code(exc), error_message=f"{type(exc).__name__}: {exc}"
+            )
+
+    def stopped(self) -> None:
+        """Training stopped between two steps: lost lease, outage, publishing failure, or a cancel."""
+        if self.keeper.lease_lost or isinstance(self.publisher.failure, LeaseLost):
+            log.warning("job %s: lease lost; stopping without writing", self.job_id)
+            return
+        failure = self.keeper.outage or self.publisher.failure
+        if failure is not None:
+            if isinstance(failure, OutageOutlasted) or is_outage(failure):
+                self.hand_back(failure)
+            else:
+                self.finish(
+                    JobStatus.failed,
+                    error_code="publish_error",
+                    error_message=f"could not publish a file: {type(failure).__name__}: {failure}",
+                )
+            return
+        self.publisher.drain()  # files saved before the cancel stay downloadable
+        self.keeper.flush()
+        self.finish(JobStatus.canceled)
+
+    def publish_what_was_saved(self) -> None:
+        """Before a job fails for its own reasons: the epochs it saved stay downloadable."""
+        try:
+            self.publisher.drain()
+        except Exception as exc:
+            log.warning("job %s: not every saved file could be published: %s", self.job_id, exc)
+
+    def must_stop(self) -> bool:
+        return self.keeper.must_stop or self.publisher.failure is not None
+
+    def finish(self, status: JobStatus, **fields: Any) -> None:
+        self.keeper.stop()  # the end is the last write; nothing to renew after it
+        try:
+            self.runner.retrying("record how the job ended", lambda: self.lease.finish(status, **fields))
+        except LeaseLost:
+            log.warning("job %s: lease lost before its end (%s) was recorded", self.job_id, status.value)
+            return
+        except OutageOutlasted as exc:  # the lease runs out; the reconciler queues the job again
+            log.error("job %s: could not record its end (%s): %s", self.job_id, status.value, exc)
+            return
+        self.runner.drop_resume_state(self.job_id)
+
+    def hand_back(self, cause: BaseException) -> None:
+        """An outage outlasted our retries: back to the queue now (or when the lease runs out, if the
+        database is what is down); the next run resumes from the resume state."""
+        log.warning("job %s: handing it back to the queue: %s", self.job_id, cause)
+        self.keeper.stop()
+        try:
+            retry_outages("hand the job back", lambda: self.lease.hand_back("outage"), bound=10.0)
+        except (LeaseLost, OutageOutlasted) as exc:
+            log.warning("job %s: could not hand it back (%s); its lease will run out", self.job_id, exc)
+
+    # -- training -----------------------------------------------------------------------------------------
+    def _train(self) -> int:
+        config = TrainingConfig.model_validate(self.job.config)
+        dataset_dir = self.prepare_dataset()
+        if config.captioning is not None:
+            self.caption_stage(dataset_dir, config)
+        # A job queued again (its worker died, an outage) continues from the last resume state it uploaded.
+        resume_from = self.runner.fetch_resume_state(self.job_id, self.workdir)
+        run = dict(
+            models_dir=self.settings.models_dir,
+            hooks=self.engine_hooks(),
+            state_dir=self.workdir / "state",
+            allow_download=self.settings.allow_model_downloads,
+        )
+        out = self.workdir / "out"
+        try:
+            result = train_lora(config, dataset_dir, out, resume_from=resume_from, **run)
+        except ResumeStateError as exc:
+            if resume_from is None:
+                raise
+            log.warning("job %s: resume state unusable (%s); training from the start", self.job_id, exc)
+            shutil.rmtree(out, ignore_errors=True)
+            result = train_lora(config, dataset_dir, out, **run)
+        return result.seed
+
+    def prepare_dataset(self, *, captions: dict[str, str | None] | None = None, convert: bool = True) -> Path:
         """The job's dataset as a folder: extracted, its caption snapshot (or `captions`) applied."""
-        archive = self.fetch(job.dataset_key, workdir / "dataset.zip")
+        job, runner = self.job, self.runner
+        archive = runner.fetch(job.dataset_key, self.workdir / "dataset.zip")
         if captions is None and job.captions_key:
             # a stored dataset: train on the caption revision the job was created with
-            snapshot = json.loads(self.fetch(job.captions_key, workdir / "captions.json").read_text())
+            snapshot = json.loads(runner.fetch(job.captions_key, self.workdir / "captions.json").read_text())
             captions = snapshot["captions"]
         dataset_dir = prepare_dataset_dir(
-            archive, workdir / "dataset", self.settings.zip_limits, captions=captions, convert=convert
+            archive, self.workdir / "dataset", self.settings.zip_limits, captions=captions, convert=convert
         )
         archive.unlink()
         return dataset_dir
 
-    def finish(
-        self, job_id: str, status: JobStatus, code: str | None = None, message: str | None = None
-    ) -> None:
-        with self.sessions() as session:
-            job = session.get(Job, job_id)
-            if job is None:
-                return
-            set_status(session, job, status, error_code=code, error_message=message)
-            session.commit()
-        if status.is_terminal:  # nothing will resume it (a worker that dies never gets here)
-            self.drop_resume_state(job_id)
-
-    # -- resume state ---------------------------------------------------------------------------------
-    def train(
-        self,
-        config: TrainingConfig,
-        dataset_dir: Path,
-        workdir: Path,
-        hooks: _RowHooks,
-        resume_from: Path | None,
-    ):
-        """train_lora with a resume state written beside every saved file; an unusable state (another
-        config, a corrupt upload) is logged and the job trains from the start instead."""
-        run = dict(
-            models_dir=self.settings.models_dir,
-            hooks=hooks.engine_hooks(),
-            state_dir=workdir / "state",
-            allow_download=self.settings.allow_model_downloads,
-        )
-        try:
-            return train_lora(config, dataset_dir, workdir / "out", resume_from=resume_from, **run)
-        except ResumeStateError as exc:
-            if resume_from is None:
-                raise
-            log.warning("job %s: resume state unusable (%s); training from the start", hooks.job_id, exc)
-            shutil.rmtree(workdir / "out", ignore_errors=True)
-            return train_lora(config, dataset_dir, workdir / "out", **run)
-
-    def caption_stage(self, dataset_dir: Path, config: TrainingConfig, hooks: _RowHooks) -> None:
+    def caption_stage(self, dataset_dir: Path, config: TrainingConfig) -> None:
         """`config.captioning`: caption the folder before training; the captions used become an artifact."""
         from worker.captioning import CaptioningCanceled
         from worker.captioning.stage import caption_folder
 
         assert config.captioning is not None
-        hooks.on_stage("captioning")
+        self.on_stage("captioning")
         try:
             captions = caption_folder(
                 dataset_dir,
@@ -196,23 +288,70 @@ class JobRunner:
                 config.captioning,
                 models_dir=self.settings.models_dir,
                 allow_download=self.settings.allow_model_downloads,
-                should_cancel=hooks.refresh_cancel,
+                should_cancel=self.must_stop,
             )
         except CaptioningCanceled as exc:
             raise TrainingCanceled(0, []) from exc
         listing = dataset_dir.parent / "captions.json"
         listing.write_text(json.dumps(captions, indent=1, ensure_ascii=False), encoding="utf-8")
-        self.publish_file(hooks.job_id, listing, kind="captions", content_type="application/json")
+        self.publisher.publish(listing, kind="captions", content_type="application/json")
 
-    @staticmethod
-    def state_key(job_id: str) -> str:
-        return f"jobs/{job_id}/state/latest"
+    def engine_hooks(self) -> EngineHooks:
+        return EngineHooks(
+            on_stage=self.on_stage,
+            on_progress=self.on_progress,
+            on_saved=self.on_saved,
+            on_removed=lambda saved: self.publisher.remove(saved.path.name),
+            on_state_saved=self.publisher.save_state,
+            on_sample=self.on_sample,
+            should_cancel=self.must_stop,
+        )
 
-    def save_resume_state(self, job_id: str, path: Path, epoch: int, step: int) -> None:
+    def on_stage(self, stage: str) -> None:
+        self.keeper.add_event("stage", {"stage": stage})
+        if stage == "training":
+            self.keeper.set_status(JobStatus.training)
+
+    def on_progress(self, progress: Progress) -> None:
+        self.keeper.report_progress(
+            {
+                "step": progress.step,
+                "total_steps": progress.total_steps,
+                "epoch": progress.epoch,
+                "total_epochs": progress.total_epochs,
+                "loss": progress.loss,
+                "steps_per_second": progress.steps_per_second,
+                "eta_seconds": progress.eta_seconds,
+            }
+        )
+
+    def on_saved(self, saved: SavedLora) -> None:
+        if saved.is_final:
+            self.keeper.set_status(JobStatus.uploading)
+        self.publisher.publish(
+            saved.path, kind="lora", epoch=saved.epoch, step=saved.step, is_final=saved.is_final
+        )
+
+    def on_sample(self, sample: SavedSample) -> None:
+        # a sample's artifact carries its prompt and settings in `meta`
+        self.publisher.publish(
+            sample.path,
+            kind="sample",
+            content_type="image/png",
+            epoch=sample.epoch,
+            step=sample.step,
+            meta=sample.meta(),
+        )
+
+    # -- publishing (the publisher's thread) --------------------------------------------------------------
+    def save_resume_state(self, path: Path, epoch: int, step: int) -> None:
         """Uploads the engine's resume state over the previous one, then its record beside it
-        (`latest.json`: key, step, epoch, size, sha256), which is written only once the state is complete."""
-        key = self.state_key(job_id)
-        self.store.put_file(key, path)
+        (`latest.json`: key, step, epoch, size, sha256), which is written only once the state is complete.
+        The lease is checked first, so a worker presumed dead does not overwrite its successor's state."""
+        runner = self.runner
+        key = runner.state_key(self.job_id)
+        runner.retrying("check the lease", self.lease.renew)
+        runner.retrying("upload the resume state", lambda: runner.store.put_file(key, path))
         record = {
             "key": key,
             "step": step,
@@ -223,207 +362,102 @@ class JobRunner:
         }
         record_path = path.with_name(path.name + ".json")
         record_path.write_text(json.dumps(record), encoding="utf-8")
-        self.store.put_file(f"{key}.json", record_path, "application/json")
-
-    def read_resume_record(self, job_id: str) -> dict | None:
-        key = self.state_key(job_id)
-        if f"{key}.json" not in self.store.list_keys(f"jobs/{job_id}/state/"):
-            return None
-        return json.loads(b"".join(self.store.iter_bytes(f"{key}.json")))
-
-    def fetch_resume_state(self, job_id: str, workdir: Path) -> Path | None:
-        """The job's last uploaded resume state on local disk, or None (none, or it cannot be fetched)."""
         try:
-            record = self.read_resume_record(job_id)
-            if record is None:
-                return None
-            dest = workdir / "resume" / "state.pt"
-            self.store.download_file(record["key"], dest)
-        except Exception:
-            log.exception("job %s: could not fetch its resume state; training from the start", job_id)
-            return None
-        log.info("job %s resumes after step %s (epoch %s)", job_id, record["step"], record["epoch"])
-        return dest
+            runner.retrying(
+                "upload the resume state's record",
+                lambda: runner.store.put_file(f"{key}.json", record_path, "application/json"),
+            )
+        finally:
+            record_path.unlink(missing_ok=True)
 
-    def drop_resume_state(self, job_id: str) -> None:
-        try:
-            self.store.delete_prefix(f"jobs/{job_id}/state/")
-        except Exception:
-            log.exception("job %s: could not delete its resume state", job_id)
-
-    def unpublish(self, job_id: str, saved: SavedLora) -> None:
+    def unpublish(self, name: str) -> None:
         """A kept-last-N file was removed: its artifact row and object go too."""
-        with self.sessions() as session:
-            artifact = session.scalar(
-                select(Artifact).where(Artifact.job_id == job_id, Artifact.name == saved.path.name)
-            )
-            if artifact is None:
-                return
-            key = artifact.object_key
-            add_event(session, job_id, "artifact_removed", {"id": artifact.id, "name": artifact.name})
-            session.delete(artifact)
-            session.commit()
-        self.store.delete_prefix(key)
 
-    def publish(self, job_id: str, saved: SavedLora | SavedSample) -> None:
-        """Uploads one finished LoRA file or sample image and lists it on the job at once; a sample's
-        artifact carries its prompt and settings in `meta`."""
-        if isinstance(saved, SavedSample):
-            self.publish_file(
-                job_id,
-                saved.path,
-                kind="sample",
-                content_type="image/png",
-                epoch=saved.epoch,
-                step=saved.step,
-                meta=saved.meta(),
-            )
-        else:
-            self.publish_file(
-                job_id, saved.path, kind="lora", epoch=saved.epoch, step=saved.step, is_final=saved.is_final
-            )
+        def delete_row() -> str | None:
+            with self.lease.transaction() as session:
+                artifact = session.scalar(
+                    select(Artifact).where(Artifact.job_id == self.job_id, Artifact.name == name)
+                )
+                if artifact is None:
+                    return None
+                add_event(
+                    session, self.job_id, "artifact_removed", {"id": artifact.id, "name": artifact.name}
+                )
+                session.delete(artifact)
+                return artifact.object_key
 
-    def publish_file(
-        self,
-        job_id: str,
-        path: Path,
-        *,
-        kind: str,
-        content_type: str = "application/octet-stream",
-        epoch: int | None = None,
-        step: int | None = None,
-        is_final: bool = False,
-        meta: dict | None = None,
-    ) -> None:
+        key = self.runner.retrying(f"unlist {name}", delete_row)
+        if key is not None:
+            self.runner.retrying(f"delete {name}", lambda: self.runner.store.delete_prefix(key))
+
+    def publish_file(self, item: FileToPublish) -> None:
         """Uploads a file and upserts its artifact row by name (re-runs update, never duplicate), unless the
-        job already published that name from a later step: a re-run never replaces a file with an older."""
-        with self.sessions() as session:
-            published_step = session.scalar(
-                select(Artifact.step).where(Artifact.job_id == job_id, Artifact.name == path.name)
-            )
-        if published_step is not None and step is not None and step < published_step:
-            log.info("job %s: %s of step %s kept (not %s)", job_id, path.name, published_step, step)
+        job already published that name from a later step: a re-run never replaces a file with an older.
+        Each lease writes under its own key, so the row always names exactly the bytes its sha256 is of."""
+        runner, job_id, name = self.runner, self.job_id, item.name
+
+        def published_step() -> int | None:
+            with runner.sessions() as session:
+                return session.scalar(
+                    select(Artifact.step).where(Artifact.job_id == job_id, Artifact.name == name)
+                )
+
+        done = runner.retrying(f"look up {name}", published_step)
+        if done is not None and item.step is not None and item.step < done:
+            log.info("job %s: %s of step %s kept (not %s)", job_id, name, done, item.step)
             return
-        key = f"jobs/{job_id}/artifacts/{path.name}"
-        size = path.stat().st_size
-        digest = sha256_of(path)
-        self.store.put_file(key, path, content_type)
-        with self.sessions() as session:
+        key = f"jobs/{job_id}/artifacts/{self.lease.token[:12]}/{name}"
+        size, digest = item.path.stat().st_size, sha256_of(item.path)
+        runner.retrying(f"upload {name}", lambda: runner.store.put_file(key, item.path, item.content_type))
+        replaced = runner.retrying(
+            f"list {name} on the job", lambda: self._record_artifact(item, key, size, digest)
+        )
+        if replaced and replaced != key:  # an earlier attempt's copy of the same file
+            try:
+                runner.retrying(f"delete the older {name}", lambda: runner.store.delete_prefix(replaced))
+            except Exception:
+                log.exception("job %s: could not delete %s", job_id, replaced)
+
+    def _record_artifact(self, item: FileToPublish, key: str, size: int, digest: str) -> str | None:
+        """Upserts the row; returns the object key it pointed to before (None for a new row)."""
+        with self.lease.transaction() as session:
             artifact = session.scalar(
-                select(Artifact).where(Artifact.job_id == job_id, Artifact.name == path.name)
+                select(Artifact).where(Artifact.job_id == self.job_id, Artifact.name == item.name)
             )
+            previous = artifact.object_key if artifact is not None else None
             if artifact is None:
-                artifact = Artifact(job_id=job_id, kind=kind, name=path.name, object_key=key)
+                artifact = Artifact(job_id=self.job_id, kind=item.kind, name=item.name, object_key=key)
                 session.add(artifact)
-            artifact.epoch, artifact.step, artifact.is_final, artifact.meta = epoch, step, is_final, meta
+            artifact.object_key = key
+            artifact.epoch, artifact.step, artifact.is_final, artifact.meta = (
+                item.epoch,
+                item.step,
+                item.is_final,
+                item.meta,
+            )
             artifact.size_bytes, artifact.sha256 = size, digest
             session.flush()
             add_event(
                 session,
-                job_id,
+                self.job_id,
                 "artifact",
                 {
                     "id": artifact.id,
-                    "kind": kind,
+                    "kind": item.kind,
                     "name": artifact.name,
-                    "epoch": epoch,
-                    "step": step,
+                    "epoch": item.epoch,
+                    "step": item.step,
                     "size_bytes": size,
                     "sha256": digest,
                 },
             )
-            session.commit()
+            return previous
 
 
-class _RowHooks:
-    """Engine callbacks that write progress to the row at most once per interval and read the cancel flag."""
-
-    def __init__(self, runner: JobRunner, job_id: str) -> None:
-        self.runner = runner
-        self.job_id = job_id
-        self.interval = runner.settings.progress_interval_seconds
-        self.last_write = 0.0
-        self.pending: Progress | None = None
-        self.cancel = False
-
-    def engine_hooks(self) -> EngineHooks:
-        return EngineHooks(
-            on_stage=self.on_stage,
-            on_progress=self.on_progress,
-            on_saved=self.on_saved,
-            on_removed=lambda saved: self.runner.unpublish(self.job_id, saved),
-            on_state_saved=lambda path, epoch, step: self.runner.save_resume_state(
-                self.job_id, path, epoch, step
-            ),
-            on_sample=lambda sample: self.runner.publish(self.job_id, sample),
-            should_cancel=lambda: self.cancel,
-        )
-
-    def on_stage(self, stage: str) -> None:
-        with self.runner.sessions() as session:
-            add_event(session, self.job_id, "stage", {"stage": stage})
-            session.commit()
-        if stage == "training":
-            self.on_status(JobStatus.training)
-
-    def on_status(self, status: JobStatus) -> None:
-        with self.runner.sessions() as session:
-            job = session.get(Job, self.job_id)
-            assert job is not None
-            if job.status != status:
-                set_status(session, job, status)
-            self.cancel = job.cancel_requested
-            session.commit()
-
-    def refresh_cancel(self) -> bool:
-        with self.runner.sessions() as session:
-            job = session.get(Job, self.job_id)
-            self.cancel = bool(job and job.cancel_requested)
-        return self.cancel
-
-    def on_progress(self, progress: Progress) -> None:
-        self.pending = progress
-        now = time.monotonic()
-        if now - self.last_write >= self.interval or progress.step == progress.total_steps:
-            self.flush()
-            self.last_write = now
-
-    def flush(self) -> None:
-        progress, self.pending = self.pending, None
-        if progress is None:
-            return
-        with self.runner.sessions() as session:
-            job = session.get(Job, self.job_id)
-            assert job is not None
-            job.step, job.total_steps = progress.step, progress.total_steps
-            job.epoch, job.total_epochs = progress.epoch, progress.total_epochs
-            job.loss, job.steps_per_second, job.eta_seconds = (
-                progress.loss,
-                progress.steps_per_second,
-                progress.eta_seconds,
-            )
-            add_event(
-                session,
-                self.job_id,
-                "progress",
-                {
-                    "step": progress.step,
-                    "total_steps": progress.total_steps,
-                    "epoch": progress.epoch,
-                    "loss": progress.loss,
-                    "steps_per_second": progress.steps_per_second,
-                    "eta_seconds": progress.eta_seconds,
-                },
-            )
-            self.cancel = job.cancel_requested
-            session.commit()
-
-    def on_saved(self, saved: SavedLora) -> None:
-        self.flush()
-        if saved.is_final:
-            self.on_status(JobStatus.uploading)
-        self.runner.publish(self.job_id, saved)
-
-
-def _is_time_limit(exc: BaseException) -> bool:
-    return type(exc).__name__ in {"SoftTimeLimitExceeded", "TimeLimitExceeded"}
+def _error_code(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if name in {"SoftTimeLimitExceeded", "TimeLimitExceeded"}:
+        return "time_limit"
+    if name == "OutOfMemoryError":  # torch.OutOfMemoryError: the job's size, not a server's fault
+        return "out_of_memory"
+    return "training_error"

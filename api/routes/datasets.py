@@ -36,7 +36,7 @@ from api.uploads import limited_request, require_file, save_upload
 from shared.captioning import CaptionConfig
 from shared.captions import CaptionEdit, tag_frequency
 from shared.errors import NotFoundError
-from shared.models import Dataset, DatasetImage
+from shared.models import Dataset, DatasetImage, is_object_id
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -111,7 +111,7 @@ def remove_dataset(dataset_id: str, owner: Owner, session: DB, state: State) -> 
 @router.get("/{dataset_id}/images/{image_id}/thumbnail", responses=_ERRORS)
 def get_thumbnail(dataset_id: str, image_id: str, owner: Owner, session: DB, state: State) -> Response:
     owned_dataset(session, owner, dataset_id)
-    image = session.get(DatasetImage, image_id)
+    image = session.get(DatasetImage, image_id) if is_object_id(image_id) else None
     if image is None or image.dataset_id != dataset_id or not image.thumbnail_key:
         raise NotFoundError(f"no image {image_id} in dataset {dataset_id}", details={"image_id": image_id})
     return Response(

@@ -11,21 +11,24 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from api.deps import DB, Owner, State
+from api.events_hub import Event, event_of
 from api.pagination import newest_first_page
 from api.schemas import ArtifactOut, JobList, JobOut, error_responses
+from api.state import AppState
 from api.submission import parse_config, submit_dataset_job, submit_job
 from api.uploads import limited_request, read_json_object, require_file, save_upload
 from shared.errors import LorabakeError, NotFoundError
 from shared.jobs import request_cancel
-from shared.models import Artifact, Job, JobEvent, JobStatus
+from shared.models import Artifact, Job, JobEvent, JobStatus, is_object_id
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-_ERRORS = error_responses(401, 404, 409, 413, 422)
+_ERRORS = error_responses(401, 404, 409, 413, 422, 503)
+KEEP_ALIVE_SECONDS = 15.0
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -47,7 +50,7 @@ _UPLOAD_BODY = {
 
 
 def _owned_job(session: Session, owner: str, job_id: str) -> Job:
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id, options=[selectinload(Job.artifacts)]) if is_object_id(job_id) else None
     if job is None or job.owner != owner:  # another owner's job is indistinguishable from a missing one
         raise NotFoundError(f"no job {job_id}", details={"job_id": job_id})
     return job
@@ -125,7 +128,7 @@ def list_artifacts(job_id: str, owner: Owner, session: DB) -> list[ArtifactOut]:
 def download_artifact(job_id: str, artifact_id: str, owner: Owner, session: DB, state: State) -> Response:
     """Redirects to a presigned storage URL (S3), or streams the file (embedded mode)."""
     _owned_job(session, owner, job_id)
-    artifact = session.get(Artifact, artifact_id)
+    artifact = session.get(Artifact, artifact_id) if is_object_id(artifact_id) else None
     if artifact is None or artifact.job_id != job_id:
         raise NotFoundError(
             f"no artifact {artifact_id} in job {job_id}", details={"artifact_id": artifact_id}
@@ -144,43 +147,74 @@ def download_artifact(job_id: str, artifact_id: str, owner: Owner, session: DB, 
     )
 
 
+def _last_event_id(request: Request, after: int) -> int:
+    raw = request.headers.get("last-event-id")
+    if raw is None:
+        return after
+    if not raw.isdigit() or len(raw) > 18:
+        raise LorabakeError(
+            "Last-Event-ID must be the id of an event this stream sent (a non-negative integer)",
+            code="invalid_last_event_id",
+            details={"field": "Last-Event-ID"},
+            status_code=422,
+        )
+    return int(raw)
+
+
+def _replay(state: AppState, job_id: str, since: int) -> tuple[list[Event], bool]:
+    """The job's events after `since`, from the database, and whether the job has ended."""
+    with state.sessions() as session:
+        rows = session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > since).order_by(JobEvent.id)
+        )
+        events = [event_of(row) for row in rows]
+        status = session.scalar(select(Job.status).where(Job.id == job_id))
+        return events, status is None or JobStatus(status).is_terminal
+
+
+def _is_end(event: Event) -> bool:
+    return event.type == "status" and JobStatus(event.data.get("status", "queued")).is_terminal
+
+
+def _sse(event: Event) -> str:
+    return f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.data)}\n\n"
+
+
 @router.get("/{job_id}/events", responses=_ERRORS)
 async def stream_events(
     job_id: str, request: Request, owner: Owner, state: State, after: Annotated[int, Query(ge=0)] = 0
 ) -> StreamingResponse:
     """Server-sent events: status changes, saved files and progress, until the job ends.
     Reconnecting clients resume with `Last-Event-ID` (or `?after=`)."""
-    with state.sessions() as session:
-        _owned_job(session, owner, job_id)
-    last_id = int(request.headers.get("last-event-id", after) or 0)
+    since = _last_event_id(request, after)
 
-    def fetch(since: int) -> tuple[list[JobEvent], bool]:
+    def check_owner() -> None:
         with state.sessions() as session:
-            events = list(
-                session.scalars(
-                    select(JobEvent)
-                    .where(JobEvent.job_id == job_id, JobEvent.id > since)
-                    .order_by(JobEvent.id)
-                )
-            )
-            job = session.get(Job, job_id)
-            done = job is None or JobStatus(job.status).is_terminal
-            return events, done
+            _owned_job(session, owner, job_id)
+
+    await run_in_threadpool(check_owner)
 
     async def generate() -> AsyncIterator[str]:
-        since = last_id
-        idle = 0
-        while not await request.is_disconnected():
-            events, done = await run_in_threadpool(fetch, since)
-            for event in events:
-                since = event.id
-                yield f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.data)}\n\n"
-            if done and not events:
+        sent: set[int] = set()
+        async with state.events.watch(job_id) as live:
+            replayed, ended = await run_in_threadpool(_replay, state, job_id, since)
+            for event in replayed:
+                sent.add(event.id)
+                yield _sse(event)
+            if ended:
                 return
-            idle = 0 if events else idle + 1
-            if idle and idle % 30 == 0:  # a comment line every ~15 s keeps proxies from closing the stream
-                yield ": keep-alive\n\n"
-            await asyncio.sleep(0.5)
+            while not await request.is_disconnected():
+                try:
+                    event = await asyncio.wait_for(live.get(), KEEP_ALIVE_SECONDS)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"  # a comment line keeps proxies from closing an idle stream
+                    continue
+                if event.id in sent or event.id <= since:
+                    continue
+                sent.add(event.id)
+                yield _sse(event)
+                if _is_end(event):
+                    return
 
     return StreamingResponse(
         generate(),

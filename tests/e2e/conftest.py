@@ -24,13 +24,26 @@ def lorabake(*args: str, env: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="session")
-def stack(pg_url, redis_url, s3_server, models_dir, tmp_path_factory) -> Iterator[Stack]:
+def stack_db() -> Iterator[str]:
+    """A database of the stack's own: its reconciler must see only the jobs it was given."""
+    from shared.db import get_engine
+    from shared.migrate import upgrade
+
+    url, name = services.create_pg_database()
+    upgrade(url)
+    yield url
+    get_engine.cache_clear()
+    services.drop_pg_database(name)
+
+
+@pytest.fixture(scope="session")
+def stack(stack_db, redis_url, s3_server, models_dir, tmp_path_factory) -> Iterator[Stack]:
     logs = tmp_path_factory.mktemp("stack-logs")
     bucket = "e2e-lorabake"
     s3_server.client().create_bucket(Bucket=bucket)
     env = process_env(
         stack_env(
-            pg_url=pg_url,
+            pg_url=stack_db,
             redis_url=redis_url,
             s3_url=s3_server.url,
             bucket=bucket,

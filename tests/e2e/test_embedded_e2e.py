@@ -111,7 +111,7 @@ def test_serve_trains_and_streams_downloads(tmp_path: Path, models_dir: Path):
         assert len(response.content) == final["size_bytes"]
         assert not any(k.startswith("lora_te") for k in tensors(path))  # text_encoder_lr 0: UNet only
         assert max_abs_diff(render_with_lora(path), render(base_pipeline())) > 1e-3
-        assert (data / "objects" / "jobs" / job_id / "artifacts" / "demo.safetensors").exists()
+        assert list((data / "objects" / "jobs" / job_id / "artifacts").glob("*/demo.safetensors"))
     finally:
         services.stop_process(proc)
         print(log.read_text(errors="replace")[-4000:])

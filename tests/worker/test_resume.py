@@ -185,24 +185,32 @@ def _zip_dataset(src: Path, dest: Path) -> Path:
     return dest
 
 
-def test_redelivered_job_resumes_from_its_uploaded_state(
+def test_job_of_a_dead_worker_resumes_from_its_uploaded_state(
     straight, pg_url, models_dir, dataset, tmp_path, monkeypatch
 ):
+    """The worker dies during epoch 3; its lease runs out, the reconciler queues the job again, and the
+    next run continues after step 6 from the state the first one uploaded, keeping its files."""
+    import time
     import uuid
 
     from sqlalchemy import select
 
-    from shared.db import session_scope
+    from shared.db import session_factory, session_scope
+    from shared.leases import Claim
     from shared.models import Artifact, Job, JobEvent, JobStatus
+    from shared.queue import JobDispatcher, make_celery
+    from shared.reconciler import Reconciler, ReconcileReport
     from shared.settings import Settings
-    from worker import job_runner
-    from worker.job_runner import JobRunner
+    from worker.job_runner import ClaimedRun, JobRunner
+    from worker.publisher import FileToPublish
 
     settings = Settings(
         data_dir=tmp_path,
         database_url=pg_url,
         models_dir=models_dir,
-        progress_interval_seconds=0,
+        progress_interval_seconds=0.05,
+        lease_seconds=2,
+        lease_renew_seconds=0.5,
         max_attempts=3,
     )
     runner = JobRunner(settings)
@@ -219,43 +227,74 @@ def test_redelivered_job_resumes_from_its_uploaded_state(
             )
         )
 
-    real_on_progress = job_runner._RowHooks.on_progress
+    steps: list[int] = []
+    real_on_progress = ClaimedRun.on_progress
 
     def dies_after_step_7(self, progress):
         real_on_progress(self, progress)
+        steps.append(progress.step)
         if progress.step == 7:
+            self.publisher.drain()  # by then the state of step 6 and the files before it were uploaded
             raise WorkerDied
 
-    monkeypatch.setattr(job_runner._RowHooks, "on_progress", dies_after_step_7)
+    monkeypatch.setattr(ClaimedRun, "on_progress", dies_after_step_7)
     with pytest.raises(WorkerDied):
         runner.run(job_id)
     record = runner.read_resume_record(job_id)
     assert record is not None and (record["step"], record["epoch"]) == (6, 2)
     with session_scope(pg_url) as session:
-        assert session.get(Job, job_id).status == JobStatus.training  # as a dead worker leaves it
+        dead = session.get(Job, job_id)
+        assert dead.status == JobStatus.training and dead.lease_token  # as a dead worker leaves it
         first_sha = session.scalar(
             select(Artifact.sha256).where(
                 Artifact.job_id == job_id, Artifact.name == "r-step00000006.safetensors"
             )
         )
 
-    monkeypatch.setattr(job_runner._RowHooks, "on_progress", real_on_progress)
-    runner.run(job_id)  # the message comes back: resume after step 6
+    # A second delivery while the lease is live does nothing; once it ran out the reconciler takes it back.
+    runner.run(job_id)
+    with session_scope(pg_url) as session:
+        assert session.get(Job, job_id).status == JobStatus.training
+    time.sleep(settings.lease_seconds + 0.2)
+    reconciler = Reconciler(
+        settings, session_factory(pg_url), JobDispatcher(make_celery(settings), settings), runner.store
+    )
+    report = ReconcileReport()
+    reconciler.take_back_expired(report)
+    assert report.requeued == [job_id]
+    with session_scope(pg_url) as session:
+        assert session.get(Job, job_id).status == JobStatus.queued
+
+    monkeypatch.setattr(
+        ClaimedRun, "on_progress", lambda self, p: (real_on_progress(self, p), steps.append(p.step))
+    )
+    runner.run(job_id)  # the reconciler's message: resume after step 6
 
     with session_scope(pg_url) as session:
         job = session.get(Job, job_id)
-        assert (job.status, job.attempts, job.step) == (JobStatus.succeeded, 2, 12)
+        assert (job.status, job.attempts, job.step, job.lease_token) == (JobStatus.succeeded, 2, 12, None)
         artifacts = {a.name: a for a in session.scalars(select(Artifact).where(Artifact.job_id == job_id))}
         events = session.scalars(
             select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
         ).all()
-        steps = [e.data["step"] for e in events if e.type == "progress"]
         removed = [e.data["name"] for e in events if e.type == "artifact_removed"]
+        statuses = [(e.data["status"], e.data.get("reason")) for e in events if e.type == "status"]
+    assert statuses == [
+        ("preparing", None),
+        ("training", None),
+        ("queued", "worker_lost"),
+        ("preparing", None),
+        ("training", None),
+        ("uploading", None),
+        ("succeeded", None),
+    ]
     straight_run, _ = straight
     kept = {p.name for p in straight_run.out.iterdir() if p.suffix == ".safetensors"}
     assert set(artifacts) == kept and "r-000001.safetensors" not in kept  # removed by keep-last-2 epochs
     assert removed == ["r-000001.safetensors"]  # published by the first attempt, deleted by the second
-    assert runner.store.list_keys(f"jobs/{job_id}/artifacts/r-000001") == []
+    stored = runner.store.list_keys(f"jobs/{job_id}/artifacts/")
+    assert not [k for k in stored if k.endswith("/r-000001.safetensors")]
+    assert sorted(stored) == sorted(a.object_key for a in artifacts.values())  # no stray copies
     assert steps == list(range(1, 8)) + list(range(7, 13))  # attempt 2 continues at step 7
     assert artifacts["r-step00000006.safetensors"].sha256 == first_sha  # not re-published
     final = tmp_path / "final.safetensors"
@@ -263,12 +302,14 @@ def test_redelivered_job_resumes_from_its_uploaded_state(
     assert _same_tensors(final, straight_run.out / "r.safetensors")
     assert runner.store.list_keys(f"jobs/{job_id}/state/") == []  # dropped once the job succeeded
 
-    # A file of an earlier step never replaces a published one of the same name.
-    older = tmp_path / "r.safetensors"
+    # A file of an earlier step never replaces a published one of the same name (nothing is written: this
+    # run's lease is not the job's, which a write would find out).
+    older = tmp_path / "older.safetensors"
     older.write_bytes(b"older")
-    from worker.training.engine import SavedLora
-
-    runner.publish(job_id, SavedLora(path=older, epoch=3, step=11, is_final=True))
+    stale = ClaimedRun(runner, Claim(job, "0" * 32))
+    stale.publish_file(
+        FileToPublish(path=older, name="r.safetensors", kind="lora", epoch=3, step=11, is_final=True)
+    )
     with session_scope(pg_url) as session:
         final_row = session.scalar(
             select(Artifact).where(Artifact.job_id == job_id, Artifact.name == "r.safetensors")
