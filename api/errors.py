@@ -41,6 +41,38 @@ def describe_fields(fields: list[dict[str, str]]) -> str:
     return "; ".join(f"{f['field']}: {f['message']}" for f in fields)
 
 
+def nul_path(value: object, path: str) -> str | None:
+    """The path of the first string (or key) in decoded JSON that holds a NUL character, which no text
+    column can store; None when there is none."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return where
+            found = nul_path(item, where)
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = nul_path(item, f"{path}.{index}" if path else str(index))
+            if found:
+                return found
+    return None
+
+
+def refuse_nul(value: object, path: str, code: str = "invalid_request") -> None:
+    where = nul_path(value, path)
+    if where is not None:
+        raise LorabakeError(
+            f"{where} contains a NUL character (\\u0000)",
+            code=code,
+            details={"fields": [{"field": where, "message": "contains a NUL character"}]},
+            status_code=422,
+        )
+
+
 def validate_json_model(model: type[M], raw: object, field: str, code: str) -> M:
     """`raw` (JSON text or already-decoded JSON) as `model`; every failure is a 422 naming `field` (and the
     sub-fields at fault, as `field.sub`)."""
@@ -55,6 +87,7 @@ def validate_json_model(model: type[M], raw: object, field: str, code: str) -> M
         raise LorabakeError(
             f"{field} must be a JSON object", code=code, details={"field": field}, status_code=422
         )
+    refuse_nul(raw, field, code)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -104,9 +137,7 @@ async def _dependency_error(request: Request, exc: Exception) -> JSONResponse:
 
 def _is_nul_refusal(exc: BaseException) -> bool:
     """psycopg refuses NUL characters in text values: whatever carried one there was bad input."""
-    return any(
-        isinstance(e, ValueError) and "NUL (0x00)" in str(e) for e in (exc, exc.__cause__, exc.__context__)
-    )
+    return any("NUL (0x00)" in str(e) for e in (exc, exc.__cause__, exc.__context__) if e is not None)
 
 
 def _nul_response() -> JSONResponse:

@@ -17,6 +17,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.types import Message
 
+from api.errors import refuse_nul
 from shared.errors import LorabakeError, PayloadTooLargeError
 
 
@@ -72,6 +73,7 @@ async def read_json_object(request: Request, max_bytes: int = JSON_BODY_LIMIT) -
             status_code=422,
             details={"fields": [{"field": "body", "message": "not a JSON object"}]},
         )
+    refuse_nul(data, "")
     return data
 
 
@@ -86,7 +88,13 @@ def save_upload(upload: UploadFile, directory: Path) -> ReceivedFile:
             digest.update(chunk)
             size += len(chunk)
             out.write(chunk)
-    return ReceivedFile(Path(out.name), upload.filename or "dataset.zip", size, digest.hexdigest())
+    return ReceivedFile(Path(out.name), printable_name(upload.filename), size, digest.hexdigest())
+
+
+def printable_name(filename: str | None) -> str:
+    """The client's file name as we keep it: control characters (NUL above all) removed."""
+    name = "".join(ch for ch in (filename or "") if ch.isprintable())[:300].strip()
+    return name or "dataset.zip"
 
 
 def require_file(form_value: object, field: str) -> UploadFile:

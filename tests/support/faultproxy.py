@@ -88,6 +88,10 @@ class FaultProxy:
 
     async def _shutdown(self) -> None:
         await self._refuse()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         self._connections.add(client_writer)
