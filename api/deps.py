@@ -1,4 +1,5 @@
-"""FastAPI dependencies: app state, a database session per request, and the caller's identity.
+"""FastAPI dependencies: app state and the caller's identity. (Handlers open their own database session:
+see api/routes/jobs.py.)
 
 The identity check uses a session of its own that is closed at once, so a request holds a pooled database
 connection only while its handler uses one, never for a whole upload; and a key's owner is remembered for
@@ -7,11 +8,9 @@ connection only while its handler uses one, never for a whole upload; and a key'
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.state import AppState
@@ -21,14 +20,6 @@ from shared.keys import hash_key, owner_for_key
 
 def get_state(request: Request) -> AppState:
     return request.app.state.lorabake
-
-
-def get_session(state: Annotated[AppState, Depends(get_state)]) -> Iterator[Session]:
-    session = state.sessions()
-    try:
-        yield session
-    finally:
-        session.close()
 
 
 def _lookup_owner(state: AppState, key: str) -> str | None:
@@ -59,4 +50,3 @@ async def current_owner(request: Request, state: Annotated[AppState, Depends(get
 # The parameters every route takes, named once.
 Owner = Annotated[str, Depends(current_owner)]
 State = Annotated[AppState, Depends(get_state)]
-DB = Annotated[Session, Depends(get_session)]

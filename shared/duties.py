@@ -11,6 +11,7 @@ import os
 import time
 
 from shared.db import session_factory
+from shared.outages import is_outage
 from shared.queue import JobDispatcher, make_celery
 from shared.reconciler import Reconciler
 from shared.settings import Settings
@@ -42,7 +43,7 @@ def run_worker_duties(settings: Settings, parent: int) -> None:
                     record_heartbeat(session, wid, settings.queue_name)
                     forget_stale_workers(session, older_than_seconds=86_400)
             except Exception as exc:
-                log.warning("worker heartbeat: %s: %s", type(exc).__name__, exc)
+                log.warning("worker heartbeat: %s", type(exc).__name__, exc_info=not is_outage(exc))
         if reconcile_every > 0 and now >= next_reconcile:
             next_reconcile = now + reconcile_every
             try:

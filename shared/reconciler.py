@@ -67,10 +67,9 @@ class Reconciler:
             report = self._pass()
         except Exception as exc:
             if is_outage(exc):
+                if self._database_up_since is not None:  # said once per outage
+                    log.warning("reconciler: database unavailable (%s); trying each pass", type(exc).__name__)
                 self._database_up_since = None
-                log.warning(
-                    "reconciler: database unavailable (%s); trying again next pass", type(exc).__name__
-                )
                 return ReconcileReport(skipped="database unavailable")
             raise
         return report

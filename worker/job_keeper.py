@@ -93,7 +93,6 @@ class JobKeeper:
                 continue
             try:
                 self._write()
-                self._down_since = None
             except LeaseLost:
                 log.warning("job %s: the lease was lost; stopping", self.lease.job_id)
                 self.lease_lost = True
@@ -102,14 +101,31 @@ class JobKeeper:
                 if not is_outage(exc):
                     log.exception("job %s: could not record progress", self.lease.job_id)
                     continue
-                now = time.monotonic()
-                self._down_since = self._down_since or now
-                if now - self._down_since > self.outage_bound:
-                    self.outage = OutageOutlasted("database", "renew the job's lease", self.outage_bound)
+                if self._outage_outlasted(exc):
                     return
-                log.warning(
-                    "job %s: database unavailable (%s); retrying", self.lease.job_id, type(exc).__name__
+                continue
+            if self._down_since is not None:
+                log.info(
+                    "job %s: database back after %.0fs; progress recorded",
+                    self.lease.job_id,
+                    time.monotonic() - self._down_since,
                 )
+                self._down_since = None
+
+    def _outage_outlasted(self, exc: Exception) -> bool:
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            log.warning(
+                "job %s: database unavailable (%s); training goes on, progress is written when it is back",
+                self.lease.job_id,
+                type(exc).__name__,
+            )
+        if now - self._down_since > self.outage_bound:
+            self.outage = OutageOutlasted("database", "renew the job's lease", self.outage_bound)
+            return True
+        self._stopped.wait(1.0)  # while it is down, try about once a second
+        return False
 
     def _due(self) -> bool:
         """Events and status changes go at once, progress once per write interval, a bare renewal once per

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request, Response
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 from starlette.concurrency import run_in_threadpool
 
 from api.datasets_service import (
@@ -17,7 +18,7 @@ from api.datasets_service import (
     owned_dataset,
     thumbnail_bytes,
 )
-from api.deps import DB, Owner, State
+from api.deps import Owner, State
 from api.errors import validate_json_model
 from api.pagination import newest_first_page
 from api.schemas import (
@@ -86,34 +87,43 @@ async def upload_dataset(request: Request, response: Response, owner: Owner, sta
         return DatasetOut.of(owned_dataset(session, owner, dataset_id))
 
 
+# Handlers open their session in their own thread and close it before they return (see api/routes/jobs.py).
+
+
 @router.get("", response_model=DatasetList, responses=_ERRORS)
 def list_datasets(
-    owner: Owner, session: DB, limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: str | None = None
+    owner: Owner, state: State, limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: str | None = None
 ) -> DatasetList:
-    rows, next_cursor = newest_first_page(
-        session, select(Dataset).where(Dataset.owner == owner), Dataset, owner, cursor, limit
-    )
-    return DatasetList(items=[DatasetSummary.of(d) for d in rows], next_cursor=next_cursor)
+    query = select(Dataset).where(Dataset.owner == owner).options(selectinload(Dataset.images))
+    with state.sessions() as session:
+        rows, next_cursor = newest_first_page(session, query, Dataset, owner, cursor, limit)
+        return DatasetList(items=[DatasetSummary.of(d) for d in rows], next_cursor=next_cursor)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, responses=_ERRORS)
-def get_dataset(dataset_id: str, owner: Owner, session: DB) -> DatasetOut:
-    return DatasetOut.of(owned_dataset(session, owner, dataset_id))
+def get_dataset(dataset_id: str, owner: Owner, state: State) -> DatasetOut:
+    with state.sessions() as session:
+        return DatasetOut.of(owned_dataset(session, owner, dataset_id))
 
 
 @router.delete("/{dataset_id}", status_code=204, responses=_ERRORS)
-def remove_dataset(dataset_id: str, owner: Owner, session: DB, state: State) -> Response:
+def remove_dataset(dataset_id: str, owner: Owner, state: State) -> Response:
     """Deletes the dataset and its files; refused (409) while an unfinished job uses it."""
-    delete_dataset(state, session, owned_dataset(session, owner, dataset_id))
+    with state.sessions() as session:
+        delete_dataset(state, session, owned_dataset(session, owner, dataset_id))
     return Response(status_code=204)
 
 
 @router.get("/{dataset_id}/images/{image_id}/thumbnail", responses=_ERRORS)
-def get_thumbnail(dataset_id: str, image_id: str, owner: Owner, session: DB, state: State) -> Response:
-    owned_dataset(session, owner, dataset_id)
-    image = session.get(DatasetImage, image_id) if is_object_id(image_id) else None
-    if image is None or image.dataset_id != dataset_id or not image.thumbnail_key:
-        raise NotFoundError(f"no image {image_id} in dataset {dataset_id}", details={"image_id": image_id})
+def get_thumbnail(dataset_id: str, image_id: str, owner: Owner, state: State) -> Response:
+    with state.sessions() as session:
+        owned_dataset(session, owner, dataset_id)
+        image = session.get(DatasetImage, image_id) if is_object_id(image_id) else None
+        if image is None or image.dataset_id != dataset_id or not image.thumbnail_key:
+            raise NotFoundError(
+                f"no image {image_id} in dataset {dataset_id}", details={"image_id": image_id}
+            )
+        session.expunge(image)
     return Response(
         thumbnail_bytes(state, image),
         media_type="image/jpeg",
@@ -123,35 +133,38 @@ def get_thumbnail(dataset_id: str, image_id: str, owner: Owner, session: DB, sta
 
 @router.get("/{dataset_id}/captions", response_model=CaptionsOut, responses=_ERRORS)
 def get_captions(
-    dataset_id: str, owner: Owner, session: DB, revision: Annotated[int | None, Query(ge=0)] = None
+    dataset_id: str, owner: Owner, state: State, revision: Annotated[int | None, Query(ge=0)] = None
 ) -> CaptionsOut:
     """Current captions, or those of an older `revision` (what an earlier job trained on)."""
-    dataset = owned_dataset(session, owner, dataset_id)
-    wanted = dataset.caption_revision if revision is None else revision
-    texts = captions_at(session, dataset, wanted)
-    return CaptionsOut(
-        dataset_id=dataset.id,
-        revision=wanted,
-        captions=[CaptionOut(image_id=i.id, path=i.path, caption=texts[i.id]) for i in dataset.images],
-    )
+    with state.sessions() as session:
+        dataset = owned_dataset(session, owner, dataset_id)
+        wanted = dataset.caption_revision if revision is None else revision
+        texts = captions_at(session, dataset, wanted)
+        return CaptionsOut(
+            dataset_id=dataset.id,
+            revision=wanted,
+            captions=[CaptionOut(image_id=i.id, path=i.path, caption=texts[i.id]) for i in dataset.images],
+        )
 
 
 @router.put("/{dataset_id}/captions", response_model=CaptionEditResult, responses=_ERRORS)
 def edit_captions(
-    dataset_id: str, edit: Annotated[CaptionEdit, Body()], owner: Owner, session: DB
+    dataset_id: str, edit: Annotated[CaptionEdit, Body()], owner: Owner, state: State
 ) -> CaptionEditResult:
     """Set captions, find/replace, add or remove tags; each call is one new revision."""
-    dataset = owned_dataset(session, owner, dataset_id)
-    changed = apply_caption_edit(session, dataset, edit)
-    session.commit()
-    return CaptionEditResult(revision=dataset.caption_revision, changed=changed)
+    with state.sessions() as session:
+        dataset = owned_dataset(session, owner, dataset_id)
+        changed = apply_caption_edit(session, dataset, edit)
+        session.commit()
+        return CaptionEditResult(revision=dataset.caption_revision, changed=changed)
 
 
 @router.get("/{dataset_id}/tags", response_model=list[TagCount], responses=_ERRORS)
-def get_tags(dataset_id: str, owner: Owner, session: DB) -> list[TagCount]:
+def get_tags(dataset_id: str, owner: Owner, state: State) -> list[TagCount]:
     """How often each tag appears in the training images' captions (Kohya's tag frequency)."""
-    dataset = owned_dataset(session, owner, dataset_id)
-    counts = tag_frequency(i.caption for i in dataset.images if not i.is_reg)
+    with state.sessions() as session:
+        dataset = owned_dataset(session, owner, dataset_id)
+        counts = tag_frequency(i.caption for i in dataset.images if not i.is_reg)
     return [TagCount(tag=tag, count=count) for tag, count in counts]
 
 

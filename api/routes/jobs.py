@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from api.deps import DB, Owner, State
+from api.deps import Owner, State
 from api.events_hub import Event, event_of
 from api.pagination import newest_first_page
 from api.schemas import ArtifactOut, JobList, JobOut, error_responses
@@ -89,50 +89,60 @@ async def create_job(request: Request, response: Response, owner: Owner, state: 
     return JobOut.of(job)
 
 
+# Handlers open their session in their own thread and close it before they return: a connection held
+# until FastAPI's dependency teardown (which needs a thread of its own) deadlocks a full thread pool.
+
+
 @router.get("", response_model=JobList, responses=_ERRORS)
 def list_jobs(
     owner: Owner,
-    session: DB,
+    state: State,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: str | None = None,
 ) -> JobList:
     """Newest first. `next_cursor` fetches the next (older) page."""
-    query = select(Job).where(Job.owner == owner)
+    query = select(Job).where(Job.owner == owner).options(selectinload(Job.artifacts))
     if status is not None:
         query = query.where(Job.status == status.value)
-    jobs, next_cursor = newest_first_page(session, query, Job, owner, cursor, limit)
-    return JobList(items=[JobOut.of(j) for j in jobs], next_cursor=next_cursor)
+    with state.sessions() as session:
+        jobs, next_cursor = newest_first_page(session, query, Job, owner, cursor, limit)
+        return JobList(items=[JobOut.of(j) for j in jobs], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)
-def get_job(job_id: str, owner: Owner, session: DB) -> JobOut:
-    return JobOut.of(_owned_job(session, owner, job_id))
+def get_job(job_id: str, owner: Owner, state: State) -> JobOut:
+    with state.sessions() as session:
+        return JobOut.of(_owned_job(session, owner, job_id))
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=_ERRORS)
-def cancel_job(job_id: str, owner: Owner, session: DB) -> JobOut:
+def cancel_job(job_id: str, owner: Owner, state: State) -> JobOut:
     """Stops a job between two steps; epochs already saved stay downloadable."""
-    job = _owned_job(session, owner, job_id)
-    request_cancel(session, job)
-    session.commit()
-    return JobOut.of(job)
+    with state.sessions() as session:
+        job = _owned_job(session, owner, job_id)
+        request_cancel(session, job)
+        session.commit()
+        return JobOut.of(job)
 
 
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactOut], responses=_ERRORS)
-def list_artifacts(job_id: str, owner: Owner, session: DB) -> list[ArtifactOut]:
-    return [ArtifactOut.of(a) for a in _owned_job(session, owner, job_id).artifacts]
+def list_artifacts(job_id: str, owner: Owner, state: State) -> list[ArtifactOut]:
+    with state.sessions() as session:
+        return [ArtifactOut.of(a) for a in _owned_job(session, owner, job_id).artifacts]
 
 
 @router.get("/{job_id}/artifacts/{artifact_id}", responses={**_ERRORS, 307: {"description": "to storage"}})
-def download_artifact(job_id: str, artifact_id: str, owner: Owner, session: DB, state: State) -> Response:
+def download_artifact(job_id: str, artifact_id: str, owner: Owner, state: State) -> Response:
     """Redirects to a presigned storage URL (S3), or streams the file (embedded mode)."""
-    _owned_job(session, owner, job_id)
-    artifact = session.get(Artifact, artifact_id) if is_object_id(artifact_id) else None
-    if artifact is None or artifact.job_id != job_id:
-        raise NotFoundError(
-            f"no artifact {artifact_id} in job {job_id}", details={"artifact_id": artifact_id}
-        )
+    with state.sessions() as session:
+        _owned_job(session, owner, job_id)
+        artifact = session.get(Artifact, artifact_id) if is_object_id(artifact_id) else None
+        if artifact is None or artifact.job_id != job_id:
+            raise NotFoundError(
+                f"no artifact {artifact_id} in job {job_id}", details={"artifact_id": artifact_id}
+            )
+        session.expunge(artifact)
     url = state.store.presigned_url(artifact.object_key, artifact.name)
     if url:
         return RedirectResponse(url, status_code=307)

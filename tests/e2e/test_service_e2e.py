@@ -142,3 +142,35 @@ def test_a_base_model_that_cannot_load_fails_the_job_clearly(stack, tmp_path):
     assert job["status"] == "failed"
     assert "no-such-model" in job["error"]["message"]
     assert job["artifacts"] == []
+
+
+def sse_events(body: str) -> list[tuple[int, str, dict]]:
+    parsed = []
+    for block in body.split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":")
+        )
+        if "id" in fields:
+            parsed.append((int(fields["id"]), fields["event"], json.loads(fields["data"])))
+    return parsed
+
+
+def test_events_stream_live_while_the_job_runs_and_resume_from_last_event_id(stack, tmp_path):
+    zip_path = write_zip(tmp_path / "live.zip", kohya_entries(images=4, repeats=2, webp=False))
+    job = submit(stack, zip_path, {**TRAIN_CONFIG, "epochs": 3})
+    url = f"{stack.url}/v1/jobs/{job['id']}/events"
+    with httpx.stream("GET", url, headers=stack.headers, timeout=120) as stream:
+        body = "".join(stream.iter_text())  # ends when the job does
+    events = sse_events(body)
+    ids = [e[0] for e in events]
+    assert ids == sorted(set(ids))  # each once, in order
+    kinds = [e[1] for e in events]
+    assert kinds.count("progress") >= 2 and kinds.count("artifact") == 3
+    assert events[-1][1:] == ("status", {"status": "succeeded"})
+    # A client that lost the stream after the first artifact gets exactly what followed.
+    cut = next(i for i, e in enumerate(events) if e[1] == "artifact")
+    with httpx.stream(
+        "GET", url, headers={**stack.headers, "Last-Event-ID": str(ids[cut])}, timeout=60
+    ) as stream:
+        rest = sse_events("".join(stream.iter_text()))
+    assert rest == events[cut + 1 :]
