@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from api.state import AppState
@@ -174,6 +174,12 @@ def delete_dataset(state: AppState, session: Session, dataset: Dataset) -> None:
             code="dataset_in_use",
             details={"jobs": busy},
         )
+    # what the foreign key would do (SET NULL), but through the ORM so the jobs' updated_at moves too:
+    # a job's rendered view is kept by that version (api/job_views.py)
+    session.execute(
+        update(Job).where(Job.dataset_id == dataset.id).values(dataset_id=None),
+        execution_options={"synchronize_session": False},
+    )
     session.delete(dataset)
     session.commit()
     state.remove_objects(f"datasets/{dataset.id}/")

@@ -18,7 +18,8 @@ from shared.errors import AuthError
 from shared.keys import hash_key, owner_for_key
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async: FastAPI runs a plain-def dependency in the thread pool, a hop per request for nothing
     return request.app.state.lorabake
 
 

@@ -157,10 +157,11 @@ def _dependency_error_types() -> tuple[type[Exception], ...]:
     from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
     from kombu.exceptions import KombuError
+    from psycopg import Error as PsycopgError
     from redis.exceptions import RedisError
     from sqlalchemy.exc import SQLAlchemyError
 
-    return (SQLAlchemyError, BotoCoreError, ClientError, Boto3Error, KombuError, RedisError)
+    return (SQLAlchemyError, PsycopgError, BotoCoreError, ClientError, Boto3Error, KombuError, RedisError)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.async_reads import AsyncReader
 from api.events_hub import EventHub
+from api.job_views import JobViews
 from api.owner_cache import OwnerCache
 from shared.db import session_factory
 from shared.queue import JobDispatcher, make_celery
@@ -27,6 +29,8 @@ class AppState:
     dispatcher: JobDispatcher
     owners: OwnerCache
     events: EventHub = field(repr=False)
+    reader: AsyncReader | None = field(repr=False)
+    job_views: JobViews = field(repr=False)
 
     def remove_objects(self, prefix: str) -> None:
         """Best effort, for cleaning up after a failed or finished request: storage may be what failed."""
@@ -39,6 +43,7 @@ class AppState:
     def build(cls, settings: Settings) -> AppState:
         sessions = session_factory(settings.database_url, settings.engine_options)
         celery = make_celery(settings)
+        reader = AsyncReader.for_settings(settings)
         return cls(
             settings,
             sessions,
@@ -47,4 +52,6 @@ class AppState:
             JobDispatcher(celery, settings),
             OwnerCache(settings.auth_cache_seconds),
             EventHub(sessions),
+            reader,
+            JobViews(sessions, reader),
         )

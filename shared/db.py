@@ -26,7 +26,7 @@ def _enable_sqlite_foreign_keys_and_wal(dbapi_conn, _record) -> None:  # noqa: A
     cursor.close()
 
 
-def _postgres_connect_args(options: EngineOptions) -> dict[str, object]:
+def postgres_connect_args(options: EngineOptions) -> dict[str, object]:
     return {
         "connect_timeout": options.connect_timeout,
         # A peer that vanished (host down, cable cut) is noticed in seconds, not after the kernel's hours.
@@ -47,12 +47,12 @@ def get_engine(database_url: str, options: EngineOptions = EngineOptions()) -> E
         return engine
     return create_engine(
         database_url,
-        pool_pre_ping=True,
+        pool_pre_ping=False,
         pool_size=options.pool_size,
         max_overflow=options.max_overflow,
         pool_timeout=options.pool_timeout,
         pool_recycle=1800,
-        connect_args=_postgres_connect_args(options),
+        connect_args=postgres_connect_args(options),
     )
 
 

@@ -42,7 +42,11 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _database_outage(exc: BaseException) -> bool:
+    import psycopg
     from sqlalchemy import exc as sa
+
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):  # raw psycopg (and its pool)
+        return True
 
     if isinstance(exc, sa.TimeoutError | sa.DisconnectionError):  # pool exhausted, connection dropped
         return True

@@ -185,23 +185,29 @@ class ClaimedRun:
 
     def stopped(self) -> None:
         """Training stopped between two steps: lost lease, outage, publishing failure, or a cancel."""
-        if self.keeper.lease_lost or isinstance(self.publisher.failure, LeaseLost):
+        failure: BaseException | None = None
+        if self.keeper.lease_lost:
+            failure = LeaseLost(self.job_id)
+        else:
+            failure = self.keeper.outage or self.publisher.failure
+        if failure is None:  # a cancel: the files saved before it stay downloadable
+            try:
+                self.publisher.drain()
+                self.keeper.flush()
+            except Exception as exc:
+                failure = exc
+        if failure is None:
+            self.finish(JobStatus.canceled)
+        elif isinstance(failure, LeaseLost):
             log.warning("job %s: lease lost; stopping without writing", self.job_id)
-            return
-        failure = self.keeper.outage or self.publisher.failure
-        if failure is not None:
-            if isinstance(failure, OutageOutlasted) or is_outage(failure):
-                self.hand_back(failure)
-            else:
-                self.finish(
-                    JobStatus.failed,
-                    error_code="publish_error",
-                    error_message=f"could not publish a file: {type(failure).__name__}: {failure}",
-                )
-            return
-        self.publisher.drain()  # files saved before the cancel stay downloadable
-        self.keeper.flush()
-        self.finish(JobStatus.canceled)
+        elif isinstance(failure, OutageOutlasted) or is_outage(failure):
+            self.hand_back(failure)
+        else:
+            self.finish(
+                JobStatus.failed,
+                error_code="publish_error",
+                error_message=f"could not publish a file: {type(failure).__name__}: {failure}",
+            )
 
     def publish_what_was_saved(self) -> None:
         """Before a job fails for its own reasons: the epochs it saved stay downloadable."""

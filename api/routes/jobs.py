@@ -111,9 +111,9 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)
-def get_job(job_id: str, owner: Owner, state: State) -> JobOut:
-    with state.sessions() as session:
-        return JobOut.of(_owned_job(session, owner, job_id))
+async def get_job(job_id: str, owner: Owner, state: State) -> Response:
+    """The job: status, progress, plan, its files. Poll it, or follow /events."""
+    return Response(await state.job_views.body(owner, job_id), media_type="application/json")
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=_ERRORS)

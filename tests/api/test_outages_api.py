@@ -198,10 +198,10 @@ def test_a_job_submitted_while_the_broker_is_down_is_accepted_and_sent_when_it_i
     )
     report = ReconcileReport()
     reconciler.send_unsent(report)
-    assert set(report.sent) == ids
+    assert ids <= set(report.sent)  # (the session's database holds other tests' unsent jobs too)
     broker = redis.Redis.from_url(redis_url)
     try:
-        assert {job_id_of(m) for m in broker.lrange(settings.queue_name, 0, -1)} == ids
+        assert ids <= {job_id_of(m) for m in broker.lrange(settings.queue_name, 0, -1)}
     finally:
         broker.delete(settings.queue_name)
         broker.close()

@@ -261,7 +261,7 @@ def test_job_of_a_dead_worker_resumes_from_its_uploaded_state(
     )
     report = ReconcileReport()
     reconciler.take_back_expired(report)
-    assert report.requeued == [job_id]
+    assert job_id in report.requeued  # (the session's database holds other tests' abandoned jobs too)
     with session_scope(pg_url) as session:
         assert session.get(Job, job_id).status == JobStatus.queued
 
