@@ -1,5 +1,9 @@
-"""Request ids and the one log line per request, as a plain ASGI middleware (Starlette's
-`@app.middleware("http")` runs each request through extra tasks and streams, a cost on every call)."""
+"""Request ids and a log line per request, as a plain ASGI middleware (Starlette's `@app.middleware("http")`
+runs each request through extra tasks and streams, a cost on every call).
+
+Which requests are logged is `LORABAKE_ACCESS_LOG`: `errors` (the default: 4xx/5xx answers and requests
+slower than a second, each with its request id), `all`, or `off`. A line for every poll costs about a fifth
+of the job poll's throughput (bench/api_read.py); a reverse proxy usually logs those anyway."""
 
 from __future__ import annotations
 
@@ -21,9 +25,13 @@ def _request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+SLOW_SECONDS = 1.0
+
+
 class RequestIdMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, access_log: str = "errors") -> None:
         self.app = app
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,11 +52,15 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            log.info(
-                "%s %s -> %s in %.1f ms [request %s]",
-                scope["method"],
-                scope["path"],
-                status,
-                1000 * (time.perf_counter() - started),
-                rid,
-            )
+            elapsed = time.perf_counter() - started
+            if self.access_log == "all" or (
+                self.access_log == "errors" and (status >= 400 or status == 0 or elapsed > SLOW_SECONDS)
+            ):
+                log.info(
+                    "%s %s -> %s in %.1f ms [request %s]",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    1000 * elapsed,
+                    rid,
+                )

@@ -85,9 +85,12 @@ class Settings(BaseSettings):
     db_statement_timeout_seconds: float = 60.0
     broker_timeout_seconds: float = 3.0
     s3_connect_timeout_seconds: float = 3.0
-    s3_read_timeout_seconds: float = 20.0
+    s3_read_timeout_seconds: float = 10.0
     api_threads: int = 32  # requests served at once in threads; keep <= db_pool_size + db_max_overflow
     auth_cache_seconds: float = 5.0  # a revoked key stops working within this long
+    access_log: Literal["all", "errors", "off"] = (
+        "errors"  # which requests get a log line (api/request_log.py)
+    )
 
     @model_validator(mode="before")
     @classmethod

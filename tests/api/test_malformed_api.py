@@ -136,3 +136,17 @@ def test_nul_in_a_caption_edit_is_a_4xx(client, headers, tmp_path):
     assert response.status_code == 422, response.text
     captions = client.get(f"/v1/datasets/{dataset['id']}/captions", headers=headers).json()
     assert captions["revision"] == dataset["caption_revision"]
+
+
+def test_each_answer_carries_its_request_id_and_errors_are_logged_with_it(client, headers, caplog):
+    caplog.set_level("INFO", logger="lorabake.api")
+    ok = client.get("/v1/jobs", headers={**headers, "X-Request-ID": "trace-123"})
+    missing = client.get(f"/v1/jobs/{'0' * 32}", headers=headers)
+    assert ok.headers["x-request-id"] == "trace-123"
+    rid = missing.headers["x-request-id"]
+    assert len(rid) == 32
+    lines = [r.getMessage() for r in caplog.records if r.name == "lorabake.api"]
+    assert any("-> 404 in" in line and rid in line for line in lines)
+    assert not any(
+        "trace-123" in line for line in lines
+    )  # a 200 is not logged by default (ACCESS_LOG=errors)
