@@ -164,6 +164,17 @@ def _dependency_error_types() -> tuple[type[Exception], ...]:
     return (SQLAlchemyError, PsycopgError, BotoCoreError, ClientError, Boto3Error, KombuError, RedisError)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of this path answers (for a 405's Allow header)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if route.matches(request.scope)[0] != Match.NONE:  # the path matches, whatever the method
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LorabakeError)
     async def _lorabake(request: Request, exc: LorabakeError) -> JSONResponse:
@@ -179,8 +190,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI could not parse a JSON or form body: ours say 422 for that
+            fields = [{"field": "body", "message": str(exc.detail)}]
+            return error_response(422, "invalid_request", f"body: {exc.detail}", {"fields": fields})
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail))
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette names the methods of the first route of the path only
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
     for error_type in _dependency_error_types():
         app.add_exception_handler(error_type, _dependency_error)  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ from api.datasets_service import (
 )
 from api.deps import Owner, State
 from api.errors import validate_json_model
-from api.pagination import newest_first_page
+from api.pagination import Cursor, newest_first_page
 from api.schemas import (
     CaptionEditResult,
     CaptionOut,
@@ -92,7 +92,7 @@ async def upload_dataset(request: Request, response: Response, owner: Owner, sta
 
 @router.get("", response_model=DatasetList, responses=_ERRORS)
 def list_datasets(
-    owner: Owner, state: State, limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: str | None = None
+    owner: Owner, state: State, limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: Cursor = None
 ) -> DatasetList:
     query = select(Dataset).where(Dataset.owner == owner).options(selectinload(Dataset.images))
     with state.sessions() as session:

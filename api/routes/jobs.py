@@ -16,7 +16,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from api.deps import Owner, State
 from api.events_hub import Event, event_of
-from api.pagination import newest_first_page
+from api.pagination import Cursor, newest_first_page
 from api.schemas import ArtifactOut, JobList, JobOut, error_responses
 from api.state import AppState
 from api.submission import parse_config, submit_dataset_job, submit_job
@@ -99,7 +99,7 @@ def list_jobs(
     state: State,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: str | None = None,
+    cursor: Cursor = None,
 ) -> JobList:
     """Newest first. `next_cursor` fetches the next (older) page."""
     query = select(Job).where(Job.owner == owner).options(selectinload(Job.artifacts))

@@ -246,7 +246,19 @@ async def dry_run(request: Request, owner: Owner, state: State) -> PlanOut:
     return _plan_out("counts", run)
 
 
-@router.post("/v1/configs/kohya", response_model=KohyaImportOut, responses=_ERRORS)
+_KOHYA_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "description": "a kohya_ss GUI configuration (its saved JSON)"}
+            }
+        },
+    }
+}
+
+
+@router.post("/v1/configs/kohya", response_model=KohyaImportOut, responses=_ERRORS, openapi_extra=_KOHYA_BODY)
 async def import_kohya(request: Request, owner: Owner) -> KohyaImportOut:
     """Read a kohya_ss GUI configuration JSON (LoRA tab, Configuration file > Save): `config` holds the
     TrainingConfig fields with the same meaning (add base_model if it is missing), `mapped` where each key
