@@ -100,18 +100,7 @@ def claim_job(
         if token is None:
             log.info("job %s was claimed by another worker first", job_id)
             return ClaimResult(None)
-        if job.cancel_requested:
-            end_job(session, job, JobStatus.canceled)
-            session.commit()
-            return ClaimResult(None, ended=True)
-        if job.lost_runs >= max_attempts:
-            end_job(
-                session,
-                job,
-                JobStatus.failed,
-                error_code="too_many_attempts",
-                error_message=too_many_attempts_message(job.lost_runs),
-            )
+        if end_if_it_must_not_run(session, job, max_attempts):
             session.commit()
             return ClaimResult(None, ended=True)
         job.attempts += 1
@@ -122,11 +111,21 @@ def claim_job(
         return ClaimResult(Claim(job, token))
 
 
-def too_many_attempts_message(lost_runs: int) -> str:
-    return (
-        f"the job's worker stopped {lost_runs} times while running it (killed, out of memory, or its host "
-        "was lost); it is not started again"
-    )
+def end_if_it_must_not_run(session: Session, job: Job, max_attempts: int | None) -> bool:
+    """For a job whose lease was just taken (by a claim, or by the reconciler from a dead worker): ends it,
+    and says so, when it must not run again: its cancel was asked for, or it lost its worker `max_attempts`
+    times (None: not counted)."""
+    if job.cancel_requested:
+        end_job(session, job, JobStatus.canceled)
+        return True
+    if max_attempts is not None and job.lost_runs >= max_attempts:
+        message = (
+            f"the job's worker stopped {job.lost_runs} times while running it (killed, out of memory, or its "
+            "host was lost); it is not started again"
+        )
+        end_job(session, job, JobStatus.failed, error_code="too_many_attempts", error_message=message)
+        return True
+    return False
 
 
 def end_job(session: Session, job: Job, status: JobStatus, **fields: Any) -> None:

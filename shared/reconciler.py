@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.broker_inspect import jobs_in_broker
 from shared.jobs import RUNNING
-from shared.leases import back_to_queue, end_job, held_by, too_many_attempts_message
+from shared.leases import back_to_queue, end_if_it_must_not_run, held_by
 from shared.models import Job, JobStatus, as_utc, utcnow
 from shared.outages import is_outage
 from shared.queue import JobDispatcher
@@ -133,19 +133,8 @@ class Reconciler:
                 session.rollback()
                 return
             session.refresh(job)
-            ended = True
-            if job.cancel_requested:
-                end_job(session, job, JobStatus.canceled)
-            elif not force and job.lost_runs >= self.settings.max_attempts:
-                end_job(
-                    session,
-                    job,
-                    JobStatus.failed,
-                    error_code="too_many_attempts",
-                    error_message=too_many_attempts_message(job.lost_runs),
-                )
-            else:
-                ended = False
+            ended = end_if_it_must_not_run(session, job, None if force else self.settings.max_attempts)
+            if not ended:
                 back_to_queue(session, job, reason, count_attempt=not force)
             session.commit()
         if ended:

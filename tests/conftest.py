@@ -40,15 +40,8 @@ class S3Server:
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
-    from shared.migrate import upgrade
-
-    url, name = services.create_pg_database()
-    upgrade(url)
-    yield url
-    from shared.db import get_engine
-
-    get_engine.cache_clear()
-    services.drop_pg_database(name)
+    with services.migrated_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 
-import httpx
 import pytest
 
 from tests.support import services
@@ -26,14 +26,8 @@ def lorabake(*args: str, env: dict[str, str]) -> str:
 @pytest.fixture(scope="session")
 def stack_db() -> Iterator[str]:
     """A database of the stack's own: its reconciler must see only the jobs it was given."""
-    from shared.db import get_engine
-    from shared.migrate import upgrade
-
-    url, name = services.create_pg_database()
-    upgrade(url)
-    yield url
-    get_engine.cache_clear()
-    services.drop_pg_database(name)
+    with services.migrated_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -52,19 +46,46 @@ def stack(stack_db, redis_url, s3_server, models_dir, tmp_path_factory) -> Itera
         )
     )
     key = lorabake("create-key", "--owner", "e2e", env=env)
-    port = services.free_port()
     worker = services.start_process(
         [sys.executable, "-m", "lorabake.cli", "worker"], env, logs / "worker.log"
     )
-    api = services.start_process(
-        [sys.executable, "-m", "lorabake.cli", "api", "--port", str(port)], env, logs / "api.log"
-    )
-    url = f"http://127.0.0.1:{port}"
+    api = None
     try:
-        services.wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 60, "API", api)
+        api, url = services.start_api(env, logs / "api.log")
         yield Stack(url, key, env)
     finally:
-        services.stop_process(api)
+        if api is not None:
+            services.stop_process(api)
         services.stop_process(worker)
         for log in logs.iterdir():  # shown by pytest only when a test failed
             print(f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}")
+
+
+@contextmanager
+def api_alone(name: str, *, redis_url: str, s3_server, models_dir, tmp_path_factory) -> Iterator[Stack]:  # noqa: ANN001
+    """`lorabake api` with no worker, on a database and bucket of its own, and a key for it."""
+    from shared.db import session_scope
+    from shared.keys import create_api_key
+
+    bucket = f"{name}-lorabake"
+    s3_server.client().create_bucket(Bucket=bucket)
+    with services.migrated_database() as db_url:
+        env = process_env(
+            stack_env(
+                pg_url=db_url,
+                redis_url=redis_url,
+                s3_url=s3_server.url,
+                bucket=bucket,
+                data_dir=tmp_path_factory.mktemp(f"{name}-data"),
+                models_dir=models_dir,
+            )
+        )
+        with session_scope(db_url) as session:
+            key = create_api_key(session, owner=name)
+        log = tmp_path_factory.mktemp(f"{name}-logs") / "api.log"
+        proc, url = services.start_api(env, log)
+        try:
+            yield Stack(url, key, env)
+        finally:
+            services.stop_process(proc)
+            print(log.read_text(errors="replace")[-3000:])  # shown by pytest only when a test failed

@@ -52,14 +52,8 @@ OUTAGE_SECONDS = 30
 
 @pytest.fixture
 def fault_db() -> Iterator[str]:
-    from shared.db import get_engine
-    from shared.migrate import upgrade
-
-    url, name = services.create_pg_database()
-    upgrade(url)
-    yield url
-    get_engine(url).dispose()
-    services.drop_pg_database(name)
+    with services.migrated_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import sys
 import time
 import zipfile
 from collections import Counter
@@ -17,58 +16,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import services
+from tests.e2e.conftest import api_alone
 from tests.support.client import Stack
-from tests.support.stack import process_env, stack_env
 
 CONFIG = '{"base_model": "tiny-sd15", "resolution": 64, "min_bucket_reso": 64, "epochs": 1}'
 
 
 @pytest.fixture(scope="module")
-def load_db() -> Iterator[str]:
-    from shared.db import get_engine
-    from shared.migrate import upgrade
+def api(redis_url, s3_server, models_dir, tmp_path_factory) -> Iterator[Stack]:
+    with api_alone(
+        "load",
+        redis_url=redis_url,
+        s3_server=s3_server,
+        models_dir=models_dir,
+        tmp_path_factory=tmp_path_factory,
+    ) as stack:
+        yield stack
+    import redis
 
-    url, name = services.create_pg_database()
-    upgrade(url)
-    yield url
-    get_engine(url).dispose()
-    services.drop_pg_database(name)
-
-
-@pytest.fixture(scope="module")
-def api(load_db, redis_url, s3_server, models_dir, tmp_path_factory) -> Iterator[Stack]:
-    s3_server.client().create_bucket(Bucket="load-lorabake")
-    logs = tmp_path_factory.mktemp("load-logs")
-    env = process_env(
-        stack_env(
-            pg_url=load_db,
-            redis_url=redis_url,
-            s3_url=s3_server.url,
-            bucket="load-lorabake",
-            data_dir=tmp_path_factory.mktemp("load-data"),
-            models_dir=models_dir,
-        )
-    )
-    from shared.db import session_scope
-    from shared.keys import create_api_key
-
-    with session_scope(load_db) as session:
-        key = create_api_key(session, owner="load")
-    port = services.free_port()
-    proc = services.start_process(
-        [sys.executable, "-m", "lorabake.cli", "api", "--port", str(port)], env, logs / "api.log"
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        services.wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 60, "API", proc)
-        yield Stack(url, key, env)
-    finally:
-        services.stop_process(proc)
-        import redis
-
-        redis.Redis.from_url(redis_url).delete(env["LORABAKE_QUEUE_NAME"])
-        print((logs / "api.log").read_text(errors="replace")[-3000:])
+    redis.Redis.from_url(redis_url).delete(stack.env["LORABAKE_QUEUE_NAME"])
 
 
 def two_megabyte_zip() -> bytes:

@@ -5,7 +5,6 @@ naming no row, a config without base_model or bytes that are no zip, is a docume
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 
 import httpx
@@ -14,9 +13,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
-from tests.support import services
+from tests.e2e.conftest import api_alone
 from tests.support.client import Stack
-from tests.support.stack import process_env, stack_env
 
 CHECKS = [
     checks.not_a_server_error,
@@ -31,39 +29,14 @@ CHECKS = [
 
 @pytest.fixture(scope="module")
 def running_api(redis_url, s3_server, models_dir, tmp_path_factory) -> Iterator[Stack]:
-    from shared.db import get_engine, session_scope
-    from shared.keys import create_api_key
-    from shared.migrate import upgrade
-
-    db_url, db_name = services.create_pg_database()
-    upgrade(db_url)
-    s3_server.client().create_bucket(Bucket="openapi-lorabake")
-    env = process_env(
-        stack_env(
-            pg_url=db_url,
-            redis_url=redis_url,
-            s3_url=s3_server.url,
-            bucket="openapi-lorabake",
-            data_dir=tmp_path_factory.mktemp("openapi-data"),
-            models_dir=models_dir,
-        )
-    )
-    with session_scope(db_url) as session:
-        key = create_api_key(session, owner="schemathesis")
-    port = services.free_port()
-    log = tmp_path_factory.mktemp("openapi-logs") / "api.log"
-    proc = services.start_process(
-        [sys.executable, "-m", "lorabake.cli", "api", "--port", str(port)], env, log
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        services.wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 60, "API", proc)
-        yield Stack(url, key, env)
-    finally:
-        services.stop_process(proc)
-        print(log.read_text(errors="replace")[-4000:])
-        get_engine(db_url).dispose()
-        services.drop_pg_database(db_name)
+    with api_alone(
+        "openapi",
+        redis_url=redis_url,
+        s3_server=s3_server,
+        models_dir=models_dir,
+        tmp_path_factory=tmp_path_factory,
+    ) as stack:
+        yield stack
 
 
 def _served_schema() -> dict:

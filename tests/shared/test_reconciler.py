@@ -14,9 +14,8 @@ import redis
 from sqlalchemy import select, update
 
 from shared.broker_inspect import job_id_of, jobs_in_broker
-from shared.db import get_engine, session_factory
+from shared.db import session_factory
 from shared.leases import claim_job
-from shared.migrate import upgrade
 from shared.models import Job, JobEvent, JobStatus, utcnow
 from shared.queue import JobDispatcher, make_celery
 from shared.reconciler import Reconciler, ReconcileReport
@@ -27,11 +26,8 @@ from tests.support import services
 
 @pytest.fixture
 def own_db() -> Iterator[str]:
-    url, name = services.create_pg_database()
-    upgrade(url)
-    yield url
-    get_engine(url).dispose()
-    services.drop_pg_database(name)
+    with services.migrated_database() as url:
+        yield url
 
 
 @pytest.fixture

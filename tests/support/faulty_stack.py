@@ -184,14 +184,7 @@ class FaultyStack:
         )
         assert done.returncode == 0, done.stderr
         self.key = done.stdout.strip()
-        port = services.free_port()
-        self.api = services.start_process(
-            [sys.executable, "-m", "lorabake.cli", "api", "--port", str(port)],
-            self.env,
-            self.logs / "api.log",
-        )
-        self.url = f"http://127.0.0.1:{port}"
-        services.wait_until(lambda: httpx.get(f"{self.url}/readyz").status_code == 200, 60, "API", self.api)
+        self.api, self.url = services.start_api(self.env, self.logs / "api.log")
         return self
 
     @property

@@ -8,7 +8,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -52,6 +53,30 @@ def create_pg_database() -> tuple[str, str]:
 def drop_pg_database(name: str) -> None:
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=5) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def migrated_database() -> Iterator[str]:
+    """A fresh, migrated database of its own (for a stack whose reconciler must see only its own jobs)."""
+    from shared.db import get_engine
+    from shared.migrate import upgrade
+
+    url, name = create_pg_database()
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        get_engine(url).dispose()
+        drop_pg_database(name)
+
+
+def start_api(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
+    """`lorabake api` as a process of its own, once it answers ready; returns it and its URL."""
+    port = free_port()
+    proc = start_process([sys.executable, "-m", "lorabake.cli", "api", "--port", str(port)], env, log_path)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 60, "API", proc)
+    return proc, url
 
 
 def check_redis() -> None:
