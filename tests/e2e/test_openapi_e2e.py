@@ -55,7 +55,9 @@ schema = schemathesis.openapi.from_dict(_served_schema())
 
 
 @schema.parametrize()
-@settings(max_examples=12, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=12, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck)
+)
 def test_every_operation_answers_as_documented(case, running_api):
     served = httpx.get(f"{running_api.url}/openapi.json").json()
     assert (
