@@ -100,12 +100,21 @@ class JobRunner:
         return json.loads(b"".join(self.store.iter_bytes(f"{key}.json")))
 
     def fetch_resume_state(self, job_id: str, workdir: Path) -> Path | None:
-        """The job's last uploaded resume state on local disk, or None (it has none: a first run)."""
-        record = self.retrying("read the job's resume state", lambda: self.read_resume_record(job_id))
-        if record is None:
-            return None
+        """The job's last uploaded resume state on local disk, or None: it has none (a first run), or it
+        cannot be read (the job then trains from the start). Waits out an outage like everything else."""
         dest = workdir / "resume" / "state.pt"
-        self.retrying("fetch the job's resume state", lambda: self.store.download_file(record["key"], dest))
+        try:
+            record = self.retrying("read the job's resume state", lambda: self.read_resume_record(job_id))
+            if record is None:
+                return None
+            self.retrying(
+                "fetch the job's resume state", lambda: self.store.download_file(record["key"], dest)
+            )
+        except OutageOutlasted:
+            raise
+        except Exception:
+            log.exception("job %s: its resume state cannot be read; training from the start", job_id)
+            return None
         log.info("job %s resumes after step %s (epoch %s)", job_id, record["step"], record["epoch"])
         return dest
 
