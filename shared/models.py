@@ -129,7 +129,9 @@ class Job(Base):
 
     @property
     def lost_runs(self) -> int:
-        """Runs whose worker stopped without a word (killed, out of memory, its host lost)."""
+        """Runs not handed back. Counted where no run of the job is live (a claim, or the reconciler taking
+        an expired lease), these are the runs whose worker stopped without a word (killed, out of memory,
+        its host lost)."""
         return self.attempts - self.handed_back
 
     artifacts: Mapped[list[Artifact]] = relationship(
