@@ -28,6 +28,15 @@ def write_zip(path: Path, entries: dict[str, bytes]) -> Path:
     return path
 
 
+def zip_folder(src: Path, dest: Path) -> Path:
+    """A dataset folder (as the engine reads it) zipped, as a client uploads it."""
+    with zipfile.ZipFile(dest, "w") as archive:
+        for path in sorted(src.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(src).as_posix())
+    return dest
+
+
 def kohya_entries(
     images: int = 4, repeats: int = 2, with_reg: bool = False, webp: bool = True
 ) -> dict[str, bytes]:

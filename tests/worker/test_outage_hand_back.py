@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-import zipfile
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
@@ -14,6 +13,7 @@ from sqlalchemy import select
 from shared.db import session_scope
 from shared.models import Artifact, Job, JobEvent, JobStatus
 from shared.spec import TrainingConfig
+from tests.support.datasets import zip_folder
 from tests.support.faultproxy import FaultProxy
 from tests.support.stack import settings_from_env, stack_env
 from tests.worker.test_training_options import BASE, make_dataset
@@ -27,14 +27,6 @@ CONFIG = TrainingConfig(
     save_precision="float",
     save_every_n_epochs=1,
 )
-
-
-def zipped(folder, dest):  # noqa: ANN001, ANN201
-    with zipfile.ZipFile(dest, "w") as archive:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                archive.write(path, path.relative_to(folder).as_posix())
-    return dest
 
 
 def row(pg_url: str, job_id: str) -> Job:
@@ -62,7 +54,7 @@ def test_an_outage_past_the_bound_hands_the_job_back_and_it_resumes(
         s3_read_timeout_seconds="1",
     )
     runner = JobRunner(settings_from_env(env))
-    runner.store.put_file("datasets/o.zip", zipped(make_dataset(tmp_path / "set"), tmp_path / "o.zip"))
+    runner.store.put_file("datasets/o.zip", zip_folder(make_dataset(tmp_path / "set"), tmp_path / "o.zip"))
     job_id = uuid.uuid4().hex
     with session_scope(pg_url) as session:
         session.add(

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from shared.spec import TrainingConfig
+from tests.support.datasets import zip_folder
 from tests.worker.test_training_options import BASE, make_dataset
 from worker.training import checkpoints
 from worker.training.engine import EngineHooks, TrainingCanceled, train_lora
@@ -175,16 +176,6 @@ class WorkerDied(BaseException):
     """Stands for the worker process dying: nothing in the runner catches it (no status is written)."""
 
 
-def _zip_dataset(src: Path, dest: Path) -> Path:
-    import zipfile
-
-    with zipfile.ZipFile(dest, "w") as zf:
-        for path in sorted(src.rglob("*")):
-            if path.is_file():
-                zf.write(path, path.relative_to(src).as_posix())
-    return dest
-
-
 def test_job_of_a_dead_worker_resumes_from_its_uploaded_state(
     straight, pg_url, models_dir, dataset, tmp_path, monkeypatch
 ):
@@ -214,7 +205,7 @@ def test_job_of_a_dead_worker_resumes_from_its_uploaded_state(
         max_attempts=3,
     )
     runner = JobRunner(settings)
-    runner.store.put_file("datasets/r.zip", _zip_dataset(dataset, tmp_path / "r.zip"))
+    runner.store.put_file("datasets/r.zip", zip_folder(dataset, tmp_path / "r.zip"))
     job_id = uuid.uuid4().hex
     with session_scope(pg_url) as session:
         session.add(
