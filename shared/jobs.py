@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.errors import ConflictError
@@ -44,7 +43,3 @@ def request_cancel(session: Session, job: Job) -> None:
 
 RUNNING = (JobStatus.preparing, JobStatus.training, JobStatus.uploading)
 
-
-def interrupted_job_ids(session: Session) -> list[str]:
-    """Jobs that show as running; called where no worker can be running them (the embedded start-up)."""
-    return list(session.scalars(select(Job.id).where(Job.status.in_([s.value for s in RUNNING]))))

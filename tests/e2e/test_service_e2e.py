@@ -4,6 +4,7 @@ server, a tiny SD1.5 model. Upload a zip, watch the job, download each epoch, pr
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import torch
@@ -174,3 +175,11 @@ def test_events_stream_live_while_the_job_runs_and_resume_from_last_event_id(sta
     ) as stream:
         rest = sse_events("".join(stream.iter_text()))
     assert rest == events[cut + 1 :]
+
+
+def test_readiness_counts_the_workers_alive_from_their_heartbeats(stack):
+    deadline = time.monotonic() + 60
+    while (ready := httpx.get(f"{stack.url}/readyz").json())["workers_alive"] != 1:
+        assert time.monotonic() < deadline, ready
+        time.sleep(0.5)
+    assert ready["status"] == "ready" and set(ready["checks"].values()) == {"ok"}
