@@ -11,14 +11,17 @@ import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from api import health
+from api.datasets import routes as datasets
 from api.errors import install_error_handlers
+from api.jobs import routes as jobs
+from api.plan import routes as plan
 from api.request_log import RequestIdMiddleware
-from api.routes import datasets, health, jobs, plan
 from api.state import AppState
+from shared.jobs.reconciler import Reconciler
+from shared.jobs.workers import worker_id
 from shared.periodic import PeriodicThread
-from shared.reconciler import Reconciler
 from shared.settings import Settings, get_settings
-from shared.workers import worker_id
 
 log = logging.getLogger("lorabake.api")
 

@@ -3,7 +3,7 @@
 else goes through SQLAlchemy in threads. With SQLite (the embedded mode) there is none and callers use
 the thread path.
 
-The same bounds as shared.db: connect timeout, keepalives, a statement timeout, a wait limit for a
+The same bounds as shared.db.session: connect timeout, keepalives, a statement timeout, a wait limit for a
 connection; a dead connection is dropped by the pool after its error (which the API answers 503).
 """
 
@@ -23,7 +23,7 @@ class AsyncReader:
     def __init__(self, settings: Settings) -> None:
         from psycopg_pool import AsyncConnectionPool
 
-        from shared.db import postgres_connect_args
+        from shared.db.session import postgres_connect_args
 
         options = settings.engine_options
         dsn = settings.database_url.replace("postgresql+psycopg://", "postgresql://", 1)

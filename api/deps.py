@@ -1,5 +1,5 @@
 """FastAPI dependencies: app state and the caller's identity. (Handlers open their own database session:
-see api/routes/jobs.py.)
+see api/jobs/routes.py.)
 
 The identity check uses a session of its own that is closed at once, so a request holds a pooled database
 connection only while its handler uses one, never for a whole upload; and a key's owner is remembered for
@@ -14,8 +14,8 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from api.state import AppState
+from shared.db.keys import hash_key, owner_for_key
 from shared.errors import AuthError
-from shared.keys import hash_key, owner_for_key
 
 
 async def get_state(request: Request) -> AppState:

@@ -8,8 +8,8 @@ from fastapi import Query
 from sqlalchemy import Select, tuple_
 from sqlalchemy.orm import Session
 
+from shared.db.models import is_object_id
 from shared.errors import LorabakeError
-from shared.models import is_object_id
 
 Row = TypeVar("Row")
 

@@ -9,10 +9,10 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.async_reads import AsyncReader
-from api.events_hub import EventHub
-from api.job_views import JobViews
+from api.jobs.events import EventHub
+from api.jobs.views import JobViews
 from api.owner_cache import OwnerCache
-from shared.db import session_factory
+from shared.db.session import session_factory
 from shared.queue import JobDispatcher, make_celery
 from shared.settings import Settings
 from shared.storage import ObjectStore, build_store

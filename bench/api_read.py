@@ -73,9 +73,9 @@ FLOOR_APP = textwrap.dedent(
 
 def seed(db_url: str) -> tuple[str, str]:
     """An API key and a finished job with the files a 4-epoch run leaves (4 LoRAs, 4 samples)."""
-    from shared.db import session_scope
-    from shared.keys import create_api_key
-    from shared.models import Artifact, Job, JobStatus, new_id
+    from shared.db.keys import create_api_key
+    from shared.db.models import Artifact, Job, JobStatus, new_id
+    from shared.db.session import session_scope
 
     with session_scope(db_url) as session:
         key = create_api_key(session, owner="bench")
@@ -191,7 +191,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     opts = parser.parse_args()
 
-    from shared.migrate import upgrade
+    from shared.db.migrate import upgrade
 
     db_url, db_name = services.create_pg_database()
     upgrade(db_url)
@@ -249,7 +249,7 @@ def main() -> None:
     finally:
         for server in servers:
             services.stop_process(server)
-        from shared.db import get_engine
+        from shared.db.session import get_engine
 
         get_engine(db_url).dispose()
         services.drop_pg_database(db_name)

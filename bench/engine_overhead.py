@@ -60,7 +60,7 @@ def engine_config(steps: int) -> dict:
 
 
 def run_engine(models: Path, data: Path, steps: int) -> list[float]:
-    from shared.spec import TrainingConfig
+    from shared.config.spec import TrainingConfig
     from worker.training.engine import EngineHooks, train_lora
 
     stamps: list[float] = []

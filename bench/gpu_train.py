@@ -156,7 +156,7 @@ def run(
 ) -> dict:
     import torch
 
-    from shared.spec import TrainingConfig
+    from shared.config.spec import TrainingConfig
     from worker.training.engine import EngineHooks, train_lora
 
     images = 8

@@ -27,7 +27,7 @@ def main() -> None:
 @main.command()
 def migrate() -> None:
     """Create or upgrade the database schema (Alembic)."""
-    from shared.migrate import upgrade
+    from shared.db.migrate import upgrade
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -40,8 +40,8 @@ def migrate() -> None:
 @click.option("--name", default="", help="A label to recognize the key by.")
 def create_key(owner: str, name: str) -> None:
     """Create an API key and print it (it is shown only once)."""
-    from shared.db import session_scope
-    from shared.keys import create_api_key
+    from shared.db.keys import create_api_key
+    from shared.db.session import session_scope
 
     with session_scope(get_settings().database_url) as session:
         click.echo(create_api_key(session, owner, name))
@@ -111,7 +111,7 @@ def worker(concurrency: int) -> None:
 @click.option("--parent", type=int, required=True, help="The worker process this one serves.")
 def worker_duties(parent: int) -> None:
     """The worker's heartbeat and a reconciler, until the worker process is gone."""
-    from shared.duties import run_worker_duties
+    from shared.jobs.duties import run_worker_duties
 
     _setup_logging()
     run_worker_duties(get_settings(), parent)
@@ -120,7 +120,7 @@ def worker_duties(parent: int) -> None:
 def _requeue_interrupted(settings: Settings) -> None:
     """The embedded mode has one worker and it is not running yet: a job that shows as running was cut off
     by the last shutdown. Queue it again at once (it resumes), without waiting for its lease to run out."""
-    from shared.duties import build_reconciler
+    from shared.jobs.duties import build_reconciler
 
     report = build_reconciler(settings, holder="serve").take_back_interrupted()
     for job_id in report.requeued:
@@ -129,8 +129,8 @@ def _requeue_interrupted(settings: Settings) -> None:
 
 def _embedded_key(settings: Settings) -> str:
     """The key `serve` prints: made once, kept in the data folder (readable by its owner only)."""
-    from shared.db import session_scope
-    from shared.keys import create_api_key, owner_for_key
+    from shared.db.keys import create_api_key, owner_for_key
+    from shared.db.session import session_scope
 
     key_file = settings.data_dir / "api-key"
     with session_scope(settings.database_url) as session:
@@ -152,7 +152,7 @@ def serve(host: str | None, port: int | None) -> None:
     import uvicorn
 
     from api.app import create_app
-    from shared.migrate import upgrade
+    from shared.db.migrate import upgrade
 
     settings = get_settings()
     _setup_logging()
@@ -214,12 +214,12 @@ def train(
     """Train a LoRA from CONFIG_FILE (JSON) on DATASET_DIR into OUT_DIR, without the service."""
     from pydantic import ValidationError
 
-    from shared.dataset_layout import scan_dataset_dir
+    from shared.config.presets import apply_preset
+    from shared.config.spec import TrainingConfig
+    from shared.datasets.images import upright_size
+    from shared.datasets.intake import layout_options
+    from shared.datasets.layout import scan_dataset_dir
     from shared.errors import LorabakeError
-    from shared.images import upright_size
-    from shared.intake import layout_options
-    from shared.presets import apply_preset
-    from shared.spec import TrainingConfig
     from worker.training.engine import EngineHooks, Progress, SavedLora, train_lora
 
     try:

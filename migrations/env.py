@@ -1,11 +1,12 @@
-"""Alembic environment: the URL comes from lorabake settings (or -x url=...), metadata from shared.models."""
+"""Alembic environment: the URL comes from lorabake settings (or -x url=...), metadata from
+shared.db.models."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from shared.models import Base
+from shared.db.models import Base
 
 config = context.config
 url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")

@@ -14,12 +14,12 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.zipsafe import ZipLimits
+from shared.datasets.zipsafe import ZipLimits
 
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How a process connects to the database: pool bounds and timeouts (see shared.db)."""
+    """How a process connects to the database: pool bounds and timeouts (see shared.db.session)."""
 
     pool_size: int = 8
     max_overflow: int = 24

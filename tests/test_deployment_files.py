@@ -321,7 +321,7 @@ def test_services_build_from_the_right_dockerfiles(services: dict[str, dict]) ->
 
 
 def test_api_is_published_and_its_healthcheck_probes_readyz(services: dict[str, dict]) -> None:
-    from api.routes.health import router
+    from api.health import router
 
     api = services["api"]
     cmd = command_of(api)

@@ -15,6 +15,6 @@ log = logging.getLogger("lorabake.worker")
 @app.task(name=TRAIN_TASK)
 def train_job(job_id: str) -> None:
     # Imported here so the worker's main process stays light; each child (max 1 task) loads torch itself.
-    from worker.job_runner import JobRunner
+    from worker.jobs.runner import JobRunner
 
     JobRunner(settings).run(job_id)

@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from shared.db import session_scope
-from shared.keys import create_api_key
+from shared.db.keys import create_api_key
+from shared.db.session import session_scope
 from tests.support.stack import settings_from_env, stack_env
 
 

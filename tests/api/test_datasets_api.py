@@ -10,9 +10,9 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from shared.db import session_scope
-from shared.keys import create_api_key
-from shared.models import Job, JobStatus
+from shared.db.keys import create_api_key
+from shared.db.models import Job, JobStatus
+from shared.db.session import session_scope
 from tests.support.datasets import image_bytes, kohya_entries, write_zip
 from tests.support.stack import bucket_keys
 

@@ -9,9 +9,9 @@ import uuid
 
 from sqlalchemy import event as sa_event
 
-from api.events_hub import EventHub
-from shared.db import get_engine, session_factory
-from shared.models import Job, JobEvent
+from api.jobs.events import EventHub
+from shared.db.models import Job, JobEvent
+from shared.db.session import get_engine, session_factory
 
 
 def make_job(url: str) -> str:

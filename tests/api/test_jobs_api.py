@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from api.app import create_app
-from shared.db import session_scope
-from shared.keys import create_api_key
-from shared.models import Job
+from shared.db.keys import create_api_key
+from shared.db.models import Job
+from shared.db.session import session_scope
 from tests.support.datasets import image_bytes, kohya_entries, write_zip
 from tests.support.stack import bucket_keys, settings_from_env
 

@@ -20,10 +20,10 @@ from sqlalchemy import select
 
 from api.app import create_app
 from shared.broker_inspect import job_id_of
-from shared.db import session_factory, session_scope
-from shared.keys import create_api_key
-from shared.models import Job, JobStatus
-from shared.reconciler import ReconcileReport
+from shared.db.keys import create_api_key
+from shared.db.models import Job, JobStatus
+from shared.db.session import session_factory, session_scope
+from shared.jobs.reconciler import ReconcileReport
 from tests.support.datasets import kohya_entries, write_zip
 from tests.support.faultproxy import FaultProxy
 from tests.support.stack import bucket_keys, settings_from_env, stack_env
@@ -80,7 +80,7 @@ def fresh_headers(pg_url: str) -> dict[str, str]:
 
 
 def owner_jobs(pg_url: str, headers: dict[str, str]) -> list[Job]:
-    from shared.keys import owner_for_key
+    from shared.db.keys import owner_for_key
 
     with session_scope(pg_url) as session:
         owner = owner_for_key(session, headers["Authorization"].split()[1])
@@ -190,8 +190,8 @@ def test_a_job_submitted_while_the_broker_is_down_is_accepted_and_sent_when_it_i
     assert {j.id for j in jobs} == ids
     assert all(j.status == JobStatus.queued and j.enqueued_at is None for j in jobs)
 
+    from shared.jobs.reconciler import Reconciler
     from shared.queue import JobDispatcher, make_celery
-    from shared.reconciler import Reconciler
 
     reconciler = Reconciler(
         settings, session_factory(settings.database_url), JobDispatcher(make_celery(settings), settings)

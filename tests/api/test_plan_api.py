@@ -9,9 +9,9 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from shared.db import session_scope
-from shared.keys import create_api_key
-from shared.models import Job
+from shared.db.keys import create_api_key
+from shared.db.models import Job
+from shared.db.session import session_scope
 from tests.support.datasets import flat_entries, kohya_entries, write_zip
 from tests.support.kohya_configs import guide_character_config
 from tests.support.stack import bucket_keys

@@ -64,8 +64,8 @@ def stack(stack_db, redis_url, s3_server, models_dir, tmp_path_factory) -> Itera
 @contextmanager
 def api_alone(name: str, *, redis_url: str, s3_server, models_dir, tmp_path_factory) -> Iterator[Stack]:  # noqa: ANN001
     """`lorabake api` with no worker, on a database and bucket of its own, and a key for it."""
-    from shared.db import session_scope
-    from shared.keys import create_api_key
+    from shared.db.keys import create_api_key
+    from shared.db.session import session_scope
 
     bucket = f"{name}-lorabake"
     s3_server.client().create_bucket(Bucket=bucket)

@@ -10,12 +10,12 @@ import httpx
 import torch
 from PIL import Image
 
-from shared.spec import TrainingConfig
-from shared.zipsafe import ZipLimits
+from shared.config.spec import TrainingConfig
+from shared.datasets.zipsafe import ZipLimits
 from tests.support.client import download, finished, submit, wait_for
 from tests.support.datasets import kohya_entries, write_zip
 from tests.support.lora_check import base_pipeline, max_abs_diff, render, render_with_lora, tensors
-from worker.dataset_prep import prepare_dataset_dir
+from worker.jobs.dataset_prep import prepare_dataset_dir
 from worker.training.engine import train_lora
 
 TRAIN_CONFIG = {

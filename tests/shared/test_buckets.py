@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from shared.buckets import (
+from shared.config.buckets import (
     Assignment,
     BucketSelector,
     BucketSettings,
@@ -17,8 +17,8 @@ from shared.buckets import (
     sdxl_crop_ltrb,
     sdxl_size_conditioning,
 )
+from shared.config.spec import TrainingConfig
 from shared.errors import DatasetError
-from shared.spec import TrainingConfig
 
 SD15 = BucketSettings(resolution=512, min_reso=256, max_reso=1024, steps=64)
 

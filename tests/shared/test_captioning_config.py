@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from shared.captioning import DEFAULT_BLIP_MODEL, DEFAULT_WD14_MODEL, CaptionConfig
+from shared.config.captioning import DEFAULT_BLIP_MODEL, DEFAULT_WD14_MODEL, CaptionConfig
 
 
 def _error_fields(exc: ValidationError) -> set[str]:

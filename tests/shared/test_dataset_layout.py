@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.dataset_layout import DatasetLayout, detect_layout, is_junk, scan_dataset_dir
+from shared.datasets.layout import DatasetLayout, detect_layout, is_junk, scan_dataset_dir
 from shared.errors import DatasetError
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from shared.datasets.images import ImageInfo, convert_to_trainable, probe_image
 from shared.errors import DatasetError
-from shared.images import ImageInfo, convert_to_trainable, probe_image
 
 MAX = 64_000_000
 

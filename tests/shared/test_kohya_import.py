@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.kohya_import import import_kohya_config, parse_optimizer_args
-from shared.spec import TrainingConfig
+from shared.config.kohya_import import import_kohya_config, parse_optimizer_args
+from shared.config.spec import TrainingConfig
 from tests.support.kohya_configs import guide_character_config
 
 

@@ -10,10 +10,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from shared.db import get_engine, session_factory
-from shared.leases import JobLease, LeaseLost, claim_job
-from shared.migrate import upgrade
-from shared.models import Job, JobEvent, JobStatus, utcnow
+from shared.db.migrate import upgrade
+from shared.db.models import Job, JobEvent, JobStatus, utcnow
+from shared.db.session import get_engine, session_factory
+from shared.jobs.leases import JobLease, LeaseLost, claim_job
 
 
 @pytest.fixture(params=["postgres", "sqlite"])

@@ -7,9 +7,9 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from shared.db import get_engine
-from shared.migrate import alembic_config, upgrade
-from shared.models import Base
+from shared.db.migrate import alembic_config, upgrade
+from shared.db.models import Base
+from shared.db.session import get_engine
 from tests.support import services
 
 

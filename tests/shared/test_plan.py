@@ -9,11 +9,11 @@ import io
 import pytest
 from PIL import Image
 
-from shared.dataset_layout import detect_layout
-from shared.intake import inspect_dataset_zip
-from shared.plan import compute_plan
-from shared.spec import TrainingConfig
-from shared.zipsafe import ZipLimits
+from shared.config.plan import compute_plan
+from shared.config.spec import TrainingConfig
+from shared.datasets.intake import inspect_dataset_zip
+from shared.datasets.layout import detect_layout
+from shared.datasets.zipsafe import ZipLimits
 from tests.support.datasets import image_bytes, write_zip
 
 PORTRAIT, LANDSCAPE, SQUARE, WIDE, SMALL = (512, 768), (768, 512), (512, 512), (1024, 512), (300, 300)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.dataset_layout import detect_layout
-from shared.errors import LorabakeError
-from shared.plan import compute_plan
-from shared.presets import (
+from shared.config.plan import compute_plan
+from shared.config.presets import (
     EPOCH_HIGH,
     EPOCH_LOW,
     MAX_STEPS,
@@ -20,7 +18,9 @@ from shared.presets import (
     plan_warnings,
     scaled_learning_rate,
 )
-from shared.spec import TrainingConfig
+from shared.config.spec import TrainingConfig
+from shared.datasets.layout import detect_layout
+from shared.errors import LorabakeError
 
 
 def lisa_layout(images: int = 34, repeats: int = 6, reg: int = 0):

@@ -14,11 +14,11 @@ import redis
 from sqlalchemy import select, update
 
 from shared.broker_inspect import job_id_of, jobs_in_broker
-from shared.db import session_factory
-from shared.leases import claim_job
-from shared.models import Job, JobEvent, JobStatus, utcnow
+from shared.db.models import Job, JobEvent, JobStatus, utcnow
+from shared.db.session import session_factory
+from shared.jobs.leases import claim_job
+from shared.jobs.reconciler import Reconciler, ReconcileReport
 from shared.queue import JobDispatcher, make_celery
-from shared.reconciler import Reconciler, ReconcileReport
 from shared.settings import Settings
 from shared.storage import LocalStore, resume_state_prefix
 from tests.support import services

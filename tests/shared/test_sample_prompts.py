@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from shared.sample_prompts import (
+from shared.config.sample_prompts import (
     SAMPLERS,
     SamplePrompt,
     a1111_parameters,
@@ -14,7 +14,7 @@ from shared.sample_prompts import (
     parse_prompt_line,
     parse_prompt_lines,
 )
-from shared.spec import TrainingConfig
+from shared.config.spec import TrainingConfig
 
 # The guide's line (reference/lora-training-guide.txt), after a prompt.
 GUIDE = (

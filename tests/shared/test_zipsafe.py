@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from shared.datasets.zipsafe import MiB, ZipLimits, copy_limited, extract_zip, inspect_zip
 from shared.errors import DatasetError
-from shared.zipsafe import MiB, ZipLimits, copy_limited, extract_zip, inspect_zip
 
 LIMITS = ZipLimits()
 

@@ -58,8 +58,8 @@ def drop_pg_database(name: str) -> None:
 @contextmanager
 def migrated_database() -> Iterator[str]:
     """A fresh, migrated database of its own (for a stack whose reconciler must see only its own jobs)."""
-    from shared.db import get_engine
-    from shared.migrate import upgrade
+    from shared.db.migrate import upgrade
+    from shared.db.session import get_engine
 
     url, name = create_pg_database()
     try:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.captioning import CaptionConfig
-from shared.dataset_layout import scan_dataset_dir
+from shared.config.captioning import CaptionConfig
+from shared.datasets.layout import scan_dataset_dir
 from shared.errors import DatasetError, LorabakeError
 from worker.captioning import CaptioningCanceled, CaptionModelUnavailable
 from worker.captioning.runner import caption_dataset, images_to_caption, merge_blip, merge_tags

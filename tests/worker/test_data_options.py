@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from shared.buckets import BucketSelector, BucketSettings, assign_buckets
+from shared.config.buckets import BucketSelector, BucketSettings, assign_buckets
 from worker.devtools.tiny_models import build_tiny_vae
 from worker.training import data
 from worker.training.captions import CaptionOptions, process_caption, with_affixes
@@ -84,7 +84,7 @@ def test_prefix_and_suffix_join_with_a_space():
 
 
 def test_options_from_config():
-    from shared.spec import TrainingConfig
+    from shared.config.spec import TrainingConfig
 
     config = TrainingConfig(
         base_model="x", shuffle_caption=True, keep_tokens=1, caption_tag_dropout_rate=0.1, caption_prefix="a"
@@ -241,7 +241,7 @@ def test_disk_cache_gives_the_same_latents_without_encoding(vae, tmp_path, monke
 
 
 def test_worker_sizes_are_upright_like_the_api(tmp_path):
-    from shared.dataset_layout import scan_dataset_dir
+    from shared.datasets.layout import scan_dataset_dir
 
     folder = tmp_path / "img" / "1_a"
     folder.mkdir(parents=True)

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from shared.spec import TrainingConfig
+from shared.config.spec import TrainingConfig
 from worker.devtools.tiny_models import save_tiny_sd15
 from worker.training.engine import EngineHooks, Progress, SavedLora, TrainingCanceled, train_lora
 from worker.training.errors import TrainingSetupError
@@ -468,7 +468,7 @@ def test_caption_options_flip_and_disk_cache_stay_reproducible(env, tmp_path, mo
 
 
 def test_sample_table_and_epoch_batches(tmp_path):
-    from shared.dataset_layout import DatasetLayout, ImageEntry, Subset
+    from shared.datasets.layout import DatasetLayout, ImageEntry, Subset
     from worker.training import data
 
     folder = tmp_path / "img" / "2_sks toy"

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from shared.spec import TrainingConfig
+from shared.config.spec import TrainingConfig
 from worker.devtools.single_file import save_sd2_single_file, save_sd15_single_file, save_sdxl_single_file
 from worker.devtools.tiny_models import (
     SDXL_TEXT_HIDDEN_2,

@@ -15,14 +15,14 @@ from urllib.parse import urlsplit
 import pytest
 from sqlalchemy import select
 
-from shared.db import session_factory
-from shared.leases import JobLease, claim_job
-from shared.models import Job, JobEvent, JobStatus
+from shared.db.models import Job, JobEvent, JobStatus
+from shared.db.session import session_factory
+from shared.jobs.leases import JobLease, claim_job
 from shared.settings import EngineOptions
 from tests.support.faultproxy import FaultProxy
 from tests.support.services import wait_until
-from worker.job_keeper import JobKeeper
-from worker.publisher import FileToPublish, PublishActions, Publisher
+from worker.jobs.keeper import JobKeeper
+from worker.jobs.publisher import FileToPublish, PublishActions, Publisher
 
 
 @pytest.fixture

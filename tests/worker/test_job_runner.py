@@ -6,10 +6,10 @@ import uuid
 
 import pytest
 
-from shared.db import session_scope
-from shared.models import Job, JobEvent, JobStatus
+from shared.db.models import Job, JobEvent, JobStatus
+from shared.db.session import session_scope
 from shared.settings import Settings
-from worker.job_runner import JobRunner
+from worker.jobs.runner import JobRunner
 
 
 @pytest.fixture

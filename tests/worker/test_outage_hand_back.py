@@ -10,14 +10,14 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
-from shared.db import session_scope
-from shared.models import Artifact, Job, JobEvent, JobStatus
-from shared.spec import TrainingConfig
+from shared.config.spec import TrainingConfig
+from shared.db.models import Artifact, Job, JobEvent, JobStatus
+from shared.db.session import session_scope
 from tests.support.datasets import zip_folder
 from tests.support.faultproxy import FaultProxy
 from tests.support.stack import settings_from_env, stack_env
 from tests.worker.test_training_options import BASE, make_dataset
-from worker.job_runner import JobRunner
+from worker.jobs.runner import JobRunner
 
 CONFIG = TrainingConfig(
     **{**BASE, "batch_size": 1},

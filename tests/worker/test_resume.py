@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from shared.spec import TrainingConfig
+from shared.config.spec import TrainingConfig
 from tests.support.datasets import zip_folder
 from tests.worker.test_training_options import BASE, make_dataset
 from worker.training import checkpoints
@@ -186,14 +186,14 @@ def test_job_of_a_dead_worker_resumes_from_its_uploaded_state(
 
     from sqlalchemy import select
 
-    from shared.db import session_factory, session_scope
-    from shared.leases import Claim
-    from shared.models import Artifact, Job, JobEvent, JobStatus
+    from shared.db.models import Artifact, Job, JobEvent, JobStatus
+    from shared.db.session import session_factory, session_scope
+    from shared.jobs.leases import Claim
+    from shared.jobs.reconciler import Reconciler, ReconcileReport
     from shared.queue import JobDispatcher, make_celery
-    from shared.reconciler import Reconciler, ReconcileReport
     from shared.settings import Settings
-    from worker.job_runner import ClaimedRun, JobRunner
-    from worker.publisher import FileToPublish
+    from worker.jobs.publisher import FileToPublish
+    from worker.jobs.runner import ClaimedRun, JobRunner
 
     settings = Settings(
         data_dir=tmp_path,

@@ -15,8 +15,8 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
-from shared.sample_prompts import SAMPLERS, parse_prompt_line
-from shared.spec import TrainingConfig
+from shared.config.sample_prompts import SAMPLERS, parse_prompt_line
+from shared.config.spec import TrainingConfig
 from worker.devtools.tiny_models import build_tiny_sd15_pipeline, build_tiny_sdxl_pipeline, save_tiny_sd15
 from worker.training import sampling
 from worker.training.engine import EngineHooks, train_lora

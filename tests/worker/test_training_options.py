@@ -19,7 +19,7 @@ from PIL import Image
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
-from shared.spec import TrainingConfig
+from shared.config.spec import TrainingConfig
 from worker.devtools.tiny_models import build_tiny_clip_tokenizer, build_tiny_sd15_pipeline
 from worker.training import checkpoints, export, network, noise, optim, text
 from worker.training.engine import EngineHooks, train_lora
@@ -167,10 +167,10 @@ def test_adafactor_relative_step_is_kohyas_default_behaviour():
 
 
 def test_optimizer_args_checked_against_the_installed_signature(monkeypatch):
-    import shared.spec
+    import shared.config.spec
 
     # A key the spec's table allows but this optimizer version does not take: the worker names it.
-    monkeypatch.setitem(shared.spec.OPTIMIZER_ARGS, "Lion", frozenset({"betas", "not_a_lion_arg"}))
+    monkeypatch.setitem(shared.config.spec.OPTIMIZER_ARGS, "Lion", frozenset({"betas", "not_a_lion_arg"}))
     config = TrainingConfig(base_model="x", optimizer="Lion", optimizer_args={"not_a_lion_arg": 1})
     with pytest.raises(TrainingSetupError, match="'not_a_lion_arg'") as info:
         optim.check_optimizer_available(config)

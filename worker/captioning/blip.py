@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from shared.captioning import CaptionConfig
+from shared.config.captioning import CaptionConfig
 from worker.captioning import CaptionModelUnavailable, resolve_caption_model
 from worker.captioning.wd14 import flatten_on_white
 

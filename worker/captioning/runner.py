@@ -11,8 +11,8 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image, ImageOps
 
-from shared.captioning import CaptionConfig
-from shared.dataset_layout import DatasetLayout
+from shared.config.captioning import CaptionConfig
+from shared.datasets.layout import DatasetLayout
 from shared.errors import DatasetError
 from worker.captioning import CaptioningCanceled
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.captioning import CaptionConfig
-from shared.dataset_layout import scan_dataset_dir
-from shared.dataset_report import read_caption_text
-from shared.intake import layout_options
-from shared.spec import TrainingConfig
+from shared.config.captioning import CaptionConfig
+from shared.config.spec import TrainingConfig
+from shared.datasets.intake import layout_options
+from shared.datasets.layout import scan_dataset_dir
+from shared.datasets.report import read_caption_text
 from worker.captioning.runner import caption_dataset
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from shared.captioning import CaptionConfig
+from shared.config.captioning import CaptionConfig
 from worker.captioning import CaptionModelUnavailable, resolve_caption_model
 
 MODEL_FILE = "model.onnx"

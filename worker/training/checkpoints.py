@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from shared.config.plan import TrainingPlan
+from shared.config.spec import TrainingConfig
 from shared.errors import LorabakeError
-from shared.plan import TrainingPlan
-from shared.spec import TrainingConfig
 from worker.training import export
 
 STATE_FORMAT = 1

@@ -2,8 +2,8 @@
 
 Everything per-sample is precomputed once into tensors indexed by "item" (one unique (subset, image) pair),
 so a training step only gathers rows: no decoding per step. Repeats and regularization matching only change
-how often an item index appears in an epoch (shared.plan.epoch_samples). Images train at their bucket's
-size (shared.buckets); a batch never mixes buckets. Captions are tokenised once unless Kohya's caption
+how often an item index appears in an epoch (shared.config.plan.epoch_samples). Images train at their bucket's
+size (shared.config.buckets); a batch never mixes buckets. Captions are tokenised once unless Kohya's caption
 options make them change per step (worker.training.captions): then each batch carries its own captions.
 """
 
@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from shared.buckets import Assignment, BucketSelector, BucketSettings, Size
-from shared.dataset_layout import DatasetLayout, ImageEntry, Subset
-from shared.images import upright_size
-from shared.plan import epoch_samples
+from shared.config.buckets import Assignment, BucketSelector, BucketSettings, Size
+from shared.config.plan import epoch_samples
+from shared.datasets.images import upright_size
+from shared.datasets.layout import DatasetLayout, ImageEntry, Subset
 from worker.training.captions import CaptionOptions, process_caption
 
 PRIOR_LOSS_WEIGHT = 1.0  # Kohya's --prior_loss_weight default: the loss weight of regularization samples
@@ -92,7 +92,7 @@ def load_image(path: Path) -> Image.Image:
 
 def read_image_sizes(dataset_dir: Path, layout: DatasetLayout) -> dict[str, Size]:
     """(width, height) as trained, EXIF orientation applied, of every image of the layout by relative path:
-    what shared.plan.compute_plan and the latent cache bucket by."""
+    what shared.config.plan.compute_plan and the latent cache bucket by."""
     paths = sorted({image.path for s in layout.subsets for image in s.images})
     return {p: upright_size(Path(dataset_dir) / p) for p in paths}
 

@@ -1,7 +1,7 @@
 """The training engine: one LoRA run from a config and a dataset folder, with no Celery or database.
 
 Kohya's loop on diffusers + PEFT: latents cached once, DDPM noise at uniform timesteps, per-sample MSE on
-the noise (or v) target weighted per sample, epochs x repeats counted as shared.plan counts them, a
+the noise (or v) target weighted per sample, epochs x repeats counted as shared.config.plan counts them, a
 Kohya-format file per saved epoch. Callers observe and steer it through EngineHooks.
 """
 
@@ -20,10 +20,10 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from diffusers import DDPMScheduler, DiffusionPipeline
 
-from shared.buckets import BucketSettings, assign_buckets, sdxl_size_conditioning
-from shared.dataset_layout import scan_dataset_dir
-from shared.plan import TrainingPlan, compute_plan
-from shared.spec import TrainingConfig
+from shared.config.buckets import BucketSettings, assign_buckets, sdxl_size_conditioning
+from shared.config.plan import TrainingPlan, compute_plan
+from shared.config.spec import TrainingConfig
+from shared.datasets.layout import scan_dataset_dir
 from worker.training import checkpoints, conditioning, data, export, network, optim, sampling, text
 from worker.training import noise as noise_options
 from worker.training.captions import CaptionOptions, with_affixes

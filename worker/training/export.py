@@ -20,9 +20,9 @@ from pathlib import Path, PurePosixPath
 import safetensors.torch
 import torch
 
-from shared.dataset_layout import DatasetLayout, Subset
-from shared.plan import TrainingPlan
-from shared.spec import TrainingConfig
+from shared.config.plan import TrainingPlan
+from shared.config.spec import TrainingConfig
+from shared.datasets.layout import DatasetLayout, Subset
 from worker.training.network import ADAPTER_NAME, lora_layers
 
 SAVE_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}

@@ -10,7 +10,7 @@ import torch
 from diffusers.optimization import get_scheduler
 from torch.optim.lr_scheduler import LRScheduler
 
-from shared.spec import TrainingConfig
+from shared.config.spec import TrainingConfig
 from worker.training.errors import TrainingSetupError
 
 # Adafactor with a fixed lr, as Kohya's docs recommend for LoRA: relative_step would ignore the configured lr

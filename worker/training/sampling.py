@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from shared.sample_prompts import (
+from shared.config.sample_prompts import (
     SAMPLERS,
     SamplePrompt,
     a1111_parameters,
@@ -33,7 +33,7 @@ from shared.sample_prompts import (
     normalize_sampler,
     parse_prompt_lines,
 )
-from shared.spec import TrainingConfig
+from shared.config.spec import TrainingConfig
 from worker.training.errors import TrainingSetupError
 
 

@@ -1,0 +1,179 @@
+"""/v1/datasets: upload once, look at what was accepted, review and edit captions, caption with a model."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query, Request, Response
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+from starlette.concurrency import run_in_threadpool
+
+from api.datasets.schemas import (
+    CaptionEditResult,
+    CaptionOut,
+    CaptionsOut,
+    DatasetList,
+    DatasetOut,
+    DatasetSummary,
+    TagCount,
+)
+from api.datasets.service import (
+    DatasetOptions,
+    apply_caption_edit,
+    captions_at,
+    create_dataset,
+    delete_dataset,
+    owned_dataset,
+    thumbnail_bytes,
+)
+from api.deps import Owner, State
+from api.errors import validate_json_model
+from api.jobs.schemas import JobOut
+from api.jobs.submission import submit_caption_job
+from api.pagination import Cursor, newest_first_page
+from api.schemas import error_responses
+from api.uploads import limited_request, require_file, save_upload
+from shared.config.captioning import CaptionConfig
+from shared.datasets.captions import CaptionEdit, tag_frequency
+from shared.db.models import Dataset, DatasetImage, is_object_id
+from shared.errors import NotFoundError
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+_ERRORS = error_responses(401, 404, 409, 413, 422)
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["dataset"],
+                    "properties": {
+                        "dataset": {"type": "string", "format": "binary", "description": "zip of images"},
+                        "options": {
+                            "type": "string",
+                            "description": "JSON: name, and for flat zips repeats, trigger_word, class_word",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def parse_options(text: object) -> DatasetOptions:
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return DatasetOptions()
+    return validate_json_model(DatasetOptions, text, "options", "invalid_options")
+
+
+@router.post("", status_code=201, response_model=DatasetOut, responses=_ERRORS, openapi_extra=_UPLOAD_BODY)
+async def upload_dataset(request: Request, response: Response, owner: Owner, state: State) -> DatasetOut:
+    """Store a dataset zip. The response reports every file (accepted, converted, rejected) and warnings."""
+    limited = limited_request(request, state.settings.max_upload_bytes)
+    async with limited.form(max_files=1, max_fields=8) as form:
+        options = parse_options(form.get("options"))
+        upload = require_file(form.get("dataset"), "dataset")
+        received = await run_in_threadpool(save_upload, upload, state.settings.work_dir / "uploads")
+    try:
+        dataset_id = await run_in_threadpool(create_dataset, state, owner, options, received)
+    finally:
+        received.path.unlink(missing_ok=True)
+    response.headers["Location"] = f"/v1/datasets/{dataset_id}"
+    with state.sessions() as session:
+        return DatasetOut.of(owned_dataset(session, owner, dataset_id))
+
+
+# Handlers open their session in their own thread and close it before they return (see api/jobs/routes.py).
+
+
+@router.get("", response_model=DatasetList, responses=_ERRORS)
+def list_datasets(
+    owner: Owner, state: State, limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: Cursor = None
+) -> DatasetList:
+    query = select(Dataset).where(Dataset.owner == owner).options(selectinload(Dataset.images))
+    with state.sessions() as session:
+        rows, next_cursor = newest_first_page(session, query, Dataset, owner, cursor, limit)
+        return DatasetList(items=[DatasetSummary.of(d) for d in rows], next_cursor=next_cursor)
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=_ERRORS)
+def get_dataset(dataset_id: str, owner: Owner, state: State) -> DatasetOut:
+    with state.sessions() as session:
+        return DatasetOut.of(owned_dataset(session, owner, dataset_id))
+
+
+@router.delete("/{dataset_id}", status_code=204, responses=_ERRORS)
+def remove_dataset(dataset_id: str, owner: Owner, state: State) -> Response:
+    """Deletes the dataset and its files; refused (409) while an unfinished job uses it."""
+    with state.sessions() as session:
+        delete_dataset(state, session, owned_dataset(session, owner, dataset_id))
+    return Response(status_code=204)
+
+
+@router.get("/{dataset_id}/images/{image_id}/thumbnail", responses=_ERRORS)
+def get_thumbnail(dataset_id: str, image_id: str, owner: Owner, state: State) -> Response:
+    with state.sessions() as session:
+        owned_dataset(session, owner, dataset_id)
+        image = session.get(DatasetImage, image_id) if is_object_id(image_id) else None
+        if image is None or image.dataset_id != dataset_id or not image.thumbnail_key:
+            raise NotFoundError(
+                f"no image {image_id} in dataset {dataset_id}", details={"image_id": image_id}
+            )
+        session.expunge(image)
+    return Response(
+        thumbnail_bytes(state, image),
+        media_type="image/jpeg",
+        headers={"Cache-Control": "private, max-age=86400"},
+    )
+
+
+@router.get("/{dataset_id}/captions", response_model=CaptionsOut, responses=_ERRORS)
+def get_captions(
+    dataset_id: str, owner: Owner, state: State, revision: Annotated[int | None, Query(ge=0)] = None
+) -> CaptionsOut:
+    """Current captions, or those of an older `revision` (what an earlier job trained on)."""
+    with state.sessions() as session:
+        dataset = owned_dataset(session, owner, dataset_id)
+        wanted = dataset.caption_revision if revision is None else revision
+        texts = captions_at(session, dataset, wanted)
+        return CaptionsOut(
+            dataset_id=dataset.id,
+            revision=wanted,
+            captions=[CaptionOut(image_id=i.id, path=i.path, caption=texts[i.id]) for i in dataset.images],
+        )
+
+
+@router.put("/{dataset_id}/captions", response_model=CaptionEditResult, responses=_ERRORS)
+def edit_captions(
+    dataset_id: str, edit: Annotated[CaptionEdit, Body()], owner: Owner, state: State
+) -> CaptionEditResult:
+    """Set captions, find/replace, add or remove tags; each call is one new revision."""
+    with state.sessions() as session:
+        dataset = owned_dataset(session, owner, dataset_id)
+        changed = apply_caption_edit(session, dataset, edit)
+        session.commit()
+        return CaptionEditResult(revision=dataset.caption_revision, changed=changed)
+
+
+@router.get("/{dataset_id}/tags", response_model=list[TagCount], responses=_ERRORS)
+def get_tags(dataset_id: str, owner: Owner, state: State) -> list[TagCount]:
+    """How often each tag appears in the training images' captions (Kohya's tag frequency)."""
+    with state.sessions() as session:
+        dataset = owned_dataset(session, owner, dataset_id)
+        counts = tag_frequency(i.caption for i in dataset.images if not i.is_reg)
+    return [TagCount(tag=tag, count=count) for tag, count in counts]
+
+
+@router.post("/{dataset_id}/caption", status_code=201, response_model=JobOut, responses=_ERRORS)
+async def caption_dataset(
+    dataset_id: str, config: Annotated[CaptionConfig, Body()], response: Response, owner: Owner, state: State
+) -> JobOut:
+    """Caption the dataset's training images with BLIP (photos) or WD14 tags (anime) as a job on the GPU
+    queue; the result becomes the dataset's next caption revision. Follow it at /v1/jobs/{id}."""
+    job = await run_in_threadpool(submit_caption_job, state, owner, dataset_id, config)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobOut.of(job)

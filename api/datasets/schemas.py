@@ -1,0 +1,107 @@
+"""Dataset response bodies: the stored dataset, its images, captions and tags."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from shared.db.models import Dataset, DatasetImage
+
+
+class DatasetImageOut(BaseModel):
+    id: str
+    path: str
+    subset: str
+    is_reg: bool
+    width: int
+    height: int
+    format: str
+    caption: str | None
+    caption_source: str
+    thumbnail_url: str
+
+    @classmethod
+    def of(cls, image: DatasetImage) -> DatasetImageOut:
+        return cls(
+            id=image.id,
+            path=image.path,
+            subset=image.subset,
+            is_reg=image.is_reg,
+            width=image.width,
+            height=image.height,
+            format=image.format,
+            caption=image.caption,
+            caption_source=image.caption_source,
+            thumbnail_url=f"/v1/datasets/{image.dataset_id}/images/{image.id}/thumbnail",
+        )
+
+
+class DatasetSummary(BaseModel):
+    id: str
+    name: str
+    bytes: int
+    sha256: str
+    images: int
+    reg_images: int
+    subsets: list[dict[str, Any]]
+    caption_revision: int
+    warnings: list[dict[str, Any]]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> DatasetSummary:
+        return cls(
+            id=dataset.id,
+            name=dataset.name,
+            bytes=dataset.bytes,
+            sha256=dataset.sha256,
+            images=sum(1 for i in dataset.images if not i.is_reg),
+            reg_images=sum(1 for i in dataset.images if i.is_reg),
+            subsets=dataset.layout["subsets"],
+            caption_revision=dataset.caption_revision,
+            warnings=dataset.report.get("warnings", []),
+            created_at=dataset.created_at,
+        )
+
+
+class DatasetOut(DatasetSummary):
+    files: list[dict[str, Any]]  # the intake report: accepted, converted (how) or rejected (why)
+    image_list: list[DatasetImageOut]
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> DatasetOut:
+        summary = DatasetSummary.of(dataset)
+        return cls(
+            **summary.model_dump(),
+            files=dataset.report.get("files", []),
+            image_list=[DatasetImageOut.of(i) for i in dataset.images],
+        )
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetSummary]
+    next_cursor: str | None
+
+
+class CaptionOut(BaseModel):
+    image_id: str
+    path: str
+    caption: str | None
+
+
+class CaptionsOut(BaseModel):
+    dataset_id: str
+    revision: int
+    captions: list[CaptionOut]
+
+
+class CaptionEditResult(BaseModel):
+    revision: int
+    changed: int
+
+
+class TagCount(BaseModel):
+    tag: str
+    count: int

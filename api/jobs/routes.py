@@ -1,0 +1,234 @@
+"""/v1/jobs: submit, list, inspect, cancel, artifacts, events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import mimetypes
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import RedirectResponse, StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+
+from api.deps import Owner, State
+from api.jobs.events import Event, event_of
+from api.jobs.schemas import ArtifactOut, JobList, JobOut
+from api.jobs.submission import parse_config, submit_dataset_job, submit_job
+from api.pagination import Cursor, newest_first_page
+from api.schemas import error_responses
+from api.state import AppState
+from api.uploads import limited_request, read_json_object, require_file, save_upload
+from shared.db.models import Artifact, Job, JobEvent, JobStatus, is_object_id
+from shared.errors import LorabakeError, NotFoundError
+from shared.jobs.state import request_cancel
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+_ERRORS = error_responses(401, 404, 409, 413, 422, 503)
+KEEP_ALIVE_SECONDS = 15.0
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["config"],
+                    "properties": {
+                        "dataset": {"type": "string", "format": "binary", "description": "zip of images"},
+                        "dataset_id": {"type": "string", "description": "a stored dataset, instead of a zip"},
+                        "config": {"type": "string", "description": "TrainingConfig as JSON text"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _owned_job(session: Session, owner: str, job_id: str) -> Job:
+    job = session.get(Job, job_id, options=[selectinload(Job.artifacts)]) if is_object_id(job_id) else None
+    if job is None or job.owner != owner:  # another owner's job is indistinguishable from a missing one
+        raise NotFoundError(f"no job {job_id}", details={"job_id": job_id})
+    return job
+
+
+@router.post("", status_code=201, response_model=JobOut, responses=_ERRORS, openapi_extra=_UPLOAD_BODY)
+async def create_job(request: Request, response: Response, owner: Owner, state: State) -> JobOut:
+    """Queue a training job: multipart with a `dataset` zip (or a stored `dataset_id`) and `config`,
+    or a JSON body `{"dataset_id": ..., "config": {...}}`. Nothing is stored unless all of it checks out."""
+    if request.headers.get("content-type", "").startswith("application/json"):
+        body = await read_json_object(request)
+        if not isinstance(body.get("dataset_id"), str):
+            raise LorabakeError(
+                "a JSON body needs `dataset_id` (string) and `config` (object)",
+                code="missing_field",
+                details={"field": "dataset_id"},
+                status_code=422,
+            )
+        config = parse_config(body.get("config"))
+        job = await run_in_threadpool(submit_dataset_job, state, owner, config, body["dataset_id"])
+    else:
+        limited = limited_request(request, state.settings.max_upload_bytes)
+        async with limited.form(max_files=1, max_fields=8) as form:
+            config = parse_config(form.get("config"))
+            dataset_id = form.get("dataset_id")
+            if isinstance(dataset_id, str) and dataset_id:
+                job = await run_in_threadpool(submit_dataset_job, state, owner, config, dataset_id)
+            else:
+                upload = require_file(form.get("dataset"), "dataset")
+                received = await run_in_threadpool(save_upload, upload, state.settings.work_dir / "uploads")
+                try:
+                    job = await run_in_threadpool(submit_job, state, owner, config, received)
+                finally:
+                    received.path.unlink(missing_ok=True)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobOut.of(job)
+
+
+# Handlers open their session in their own thread and close it before they return: a connection held
+# until FastAPI's dependency teardown (which needs a thread of its own) deadlocks a full thread pool.
+
+
+@router.get("", response_model=JobList, responses=_ERRORS)
+def list_jobs(
+    owner: Owner,
+    state: State,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Cursor = None,
+) -> JobList:
+    """Newest first. `next_cursor` fetches the next (older) page."""
+    query = select(Job).where(Job.owner == owner).options(selectinload(Job.artifacts))
+    if status is not None:
+        query = query.where(Job.status == status.value)
+    with state.sessions() as session:
+        jobs, next_cursor = newest_first_page(session, query, Job, owner, cursor, limit)
+        return JobList(items=[JobOut.of(j) for j in jobs], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)
+async def get_job(job_id: str, owner: Owner, state: State) -> Response:
+    """The job: status, progress, plan, its files. Poll it, or follow /events."""
+    return Response(await state.job_views.body(owner, job_id), media_type="application/json")
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=_ERRORS)
+def cancel_job(job_id: str, owner: Owner, state: State) -> JobOut:
+    """Stops a job between two steps; epochs already saved stay downloadable."""
+    with state.sessions() as session:
+        job = _owned_job(session, owner, job_id)
+        request_cancel(session, job)
+        session.commit()
+        return JobOut.of(job)
+
+
+@router.get("/{job_id}/artifacts", response_model=list[ArtifactOut], responses=_ERRORS)
+def list_artifacts(job_id: str, owner: Owner, state: State) -> list[ArtifactOut]:
+    with state.sessions() as session:
+        return [ArtifactOut.of(a) for a in _owned_job(session, owner, job_id).artifacts]
+
+
+@router.get("/{job_id}/artifacts/{artifact_id}", responses={**_ERRORS, 307: {"description": "to storage"}})
+def download_artifact(job_id: str, artifact_id: str, owner: Owner, state: State) -> Response:
+    """Redirects to a presigned storage URL (S3), or streams the file (embedded mode)."""
+    with state.sessions() as session:
+        _owned_job(session, owner, job_id)
+        artifact = session.get(Artifact, artifact_id) if is_object_id(artifact_id) else None
+        if artifact is None or artifact.job_id != job_id:
+            raise NotFoundError(
+                f"no artifact {artifact_id} in job {job_id}", details={"artifact_id": artifact_id}
+            )
+        session.expunge(artifact)
+    url = state.store.presigned_url(artifact.object_key, artifact.name)
+    if url:
+        return RedirectResponse(url, status_code=307)
+    return StreamingResponse(
+        iterate_in_threadpool(state.store.iter_bytes(artifact.object_key)),
+        media_type=mimetypes.guess_type(artifact.name)[0] or "application/octet-stream",
+        headers={
+            "Content-Disposition": f'attachment; filename="{artifact.name}"',
+            "Content-Length": str(artifact.size_bytes),
+            "ETag": f'"{artifact.sha256}"',
+        },
+    )
+
+
+def _last_event_id(request: Request, after: int) -> int:
+    raw = request.headers.get("last-event-id")
+    if raw is None:
+        return after
+    if not raw.isdigit() or len(raw) > 18:
+        raise LorabakeError(
+            "Last-Event-ID must be the id of an event this stream sent (a non-negative integer)",
+            code="invalid_last_event_id",
+            details={"field": "Last-Event-ID"},
+            status_code=422,
+        )
+    return int(raw)
+
+
+def _replay(state: AppState, job_id: str, since: int) -> tuple[list[Event], bool]:
+    """The job's events after `since`, from the database, and whether the job has ended."""
+    with state.sessions() as session:
+        rows = session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > since).order_by(JobEvent.id)
+        )
+        events = [event_of(row) for row in rows]
+        status = session.scalar(select(Job.status).where(Job.id == job_id))
+        return events, status is None or JobStatus(status).is_terminal
+
+
+def _is_end(event: Event) -> bool:
+    return event.type == "status" and JobStatus(event.data.get("status", "queued")).is_terminal
+
+
+def _sse(event: Event) -> str:
+    return f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.data)}\n\n"
+
+
+@router.get("/{job_id}/events", responses=_ERRORS)
+async def stream_events(
+    job_id: str, request: Request, owner: Owner, state: State, after: Annotated[int, Query(ge=0)] = 0
+) -> StreamingResponse:
+    """Server-sent events: status changes, saved files and progress, until the job ends.
+    Reconnecting clients resume with `Last-Event-ID` (or `?after=`)."""
+    since = _last_event_id(request, after)
+
+    def check_owner() -> None:
+        with state.sessions() as session:
+            _owned_job(session, owner, job_id)
+
+    await run_in_threadpool(check_owner)
+
+    async def generate() -> AsyncIterator[str]:
+        sent: set[int] = set()
+        async with state.events.watch(job_id) as live:
+            replayed, ended = await run_in_threadpool(_replay, state, job_id, since)
+            for event in replayed:
+                sent.add(event.id)
+                yield _sse(event)
+            if ended:
+                return
+            while not await request.is_disconnected():
+                try:
+                    event = await asyncio.wait_for(live.get(), KEEP_ALIVE_SECONDS)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"  # a comment line keeps proxies from closing an idle stream
+                    continue
+                if event.id in sent or event.id <= since:
+                    continue
+                sent.add(event.id)
+                yield _sse(event)
+                if _is_end(event):
+                    return
+
+    return StreamingResponse(
+        generate(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,177 @@
+"""Turning an upload into a queued job: check everything first, then store, then record, then enqueue.
+
+Bad input fails in the first step, before any object or row exists, so nothing is half-stored.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import update
+
+from api.datasets.service import owned_dataset, store_caption_snapshot
+from api.errors import validate_json_model
+from api.state import AppState
+from api.uploads import ReceivedFile
+from shared.config.captioning import CaptionConfig
+from shared.config.presets import plan_run
+from shared.config.spec import TrainingConfig
+from shared.datasets.intake import inspect_dataset_zip
+from shared.datasets.layout import DatasetLayout
+from shared.datasets.stored import dataset_layout, image_sizes
+from shared.db.models import Job, JobKind, JobStatus, new_id, utcnow
+from shared.errors import LorabakeError, NotFoundError
+from shared.jobs.state import add_event
+
+log = logging.getLogger("lorabake.api")
+
+
+def parse_config(raw: object) -> TrainingConfig:
+    """The `config` field: JSON text (multipart) or an already-decoded object (JSON body)."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        raise LorabakeError(
+            "field 'config' (a JSON object) is required",
+            code="missing_field",
+            details={"field": "config"},
+            status_code=422,
+        )
+    return validate_json_model(TrainingConfig, raw, "config", "invalid_config")
+
+
+def submit_job(state: AppState, owner: str, config: TrainingConfig, upload: ReceivedFile) -> Job:
+    report = inspect_dataset_zip(upload.path, config, state.settings.zip_limits)
+    run = plan_run(config, report.layout, report.image_sizes, report)  # preset, buckets by probed sizes
+    config, plan = run.config, run.plan
+
+    job_id = new_id()
+    dataset_key = f"jobs/{job_id}/dataset.zip"
+    state.store.put_file(dataset_key, upload.path, "application/zip")
+    job = Job(
+        id=job_id,
+        owner=owner,
+        dataset_key=dataset_key,
+        dataset_filename=upload.filename,
+        dataset_bytes=upload.size,
+        dataset_sha256=upload.sha256,
+    )
+    return queue_job(
+        state,
+        job,
+        config.model_dump(mode="json"),
+        run.plan_json(),
+        plan.total_steps,
+        plan.epochs,
+        config.seed,
+    )
+
+
+def dataset_job_config(config: TrainingConfig, layout: DatasetLayout) -> TrainingConfig:
+    """A flat dataset's repeats/trigger/class were fixed at upload; the job takes them from there."""
+    if layout.kind != "flat":
+        return config
+    subset = layout.train_subsets[0]
+    stored = {"repeats": subset.repeats, "trigger_word": subset.trigger, "class_word": subset.class_token}
+    for name, value in stored.items():
+        if name in config.model_fields_set and getattr(config, name) != value:
+            raise LorabakeError(
+                f"config.{name} is {getattr(config, name)!r} but the dataset was uploaded with {value!r}; "
+                "leave it out (or upload the dataset again with other options)",
+                code="invalid_config",
+                details={"fields": [{"field": f"config.{name}", "message": "conflict"}]},
+                status_code=422,
+            )
+    return config.model_copy(update=stored)
+
+
+def submit_dataset_job(state: AppState, owner: str, config: TrainingConfig, dataset_id: str) -> Job:
+    """A training job on a stored dataset, pinned to its current caption revision."""
+    with state.sessions() as session:
+        try:
+            dataset = owned_dataset(session, owner, dataset_id)
+        except NotFoundError as exc:
+            raise LorabakeError(
+                f"no dataset {dataset_id}",
+                code="unknown_dataset",
+                details={"field": "dataset_id"},
+                status_code=422,
+            ) from exc
+        layout = dataset_layout(dataset)
+        config = dataset_job_config(config, layout)
+        run = plan_run(config, layout, image_sizes(dataset), dataset.report)  # upright, as probed
+        config, plan = run.config, run.plan
+        job_id = new_id()
+        captions_key = store_caption_snapshot(state, job_id, dataset)
+        job = Job(
+            id=job_id,
+            owner=owner,
+            dataset_key=dataset.object_key,
+            dataset_filename=dataset.name,
+            dataset_bytes=dataset.bytes,
+            dataset_sha256=dataset.sha256,
+            dataset_id=dataset.id,
+            caption_revision=dataset.caption_revision,
+            captions_key=captions_key,
+        )
+    return queue_job(
+        state,
+        job,
+        config.model_dump(mode="json"),
+        run.plan_json(),
+        plan.total_steps,
+        plan.epochs,
+        config.seed,
+    )
+
+
+def submit_caption_job(state: AppState, owner: str, dataset_id: str, config: CaptionConfig) -> Job:
+    """A captioning run over a stored dataset, queued like a training job (it needs the GPU too)."""
+    with state.sessions() as session:
+        dataset = owned_dataset(session, owner, dataset_id)
+        images = sum(1 for image in dataset.images if not image.is_reg)
+        job = Job(
+            id=new_id(),
+            owner=owner,
+            kind=JobKind.caption,
+            dataset_key=dataset.object_key,
+            dataset_filename=dataset.name,
+            dataset_bytes=dataset.bytes,
+            dataset_sha256=dataset.sha256,
+            dataset_id=dataset.id,
+        )
+    return queue_job(state, job, config.model_dump(mode="json"), {"images": images}, images, 0, None)
+
+
+def queue_job(
+    state: AppState, job: Job, config: dict, plan: dict, total_steps: int, total_epochs: int, seed: int | None
+) -> Job:
+    """Records a job whose objects are stored, then hands it to the broker, best effort (the outbox): the
+    row is committed first, so a broker that is down costs nothing but time; the reconciler sends the job
+    once the broker is back. A failed commit removes what was stored, so a refusal leaves nothing behind."""
+    job_id = job.id
+    job.status, job.config, job.plan = JobStatus.queued, config, plan
+    job.total_steps, job.total_epochs, job.seed = total_steps, total_epochs, seed
+    job.enqueued_at = utcnow()
+    job.artifacts = []
+    try:
+        with state.sessions() as session:
+            session.add(job)
+            add_event(session, job_id, "status", {"status": JobStatus.queued.value})
+            session.commit()
+    except BaseException:
+        state.remove_objects(f"jobs/{job_id}/")
+        raise
+    # Sent only after the commit, so a worker never receives an id it cannot find.
+    if not state.dispatcher.send(job_id):
+        _mark_unsent(state, job_id)
+    return job
+
+
+def _mark_unsent(state: AppState, job_id: str) -> None:
+    """So the reconciler sends it at its next pass; if even this cannot be written, it finds the job
+    missing from the broker after `requeue_after_seconds`."""
+    try:
+        with state.sessions() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=None))
+            session.commit()
+    except Exception:
+        log.warning("job %s: could not mark it unsent; the reconciler will find it", job_id)

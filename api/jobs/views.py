@@ -1,0 +1,71 @@
+"""The body of `GET /v1/jobs/{id}`, rendered once per version of the job.
+
+Clients poll this path, and most polls find the job as the last one did. Every change to a job or its
+files goes through a write that sets the row's `updated_at` (the worker's fenced transactions, cancel, the
+reconciler, a dataset deleted under it), so the rendered JSON is kept by (job id, updated_at): a poll costs
+one indexed read of two columns (on Postgres without leaving the event loop), and the ORM load and the
+rendering run, in a thread, only when the job changed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from datetime import datetime
+
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from api.async_reads import AsyncReader, CompiledQuery
+from api.jobs.schemas import JobOut
+from shared.db.models import Job, is_object_id
+from shared.errors import NotFoundError
+
+VERSION = select(Job.owner, Job.updated_at).where(Job.id == bindparam("job_id"))
+
+
+class JobViews:
+    def __init__(self, sessions: sessionmaker[Session], reader: AsyncReader | None, max_entries: int = 4096):
+        self.sessions = sessions
+        self.reader = reader
+        self.max_entries = max_entries
+        self._version_sql = CompiledQuery(VERSION) if reader is not None else None
+        self._bodies: OrderedDict[str, tuple[datetime, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    async def body(self, owner: str, job_id: str) -> bytes:
+        """The job's JSON for `owner`; NotFoundError for a job that is missing or another owner's."""
+        row = await self._version(job_id) if is_object_id(job_id) else None
+        if row is None or row[0] != owner:  # another owner's job is indistinguishable from a missing one
+            raise NotFoundError(f"no job {job_id}", details={"job_id": job_id})
+        cached = self._bodies.get(job_id)
+        if cached is not None and cached[0] == row[1]:
+            return cached[1]
+        return await run_in_threadpool(self._render, job_id)
+
+    async def _version(self, job_id: str) -> tuple | None:
+        if self.reader is not None and self._version_sql is not None:
+            return await self.reader.first(self._version_sql, job_id=job_id)
+        return await run_in_threadpool(self._version_in_thread, job_id)
+
+    def _version_in_thread(self, job_id: str) -> tuple | None:
+        with self.sessions() as session:
+            row = session.execute(VERSION, {"job_id": job_id}).first()
+            return tuple(row) if row is not None else None
+
+    def _render(self, job_id: str) -> bytes:
+        with self.sessions() as session:
+            job = session.get(Job, job_id, options=[selectinload(Job.artifacts)])
+            if job is None:
+                raise NotFoundError(f"no job {job_id}", details={"job_id": job_id})
+            rendered = JobOut.of(job).model_dump_json().encode()
+            self._put(job_id, job.updated_at, rendered)  # the version this body was rendered from
+            return rendered
+
+    def _put(self, job_id: str, version: datetime, body: bytes) -> None:
+        with self._lock:
+            self._bodies[job_id] = (version, body)
+            self._bodies.move_to_end(job_id)
+            while len(self._bodies) > self.max_entries:
+                self._bodies.popitem(last=False)

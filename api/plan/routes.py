@@ -1,0 +1,267 @@
+"""/v1/plan: a job's dry run (nothing is stored or queued); /v1/configs/kohya: import a kohya_ss config."""
+
+from __future__ import annotations
+
+from itertools import islice
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from api.datasets.service import owned_dataset
+from api.deps import Owner, State
+from api.errors import validate_json_model
+from api.jobs.submission import dataset_job_config, parse_config
+from api.schemas import error_responses
+from api.state import AppState
+from api.uploads import read_json_object
+from shared.config.kohya_import import import_kohya_config
+from shared.config.presets import PlannedRun, checkpoint_schedule, plan_run
+from shared.config.spec import TrainingConfig
+from shared.datasets.layout import (
+    MAX_REPEATS,
+    DatasetLayout,
+    ImageEntry,
+    Subset,
+    parse_repeats_folder,
+    split_tokens,
+)
+from shared.datasets.stored import dataset_layout, image_sizes
+from shared.errors import LorabakeError, NotFoundError
+
+router = APIRouter(tags=["plan"])
+
+_ERRORS = error_responses(401, 422)
+MAX_CHECKPOINTS = 1000  # files listed in a dry run; `checkpoint_count` has them all
+MAX_IMAGES = 200_000  # synthetic images in a `counts` layout
+
+
+# --- request bodies ----------------------------------------------------------------------------------------
+
+
+class SizeCount(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    width: int = Field(..., ge=1, le=100_000)
+    height: int = Field(..., ge=1, le=100_000)
+    count: int = Field(..., ge=1, le=MAX_IMAGES)
+
+
+class SubsetCount(BaseModel):
+    """One folder of the dataset: `img/6_lisabp woman` with 34 images, or a flat folder (`folder` plain)."""
+
+    model_config = ConfigDict(extra="forbid")
+    folder: str = Field("", max_length=1000, description="e.g. 'img/6_lisabp woman'; '' for a flat dataset")
+    images: int = Field(..., ge=1, le=MAX_IMAGES)
+    repeats: int | None = Field(
+        None, ge=1, le=MAX_REPEATS, description="Kohya folders: N (else read from the folder name)"
+    )
+    is_reg: bool = False
+    sizes: list[SizeCount] | None = Field(
+        None, description="(width, height) counts of the images, for the bucket table; all subsets or none"
+    )
+
+
+class DatasetCounts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    subsets: list[SubsetCount] = Field(..., min_length=1, max_length=200)
+
+
+class CheckpointOut(BaseModel):
+    file: str
+    kind: str  # epoch, step or final
+    epoch: int
+    step: int
+    kept: bool  # False: deleted later by save_last_n_epochs / save_last_n_steps
+
+
+class PlanOut(BaseModel):
+    source: str  # "dataset" or "counts"
+    layout: str  # "kohya" or "flat"
+    config: dict[str, Any]  # after the preset: what POST /v1/jobs would store
+    plan: dict[str, Any]  # what POST /v1/jobs would store (warnings included)
+    checkpoints: list[CheckpointOut]
+    checkpoint_count: int
+    warnings: list[dict[str, Any]]
+
+
+class KohyaImportOut(BaseModel):
+    config: dict[str, Any]
+    mapped: list[dict[str, Any]]
+    ignored: list[dict[str, Any]]
+    unsupported: list[dict[str, Any]]
+    notes: list[str]
+
+
+_PLAN_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["config"],
+                    "properties": {
+                        "config": {"type": "object", "description": "TrainingConfig, as for POST /v1/jobs"},
+                        "dataset_id": {"type": "string", "description": "a stored dataset of yours"},
+                        "counts": {"type": "object", "description": "subsets and their image counts"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _unprocessable(message: str, field: str, code: str = "invalid_request") -> LorabakeError:
+    return LorabakeError(
+        message, code=code, details={"fields": [{"field": field, "message": message}]}, status_code=422
+    )
+
+
+# --- a layout from counts ----------------------------------------------------------------------------------
+
+
+def parse_counts(raw: object) -> DatasetCounts:
+    return validate_json_model(DatasetCounts, raw, "counts", "invalid_counts")
+
+
+def counts_layout(counts: DatasetCounts) -> tuple[DatasetLayout, dict[str, tuple[int, int]] | None]:
+    """A synthetic layout (image paths `{folder}/{n:06d}.png`) and, when every subset has sizes, the sizes."""
+    items = counts.subsets
+    total = sum(s.images for s in items)
+    if total > MAX_IMAGES:
+        raise _unprocessable(f"at most {MAX_IMAGES} images in all, got {total}", "counts.subsets")
+    with_sizes = [s.sizes is not None for s in items]
+    if any(with_sizes) and not all(with_sizes):
+        missing = with_sizes.index(False)
+        raise _unprocessable("give sizes for every subset or for none", f"counts.subsets.{missing}.sizes")
+    folders = [s.folder.strip().strip("/") for s in items]
+    flat = len(items) == 1 and not items[0].is_reg and folder_parts(folders[0]) is None
+    if flat and items[0].repeats is not None:
+        raise _unprocessable(
+            "a flat dataset's repeats come from config.repeats (or the preset); leave repeats out, or name "
+            "the folder `N_trigger class`",
+            "counts.subsets.0.repeats",
+        )
+    if not any(not s.is_reg for s in items):
+        raise _unprocessable("at least one subset must hold training images (is_reg false)", "counts.subsets")
+
+    subsets: list[Subset] = []
+    sizes: dict[str, tuple[int, int]] = {}
+    for index, (item, folder) in enumerate(zip(items, folders, strict=True)):
+        where = f"counts.subsets.{index}"
+        parts = folder_parts(folder)
+        if flat:
+            repeats, tokens = 1, None  # the flat repeats are config.repeats (plan_run applies them)
+        else:
+            named = parts[0] if parts else None
+            if item.repeats is not None and named is not None and item.repeats != named:
+                raise _unprocessable(
+                    f"repeats {item.repeats} differs from the folder name's {named}", f"{where}.repeats"
+                )
+            repeats = item.repeats or named
+            if repeats is None:
+                raise _unprocessable(
+                    "a Kohya subset needs repeats: give `repeats` or name the folder `N_trigger class`",
+                    f"{where}.repeats",
+                )
+            if not folder:
+                folder = f"{'reg' if item.is_reg else 'img'}/{repeats}_subset{index}"
+            tokens = parts[1] if parts else None
+        if folder in {s.folder for s in subsets}:
+            raise _unprocessable(f"folder {folder!r} is listed twice", f"{where}.folder")
+        trigger, class_token = split_tokens(tokens, item.is_reg)
+        paths = [f"{folder}/{n:06d}.png" if folder else f"{n:06d}.png" for n in range(item.images)]
+        if item.sizes is not None:
+            given = sum(c.count for c in item.sizes)
+            if given != item.images:
+                raise _unprocessable(
+                    f"the size counts add up to {given}, not the subset's {item.images} images",
+                    f"{where}.sizes",
+                )
+            expanded = [(c.width, c.height) for c in item.sizes for _ in range(c.count)]
+            sizes.update(zip(paths, expanded, strict=True))
+        entries = tuple(ImageEntry(p, None) for p in paths)
+        subsets.append(Subset(folder, repeats, trigger, class_token, item.is_reg, entries))
+    subsets.sort(key=lambda s: s.folder)
+    layout = DatasetLayout("flat" if flat else "kohya", tuple(subsets))
+    return layout, (sizes if all(with_sizes) else None)
+
+
+def folder_parts(folder: str) -> tuple[int, str] | None:
+    """(N, tokens) of a Kohya folder's last path part, None for any other name."""
+    return parse_repeats_folder(folder.rsplit("/", 1)[-1]) if folder else None
+
+
+# --- the dry run -------------------------------------------------------------------------------------------
+
+
+def _dataset_run(state: AppState, owner: str, config: TrainingConfig, dataset_id: str) -> PlannedRun:
+    """As submit_dataset_job plans it: the stored layout, flat options from the upload, stored sizes."""
+    with state.sessions() as session:
+        try:
+            dataset = owned_dataset(session, owner, dataset_id)
+        except NotFoundError as exc:
+            raise _unprocessable(f"no dataset {dataset_id}", "dataset_id", code="unknown_dataset") from exc
+        layout = dataset_layout(dataset)
+        config = dataset_job_config(config, layout)
+        return plan_run(config, layout, image_sizes(dataset), dataset.report)
+
+
+def _plan_out(source: str, run: PlannedRun) -> PlanOut:
+    schedule = list(checkpoint_schedule(run.config, run.plan))
+    return PlanOut(
+        source=source,
+        layout=run.layout.kind,
+        config=run.config.model_dump(mode="json"),
+        plan=run.plan_json(),
+        checkpoints=[CheckpointOut(**c) for c in islice(schedule, MAX_CHECKPOINTS)],
+        checkpoint_count=len(schedule),
+        warnings=run.warnings,
+    )
+
+
+@router.post("/v1/plan", response_model=PlanOut, responses=_ERRORS, openapi_extra=_PLAN_BODY)
+async def dry_run(request: Request, owner: Owner, state: State) -> PlanOut:
+    """What a job would do, without storing or queueing anything: `config` (as for POST /v1/jobs) with a
+    stored `dataset_id` or `counts` ({"subsets": [{"folder": "img/6_lisabp woman", "images": 34}]}).
+    Returns the config after its preset, the plan (per subset, buckets when sizes are known), the LoRA files
+    that will be saved with their steps, and warnings."""
+    body = await read_json_object(request)
+    unknown = sorted(set(body) - {"config", "dataset_id", "counts"})
+    if unknown:
+        raise _unprocessable(f"unknown field {unknown[0]!r}", unknown[0])
+    config = parse_config(body.get("config"))
+    dataset_id, counts = body.get("dataset_id"), body.get("counts")
+    if (dataset_id is None) == (counts is None):
+        raise _unprocessable("give either dataset_id or counts", "dataset_id", code="missing_field")
+    if dataset_id is not None:
+        if not isinstance(dataset_id, str) or not dataset_id:
+            raise _unprocessable("dataset_id must be a dataset's id (a string)", "dataset_id")
+        run = await run_in_threadpool(_dataset_run, state, owner, config, dataset_id)
+        return _plan_out("dataset", run)
+    layout, sizes = counts_layout(parse_counts(counts))
+    run = await run_in_threadpool(plan_run, config, layout, sizes)
+    return _plan_out("counts", run)
+
+
+_KOHYA_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "description": "a kohya_ss GUI configuration (its saved JSON)"}
+            }
+        },
+    }
+}
+
+
+@router.post("/v1/configs/kohya", response_model=KohyaImportOut, responses=_ERRORS, openapi_extra=_KOHYA_BODY)
+async def import_kohya(request: Request, owner: Owner) -> KohyaImportOut:
+    """Read a kohya_ss GUI configuration JSON (LoRA tab, Configuration file > Save): `config` holds the
+    TrainingConfig fields with the same meaning (add base_model if it is missing), `mapped` where each key
+    went, `ignored` keys with no effect here, `unsupported` values that cannot be trained the same way."""
+    body = await read_json_object(request)
+    return KohyaImportOut(**import_kohya_config(body).to_dict())

@@ -1,0 +1,359 @@
+"""The training config a client submits, in Kohya's vocabulary.
+
+Validated once at the API (unknown fields and impossible values are 422s naming the field) and read
+unchanged by the worker and by ``lorabake train``. Pure pydantic: no torch.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.config.captioning import CaptionConfig
+from shared.config.sample_prompts import DEFAULT_SAMPLER, normalize_sampler, parse_prompt_line
+
+Optimizer = Literal["AdamW", "AdamW8bit", "Lion", "Prodigy", "Adafactor"]
+LrScheduler = Literal[
+    "constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial"
+]
+MixedPrecision = Literal["no", "fp16", "bf16"]
+SavePrecision = Literal["fp16", "bf16", "float"]
+ModelFamily = Literal["auto", "sd1", "sd2", "sdxl"]
+
+# A1111 uses the file name as the LoRA's prompt name (<lora:NAME:1>): keep it a plain, portable file stem.
+_OUTPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Kohya folder tokens are words separated by spaces; no path separators may sneak in through them.
+_TOKEN = re.compile(r"^[^/\\\x00-\x1f]{1,200}$")
+_CAPTION_EXTENSION = re.compile(r"^\.[A-Za-z0-9_-]{1,16}$")
+
+
+def _sample_prompt_line(line: str) -> str:
+    parse_prompt_line(line)  # a bad flag or value is a 422 naming config.sample_prompts.N
+    return line
+
+
+# One Kohya prompt line: `prompt --n negative --w 512 --h 512 --d 1 --l 7.5 --s 20 --ss euler_a`.
+SamplePromptLine = Annotated[str, AfterValidator(_sample_prompt_line)]
+
+# optimizer_args: the keyword arguments each optimizer's constructor takes besides params and lr (its
+# package's signature; the worker checks again against the installed version). Kohya passes them unchecked.
+OPTIMIZER_ARGS: dict[str, frozenset[str]] = {
+    "AdamW": frozenset({"betas", "eps", "weight_decay", "amsgrad", "maximize", "foreach", "fused"}),
+    "AdamW8bit": frozenset(
+        {
+            "betas",
+            "eps",
+            "weight_decay",
+            "amsgrad",
+            "min_8bit_size",
+            "percentile_clipping",
+            "block_wise",
+            "is_paged",
+        }
+    ),
+    "Lion": frozenset({"betas", "weight_decay", "use_triton", "decoupled_weight_decay"}),
+    "Prodigy": frozenset(
+        {
+            "betas",
+            "beta3",
+            "eps",
+            "weight_decay",
+            "decouple",
+            "use_bias_correction",
+            "safeguard_warmup",
+            "d0",
+            "d_coef",
+            "growth_rate",
+            "fsdp_in_use",
+            "slice_p",
+        }
+    ),
+    "Adafactor": frozenset(
+        {
+            "eps",
+            "clip_threshold",
+            "decay_rate",
+            "beta1",
+            "weight_decay",
+            "scale_parameter",
+            "relative_step",
+            "warmup_init",
+        }
+    ),
+}
+
+
+class TrainingConfig(BaseModel):
+    """One LoRA training run. Field names follow Kohya's sd-scripts where one exists."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: Literal["character", "style", "concept"] | None = Field(
+        None,
+        description="Fill unset fields from the guide's advice (shared/config/presets.py, docs/presets.md).",
+    )
+    output_name: str = Field("lora", description="File stem: `{output_name}-{epoch:06d}.safetensors`.")
+    base_model: str = Field(
+        ...,
+        min_length=1,
+        description="A diffusers folder or single .safetensors/.ckpt in the models directory, or a hub id.",
+    )
+    model_family: ModelFamily = Field(
+        "auto", description="SD1.x, SD2.x or SDXL base; 'auto' detects it from the base model's config/keys."
+    )
+    v_parameterization: bool | None = Field(
+        None,
+        description="Train on v targets (SD2.x 768-v); None: as the base model's scheduler config says.",
+    )
+    resolution: int = Field(512, ge=64, le=2048, multiple_of=8, description="Training side length in pixels.")
+    repeats: int = Field(
+        1, ge=1, le=1000, description="Repeats for images not in a `N_trigger class` folder (flat layout)."
+    )
+    trigger_word: str | None = Field(None, description="Caption for uncaptioned images in a flat layout.")
+    class_word: str | None = Field(None, description="Class appended to the trigger for uncaptioned images.")
+    epochs: int = Field(10, ge=1, le=1000, description="Kohya's max_train_epochs.")
+    batch_size: int = Field(1, ge=1, le=64, description="Kohya's train_batch_size.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=128)
+    unet_lr: float = Field(1e-4, gt=0, le=1.0)
+    text_encoder_lr: float = Field(
+        5e-5, ge=0, le=1.0, description="0 trains the UNet only (the text encoder is not given a LoRA)."
+    )
+    network_dim: int = Field(32, ge=1, le=1024, description="LoRA rank.")
+    network_alpha: float = Field(16.0, gt=0, le=1024, description="Scale is alpha / rank, as in Kohya.")
+    optimizer: Optimizer = "AdamW"
+    lr_scheduler: LrScheduler = "constant"
+    lr_warmup_steps: int | float = Field(
+        0, ge=0, le=100_000, description="Warmup steps, or a float < 1: that ratio of the total steps."
+    )
+    lr_scheduler_num_cycles: int = Field(1, ge=1, le=1000, description="Restarts of cosine_with_restarts.")
+    lr_scheduler_power: float = Field(1.0, gt=0, le=100, description="Power of the polynomial scheduler.")
+    optimizer_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Extra optimizer keyword arguments, e.g. {"weight_decay": 0.1, "betas": [0.9, 0.99]}.',
+    )
+    max_grad_norm: float = Field(1.0, ge=0, description="0 disables gradient clipping.")
+    mixed_precision: MixedPrecision = "bf16"
+    save_precision: SavePrecision = "fp16"
+    save_every_n_epochs: int | None = Field(
+        1, ge=1, le=1000, description="Save a LoRA every N epochs; the last epoch is always saved."
+    )
+    save_every_n_steps: int | None = Field(
+        None, ge=1, le=1_000_000, description="Also save `{output_name}-step{step:08d}` every N steps."
+    )
+    save_last_n_epochs: int | None = Field(
+        None, ge=1, le=1000, description="Keep only the last N epoch files (older ones are deleted)."
+    )
+    save_last_n_steps: int | None = Field(
+        None, ge=1, le=1_000_000, description="Keep step files of the last N steps (older ones are deleted)."
+    )
+    # --- text encoding, noise and loss (Kohya's names and meanings) ---
+    clip_skip: int | None = Field(
+        None, ge=1, le=12, description="1 (or unset) = last CLIP layer, 2 = penultimate (+ final layer norm)."
+    )
+    max_token_length: Literal[75, 150, 225] | None = Field(
+        None, description="Caption tokens: 150/225 encode 2/3 windows of 75 and join them (unset = 75)."
+    )
+    noise_offset: float | None = Field(None, ge=0, le=1, description="Offset noise strength (~0.05-0.1).")
+    adaptive_noise_scale: float | None = Field(
+        None, ge=-1, le=1, description="Adds this x |latent channel mean| to noise_offset (needs it)."
+    )
+    min_snr_gamma: float | None = Field(None, gt=0, le=100, description="Min-SNR loss weighting (5 typical).")
+    # --- network ---
+    network_target: Literal["all_linear", "attention"] = Field(
+        "all_linear",
+        description="all_linear: every Linear/1x1 conv in the UNet's transformer blocks and in CLIP's "
+        "attention + MLP (Kohya's networks.lora); attention: q/k/v/out projections only.",
+    )
+    conv_dim: int | None = Field(
+        None, ge=1, le=1024, description="LoCon: also train 3x3 convs (resnets, up/downsamplers), this rank."
+    )
+    conv_alpha: float | None = Field(None, gt=0, le=1024, description="Alpha of the conv modules (def. 1).")
+    gradient_checkpointing: bool = False
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="None picks one; the job records it.")
+
+    # --- data: aspect-ratio buckets and captions (Kohya's names and defaults; shared/config/buckets.py) ---
+    enable_bucket: bool = Field(True, description="Aspect-ratio bucketing (on by default, as in kohya_ss).")
+    min_bucket_reso: int = Field(
+        256, ge=8, le=8192, description="Smallest bucket side; multiple of bucket_reso_steps, <= resolution."
+    )
+    max_bucket_reso: int = Field(
+        1024, ge=8, le=8192, description="Largest bucket side; multiple of bucket_reso_steps, >= resolution."
+    )
+    bucket_reso_steps: int = Field(64, ge=8, le=1024, multiple_of=8, description="Bucket sides step by this.")
+    bucket_no_upscale: bool = Field(
+        False, description="Buckets from each image's own size (never enlarged); min/max are then unused."
+    )
+    captioning: CaptionConfig | None = Field(
+        None, description="Caption the images with BLIP or WD14 as the job's first stage (see /v1/datasets)."
+    )
+    caption_extension: str = Field(
+        ".txt", description="Caption files beside the images; the other of .txt/.caption is read if missing."
+    )
+    shuffle_caption: bool = Field(False, description="Shuffle the comma-separated tags each step.")
+    keep_tokens: int = Field(
+        0, ge=0, le=255, description="The first N tags stay in place (under shuffle and tag dropout)."
+    )
+    keep_tokens_separator: str | None = Field(
+        None, max_length=32, description="Tags before it (and after a second one) stay put; over keep_tokens."
+    )
+    caption_dropout_rate: float = Field(0.0, ge=0, le=1, description="Chance a sample has an empty caption.")
+    caption_dropout_every_n_epochs: int = Field(
+        0, ge=0, le=1000, description="Every Nth epoch trains on empty captions; 0 never."
+    )
+    caption_tag_dropout_rate: float = Field(
+        0.0, ge=0, le=1, description="Chance each tag that is not kept is dropped."
+    )
+    caption_prefix: str | None = Field(
+        None, max_length=1000, description="Put before every caption, then a space."
+    )
+    caption_suffix: str | None = Field(
+        None, max_length=1000, description="Put after every caption, after a space."
+    )
+    flip_aug: bool = Field(False, description="Train each sample mirrored with probability 1/2.")
+    cache_latents_to_disk: bool = Field(
+        False, description="Keep VAE latents on disk between runs (keyed by image, mtime, bucket and VAE)."
+    )
+    prior_loss_weight: float = Field(1.0, ge=0, le=100, description="Loss weight of regularization samples.")
+
+    # --- sample images (Kohya's names; lines parsed by shared/config/sample_prompts.py) ---
+    sample_prompts: list[SamplePromptLine] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Kohya prompt lines: `prompt --n negative --w 512 --h 512 --d seed --l cfg --s steps "
+        "--ss sampler`; blank lines and lines starting with # are skipped.",
+    )
+    sample_every_n_steps: int | None = Field(
+        None, ge=1, le=1_000_000, description="Sample every N steps (unused if sample_every_n_epochs is set)."
+    )
+    sample_every_n_epochs: int | None = Field(
+        None, ge=1, le=1000, description="Sample after every Nth epoch (after that epoch's save)."
+    )
+    sample_at_first: bool = Field(False, description="Also sample before the first step (step 0).")
+    sample_sampler: str = Field(
+        DEFAULT_SAMPLER, description="Sampler of lines without --ss: ddim, euler, euler_a, dpmsolver++, ..."
+    )
+
+    @field_validator("sample_every_n_steps", "sample_every_n_epochs", mode="before")
+    @classmethod
+    def _zero_disables_sampling(cls, value: Any) -> Any:
+        return None if value == 0 else value  # Kohya (and kohya_ss's 0 default): <= 0 disables it
+
+    @field_validator("sample_sampler")
+    @classmethod
+    def _known_sampler(cls, value: str) -> str:
+        return normalize_sampler(value)
+
+    @field_validator("output_name")
+    @classmethod
+    def _portable_name(cls, value: str) -> str:
+        if not _OUTPUT_NAME.match(value):
+            raise ValueError(
+                "use letters, digits, '.', '_' or '-' (max 100), starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("trigger_word", "class_word")
+    @classmethod
+    def _plain_token(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not value:
+            return None
+        if not _TOKEN.match(value):
+            raise ValueError("must be plain text without slashes or control characters")
+        return value
+
+    @field_validator("caption_extension")
+    @classmethod
+    def _caption_extension(cls, value: str) -> str:
+        if not _CAPTION_EXTENSION.match(value) or value.lower() in (".png", ".jpg", ".jpeg", ".webp"):
+            raise ValueError("use a file extension such as '.txt' or '.caption' (a dot, letters/digits)")
+        return value
+
+    @field_validator("keep_tokens_separator", "caption_prefix", "caption_suffix")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value or None  # Kohya's default "" means unset
+
+    @model_validator(mode="after")
+    def _bucket_bounds(self) -> TrainingConfig:
+        # Kohya (BaseDataset.adjust_min_max_bucket_reso_by_steps) asserts min <= resolution <= max when
+        # bucketing; it rounds min/max to the steps with a warning, we ask for multiples instead.
+        if not self.enable_bucket:
+            return self
+        steps = self.bucket_reso_steps
+        for name in ("min_bucket_reso", "max_bucket_reso"):
+            if getattr(self, name) % steps:
+                raise ValueError(
+                    f"{name} ({getattr(self, name)}) must be a multiple of bucket_reso_steps ({steps})"
+                )
+        if self.min_bucket_reso > self.resolution:
+            raise ValueError(
+                f"min_bucket_reso ({self.min_bucket_reso}) must be <= resolution ({self.resolution}); "
+                "lower it or set enable_bucket false"
+            )
+        if self.max_bucket_reso < self.resolution:
+            raise ValueError(
+                f"max_bucket_reso ({self.max_bucket_reso}) must be >= resolution ({self.resolution})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _warmup_needs_scheduler(self) -> TrainingConfig:
+        if self.lr_warmup_steps and self.lr_scheduler == "constant":
+            raise ValueError("lr_warmup_steps needs an lr_scheduler other than 'constant'")
+        return self
+
+    @field_validator("lr_warmup_steps", mode="before")
+    @classmethod
+    def _warmup_steps_or_ratio(cls, value: Any) -> Any:
+        # Kohya's int_or_float: a value >= 1 is a step count, a float below 1 a ratio of the total steps.
+        if isinstance(value, float) and value >= 1:
+            if not value.is_integer():
+                raise ValueError("use a whole number of steps, or a ratio below 1 (e.g. 0.05)")
+            return int(value)
+        return value
+
+    @field_validator("optimizer_args")
+    @classmethod
+    def _optimizer_arg_values(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, arg in value.items():
+            numbers = isinstance(arg, list) and all(
+                isinstance(x, int | float) and not isinstance(x, bool) for x in arg
+            )
+            if not (arg is None or isinstance(arg, bool | int | float) or numbers):
+                raise ValueError(f"optimizer_args[{key!r}]: use a number, boolean, null or list of numbers")
+        return value
+
+    @model_validator(mode="after")
+    def _option_dependencies(self) -> TrainingConfig:
+        allowed = OPTIMIZER_ARGS[self.optimizer]
+        for key in self.optimizer_args:
+            if key in ("lr", "params"):
+                raise ValueError(f"optimizer_args[{key!r}]: set unet_lr / text_encoder_lr instead")
+            if key not in allowed:
+                raise ValueError(
+                    f"optimizer_args: {self.optimizer} takes no argument {key!r} "
+                    f"(it takes: {', '.join(sorted(allowed))})"
+                )
+        if self.optimizer == "Prodigy" and self.text_encoder_lr not in (0, self.unet_lr):
+            # prodigyopt refuses groups with different lrs (other than 0): one adaptive step size for all
+            raise ValueError("optimizer Prodigy needs text_encoder_lr equal to unet_lr (typically 1.0) or 0")
+        if self.adaptive_noise_scale is not None and self.noise_offset is None:
+            raise ValueError("adaptive_noise_scale needs noise_offset (as in Kohya)")
+        if self.conv_alpha is not None and self.conv_dim is None:
+            raise ValueError("conv_alpha needs conv_dim")
+        if self.save_last_n_epochs is not None and self.save_every_n_epochs is None:
+            raise ValueError("save_last_n_epochs needs save_every_n_epochs")
+        if self.save_last_n_steps is not None and self.save_every_n_steps is None:
+            raise ValueError("save_last_n_steps needs save_every_n_steps")
+        return self
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        return self.text_encoder_lr > 0

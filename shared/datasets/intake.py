@@ -1,0 +1,46 @@
+"""Checks an uploaded dataset zip completely before anything is stored: safe entries, a usable layout,
+and images that decode. Used by the API on upload; the worker re-checks what it extracts."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.config.spec import TrainingConfig
+from shared.datasets.images import ImageInfo, probe_image
+from shared.datasets.layout import DatasetLayout, detect_layout
+from shared.datasets.zipsafe import ZipLimits, inspect_zip
+
+
+@dataclass(frozen=True)
+class DatasetReport:
+    layout: DatasetLayout
+    images: dict[str, ImageInfo]  # by path inside the zip
+
+    @property
+    def image_sizes(self) -> dict[str, tuple[int, int]]:
+        """(width, height) as trained (EXIF orientation applied), by path: what compute_plan buckets by."""
+        return {path: info.upright_size for path, info in self.images.items()}
+
+
+def layout_options(config: TrainingConfig) -> dict:
+    """How a config fills in what a flat layout leaves open (repeats, caption for uncaptioned images)."""
+    return {
+        "default_repeats": config.repeats,
+        "trigger": config.trigger_word,
+        "class_token": config.class_word,
+        "caption_extension": config.caption_extension,
+    }
+
+
+def inspect_dataset_zip(path: Path, config: TrainingConfig, limits: ZipLimits) -> DatasetReport:
+    members = inspect_zip(path, limits)
+    layout = detect_layout(members, **layout_options(config))
+    infos: dict[str, ImageInfo] = {}
+    with zipfile.ZipFile(path) as archive:
+        for subset in layout.subsets:
+            for image in subset.images:
+                with archive.open(image.path) as stream:
+                    infos[image.path] = probe_image(stream, image.path, limits.max_image_pixels)
+    return DatasetReport(layout=layout, images=infos)

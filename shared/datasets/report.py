@@ -1,0 +1,279 @@
+"""What a stored dataset holds and what a Kohya user should know about it.
+
+Reads an uploaded zip once (after zipsafe and the layout rules have passed): each image is accepted,
+converted (how), or rejected (why: corrupt, unsupported, too small/large, duplicate content), its caption
+is read, a thumbnail made, and the warnings a Kohya user would want are listed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageOps
+
+from shared.datasets.images import probe_image
+from shared.datasets.layout import (
+    REJECTED_IMAGE_EXTENSIONS,
+    DatasetLayout,
+    ImageEntry,
+    Subset,
+    detect_layout,
+    is_junk,
+)
+from shared.datasets.zipsafe import ZipLimits, inspect_zip
+from shared.errors import DatasetError
+
+THUMBNAIL_SIDE = 256
+FEW_IMAGES = 10  # the guide: "as few as 10 images"
+SMALL_SIDE = 512  # SD1.5's training resolution; images far below it train blurry
+
+
+@dataclass
+class FileOutcome:
+    path: str
+    status: str  # accepted, converted, rejected
+    reason: str | None = None  # error code when rejected
+    detail: str | None = None
+    conversions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AnalyzedImage:
+    path: str
+    subset: str
+    is_reg: bool
+    width: int
+    height: int
+    format: str
+    content_sha256: str
+    caption: str | None
+    thumbnail: bytes
+
+
+@dataclass
+class DatasetAnalysis:
+    layout: DatasetLayout  # accepted images only
+    images: list[AnalyzedImage]
+    files: list[FileOutcome]
+    warnings: list[dict[str, Any]]
+
+    def report(self) -> dict[str, Any]:
+        return {"files": [asdict(f) for f in self.files], "warnings": self.warnings}
+
+
+def read_caption_text(data: bytes) -> str:
+    """Kohya reads the first line of a caption file."""
+    text = data.decode("utf-8", errors="replace").lstrip("\ufeff")
+    return text.splitlines()[0].strip() if text.strip() else ""
+
+
+def conversions_needed(img: Image.Image) -> list[str]:
+    """What training will change about this image, so the user is told up front."""
+    notes = []
+    if img.format == "WEBP":
+        notes.append("webp converted to png")
+    if img.mode == "CMYK":
+        notes.append("cmyk converted to rgb")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        notes.append("16-bit reduced to 8-bit")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        notes.append("transparency flattened")
+    orientation = img.getexif().get(0x0112, 1)
+    if orientation not in (1, None):
+        notes.append("rotated by its EXIF orientation")
+    return notes
+
+
+def make_thumbnail(img: Image.Image) -> bytes:
+    thumb = ImageOps.exif_transpose(img).convert("RGB")
+    thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    buf = io.BytesIO()
+    thumb.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def _analyze_image(
+    archive: zipfile.ZipFile, entry: ImageEntry, subset: Subset, limits: ZipLimits, seen: dict[str, str]
+) -> tuple[FileOutcome, AnalyzedImage | None]:
+    data = archive.read(entry.path)
+    try:
+        info = probe_image(io.BytesIO(data), entry.path, limits.max_image_pixels)
+    except DatasetError as exc:
+        return FileOutcome(entry.path, "rejected", exc.code, exc.message), None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest in seen:
+        return FileOutcome(
+            entry.path, "rejected", "duplicate_image", f"same content as {seen[digest]!r}"
+        ), None
+    seen[digest] = entry.path
+    with Image.open(io.BytesIO(data)) as img:
+        notes = conversions_needed(img)
+        thumbnail = make_thumbnail(img)
+    caption = read_caption_text(archive.read(entry.caption_path)) if entry.caption_path else None
+    outcome = FileOutcome(entry.path, "converted" if notes else "accepted", conversions=notes)
+    image = AnalyzedImage(
+        entry.path,
+        subset.folder,
+        subset.is_reg,
+        *info.upright_size,  # as trained (EXIF orientation applied): what the job plan buckets by
+        info.format,
+        digest,
+        caption or None,
+        thumbnail,
+    )
+    return outcome, image
+
+
+def analyze_dataset_zip(
+    path: Path,
+    limits: ZipLimits,
+    *,
+    default_repeats: int = 1,
+    trigger: str | None = None,
+    class_token: str | None = None,
+) -> DatasetAnalysis:
+    members = inspect_zip(path, limits)
+    # Unsupported image types are reported per file here, where the one-shot job upload refuses the zip.
+    files: list[FileOutcome] = [
+        FileOutcome(m, "rejected", "unsupported_image_type", "accepted types: png, jpg/jpeg, webp")
+        for m in members
+        if not is_junk(m) and Path(m).suffix.lower() in REJECTED_IMAGE_EXTENSIONS
+    ]
+    rejected_names = {f.path for f in files}
+    layout = detect_layout(
+        [m for m in members if m not in rejected_names],
+        default_repeats=default_repeats,
+        trigger=trigger,
+        class_token=class_token,
+    )
+    images: list[AnalyzedImage] = []
+    kept_subsets: list[Subset] = []
+    seen: dict[str, str] = {}
+    with zipfile.ZipFile(path) as archive:
+        for subset in layout.subsets:
+            kept: list[ImageEntry] = []
+            for entry in subset.images:
+                outcome, image = _analyze_image(archive, entry, subset, limits, seen)
+                files.append(outcome)
+                if image is not None:
+                    images.append(image)
+                    kept.append(entry)
+            if kept:
+                kept_subsets.append(
+                    Subset(
+                        subset.folder,
+                        subset.repeats,
+                        subset.trigger,
+                        subset.class_token,
+                        subset.is_reg,
+                        tuple(kept),
+                    )
+                )
+    accepted = DatasetLayout(layout.kind, tuple(kept_subsets))
+    if not accepted.train_subsets:
+        rejected = next((f for f in files if f.status == "rejected"), None)
+        raise DatasetError(
+            "no usable training images"
+            + (f": every image was rejected, e.g. {rejected.path!r} ({rejected.detail})" if rejected else ""),
+            code="no_images",
+            details={"files": [asdict(f) for f in files]},
+        )
+    return DatasetAnalysis(accepted, images, files, dataset_warnings(accepted, images, files))
+
+
+def dataset_warnings(
+    layout: DatasetLayout, images: list[AnalyzedImage], files: list[FileOutcome]
+) -> list[dict[str, Any]]:
+    warnings: list[dict[str, Any]] = []
+    train = [i for i in images if not i.is_reg]
+    if len(train) < FEW_IMAGES:
+        warnings.append(
+            {
+                "code": "few_images",
+                "message": f"{len(train)} training images; the guide "
+                f"recommends 30-150 and at least {FEW_IMAGES}",
+            }
+        )
+    uncaptioned = [i.path for i in train if i.caption is None]
+    if uncaptioned:
+        warnings.append(
+            {
+                "code": "captions_missing",
+                "count": len(uncaptioned),
+                "examples": uncaptioned[:5],
+                "message": f"{len(uncaptioned)} training images have no caption file; they train on "
+                "their folder's `trigger class` (caption them with BLIP or WD14)",
+            }
+        )
+    small = [i for i in train if min(i.width, i.height) < SMALL_SIDE // 2]
+    if small:
+        warnings.append(
+            {
+                "code": "small_images",
+                "count": len(small),
+                "examples": [i.path for i in small[:5]],
+                "message": f"{len(small)} images are under {SMALL_SIDE // 2}px on their short side, "
+                f"far below a {SMALL_SIDE}px training resolution",
+            }
+        )
+    train_classes = {s.class_token for s in layout.train_subsets if s.class_token}
+    for subset in layout.reg_subsets:
+        reg_class = subset.class_token or subset.trigger
+        if train_classes and reg_class not in train_classes:
+            warnings.append(
+                {
+                    "code": "reg_class_mismatch",
+                    "folder": subset.folder,
+                    "message": f"regularization folder {subset.folder!r} has class {reg_class!r}, but "
+                    f"the training folders use {sorted(train_classes)}",
+                }
+            )
+    duplicates = [f.path for f in files if f.reason == "duplicate_image"]
+    if duplicates:
+        warnings.append(
+            {
+                "code": "duplicates_removed",
+                "count": len(duplicates),
+                "examples": duplicates[:5],
+                "message": f"{len(duplicates)} images repeat another image's content and were left out",
+            }
+        )
+    return warnings
+
+
+def layout_to_json(layout: DatasetLayout) -> dict[str, Any]:
+    return {
+        "kind": layout.kind,
+        "subsets": [
+            {
+                "folder": s.folder,
+                "repeats": s.repeats,
+                "trigger": s.trigger,
+                "class_token": s.class_token,
+                "is_reg": s.is_reg,
+                "images": len(s.images),
+            }
+            for s in layout.subsets
+        ],
+    }
+
+
+def layout_from_json(data: dict[str, Any], images_by_subset: dict[str, list[str]]) -> DatasetLayout:
+    """Rebuilds a layout from its stored form and the (accepted) image paths of each subset."""
+    subsets = tuple(
+        Subset(
+            s["folder"],
+            s["repeats"],
+            s["trigger"],
+            s["class_token"],
+            s["is_reg"],
+            tuple(ImageEntry(p, None) for p in sorted(images_by_subset.get(s["folder"], []))),
+        )
+        for s in data["subsets"]
+    )
+    return DatasetLayout(data["kind"], tuple(s for s in subsets if s.images))

@@ -1,0 +1,250 @@
+"""ORM models: the database row is the source of truth for a job."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes (stored as UTC), Postgres aware ones: compare them as aware."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def is_object_id(value: str) -> bool:
+    """Whether `value` can be one of our ids; anything else names nothing (and never reaches the database)."""
+    return _ID.fullmatch(value) is not None
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    preparing = "preparing"  # fetching, extracting and checking the dataset, loading the model
+    training = "training"
+    uploading = "uploading"  # last files going to storage
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    prefix: Mapped[str] = mapped_column(String(16))  # shown in listings so a key can be recognized
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the whole key
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class JobKind(StrEnum):
+    train = "train"
+    caption = "caption"  # captions a stored dataset (BLIP or WD14) on the GPU queue
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    kind: Mapped[str] = mapped_column(String(20), default=JobKind.train, server_default=JobKind.train)
+    # Jobs made from a stored dataset remember which one, and the caption revision they used.
+    dataset_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), index=True, default=None
+    )
+    caption_revision: Mapped[int | None] = mapped_column(Integer, default=None)
+    captions_key: Mapped[str | None] = mapped_column(String(500), default=None)  # snapshot object
+    status: Mapped[str] = mapped_column(String(20), index=True, default=JobStatus.queued)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON)
+    dataset_key: Mapped[str] = mapped_column(String(500))
+    dataset_filename: Mapped[str] = mapped_column(String(500), default="")
+    dataset_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    dataset_sha256: Mapped[str] = mapped_column(String(64), default="")
+
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int] = mapped_column(Integer, default=0)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    total_epochs: Mapped[int] = mapped_column(Integer, default=0)
+    loss: Mapped[float | None] = mapped_column(Float, default=None)
+    steps_per_second: Mapped[float | None] = mapped_column(Float, default=None)
+    eta_seconds: Mapped[float | None] = mapped_column(Float, default=None)
+
+    seed: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # times a worker started it
+    # of those, runs its worker handed back (an outage, a shutdown): they do not count towards max_attempts
+    handed_back: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    worker: Mapped[str | None] = mapped_column(String(200), default=None)
+    # The lease of the worker running the job (shared.jobs.leases): every write it makes names this token,
+    # so a worker presumed dead (its lease ran out and the job moved on) can write nothing more.
+    lease_token: Mapped[str | None] = mapped_column(String(32), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    # The outbox: when the job was last handed to the broker; NULL when that failed (the reconciler sends it).
+    enqueued_at: Mapped[datetime | None] = mapped_column(default=None)
+    error_code: Mapped[str | None] = mapped_column(String(100), default=None)
+    error_message: Mapped[str | None] = mapped_column(Text, default=None)
+
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    @property
+    def lost_runs(self) -> int:
+        """Runs not handed back. Counted where no run of the job is live (a claim, or the reconciler taking
+        an expired lease), these are the runs whose worker stopped without a word (killed, out of memory,
+        its host lost)."""
+        return self.attempts - self.handed_back
+
+    artifacts: Mapped[list[Artifact]] = relationship(
+        back_populates="job", order_by="Artifact.created_at", cascade="all, delete-orphan"
+    )
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("job_id", "name", name="uq_artifacts_job_name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # "lora", later "sample", "state"
+    name: Mapped[str] = mapped_column(String(300))  # the file name a user saves it as
+    epoch: Mapped[int | None] = mapped_column(Integer, default=None)
+    step: Mapped[int | None] = mapped_column(Integer, default=None)
+    is_final: Mapped[bool] = mapped_column(Boolean, default=False)
+    object_key: Mapped[str] = mapped_column(String(500))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)  # e.g. a sample's prompt
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="artifacts")
+
+
+class WorkerProcess(Base):
+    """A worker that is alive, as its own heartbeat says (what the queue's consumers are)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid
+    hostname: Mapped[str] = mapped_column(String(200))
+    queues: Mapped[str] = mapped_column(String(500), default="")
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class ServiceLock(Base):
+    """A named lock with an expiry, so that one process at a time runs a periodic duty (the reconciler)
+    on Postgres and SQLite alike."""
+
+    __tablename__ = "service_locks"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200), default="")
+    expires_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobEvent(Base):
+    """Append-only history of a job (status changes, saved files, throttled progress) for event streams."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    type: Mapped[str] = mapped_column(String(20))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Dataset(Base):
+    """An uploaded dataset, kept so it can be captioned, reviewed and trained on more than once."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    name: Mapped[str] = mapped_column(String(500), default="")
+    object_key: Mapped[str] = mapped_column(String(500))  # the zip as uploaded
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    sha256: Mapped[str] = mapped_column(String(64), default="")
+    layout: Mapped[dict[str, Any]] = mapped_column(JSON)  # kind + subsets (shared.datasets.layout)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)  # per-file outcome and warnings
+    caption_revision: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    images: Mapped[list[DatasetImage]] = relationship(
+        back_populates="dataset", order_by="DatasetImage.path", cascade="all, delete-orphan"
+    )
+
+
+class DatasetImage(Base):
+    __tablename__ = "dataset_images"
+    __table_args__ = (UniqueConstraint("dataset_id", "path", name="uq_dataset_images_path"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(String(1000))  # inside the zip
+    subset: Mapped[str] = mapped_column(String(1000))  # the subset folder it belongs to
+    is_reg: Mapped[bool] = mapped_column(Boolean, default=False)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(20))
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    caption: Mapped[str | None] = mapped_column(Text, default=None)  # None: the folder's `trigger class`
+    caption_source: Mapped[str] = mapped_column(String(20), default="none")  # file, blip, wd14, edit
+    thumbnail_key: Mapped[str | None] = mapped_column(String(500), default=None)
+
+    dataset: Mapped[Dataset] = relationship(back_populates="images")
+
+
+class CaptionRevision(Base):
+    """One change to a dataset's captions: what each changed caption was and became."""
+
+    __tablename__ = "caption_revisions"
+    __table_args__ = (UniqueConstraint("dataset_id", "revision", name="uq_caption_revisions_revision"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(20))  # upload, edit, blip, wd14
+    changes: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"images": [{"id", "before", "after"}]}
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,58 @@
+"""What runs beside a worker, in a process of its own: the worker's heartbeat and a reconciler.
+
+`lorabake worker` starts it (`lorabake worker-duties --parent PID`) and it ends when that worker process
+is gone, so a worker host that dies takes its heartbeat with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from shared.db.session import session_factory
+from shared.jobs.reconciler import Reconciler
+from shared.jobs.workers import forget_stale_workers, forget_worker, record_heartbeat, worker_id
+from shared.outages import is_outage
+from shared.queue import JobDispatcher, make_celery
+from shared.settings import Settings
+from shared.storage import build_store
+
+log = logging.getLogger("lorabake.worker")
+
+
+def build_reconciler(settings: Settings, holder: str) -> Reconciler:
+    sessions = session_factory(settings.database_url, settings.engine_options)
+    dispatcher = JobDispatcher(make_celery(settings), settings)
+    return Reconciler(settings, sessions, dispatcher, build_store(settings), holder=holder)
+
+
+def run_worker_duties(settings: Settings, parent: int) -> None:
+    wid = worker_id(parent)
+    reconciler = build_reconciler(settings, holder=f"worker:{wid}")
+    sessions = reconciler.sessions
+    beat_every = settings.lease_renew_seconds
+    reconcile_every = settings.reconcile_interval_seconds
+    next_beat = next_reconcile = 0.0
+    while os.getppid() == parent:  # the worker is gone: so is its heartbeat
+        now = time.monotonic()
+        if now >= next_beat:
+            next_beat = now + beat_every
+            try:
+                with sessions() as session:
+                    record_heartbeat(session, wid, settings.queue_name)
+                    forget_stale_workers(session, older_than_seconds=86_400)
+            except Exception as exc:
+                log.warning("worker heartbeat: %s", type(exc).__name__, exc_info=not is_outage(exc))
+        if reconcile_every > 0 and now >= next_reconcile:
+            next_reconcile = now + reconcile_every
+            try:
+                reconciler.run_once()
+            except Exception:
+                log.exception("reconciler pass failed")
+        time.sleep(1.0)
+    try:
+        with sessions() as session:
+            forget_worker(session, wid)
+    except Exception:
+        log.warning("worker %s: could not remove its heartbeat; it ages out", wid)

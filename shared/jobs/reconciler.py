@@ -1,0 +1,193 @@
+"""The reconciler: repairs what the broker cannot, from the database, which is the truth.
+
+Each pass (every `reconcile_interval_seconds`, in every API and worker process; a lock in the database lets
+one act at a time):
+- a running job whose lease ran out lost its worker (killed, out of memory, host gone): it goes back to the
+  queue and resumes from its resume state; one that lost its worker `max_attempts` times fails
+  (`too_many_attempts`); one whose cancel was asked for is canceled;
+- a queued job that was never sent (the broker was down when it was submitted or handed back), or whose
+  message the broker no longer holds (Redis lost its data), is sent again.
+Sending twice is harmless: claiming is atomic and a live lease makes a duplicate do nothing.
+
+After this process loses the database, leases are left alone until it has seen the database up for a full
+lease length, so workers that lived through the same outage get the chance to renew theirs first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.broker_inspect import jobs_in_broker
+from shared.db.models import Job, JobStatus, as_utc, utcnow
+from shared.db.service_lock import try_lock
+from shared.jobs.leases import back_to_queue, end_if_it_must_not_run, held_by
+from shared.jobs.state import RUNNING
+from shared.outages import is_outage
+from shared.queue import JobDispatcher
+from shared.settings import Settings
+from shared.storage import ObjectStore, resume_state_prefix
+
+log = logging.getLogger("lorabake.reconciler")
+LOCK_NAME = "reconciler"
+
+
+@dataclass
+class ReconcileReport:
+    requeued: list[str] = field(default_factory=list)  # lease ran out: back in the queue
+    ended: list[str] = field(default_factory=list)  # lease ran out: canceled, or too many attempts
+    sent: list[str] = field(default_factory=list)  # (re)sent to the broker
+    skipped: str | None = None  # why nothing was done this pass
+
+
+class Reconciler:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        dispatcher: JobDispatcher,
+        store: ObjectStore | None = None,
+        holder: str = "",
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.dispatcher = dispatcher
+        self.store = store
+        self.holder = holder
+        self._database_up_since: float | None = None
+
+    # -- one pass ---------------------------------------------------------------------------------------
+    def run_once(self) -> ReconcileReport:
+        try:
+            report = self._pass()
+        except Exception as exc:
+            if is_outage(exc):
+                if self._database_up_since is not None:  # said once per outage
+                    log.warning("reconciler: database unavailable (%s); trying each pass", type(exc).__name__)
+                self._database_up_since = None
+                return ReconcileReport(skipped="database unavailable")
+            raise
+        return report
+
+    def _pass(self) -> ReconcileReport:
+        interval = self.settings.reconcile_interval_seconds or 15.0
+        with self.sessions() as session:
+            if not try_lock(session, LOCK_NAME, self.holder, ttl_seconds=3 * interval):
+                return ReconcileReport(skipped="another process holds the reconciler lock")
+        now = time.monotonic()
+        if self._database_up_since is None:
+            self._database_up_since = now
+        report = ReconcileReport()
+        if now - self._database_up_since >= self.settings.lease_seconds:
+            self.take_back_expired(report)
+        self.send_unsent(report)
+        return report
+
+    # -- leases that ran out ----------------------------------------------------------------------------
+    def take_back_expired(self, report: ReconcileReport) -> None:
+        now = utcnow()
+        running = [s.value for s in RUNNING]
+        with self.sessions() as session:
+            expired = list(
+                session.scalars(
+                    select(Job.id).where(
+                        Job.status.in_(running),
+                        or_(Job.lease_token.is_(None), Job.lease_expires_at <= now),
+                    )
+                )
+            )
+        for job_id in expired:
+            self._take_back(job_id, report, reason="worker_lost")
+
+    def take_back_interrupted(self) -> ReconcileReport:
+        """Every running job, whatever its lease says: for a start-up where no worker can be running yet
+        (the embedded `lorabake serve`). Not counted as an attempt: the service was stopped, not the job."""
+        report = ReconcileReport()
+        with self.sessions() as session:
+            running = [s.value for s in RUNNING]
+            job_ids = list(session.scalars(select(Job.id).where(Job.status.in_(running))))
+        for job_id in job_ids:
+            self._take_back(job_id, report, reason="interrupted", force=True)
+        self.send_unsent(report)
+        return report
+
+    def _take_back(self, job_id: str, report: ReconcileReport, *, reason: str, force: bool = False) -> None:
+        now = utcnow()
+        with self.sessions() as session:
+            job = session.get(Job, job_id, with_for_update=True)
+            if job is None or JobStatus(job.status) not in RUNNING:
+                return
+            still_expired = or_(Job.lease_expires_at.is_(None), Job.lease_expires_at <= now)
+            revoked = session.execute(
+                update(Job)
+                .execution_options(synchronize_session=False)  # rows are re-read, not patched
+                .where(held_by(job.id, job.lease_token), *(() if force else (still_expired,)))
+                .values(lease_token=None, lease_expires_at=None)
+            )
+            if revoked.rowcount != 1:  # renewed (or taken) since we looked: the worker is alive
+                session.rollback()
+                return
+            session.refresh(job)
+            ended = end_if_it_must_not_run(session, job, None if force else self.settings.max_attempts)
+            if not ended:
+                back_to_queue(session, job, reason, count_attempt=not force)
+            session.commit()
+        if ended:
+            report.ended.append(job_id)
+            self._drop_resume_state(job_id)
+            log.warning("job %s: its worker is gone and the job ended (%s)", job_id, job.status)
+        else:
+            report.requeued.append(job_id)
+            log.warning("job %s: its lease ran out (%s); queued again, it resumes", job_id, reason)
+
+    def _drop_resume_state(self, job_id: str) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.delete_prefix(resume_state_prefix(job_id))
+        except Exception:
+            log.exception("job %s: could not delete its resume state", job_id)
+
+    # -- the outbox -------------------------------------------------------------------------------------
+    def send_unsent(self, report: ReconcileReport) -> None:
+        now = utcnow()
+        grace = timedelta(seconds=self.settings.requeue_after_seconds)
+        with self.sessions() as session:
+            queued = session.execute(
+                select(Job.id, Job.enqueued_at)
+                .where(
+                    Job.status == JobStatus.queued, Job.lease_token.is_(None), Job.cancel_requested.is_(False)
+                )
+                .order_by(Job.created_at)
+            ).all()
+        never_sent = [job_id for job_id, sent in queued if sent is None]
+        overdue = [job_id for job_id, sent in queued if sent is not None and as_utc(sent) <= now - grace]
+        lost: list[str] = []
+        if overdue:
+            try:
+                present = jobs_in_broker(self.settings, stale_after=self.settings.requeue_after_seconds)
+            except Exception as exc:  # the broker is down: nothing can be sent now anyway
+                log.warning("reconciler: cannot read the broker (%s: %s)", type(exc).__name__, exc)
+                return
+            if present is not None:
+                lost = [job_id for job_id in overdue if job_id not in present]
+        for job_id in never_sent + lost:
+            if not self.dispatcher.send(job_id):
+                break  # the broker is down; the rest wait for the next pass
+            report.sent.append(job_id)
+            if job_id in lost:
+                log.warning("job %s: the broker lost its message; sent again", job_id)
+        if report.sent:
+            with self.sessions() as session:
+                session.execute(
+                    update(Job)
+                    .execution_options(synchronize_session=False)  # rows are re-read, not patched
+                    .where(Job.id.in_(report.sent), Job.status == JobStatus.queued)
+                    .values(enqueued_at=now)
+                )
+                session.commit()
