@@ -16,6 +16,7 @@ from api.datasets import routes as datasets
 from api.errors import install_error_handlers
 from api.jobs import routes as jobs
 from api.plan import routes as plan
+from api.presets import routes as presets
 from api.request_log import RequestIdMiddleware
 from api.state import AppState
 from shared.jobs.reconciler import Reconciler
@@ -84,4 +85,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(datasets.router)
     app.include_router(plan.router)
+    app.include_router(presets.router)
     return app

@@ -46,14 +46,52 @@ class Preset:
     rank: int
     alpha: float
     subject: bool  # the guide's "subjects" (characters, people, objects, poses...) as opposed to styles
+    description: str
+
+    def fixed_values(self) -> dict[str, Any]:
+        """The fields this preset sets to the same value whatever the dataset (unless the client set them)."""
+        return {
+            "network_dim": self.rank,
+            "network_alpha": self.alpha,
+            "save_every_n_epochs": 1,
+            "save_precision": "fp16",
+            "lr_scheduler": "cosine",
+        }
 
 
 PRESETS: dict[str, Preset] = {
-    "character": Preset("character", 128, 128.0, subject=True),
-    "style": Preset("style", 256, 256.0, subject=False),
+    "character": Preset(
+        "character",
+        128,
+        128.0,
+        subject=True,
+        description="A character or a real person: rank and alpha 128, the guide's ceiling for subjects.",
+    ),
+    "style": Preset(
+        "style",
+        256,
+        256.0,
+        subject=False,
+        description="An art style or aesthetic: rank and alpha 256, the guide's number for styles.",
+    ),
     # The guide lists objects, poses, props and environments with characters as "subjects" and gives subjects
     # one ceiling, 128; it has no number of its own for them, so a concept trains like a character.
-    "concept": Preset("concept", 128, 128.0, subject=True),
+    "concept": Preset(
+        "concept",
+        128,
+        128.0,
+        subject=True,
+        description="An object, pose, prop, outfit or environment: trained like a character (rank 128).",
+    ),
+}
+
+# The fields every preset fills from the dataset and the rest of the config, and how (apply_preset).
+COMPUTED_FIELDS: dict[str, str] = {
+    "resolution": "512, or 1024 when model_family is sdxl",
+    "unet_lr": f"{LR_PER_SAMPLE:g} x batch_size x gradient_accumulation_steps, with AdamW or AdamW8bit",
+    "text_encoder_lr": "the same as unet_lr, with AdamW or AdamW8bit",
+    "repeats": f"flat datasets only: the fewest that make one epoch at least {EPOCH_LOW} steps",
+    "epochs": f"the count whose total is nearest {TARGET_STEPS} steps within {STEPS_LOW}-{STEPS_HIGH}",
 }
 
 
@@ -146,12 +184,9 @@ def apply_preset(
         if name not in explicit:
             values[name] = value
 
-    put("network_dim", preset.rank)
-    put("network_alpha", preset.alpha)
+    for name, value in preset.fixed_values().items():
+        put(name, value)
     put("resolution", 1024 if config.model_family == "sdxl" else 512)
-    put("save_every_n_epochs", 1)
-    put("save_precision", "fp16")
-    put("lr_scheduler", "cosine")
     if config.optimizer in SCALED_LR_OPTIMIZERS:
         lr = scaled_learning_rate(config.batch_size, config.gradient_accumulation_steps)
         put("unet_lr", lr)

@@ -1,0 +1,50 @@
+"""/v1/presets: the guide's advice as presets, each with the values it fills (config.preset applies one)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from api.deps import Owner
+from api.schemas import error_responses
+from shared.config.presets import COMPUTED_FIELDS, PRESETS, Preset
+from shared.errors import NotFoundError
+
+router = APIRouter(prefix="/v1/presets", tags=["presets"])
+_ERRORS = error_responses(401, 404)
+
+
+class PresetOut(BaseModel):
+    name: str = Field(description="what config.preset takes")
+    description: str
+    values: dict[str, Any] = Field(description="fields set to these values, unless the config sets them")
+    computed: dict[str, str] = Field(description="fields filled from the dataset and the config, and how")
+
+    @classmethod
+    def of(cls, preset: Preset) -> PresetOut:
+        return cls(
+            name=preset.name,
+            description=preset.description,
+            values=preset.fixed_values(),
+            computed=dict(COMPUTED_FIELDS),
+        )
+
+
+class PresetList(BaseModel):
+    items: list[PresetOut]
+
+
+@router.get("", response_model=PresetList, responses=_ERRORS, operation_id="list_presets")
+async def list_presets(owner: Owner) -> PresetList:
+    """Every preset. A preset fills only the fields a job's config leaves out: what you set always wins."""
+    return PresetList(items=[PresetOut.of(p) for p in PRESETS.values()])
+
+
+@router.get("/{name}", response_model=PresetOut, responses=_ERRORS, operation_id="get_preset")
+async def get_preset(name: str, owner: Owner) -> PresetOut:
+    preset = PRESETS.get(name)
+    if preset is None:
+        raise NotFoundError(f"no preset {name!r}; there are {', '.join(PRESETS)}", details={"name": name})
+    return PresetOut.of(preset)
