@@ -83,7 +83,7 @@ class JobKeeper:
         retry_outages("record the job's progress", self._write, bound=self.outage_bound)
 
     def _loop(self) -> None:
-        tick = min(self.write_every, self.renew_every / 3)
+        tick = max(0.05, min(self.write_every, self.renew_every / 3))  # never a busy loop, whatever is set
         while not self._stopped.is_set():
             self._wake.wait(tick)
             self._wake.clear()
