@@ -14,7 +14,7 @@ from api.errors import validate_json_model
 from api.state import AppState
 from api.uploads import ReceivedFile
 from shared.config.captioning import CaptionConfig
-from shared.config.presets import plan_run
+from shared.config.presets import PlannedRun, plan_run
 from shared.config.spec import TrainingConfig
 from shared.datasets.intake import inspect_dataset_zip
 from shared.datasets.layout import DatasetLayout
@@ -41,7 +41,6 @@ def parse_config(raw: object) -> TrainingConfig:
 def submit_job(state: AppState, owner: str, config: TrainingConfig, upload: ReceivedFile) -> Job:
     report = inspect_dataset_zip(upload.path, config, state.settings.zip_limits)
     run = plan_run(config, report.layout, report.image_sizes, report)  # preset, buckets by probed sizes
-    config, plan = run.config, run.plan
 
     job_id = new_id()
     dataset_key = f"jobs/{job_id}/dataset.zip"
@@ -54,15 +53,7 @@ def submit_job(state: AppState, owner: str, config: TrainingConfig, upload: Rece
         dataset_bytes=upload.size,
         dataset_sha256=upload.sha256,
     )
-    return queue_job(
-        state,
-        job,
-        config.model_dump(mode="json"),
-        run.plan_json(),
-        plan.total_steps,
-        plan.epochs,
-        config.seed,
-    )
+    return queue_training_job(state, job, run)
 
 
 def dataset_job_config(config: TrainingConfig, layout: DatasetLayout) -> TrainingConfig:
@@ -98,7 +89,6 @@ def submit_dataset_job(state: AppState, owner: str, config: TrainingConfig, data
         layout = dataset_layout(dataset)
         config = dataset_job_config(config, layout)
         run = plan_run(config, layout, image_sizes(dataset), dataset.report)  # upright, as probed
-        config, plan = run.config, run.plan
         job_id = new_id()
         captions_key = store_caption_snapshot(state, job_id, dataset)
         job = Job(
@@ -112,15 +102,7 @@ def submit_dataset_job(state: AppState, owner: str, config: TrainingConfig, data
             caption_revision=dataset.caption_revision,
             captions_key=captions_key,
         )
-    return queue_job(
-        state,
-        job,
-        config.model_dump(mode="json"),
-        run.plan_json(),
-        plan.total_steps,
-        plan.epochs,
-        config.seed,
-    )
+    return queue_training_job(state, job, run)
 
 
 def submit_caption_job(state: AppState, owner: str, dataset_id: str, config: CaptionConfig) -> Job:
@@ -139,6 +121,20 @@ def submit_caption_job(state: AppState, owner: str, dataset_id: str, config: Cap
             dataset_id=dataset.id,
         )
     return queue_job(state, job, config.model_dump(mode="json"), {"images": images}, images, 0, None)
+
+
+def queue_training_job(state: AppState, job: Job, run: PlannedRun) -> Job:
+    """A training job as planned (the config after its preset, the plan) recorded and handed on."""
+    config, plan = run.config, run.plan
+    return queue_job(
+        state,
+        job,
+        config.model_dump(mode="json"),
+        run.plan_json(),
+        plan.total_steps,
+        plan.epochs,
+        config.seed,
+    )
 
 
 def queue_job(
