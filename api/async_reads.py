@@ -3,8 +3,11 @@
 else goes through SQLAlchemy in threads. With SQLite (the embedded mode) there is none and callers use
 the thread path.
 
-The same bounds as shared.db.session: connect timeout, keepalives, a statement timeout, a wait limit for a
-connection; a dead connection is dropped by the pool after its error (which the API answers 503).
+The same bounds as shared.db.session: connect timeout, keepalives, a statement timeout; a dead connection
+is dropped by the pool after its error (which the API answers 503). The wait for a pooled connection is
+short: after an outage psycopg_pool reconnects with a doubling backoff (a connection can be 16 s or more
+away once the database is back), and a poll must not hang on that, so `first` raises NoPooledConnection
+and the caller reads through the thread path, which connects afresh.
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ from sqlalchemy.sql import Select
 from shared.settings import Settings
 
 log = logging.getLogger("lorabake.api")
+
+POOL_WAIT_SECONDS = 0.5  # a poll that waits longer than this goes the thread path instead
+
+
+class NoPooledConnection(Exception):
+    """No pooled connection came in time (the pool is busy or still reconnecting): read another way."""
 
 
 class AsyncReader:
@@ -51,9 +60,14 @@ class AsyncReader:
         await self.pool.close()
 
     async def first(self, query: CompiledQuery, **params: Any) -> tuple | None:
-        async with self.pool.connection() as conn:
-            cursor = await conn.execute(query.sql, params)
-            return await cursor.fetchone()
+        from psycopg_pool import PoolTimeout
+
+        try:
+            async with self.pool.connection(timeout=POOL_WAIT_SECONDS) as conn:
+                cursor = await conn.execute(query.sql, params)
+                return await cursor.fetchone()
+        except PoolTimeout as exc:  # raised only by the wait: the query's own errors are OperationalError
+            raise NoPooledConnection(str(exc)) from exc
 
 
 class CompiledQuery:

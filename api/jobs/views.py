@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from api.async_reads import AsyncReader, CompiledQuery
+from api.async_reads import AsyncReader, CompiledQuery, NoPooledConnection
 from api.jobs.schemas import JobOut
 from shared.db.models import Job, is_object_id
 from shared.errors import NotFoundError
@@ -46,7 +46,10 @@ class JobViews:
 
     async def _version(self, job_id: str) -> tuple | None:
         if self.reader is not None and self._version_sql is not None:
-            return await self.reader.first(self._version_sql, job_id=job_id)
+            try:
+                return await self.reader.first(self._version_sql, job_id=job_id)
+            except NoPooledConnection:
+                pass  # busy, or reconnecting after an outage: the thread path connects afresh
         return await run_in_threadpool(self._version_in_thread, job_id)
 
     def _version_in_thread(self, job_id: str) -> tuple | None:

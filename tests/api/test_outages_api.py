@@ -134,6 +134,29 @@ def test_database_down_is_a_503_everywhere_and_stores_nothing(
     assert submit(client, known, zip_path).status_code == 201
 
 
+def test_a_poll_is_answered_as_soon_as_the_database_is_back(client, proxies, pg_url, tmp_path):
+    """The reader's pool retries its connections with a doubling backoff (1 s, 2 s, 4 s...), so once the
+    database is back its next connection can be seconds away; a poll must not wait for that."""
+    headers = fresh_headers(pg_url)
+    created = submit(client, headers, write_zip(tmp_path / "s.zip", kohya_entries(images=2, webp=False)))
+    job_url = f"/v1/jobs/{created.json()['id']}"
+    assert client.get(job_url, headers=headers).status_code == 200
+    proxies["database"].refuse()
+    try:
+        outage_began = time.monotonic()
+        # polls go on (the pool retries, and grows to serve them) until its attempts, at about 0, 1, 3 and
+        # 7 s, are all behind and the next is near 15 s
+        while time.monotonic() - outage_began < 8.5:
+            assert_unavailable(client.get(job_url, headers=headers), "database")
+            time.sleep(0.2)
+    finally:
+        proxies["database"].restore()
+    # waiting on the pool (2 s here) would answer 503 before its next attempt; reading afresh answers now
+    response = client.get(job_url, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == created.json()["id"]
+
+
 def test_storage_down_is_a_503_and_leaves_no_rows(client, proxies, pg_url, tmp_path):
     headers = fresh_headers(pg_url)
     zip_path = write_zip(tmp_path / "s.zip", kohya_entries(images=2, webp=False))
