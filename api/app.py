@@ -15,6 +15,7 @@ from api import health
 from api.datasets import routes as datasets
 from api.errors import install_error_handlers
 from api.jobs import routes as jobs
+from api.models import routes as models
 from api.plan import routes as plan
 from api.presets import routes as presets
 from api.request_log import RequestIdMiddleware
@@ -86,4 +87,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(datasets.router)
     app.include_router(plan.router)
     app.include_router(presets.router)
+    app.include_router(models.router)
     return app

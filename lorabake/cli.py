@@ -92,9 +92,13 @@ def _worker_argv(settings: Settings, concurrency: int) -> list[str]:
 )
 def worker(concurrency: int) -> None:
     """Run a Celery training worker (and, beside it, its heartbeat and a reconciler)."""
-    from worker.celery_app import app
+    from shared.catalogue.reporting import report_before_start
+    from shared.jobs.workers import worker_id
 
     settings = get_settings()
+    report_before_start(settings, worker_id())  # before the slow imports: the API knows its models sooner
+
+    from worker.celery_app import app
     # A process of its own, not a thread: the Celery pool forks children from this one, which must hold no
     # database connections or locks for them to inherit.
     duties = subprocess.Popen(
@@ -152,7 +156,9 @@ def serve(host: str | None, port: int | None) -> None:
     import uvicorn
 
     from api.app import create_app
+    from shared.catalogue.reporting import report_before_start
     from shared.db.migrate import upgrade
+    from shared.jobs.workers import worker_id
 
     settings = get_settings()
     _setup_logging()
@@ -169,6 +175,8 @@ def serve(host: str | None, port: int | None) -> None:
     worker_proc = subprocess.Popen(
         [sys.executable, "-m", "lorabake.cli", "worker"], env=env, start_new_session=True
     )
+    # Its worker reports the same as it starts; this one is done before the API answers anything.
+    report_before_start(settings, worker_id(worker_proc.pid))
     models = ", ".join(sorted(p.name for p in settings.models_dir.iterdir()))
     models = models or "none yet: `lorabake tiny-model` writes a tiny demo model"
     click.echo(

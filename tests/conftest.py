@@ -39,8 +39,9 @@ class S3Server:
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    with services.migrated_database() as url:
+def pg_url(models_dir: Path) -> Iterator[str]:
+    """The session's database, its model catalogue holding the tiny models (as a worker reports them)."""
+    with services.migrated_database(models_dir) as url:
         yield url
 
 

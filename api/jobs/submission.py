@@ -11,6 +11,7 @@ from sqlalchemy import update
 
 from api.datasets.service import owned_dataset, store_caption_snapshot
 from api.errors import validate_json_model
+from api.models.service import require_known_base_model
 from api.state import AppState
 from api.uploads import ReceivedFile
 from shared.config.captioning import CaptionConfig
@@ -39,6 +40,7 @@ def parse_config(raw: object) -> TrainingConfig:
 
 
 def submit_job(state: AppState, owner: str, config: TrainingConfig, upload: ReceivedFile) -> Job:
+    require_known_base_model(state, config)
     report = inspect_dataset_zip(upload.path, config, state.settings.zip_limits)
     run = plan_run(config, report.layout, report.image_sizes, report)  # preset, buckets by probed sizes
 
@@ -76,6 +78,7 @@ def dataset_job_config(config: TrainingConfig, layout: DatasetLayout) -> Trainin
 
 def submit_dataset_job(state: AppState, owner: str, config: TrainingConfig, dataset_id: str) -> Job:
     """A training job on a stored dataset, pinned to its current caption revision."""
+    require_known_base_model(state, config)
     with state.sessions() as session:
         try:
             dataset = owned_dataset(session, owner, dataset_id)

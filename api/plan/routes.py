@@ -13,6 +13,7 @@ from api.datasets.service import owned_dataset
 from api.deps import Owner, State
 from api.errors import validate_json_model
 from api.jobs.submission import dataset_job_config, parse_config
+from api.models.service import base_model_note, require_known_base_model
 from api.schemas import error_responses
 from api.state import AppState
 from api.uploads import read_json_object
@@ -233,6 +234,7 @@ async def dry_run(request: Request, owner: Owner, state: State) -> PlanOut:
     if unknown:
         raise _unprocessable(f"unknown field {unknown[0]!r}", unknown[0])
     config = parse_config(body.get("config"))
+    await run_in_threadpool(require_known_base_model, state, config)
     dataset_id, counts = body.get("dataset_id"), body.get("counts")
     if (dataset_id is None) == (counts is None):
         raise _unprocessable("give either dataset_id or counts", "dataset_id", code="missing_field")
@@ -259,9 +261,15 @@ _KOHYA_BODY = {
 
 
 @router.post("/v1/configs/kohya", response_model=KohyaImportOut, responses=_ERRORS, openapi_extra=_KOHYA_BODY)
-async def import_kohya(request: Request, owner: Owner) -> KohyaImportOut:
+async def import_kohya(request: Request, owner: Owner, state: State) -> KohyaImportOut:
     """Read a kohya_ss GUI configuration JSON (LoRA tab, Configuration file > Save): `config` holds the
     TrainingConfig fields with the same meaning (add base_model if it is missing), `mapped` where each key
     went, `ignored` keys with no effect here, `unsupported` values that cannot be trained the same way."""
     body = await read_json_object(request)
-    return KohyaImportOut(**import_kohya_config(body).to_dict())
+    imported = import_kohya_config(body).to_dict()
+    base_model = imported["config"].get("base_model")
+    if isinstance(base_model, str):
+        note = await run_in_threadpool(base_model_note, state, base_model)
+        if note is not None:
+            imported["notes"].append(note)
+    return KohyaImportOut(**imported)

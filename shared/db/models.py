@@ -171,6 +171,31 @@ class WorkerProcess(Base):
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
+class BaseModelRecord(Base):
+    """A base model a worker has reported (what `base_model` can name; GET /v1/models). Kept after its
+    workers are gone, so a restart of every worker does not make the deployment forget what it trains on."""
+
+    __tablename__ = "base_models"
+
+    name: Mapped[str] = mapped_column(String(500), primary_key=True)  # what `base_model` takes
+    family: Mapped[str | None] = mapped_column(String(10), default=None)  # sd1 / sd2 / sdxl; None: unread
+    prediction_type: Mapped[str | None] = mapped_column(String(20), default=None)
+    kind: Mapped[str] = mapped_column(String(20))  # diffusers / single_file
+    source: Mapped[str] = mapped_column(String(20))  # local / hub_cache
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class WorkerModel(Base):
+    """Which worker has which base model, as of its last report."""
+
+    __tablename__ = "worker_models"
+
+    worker_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    name: Mapped[str] = mapped_column(String(500), primary_key=True, index=True)
+
+
 class ServiceLock(Base):
     """A named lock with an expiry, so that one process at a time runs a periodic duty (the reconciler)
     on Postgres and SQLite alike."""

@@ -1,4 +1,5 @@
-"""What runs beside a worker, in a process of its own: the worker's heartbeat and a reconciler.
+"""What runs beside a worker, in a process of its own: the worker's heartbeat, its report of the base models
+it has, and a reconciler.
 
 `lorabake worker` starts it (`lorabake worker-duties --parent PID`) and it ends when that worker process
 is gone, so a worker host that dies takes its heartbeat with it.
@@ -9,7 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from datetime import timedelta
 
+from shared.catalogue.records import forget_unseen_models
+from shared.catalogue.reporting import ModelReporter
 from shared.db.session import session_factory
 from shared.jobs.reconciler import Reconciler
 from shared.jobs.workers import forget_stale_workers, forget_worker, record_heartbeat, worker_id
@@ -31,17 +35,20 @@ def run_worker_duties(settings: Settings, parent: int) -> None:
     wid = worker_id(parent)
     reconciler = build_reconciler(settings, holder=f"worker:{wid}")
     sessions = reconciler.sessions
+    models = ModelReporter(settings, sessions, wid)
     beat_every = settings.lease_renew_seconds
     reconcile_every = settings.reconcile_interval_seconds
     next_beat = next_reconcile = 0.0
     while os.getppid() == parent:  # the worker is gone: so is its heartbeat
+        models.maybe_report()
         now = time.monotonic()
         if now >= next_beat:
             next_beat = now + beat_every
             try:
                 with sessions() as session:
                     record_heartbeat(session, wid, settings.queue_name)
-                    forget_stale_workers(session, older_than_seconds=86_400)
+                    forget_unseen_models(session, timedelta(days=settings.model_catalogue_days))
+                    forget_stale_workers(session, older_than_seconds=86_400)  # commits
             except Exception as exc:
                 log.warning("worker heartbeat: %s", type(exc).__name__, exc_info=not is_outage(exc))
         if reconcile_every > 0 and now >= next_reconcile:

@@ -9,6 +9,7 @@ from datetime import timedelta
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from shared.catalogue.records import forget_worker_models
 from shared.db.models import WorkerProcess, utcnow
 
 
@@ -32,6 +33,7 @@ def record_heartbeat(session: Session, wid: str, queues: str) -> None:
 
 
 def forget_worker(session: Session, wid: str) -> None:
+    forget_worker_models(session, [wid])
     session.execute(delete(WorkerProcess).where(WorkerProcess.id == wid))
     session.commit()
 
@@ -45,5 +47,7 @@ def workers_alive(session: Session, within_seconds: float) -> int:
 
 def forget_stale_workers(session: Session, older_than_seconds: float) -> None:
     since = utcnow() - timedelta(seconds=older_than_seconds)
-    session.execute(delete(WorkerProcess).where(WorkerProcess.last_seen_at < since))
+    stale = list(session.scalars(select(WorkerProcess.id).where(WorkerProcess.last_seen_at < since)))
+    forget_worker_models(session, stale)
+    session.execute(delete(WorkerProcess).where(WorkerProcess.id.in_(stale)))
     session.commit()

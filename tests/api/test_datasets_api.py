@@ -169,7 +169,7 @@ def test_job_from_dataset_pins_its_caption_revision(client, headers, tmp_path, s
 
 def test_unknown_dataset_id_is_422_naming_the_field(client, headers):
     response = client.post(
-        "/v1/jobs", headers=headers, json={"dataset_id": "nope", "config": {"base_model": "x"}}
+        "/v1/jobs", headers=headers, json={"dataset_id": "nope", "config": {"base_model": "tiny-sd15"}}
     )
     assert response.status_code == 422 and response.json()["error"]["details"]["field"] == "dataset_id"
 
@@ -208,7 +208,7 @@ def test_other_owner_cannot_see_or_use_a_dataset(client, headers, pg_url, tmp_pa
     assert client.get(f"/v1/datasets/{dataset['id']}", headers=other).status_code == 404
     assert client.delete(f"/v1/datasets/{dataset['id']}", headers=other).status_code == 404
     used = client.post(
-        "/v1/jobs", headers=other, json={"dataset_id": dataset["id"], "config": {"base_model": "x"}}
+        "/v1/jobs", headers=other, json={"dataset_id": dataset["id"], "config": {"base_model": "tiny-sd15"}}
     )
     assert used.status_code == 422
 

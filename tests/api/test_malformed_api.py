@@ -91,7 +91,7 @@ def test_nul_characters_in_dataset_options_and_json_bodies_are_refused(
         "/v1/plan",
         headers=headers,
         json={
-            "config": {"base_model": "x"},
+            "config": {"base_model": "tiny-sd15"},
             "counts": {"subsets": [{"folder": "img/1_a\u0000 b", "images": 1}]},
         },
     )

@@ -40,7 +40,7 @@ def fields(response) -> list[str]:
 
 def test_counts_dry_run_is_the_guides_example_and_stores_nothing(client, headers, pg_url, s3_server, bucket):
     jobs_before = job_count(pg_url)
-    body = {"config": {"base_model": "sd15.safetensors", "preset": "character", "output_name": "lisabp"}}
+    body = {"config": {"base_model": "tiny-sd15", "preset": "character", "output_name": "lisabp"}}
     response = client.post("/v1/plan", headers=headers, json={**body, "counts": LISA})
     assert response.status_code == 200, response.text
     out = response.json()
@@ -70,7 +70,7 @@ def test_counts_dry_run_is_the_guides_example_and_stores_nothing(client, headers
 
 
 def test_counts_with_sizes_reg_and_a_flat_folder(client, headers):
-    config = {"base_model": "sd15", "epochs": 2, "batch_size": 4, "mixed_precision": "fp16"}
+    config = {"base_model": "tiny-sd15", "epochs": 2, "batch_size": 4, "mixed_precision": "fp16"}
     counts = {
         "subsets": [
             {"folder": "img/3_zkz dog", "images": 4, "sizes": [{"width": 512, "height": 512, "count": 3},
@@ -90,7 +90,10 @@ def test_counts_with_sizes_reg_and_a_flat_folder(client, headers):
     flat = client.post(
         "/v1/plan",
         headers=headers,
-        json={"config": {"base_model": "sd15", "preset": "style"}, "counts": {"subsets": [{"images": 20}]}},
+        json={
+            "config": {"base_model": "tiny-sd15", "preset": "style"},
+            "counts": {"subsets": [{"images": 20}]},
+        },
     ).json()
     assert (
         flat["layout"] == "flat" and flat["config"]["repeats"] == 10 and flat["config"]["network_dim"] == 256
@@ -138,7 +141,7 @@ def test_job_upload_applies_the_preset_and_stores_warnings(client, headers, tmp_
 
 def test_422s_name_the_field_and_store_nothing(client, headers, pg_url, tmp_path, s3_server, bucket):
     jobs_before = job_count(pg_url)
-    base = {"base_model": "sd15"}
+    base = {"base_model": "tiny-sd15"}
 
     def post(body):
         return client.post("/v1/plan", headers=headers, json=body)
@@ -191,6 +194,11 @@ def test_kohya_import_endpoint_feeds_a_dry_run(client, headers):
     assert config["base_model"] == "v1-5-pruned-emaonly.safetensors" and config["batch_size"] == 2
     assert imported["unsupported"] == [] and "xformers" in {i["key"] for i in imported["ignored"]}
     assert any("models directory" in n for n in imported["notes"])
+    assert any(
+        "'v1-5-pruned-emaonly.safetensors' is not a base model this deployment has" in n
+        for n in imported["notes"]
+    )
+    config = {**config, "base_model": "tiny-sd15"}  # one that GET /v1/models lists
     out = client.post("/v1/plan", headers=headers, json={"config": config, "counts": LISA}).json()
     # 34 x 6 = 204 samples / batch 2 = 102 steps per epoch, 10 epochs
     assert out["plan"]["steps_per_epoch"] == 102 and out["plan"]["total_steps"] == 1020

@@ -27,7 +27,9 @@ def test_every_preset_is_listed_with_the_values_it_fills(client, headers):
 def test_a_dry_run_with_a_preset_gets_exactly_the_listed_values(client, headers, name):
     listed = client.get(f"/v1/presets/{name}", headers=headers).json()
     plan = client.post(
-        "/v1/plan", headers=headers, json={"config": {"base_model": "x", "preset": name}, "counts": LISA}
+        "/v1/plan",
+        headers=headers,
+        json={"config": {"base_model": "tiny-sd15", "preset": name}, "counts": LISA},
     )
     assert plan.status_code == 200, plan.text
     config = plan.json()["config"]
@@ -36,7 +38,7 @@ def test_a_dry_run_with_a_preset_gets_exactly_the_listed_values(client, headers,
     mine = client.post(
         "/v1/plan",
         headers=headers,
-        json={"config": {"base_model": "x", "preset": name, "network_dim": 8}, "counts": LISA},
+        json={"config": {"base_model": "tiny-sd15", "preset": name, "network_dim": 8}, "counts": LISA},
     ).json()["config"]
     assert mine["network_dim"] == 8
 

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
 import pytest
 
 from tests.support import services
@@ -30,6 +31,12 @@ def stack_db() -> Iterator[str]:
         yield url
 
 
+def models_listed(url: str, key: str) -> bool:
+    """The worker reported its models (the stack's database starts with an empty catalogue)."""
+    listed = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["items"]
+    return "tiny-sd15" in {m["name"] for m in listed}
+
+
 @pytest.fixture(scope="session")
 def stack(stack_db, redis_url, s3_server, models_dir, tmp_path_factory) -> Iterator[Stack]:
     logs = tmp_path_factory.mktemp("stack-logs")
@@ -43,6 +50,9 @@ def stack(stack_db, redis_url, s3_server, models_dir, tmp_path_factory) -> Itera
             bucket=bucket,
             data_dir=tmp_path_factory.mktemp("data"),
             models_dir=models_dir,
+            # the worker's own metrics port (test_metrics_e2e.py scrapes it)
+            worker_metrics_port=str(services.free_port()),
+            worker_metrics_host="127.0.0.1",
         )
     )
     key = lorabake("create-key", "--owner", "e2e", env=env)
@@ -52,6 +62,7 @@ def stack(stack_db, redis_url, s3_server, models_dir, tmp_path_factory) -> Itera
     api = None
     try:
         api, url = services.start_api(env, logs / "api.log")
+        services.wait_until(lambda: models_listed(url, key), 60, "the worker's report of its models", worker)
         yield Stack(url, key, env)
     finally:
         if api is not None:
@@ -69,7 +80,7 @@ def api_alone(name: str, *, redis_url: str, s3_server, models_dir, tmp_path_fact
 
     bucket = f"{name}-lorabake"
     s3_server.client().create_bucket(Bucket=bucket)
-    with services.migrated_database() as db_url:
+    with services.migrated_database(models_dir) as db_url:
         env = process_env(
             stack_env(
                 pg_url=db_url,

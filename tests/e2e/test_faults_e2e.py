@@ -51,8 +51,8 @@ OUTAGE_SECONDS = 30
 
 
 @pytest.fixture
-def fault_db() -> Iterator[str]:
-    with services.migrated_database() as url:
+def fault_db(models_dir) -> Iterator[str]:
+    with services.migrated_database(models_dir) as url:
         yield url
 
 

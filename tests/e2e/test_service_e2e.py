@@ -10,8 +10,11 @@ import httpx
 import torch
 from PIL import Image
 
+from shared.catalogue.records import record_models
+from shared.catalogue.scan import ModelEntry
 from shared.config.spec import TrainingConfig
 from shared.datasets.zipsafe import ZipLimits
+from shared.db.session import session_scope
 from tests.support.client import download, finished, submit, wait_for
 from tests.support.datasets import kohya_entries, write_zip
 from tests.support.lora_check import base_pipeline, max_abs_diff, render, render_with_lora, tensors
@@ -136,13 +139,33 @@ def test_cancel_a_running_job_keeps_saved_epochs(stack, tmp_path):
     assert any(k.endswith(".alpha") for k in tensors(saved))
 
 
-def test_a_base_model_that_cannot_load_fails_the_job_clearly(stack, tmp_path):
+def test_a_base_model_that_cannot_load_fails_the_job_clearly(stack, stack_db, models_dir, tmp_path):
+    # Another worker reported it, so the API takes the job; this worker has no such model.
+    with session_scope(stack_db) as session:
+        record_models(
+            session, "elsewhere:1", [ModelEntry("gone-model", "sd1", None, "diffusers", "local", 1)]
+        )
     zip_path = write_zip(tmp_path / "s.zip", kohya_entries(images=2, webp=False))
-    job = submit(stack, zip_path, {**TRAIN_CONFIG, "base_model": "no-such-model"})
+    job = submit(stack, zip_path, {**TRAIN_CONFIG, "base_model": "gone-model"})
     job = wait_for(stack, job["id"], finished)
     assert job["status"] == "failed"
-    assert "no-such-model" in job["error"]["message"]
+    assert job["error"]["code"] == "base_model"
+    assert "gone-model" in job["error"]["message"]
+    assert str(models_dir) not in json.dumps(job)  # no server path reaches a client
     assert job["artifacts"] == []
+
+
+def test_a_base_model_no_worker_has_is_refused_at_submission(stack, tmp_path):
+    zip_path = write_zip(tmp_path / "s.zip", kohya_entries(images=2, webp=False))
+    with open(zip_path, "rb") as fh:
+        response = httpx.post(
+            f"{stack.url}/v1/jobs",
+            headers=stack.headers,
+            files={"dataset": ("s.zip", fh)},
+            data={"config": json.dumps({**TRAIN_CONFIG, "base_model": "tiny-sd51"})},
+        )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["details"]["close_matches"][0] == "tiny-sd15"
 
 
 def sse_events(body: str) -> list[tuple[int, str, dict]]:

@@ -56,18 +56,32 @@ def drop_pg_database(name: str) -> None:
 
 
 @contextmanager
-def migrated_database() -> Iterator[str]:
-    """A fresh, migrated database of its own (for a stack whose reconciler must see only its own jobs)."""
+def migrated_database(models_dir: Path | None = None) -> Iterator[str]:
+    """A fresh, migrated database of its own (for a stack whose reconciler must see only its own jobs);
+    with `models_dir`, its model catalogue holds those models, as if a worker had reported them."""
     from shared.db.migrate import upgrade
     from shared.db.session import get_engine
 
     url, name = create_pg_database()
     try:
         upgrade(url)
+        if models_dir is not None:
+            report_models(url, models_dir)
         yield url
     finally:
         get_engine(url).dispose()
         drop_pg_database(name)
+
+
+def report_models(database_url: str, models_dir: Path, holder: str = "tests:models") -> None:
+    """Writes the catalogue as a worker holding `models_dir` would (the real scan and record), for the
+    API-only tests, which start no worker to report."""
+    from shared.catalogue.records import record_models
+    from shared.catalogue.scan import ModelScanner
+    from shared.db.session import session_scope
+
+    with session_scope(database_url) as session:
+        record_models(session, holder, ModelScanner(models_dir).scan())
 
 
 def start_api(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:

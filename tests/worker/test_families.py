@@ -181,7 +181,8 @@ def test_family_from_single_files(models: Path, tmp_path: Path, dataset: Path):
             hooks=EngineHooks(on_stage=stages.append),
             device="cpu",
         )
-    assert str(tmp_path / "configs" / "sdxl") in str(err.value) and "training" not in stages
+    assert "configs/sdxl" in str(err.value) and str(tmp_path) not in str(err.value)
+    assert "training" not in stages
     assert not any((tmp_path / "out").iterdir())
 
 

@@ -87,8 +87,8 @@ def test_resolve_rejects_absolute_path_outside(models_dir: Path, tmp_path: Path)
 def test_resolve_missing_file_names_it(models_dir: Path):
     with pytest.raises(BaseModelError) as err:
         resolve_base_model("checkpoints/nope.safetensors", models_dir)
-    assert "file not found" in str(err.value)
-    assert str(models_dir / "checkpoints" / "nope.safetensors") in str(err.value)
+    assert "not found in the models folder: checkpoints/nope.safetensors" in str(err.value)
+    assert str(models_dir) not in str(err.value)  # a job's error reaches clients: no server path
     # The project's error shape, which the worker stores on the job row.
     assert isinstance(err.value, LorabakeError)
     assert err.value.to_dict() == {
@@ -168,8 +168,8 @@ def test_single_file_config_lookup_order(models_dir: Path, tmp_path: Path, refer
 
     with pytest.raises(BaseModelError) as err:
         load_sd15_pipeline(resolved)
-    for looked_at in (root / "sub" / "tiny.config", root / "tiny.config", root / "configs" / "sd15"):
-        assert str(looked_at) in str(err.value)
+    assert "looked for model_index.json in sub/tiny.config, tiny.config, configs/sd15" in str(err.value)
+    assert str(root) not in str(err.value)
 
     shutil.copytree(models_dir / "tiny", root / "configs" / "sd15")
     assert find_single_file_config(resolved) == root / "configs" / "sd15"
@@ -209,7 +209,7 @@ def test_ckpt_with_code_in_pickle_is_refused(tmp_path: Path, models_dir: Path):
     resolved = resolve_base_model("evil.ckpt", tmp_path)
     with pytest.raises(BaseModelError) as err:
         load_sd15_pipeline(resolved, config_dir=models_dir / "tiny")
-    assert str(tmp_path / "evil.ckpt") in str(err.value)
+    assert "refusing to load evil.ckpt" in str(err.value) and str(tmp_path) not in str(err.value)
     assert "weights_only=True" in str(err.value)
     assert not marker.exists()
 
@@ -234,7 +234,7 @@ def test_corrupt_single_file_names_it(tmp_path: Path, models_dir: Path):
     with pytest.raises(BaseModelError) as err:
         load_sd15_pipeline(resolved, config_dir=models_dir / "tiny")
     assert "'broken.safetensors'" in str(err.value)
-    assert str(tmp_path / "broken.safetensors") in str(err.value)
+    assert "failed to load broken.safetensors" in str(err.value) and str(tmp_path) not in str(err.value)
 
 
 def test_non_sd15_pipeline_folder_is_refused(tmp_path: Path, models_dir: Path):

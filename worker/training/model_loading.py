@@ -9,16 +9,16 @@ A job's ``base_model`` reference is one of:
 
 The model family (SD1.x, SD2.x, SDXL base) is read from the folder's configs or the single file's key names
 (:func:`detect_family`) unless the job names it; :func:`load_pipeline` loads the family's pipeline class.
-Every failure is raised as :class:`BaseModelError`, whose message names what was asked for and why it failed.
+Every failure is raised as :class:`BaseModelError`, whose message names what was asked for and why it failed,
+with paths shown relative to the models folder: a job's error reaches API clients, who must never see a
+server path. The family rules are shared.catalogue.families, which the catalogue scan uses too.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import zipfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,25 +26,24 @@ from typing import Literal
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+from shared.catalogue.families import (
+    FAMILY_LABELS,
+    HUB_REPO_ID,
+    SINGLE_FILE_SUFFIXES,
+    ModelFamily,
+    UnsupportedPipeline,
+    config_candidates,
+    family_from_keys,
+    family_from_pipeline_configs,
+    safetensors_shapes,
+)
 from shared.errors import LorabakeError
 
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-SHARED_SD15_CONFIG = Path("configs") / "sd15"
-
-ModelFamily = Literal["sd1", "sd2", "sdxl"]
-FAMILY_LABELS: dict[str, str] = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
 FAMILY_PIPELINES: dict[str, type[DiffusionPipeline]] = {
     "sd1": StableDiffusionPipeline,
     "sd2": StableDiffusionPipeline,
     "sdxl": StableDiffusionXLPipeline,
 }
-# The shared config folder per family for single files without a <stem>.config/ (see find_single_file_config).
-SHARED_CONFIGS: dict[str, Path] = {
-    "sd1": SHARED_SD15_CONFIG,
-    "sd2": Path("configs") / "sd2",
-    "sdxl": Path("configs") / "sdxl",
-}
-_HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class BaseModelError(LorabakeError):
@@ -72,6 +71,14 @@ class ResolvedModel:
         return self.ref if self.source == "hub" else None
 
 
+def shown(path: Path, models_dir: Path) -> str:
+    """`path` as a client may see it: relative to the models folder, or only its name."""
+    for root in (models_dir, models_dir.resolve()):
+        if _is_within(path, root):
+            return Path(os.path.relpath(os.path.normpath(path), os.path.normpath(root))).as_posix()
+    return path.name
+
+
 def _is_within(path: Path, root: Path) -> bool:
     # Lexical check (no symlink resolution): symlinks the operator put in models_dir are allowed on purpose.
     return Path(os.path.normpath(path)).is_relative_to(Path(os.path.normpath(root)))
@@ -81,7 +88,9 @@ def _classify_local(ref: str, path: Path, models_dir: Path) -> ResolvedModel:
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise BaseModelError(
-                ref, f"{path} is a folder without model_index.json (not a diffusers model folder)"
+                ref,
+                f"{shown(path, models_dir)} is a folder without model_index.json "
+                "(not a diffusers model folder)",
             )
         return ResolvedModel(ref, "diffusers", "local", path, models_dir)
     if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
@@ -108,7 +117,7 @@ HUB_PIPELINE_FILES = [
 def _resolve_hub(ref: str, models_dir: Path, cache_dir: Path | None, allow_download: bool) -> ResolvedModel:
     from huggingface_hub import snapshot_download
 
-    where = f"the Hugging Face cache ({cache_dir or 'default location'})"
+    where = "the Hugging Face cache"
     try:
         snapshot = Path(snapshot_download(ref, cache_dir=cache_dir, local_files_only=True))
     except Exception as exc:
@@ -116,7 +125,7 @@ def _resolve_hub(ref: str, models_dir: Path, cache_dir: Path | None, allow_downl
             raise BaseModelError(
                 ref,
                 f"looks like a hub repo id but is not in {where} and downloads are disabled "
-                f"(LORABAKE_ALLOW_MODEL_DOWNLOADS); put the model under {models_dir} or pre-fill the cache "
+                "(LORABAKE_ALLOW_MODEL_DOWNLOADS); put the model in the models folder or pre-fill the cache "
                 f"({type(exc).__name__})",
             ) from exc
         try:
@@ -127,9 +136,7 @@ def _resolve_hub(ref: str, models_dir: Path, cache_dir: Path | None, allow_downl
                 ref, f"could not download it into {where}: {type(download_exc).__name__}: {download_exc}"
             ) from download_exc
     if not (snapshot / "model_index.json").is_file():
-        raise BaseModelError(
-            ref, f"cached snapshot {snapshot} has no model_index.json (not a diffusers pipeline)"
-        )
+        raise BaseModelError(ref, "its cached snapshot has no model_index.json (not a diffusers pipeline)")
     return ResolvedModel(ref, "diffusers", "hub", snapshot, models_dir)
 
 
@@ -149,18 +156,18 @@ def resolve_base_model(
     ref = ref.strip()
     raw = Path(ref)
     if ".." in raw.parts:
-        raise BaseModelError(ref, f"path escapes the models folder {models_dir} ('..' is not allowed)")
+        raise BaseModelError(ref, "path escapes the models folder ('..' is not allowed)")
     if raw.is_absolute():
         if not (_is_within(raw, models_dir) or _is_within(raw, models_dir.resolve())):
-            raise BaseModelError(ref, f"absolute path is outside the models folder {models_dir}")
+            raise BaseModelError(ref, "absolute path is outside the models folder")
         path = raw
     else:
         path = models_dir / raw
     if path.exists():
         return _classify_local(ref, path, models_dir)
-    if not raw.is_absolute() and _HUB_REPO_ID.match(ref) and raw.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+    if not raw.is_absolute() and HUB_REPO_ID.match(ref) and raw.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         return _resolve_hub(ref, models_dir, cache_dir, allow_download)
-    raise BaseModelError(ref, f"file not found: {path}")
+    raise BaseModelError(ref, f"not found in the models folder: {shown(path, models_dir)}")
 
 
 def find_single_file_config(
@@ -184,21 +191,19 @@ def find_single_file_config(
     """
     if config_dir is not None:
         if not (Path(config_dir) / "model_index.json").is_file():
-            raise BaseModelError(resolved.ref, f"config folder {config_dir} has no model_index.json")
+            raise BaseModelError(
+                resolved.ref,
+                f"config folder {shown(Path(config_dir), resolved.models_dir)} has no model_index.json",
+            )
         return Path(config_dir)
-    stem_dir = resolved.path.stem + ".config"
-    candidates = [
-        resolved.path.parent / stem_dir,
-        resolved.models_dir / stem_dir,
-        resolved.models_dir / SHARED_CONFIGS[family],
-    ]
+    candidates = config_candidates(resolved.path, resolved.models_dir, family)
     for candidate in candidates:
         if (candidate / "model_index.json").is_file():
             return candidate
     raise BaseModelError(
         resolved.ref,
         "single-file checkpoint has no diffusers config folder; looked for model_index.json in "
-        + ", ".join(str(c) for c in candidates),
+        + ", ".join(shown(c, resolved.models_dir) for c in candidates),
     )
 
 
@@ -206,9 +211,12 @@ def _read_json(resolved: ResolvedModel, path: Path) -> dict:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise BaseModelError(resolved.ref, f"unreadable {path}: {exc}") from exc
+        shown_path = shown(path, resolved.models_dir)
+        raise BaseModelError(resolved.ref, f"unreadable {shown_path}: {type(exc).__name__}") from exc
     if not isinstance(value, dict):
-        raise BaseModelError(resolved.ref, f"unreadable {path}: not a JSON object")
+        raise BaseModelError(
+            resolved.ref, f"unreadable {shown(path, resolved.models_dir)}: not a JSON object"
+        )
     return value
 
 
@@ -217,61 +225,27 @@ def _check_pipeline_class(resolved: ResolvedModel, folder: Path, family: ModelFa
     expected = FAMILY_PIPELINES[family].__name__
     if class_name != expected:
         raise BaseModelError(
-            resolved.ref, f"{folder} holds a {class_name}, expected a {expected} ({FAMILY_LABELS[family]})"
+            resolved.ref,
+            f"{shown(folder, resolved.models_dir)} holds a {class_name}, expected a {expected} "
+            f"({FAMILY_LABELS[family]})",
         )
 
 
 # --- model family -------------------------------------------------------------------------------------------
 
-_LDM_UNET = "model.diffusion_model."
-SD2_CROSS_ATTENTION_DIM = 1024  # OpenCLIP ViT-H; SD1.x has 768 (CLIP ViT-L)
-
 
 def detect_folder_family(resolved: ResolvedModel, folder: Path) -> ModelFamily:
-    """Family of a diffusers pipeline folder: model_index.json's ``_class_name`` (StableDiffusionXLPipeline
-    -> sdxl), then the UNet config: SD2.x has cross_attention_dim 1024 and Linear proj_in/proj_out
-    (``use_linear_projection``), SD1.x 768 and 1x1 convs. Other pipeline classes are refused."""
-    class_name = _read_json(resolved, folder / "model_index.json").get("_class_name")
-    if class_name == StableDiffusionXLPipeline.__name__:
-        return "sdxl"
-    if class_name != StableDiffusionPipeline.__name__:
-        raise BaseModelError(
-            resolved.ref,
-            f"{folder} holds a {class_name}; supported are StableDiffusionPipeline (SD1.x, SD2.x) and "
-            "StableDiffusionXLPipeline (SDXL base)",
-        )
+    """Family of a diffusers pipeline folder (shared.catalogue.families.family_from_pipeline_configs)."""
+    model_index = _read_json(resolved, folder / "model_index.json")
     unet_config = folder / "unet" / "config.json"
     unet = _read_json(resolved, unet_config) if unet_config.is_file() else {}
-    if unet.get("cross_attention_dim") == SD2_CROSS_ATTENTION_DIM or unet.get("use_linear_projection"):
-        return "sd2"
-    return "sd1"
+    try:
+        return family_from_pipeline_configs(model_index, unet)
+    except UnsupportedPipeline as exc:
+        raise BaseModelError(resolved.ref, f"{shown(folder, resolved.models_dir)} {exc}") from exc
 
 
-def detect_family_from_keys(shapes: Mapping[str, tuple[int, ...]]) -> ModelFamily | None:
-    """Family of an original-layout (A1111/SAI) single-file checkpoint from its key names and shapes.
-
-    - SDXL base: a second text encoder, ``conditioner.embedders.1.`` (OpenCLIP bigG);
-    - SD2.x: the OpenCLIP ViT-H text encoder ``cond_stage_model.model.``, or a UNet whose cross-attention
-      reads 1024-wide states, or Linear (2-D) ``proj_in`` weights (SD1.x has 1x1 convs);
-    - SD1.x: any other ``model.diffusion_model.`` UNet.
-
-    None when it is none of these (SDXL refiner, SD3, Flux, a VAE or LoRA file, ...). The prediction type
-    is not in the weights: it comes from the config folder's scheduler or the job's v_parameterization.
-    """
-    if any(k.startswith("conditioner.embedders.1.") for k in shapes):
-        return "sdxl"
-    if any(k.startswith("conditioner.") for k in shapes) or not any(k.startswith(_LDM_UNET) for k in shapes):
-        return None
-    if any(k.startswith("cond_stage_model.model.") for k in shapes):
-        return "sd2"
-    for key, shape in shapes.items():
-        if not key.startswith(_LDM_UNET):
-            continue
-        if key.endswith(".attn2.to_k.weight") and len(shape) == 2 and shape[1] == SD2_CROSS_ATTENTION_DIM:
-            return "sd2"
-        if key.endswith(".proj_in.weight") and len(shape) == 2:
-            return "sd2"
-    return "sd1"
+detect_family_from_keys = family_from_keys
 
 
 def _single_file_shapes(resolved: ResolvedModel) -> dict[str, tuple[int, ...]]:
@@ -281,15 +255,11 @@ def _single_file_shapes(resolved: ResolvedModel) -> dict[str, tuple[int, ...]]:
         loaded = _check_ckpt_is_weights_only(resolved)
         state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else {}
         return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
-    import safetensors
-
     try:
-        with safetensors.safe_open(str(resolved.path), framework="pt") as f:
-            names = f.keys()
-            return {k: tuple(f.get_slice(k).get_shape()) for k in names}
-    except Exception as exc:
+        return safetensors_shapes(resolved.path)
+    except (OSError, ValueError) as exc:
         raise BaseModelError(
-            resolved.ref, f"failed to read {resolved.path}: {type(exc).__name__}: {exc}"
+            resolved.ref, f"failed to read {shown(resolved.path, resolved.models_dir)}: {exc}"
         ) from exc
 
 
@@ -331,7 +301,8 @@ def _check_ckpt_is_weights_only(resolved: ResolvedModel) -> object:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise BaseModelError(
             resolved.ref,
-            f"refusing to load {resolved.path}: it cannot be read with torch.load(weights_only=True) "
+            f"refusing to load {shown(resolved.path, resolved.models_dir)}: it cannot be read with "
+            "torch.load(weights_only=True) "
             f"({type(exc).__name__}: {first_line[:300]}); convert it to .safetensors with a trusted tool",
         ) from exc
 
@@ -377,7 +348,7 @@ def load_pipeline(
         raise
     except Exception as exc:
         raise BaseModelError(
-            resolved.ref, f"failed to load {resolved.path}: {type(exc).__name__}: {exc}"
+            resolved.ref, f"failed to load {shown(resolved.path, resolved.models_dir)}: {type(exc).__name__}"
         ) from exc
     return pipe
 

@@ -1,0 +1,53 @@
+"""Bodies of /v1/models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from shared.catalogue.records import CatalogueModel
+
+
+class ModelOut(BaseModel):
+    name: str = Field(description="what config.base_model takes")
+    family: Literal["sd1", "sd2", "sdxl"] | None = Field(
+        description="SD1.x, SD2.x or SDXL base; null for a .ckpt, whose family is read when a job loads it"
+    )
+    prediction_type: str | None = Field(
+        description="epsilon or v_prediction, from the model's scheduler config; null when unknown"
+    )
+    kind: Literal["diffusers", "single_file"]
+    source: Literal["local", "hub_cache"] = Field(
+        description="local: in the workers' models folder; hub_cache: a hub repo in their Hugging Face cache"
+    )
+    size_bytes: int
+    last_seen_at: datetime = Field(description="when a worker last reported having it")
+    workers_online: int = Field(description="workers alive now that have it (0: jobs wait for one)")
+
+
+class ModelList(BaseModel):
+    items: list[ModelOut]
+    downloads_allowed: bool = Field(
+        description="whether a hub repo id not listed here is accepted (workers download it)"
+    )
+
+    @staticmethod
+    def of(models: list[CatalogueModel], downloads_allowed: bool) -> ModelList:
+        return ModelList(
+            items=[
+                ModelOut(
+                    name=m.name,
+                    family=m.family,  # type: ignore[arg-type]
+                    prediction_type=m.prediction_type,
+                    kind=m.kind,  # type: ignore[arg-type]
+                    source=m.source,  # type: ignore[arg-type]
+                    size_bytes=m.size_bytes,
+                    last_seen_at=m.last_seen_at,
+                    workers_online=len(m.workers),
+                )
+                for m in models
+            ],
+            downloads_allowed=downloads_allowed,
+        )

@@ -1,0 +1,35 @@
+"""The catalogue as the API uses it: listing, and refusing a job for a base model no worker has."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from api.state import AppState
+from shared.catalogue.records import CatalogueModel, UnknownBaseModel, check_base_model, list_models
+from shared.config.spec import TrainingConfig
+
+
+def _retention(state: AppState) -> timedelta:
+    return timedelta(days=state.settings.model_catalogue_days)
+
+
+def catalogue(state: AppState) -> list[CatalogueModel]:
+    with state.sessions() as session:
+        alive_within = 3 * state.settings.lease_renew_seconds  # as readiness counts workers
+        return list_models(session, _retention(state), alive_within)
+
+
+def require_known_base_model(state: AppState, config: TrainingConfig) -> None:
+    """422 naming config.base_model (with close names) before anything of a job is stored."""
+    with state.sessions() as session:
+        check_base_model(session, config.base_model, _retention(state), state.settings.allow_model_downloads)
+
+
+def base_model_note(state: AppState, name: str) -> str | None:
+    """For an imported config: why its base_model would be refused, or None when it would be taken."""
+    try:
+        with state.sessions() as session:
+            check_base_model(session, name, _retention(state), state.settings.allow_model_downloads)
+    except UnknownBaseModel as exc:
+        return exc.message + " (set config.base_model to a name GET /v1/models lists)"
+    return None

@@ -1,0 +1,150 @@
+"""The base model catalogue in the database: workers write what they have, the API reads it.
+
+A worker replaces its own list on every report. A model stays known after its workers are gone (a
+deployment whose workers all restart still takes jobs for it) until `model_catalogue_days` without a
+report, or until the last worker that had it reports without it (removed from the disk on purpose).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from shared.catalogue.families import HUB_REPO_ID, path_problem
+from shared.catalogue.scan import ModelEntry
+from shared.db.models import BaseModelRecord, WorkerModel, WorkerProcess, utcnow
+from shared.errors import LorabakeError
+
+MAX_CLOSE_MATCHES = 5
+
+
+def record_models(session: Session, worker_id: str, entries: Iterable[ModelEntry]) -> None:
+    """`worker_id` has exactly `entries` now. Commits."""
+    now = utcnow()
+    entries = list(entries)
+    names = {e.name for e in entries}
+    had = set(session.scalars(select(WorkerModel.name).where(WorkerModel.worker_id == worker_id)))
+    for entry in entries:
+        row = session.get(BaseModelRecord, entry.name)
+        if row is None:
+            row = BaseModelRecord(name=entry.name, first_seen_at=now)
+            session.add(row)
+        row.family, row.prediction_type = entry.family, entry.prediction_type
+        row.kind, row.source, row.size_bytes, row.last_seen_at = (
+            entry.kind,
+            entry.source,
+            entry.size_bytes,
+            now,
+        )
+    dropped = had - names
+    if dropped:
+        session.execute(
+            delete(WorkerModel).where(WorkerModel.worker_id == worker_id, WorkerModel.name.in_(dropped))
+        )
+        still_held = set(session.scalars(select(WorkerModel.name).where(WorkerModel.name.in_(dropped))))
+        gone = dropped - still_held
+        if gone:
+            session.execute(delete(BaseModelRecord).where(BaseModelRecord.name.in_(gone)))
+    session.add_all(WorkerModel(worker_id=worker_id, name=name) for name in sorted(names - had))
+    session.commit()
+
+
+def forget_worker_models(session: Session, worker_ids: Iterable[str]) -> None:
+    """A worker that is gone no longer has anything; the models themselves stay known. No commit."""
+    ids = list(worker_ids)
+    if ids:
+        session.execute(delete(WorkerModel).where(WorkerModel.worker_id.in_(ids)))
+
+
+def forget_unseen_models(session: Session, older_than: timedelta) -> None:
+    """Models no worker has reported for `older_than`. No commit."""
+    session.execute(delete(BaseModelRecord).where(BaseModelRecord.last_seen_at < utcnow() - older_than))
+
+
+@dataclass(frozen=True)
+class CatalogueModel:
+    name: str
+    family: str | None
+    prediction_type: str | None
+    kind: str
+    source: str
+    size_bytes: int
+    last_seen_at: datetime
+    workers: list[str] = field(default_factory=list)  # alive now and holding it
+
+
+def list_models(session: Session, retention: timedelta, alive_within_seconds: float) -> list[CatalogueModel]:
+    now = utcnow()
+    alive_since = now - timedelta(seconds=alive_within_seconds)
+    holders: dict[str, list[str]] = {}
+    rows = session.execute(
+        select(WorkerModel.name, WorkerModel.worker_id)
+        .join(WorkerProcess, WorkerProcess.id == WorkerModel.worker_id)
+        .where(WorkerProcess.last_seen_at >= alive_since)
+        .order_by(WorkerModel.worker_id)
+    )
+    for name, worker in rows:
+        holders.setdefault(name, []).append(worker)
+    records = session.scalars(
+        select(BaseModelRecord)
+        .where(BaseModelRecord.last_seen_at >= now - retention)
+        .order_by(BaseModelRecord.name)
+    )
+    return [
+        CatalogueModel(
+            r.name,
+            r.family,
+            r.prediction_type,
+            r.kind,
+            r.source,
+            r.size_bytes,
+            r.last_seen_at,
+            holders.get(r.name, []),
+        )
+        for r in records
+    ]
+
+
+class UnknownBaseModel(LorabakeError):
+    status_code = 422
+    code = "unknown_base_model"
+
+
+def check_base_model(session: Session, name: str, retention: timedelta, allow_downloads: bool) -> None:
+    """Raise UnknownBaseModel (422 naming config.base_model, with the closest known names) unless `name`
+    is in the catalogue, or is a hub id and workers may download models."""
+    problem = path_problem(name)
+    if problem is not None:
+        raise UnknownBaseModel(
+            f"config.base_model {problem}",
+            code="invalid_base_model",
+            details={"field": "config.base_model", "close_matches": []},
+        )
+    known = session.scalar(
+        select(BaseModelRecord.name).where(
+            BaseModelRecord.name == name, BaseModelRecord.last_seen_at >= utcnow() - retention
+        )
+    )
+    if known is not None or (allow_downloads and HUB_REPO_ID.match(name)):
+        return
+    names = list(
+        session.scalars(
+            select(BaseModelRecord.name).where(BaseModelRecord.last_seen_at >= utcnow() - retention)
+        )
+    )
+    close = difflib.get_close_matches(name, names, n=MAX_CLOSE_MATCHES, cutoff=0.5)
+    if not names:
+        hint = "no worker has reported any base model yet (start a worker with models in its models folder)"
+    elif close:
+        hint = "did you mean " + ", ".join(repr(c) for c in close) + "?"
+    else:
+        hint = "GET /v1/models lists the ones this deployment has"
+    raise UnknownBaseModel(
+        f"config.base_model {name!r} is not a base model this deployment has; {hint}",
+        details={"field": "config.base_model", "close_matches": close},
+    )

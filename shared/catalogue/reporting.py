@@ -1,0 +1,57 @@
+"""A worker's report of what base models it has: at start, then every `model_scan_seconds` (which also
+keeps the models' last_seen_at fresh for the catalogue's retention)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.catalogue.records import record_models
+from shared.catalogue.scan import ModelEntry, ModelScanner
+from shared.outages import is_outage
+from shared.settings import Settings
+
+log = logging.getLogger("lorabake.worker")
+
+
+class ModelReporter:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], worker_id: str) -> None:
+        assert settings.models_dir is not None
+        self.scanner = ModelScanner(settings.models_dir)
+        self.sessions = sessions
+        self.worker_id = worker_id
+        self.every = settings.model_scan_seconds
+        self._logged: list[ModelEntry] | None = None
+        self._next = 0.0
+
+    def report_now(self) -> bool:
+        """Scan and write; False (logged) when the database cannot be reached."""
+        entries = self.scanner.scan()
+        try:
+            with self.sessions() as session:
+                record_models(session, self.worker_id, entries)
+        except Exception as exc:
+            log.warning("base models report: %s", type(exc).__name__, exc_info=not is_outage(exc))
+            return False
+        if entries != self._logged:
+            log.info("base models here: %s", ", ".join(e.name for e in entries) or "none")
+            self._logged = entries
+        return True
+
+    def maybe_report(self) -> None:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + (self.every if self.report_now() else min(self.every, 5.0))
+
+
+def report_before_start(settings: Settings, worker_id: str) -> None:
+    """The first report, before the worker takes jobs, so the API knows its models by then. The engine is
+    disposed after: the Celery pool forks from this process and must inherit no connections."""
+    from shared.db.session import get_engine, session_factory
+
+    ModelReporter(
+        settings, session_factory(settings.database_url, settings.engine_options), worker_id
+    ).report_now()
+    get_engine(settings.database_url, settings.engine_options).dispose()
