@@ -15,6 +15,7 @@ from api import health
 from api.datasets import routes as datasets
 from api.errors import install_error_handlers
 from api.jobs import routes as jobs
+from api.metrics import install_metrics
 from api.models import routes as models
 from api.plan import routes as plan
 from api.presets import routes as presets
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
 
     app.add_middleware(RequestIdMiddleware, access_log=settings.access_log)
+    install_metrics(app, state)  # GET /metrics, and the request counts (inside CORS, outside the rest)
 
     if settings.cors_origins:
         app.add_middleware(

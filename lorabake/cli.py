@@ -99,6 +99,9 @@ def worker(concurrency: int) -> None:
     report_before_start(settings, worker_id())  # before the slow imports: the API knows its models sooner
 
     from worker.celery_app import app
+    from worker.metrics import process_dir
+
+    metrics_dir = process_dir.prepare(settings)  # before Celery forks: its children write their metrics there
     # A process of its own, not a thread: the Celery pool forks children from this one, which must hold no
     # database connections or locks for them to inherit.
     duties = subprocess.Popen(
@@ -109,6 +112,7 @@ def worker(concurrency: int) -> None:
         app.worker_main(_worker_argv(settings, concurrency))
     finally:
         duties.terminate()
+        process_dir.remove(metrics_dir)
 
 
 @main.command("worker-duties", hidden=True)
@@ -116,8 +120,10 @@ def worker(concurrency: int) -> None:
 def worker_duties(parent: int) -> None:
     """The worker's heartbeat and a reconciler, until the worker process is gone."""
     from shared.jobs.duties import run_worker_duties
+    from worker.metrics.server import serve_worker_metrics
 
     _setup_logging()
+    serve_worker_metrics(get_settings())  # the worker's metrics port, when set: a thread of this process
     run_worker_duties(get_settings(), parent)
 
 

@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     access_log: Literal["all", "errors", "off"] = (
         "errors"  # which requests get a log line (api/request_log.py)
     )
+    # Metrics (docs/operations.md, "Metrics"): when a token is set, scrapers must send it as a Bearer token
+    # (API and worker port alike); a worker serves its own metrics on worker_metrics_port, 0 turns that off.
+    metrics_token: str | None = None
+    worker_metrics_port: int = 0
+    worker_metrics_host: str = "0.0.0.0"
 
     @model_validator(mode="before")
     @classmethod

@@ -35,6 +35,7 @@ from shared.storage import ObjectStore, build_store, resume_state_prefix
 from worker.jobs.dataset_prep import prepare_dataset_dir
 from worker.jobs.keeper import JobKeeper
 from worker.jobs.publisher import FileToPublish, PublishActions, Publisher
+from worker.metrics import job as job_metrics
 from worker.training.checkpoints import ResumeStateError
 from worker.training.engine import EngineHooks, Progress, SavedLora, TrainingCanceled, train_lora
 from worker.training.sampling import SavedSample
@@ -149,6 +150,7 @@ class ClaimedRun:
             publish=self.publish_file, remove=self.unpublish, save_state=self.save_resume_state
         )
         self.publisher = Publisher(actions, self.workdir / "spool")
+        self.outcome = "lost"  # for the worker's metrics: finish() and hand_back() name any other end
 
     # -- the whole run ------------------------------------------------------------------------------------
     def execute(self) -> None:
@@ -161,6 +163,7 @@ class ClaimedRun:
             self.keeper.stop()
             self.publisher.close()
             shutil.rmtree(self.workdir, ignore_errors=True)
+            job_metrics.job_ended(self.job_id, self.outcome)
 
     def _run_and_record(self) -> None:
         try:
@@ -238,12 +241,14 @@ class ClaimedRun:
         except OutageOutlasted as exc:  # the lease runs out; the reconciler queues the job again
             log.error("job %s: could not record its end (%s): %s", self.job_id, status.value, exc)
             return
+        self.outcome = status.value
         self.runner.drop_resume_state(self.job_id)
 
     def hand_back(self, cause: BaseException) -> None:
         """An outage outlasted our retries: back to the queue now (or when the lease runs out, if the
         database is what is down); the next run resumes from the resume state."""
         log.warning("job %s: handing it back to the queue: %s", self.job_id, cause)
+        self.outcome = "handed_back"
         self.keeper.stop()
         try:
             retry_outages("hand the job back", lambda: self.lease.hand_back("outage"), bound=10.0)
@@ -328,6 +333,7 @@ class ClaimedRun:
             self.keeper.set_status(JobStatus.training)
 
     def on_progress(self, progress: Progress) -> None:
+        job_metrics.job_progress(self.job_id, progress.step, progress.steps_per_second)
         self.keeper.report_progress(
             {
                 "step": progress.step,

@@ -1,0 +1,131 @@
+"""The service's state as metrics, read from the database and the broker at every scrape.
+
+Why at scrape time, from the database: several API replicas may run, and the jobs they serve are run by
+workers elsewhere. Counting in-process would give each replica its own partial story; the rows give every
+replica the same, whole one. That includes the duration histograms: they are not counters kept since the
+process started but the jobs of a sliding window (reads.WINDOW, 24 h) bucketed at each scrape, so use them
+as they are (`histogram_quantile(0.9, lorabake_job_queued_seconds_bucket)`), never through `rate()`.
+
+A source that is down (or slower than its timeout) leaves its metrics out of that scrape and adds one to
+`lorabake_scrape_errors_total{source}`: the scrape still answers, with everything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.metrics.reads import RUNNING_BUCKETS, DatabaseReadings, Durations, read_database
+from shared.broker_inspect import queue_depth
+from shared.db.models import JobStatus
+from shared.outages import is_outage
+from shared.settings import Settings
+
+log = logging.getLogger("lorabake.api")
+SOURCES = ("database", "broker")
+
+
+def webhook_delivery_families(session: Session) -> list[Metric]:
+    """The hook for webhook delivery metrics (deliveries by outcome, pending retries): read them here, in the
+    scrape's database session, once the webhooks domain has its tables. Nothing to report until then."""
+    return []
+
+
+def _histogram(family: HistogramMetricFamily, labels: list[str], durations: Durations) -> None:
+    buckets = [(floatToGoString(bound), count) for bound, count in durations.buckets]
+    family.add_metric(labels, buckets, durations.total)
+
+
+def database_families(readings: DatabaseReadings) -> list[Metric]:
+    jobs = GaugeMetricFamily("lorabake_jobs", "Jobs in each status, now.", labels=["status"])
+    for status, count in sorted(readings.jobs_by_status.items()):
+        jobs.add_metric([status], count)
+    workers = GaugeMetricFamily(
+        "lorabake_workers_alive", "Workers whose heartbeat is recent (within 3 lease renewals)."
+    )
+    workers.add_metric([], readings.workers_alive)
+    queued = HistogramMetricFamily(
+        "lorabake_job_queued_seconds",
+        "From submission to a worker's first start, for the jobs started in the last 24 h.",
+        labels=[],
+    )
+    _histogram(queued, [], readings.queued)
+    running = HistogramMetricFamily(
+        "lorabake_job_running_seconds",
+        "From a worker's first start to the end, for the jobs that ended in the last 24 h, by outcome.",
+        labels=["status"],
+    )
+    for status in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled):
+        found = readings.running_by_status.get(status.value) or Durations.empty(RUNNING_BUCKETS)
+        _histogram(running, [status.value], found)
+    rates = GaugeMetricFamily(
+        "lorabake_job_steps_per_second",
+        "Training speed of each job in training, as its worker last reported it.",
+        labels=["job_id"],
+    )
+    for job_id, rate in sorted(readings.steps_per_second.items()):
+        rates.add_metric([job_id], rate)
+    return [jobs, workers, queued, running, rates]
+
+
+class ServiceCollector(Collector):
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self._errors = dict.fromkeys(SOURCES, 0)
+        self._lock = threading.Lock()  # scrapes may run at once, each in a thread
+
+    def collect(self) -> Iterable[Metric]:
+        # Each source is read completely before anything is yielded, so a failure leaves out all of it.
+        yield from self._database()
+        yield from self._broker()
+        errors = CounterMetricFamily(
+            "lorabake_scrape_errors",
+            "Scrapes that could not read a source (then left out).",
+            labels=["source"],
+        )
+        with self._lock:
+            for source, count in self._errors.items():
+                errors.add_metric([source], count)
+        yield errors
+
+    def _database(self) -> list[Metric]:
+        try:
+            with self.sessions() as session:
+                readings = read_database(session, heartbeat_within=3 * self.settings.lease_renew_seconds)
+                webhooks = webhook_delivery_families(session)
+        except Exception as exc:
+            self._failed("database", exc)
+            return []
+        return [*database_families(readings), *webhooks]
+
+    def _broker(self) -> list[Metric]:
+        try:
+            depth = queue_depth(self.settings)
+        except Exception as exc:
+            self._failed("broker", exc)
+            return []
+        if depth is None:  # a broker whose storage we cannot read
+            return []
+        family = GaugeMetricFamily(
+            "lorabake_queue_depth", "Jobs waiting in the broker's queue for a worker.", labels=["queue"]
+        )
+        family.add_metric([self.settings.queue_name], depth)
+        return [family]
+
+    def _failed(self, source: str, exc: Exception) -> None:
+        with self._lock:
+            self._errors[source] += 1
+        log.warning(
+            "metrics: could not read the %s: %s: %s",
+            source,
+            type(exc).__name__,
+            str(exc)[:200],
+            exc_info=not is_outage(exc),
+        )
