@@ -15,6 +15,7 @@ from api import health
 from api.datasets import routes as datasets
 from api.errors import install_error_handlers
 from api.jobs import routes as jobs
+from api.keys import routes as keys
 from api.metrics import install_metrics
 from api.models import routes as models
 from api.plan import routes as plan
@@ -90,4 +91,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(plan.router)
     app.include_router(presets.router)
     app.include_router(models.router)
+    app.include_router(keys.router)
     return app

@@ -21,12 +21,13 @@ Cursor = Annotated[
 
 
 def newest_first_page(
-    session: Session, query: Select, model: type[Row], owner: str, cursor: str | None, limit: int
+    session: Session, query: Select, model: type[Row], owner: str | None, cursor: str | None, limit: int
 ) -> tuple[list[Row], str | None]:
+    """A page of `query`; the cursor must be a row of `owner`'s (of anyone's for None: an admin's view)."""
     table: Any = model
     if cursor is not None:
         anchor = session.get(model, cursor) if is_object_id(cursor) else None
-        if anchor is None or anchor.owner != owner:
+        if anchor is None or (owner is not None and anchor.owner != owner):
             raise LorabakeError(
                 "unknown cursor", code="invalid_cursor", details={"field": "cursor"}, status_code=422
             )

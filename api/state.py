@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.async_reads import AsyncReader
 from api.jobs.events import EventHub
 from api.jobs.views import JobViews
-from api.owner_cache import OwnerCache
+from api.key_cache import KeyCache
 from shared.db.session import session_factory
 from shared.queue import JobDispatcher, make_celery
 from shared.settings import Settings
@@ -27,7 +27,7 @@ class AppState:
     store: ObjectStore
     celery: Celery
     dispatcher: JobDispatcher
-    owners: OwnerCache
+    keys: KeyCache
     events: EventHub = field(repr=False)
     reader: AsyncReader | None = field(repr=False)
     job_views: JobViews = field(repr=False)
@@ -50,7 +50,7 @@ class AppState:
             build_store(settings),
             celery,
             JobDispatcher(celery, settings),
-            OwnerCache(settings.auth_cache_seconds),
+            KeyCache(settings.auth_cache_seconds),
             EventHub(sessions),
             reader,
             JobViews(sessions, reader),

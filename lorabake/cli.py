@@ -38,13 +38,26 @@ def migrate() -> None:
 @main.command("create-key")
 @click.option("--owner", required=True, help="Who the key's jobs belong to.")
 @click.option("--name", default="", help="A label to recognize the key by.")
-def create_key(owner: str, name: str) -> None:
+@click.option("--admin", is_flag=True, help="May also manage every owner's keys over the API (/v1/keys).")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    help="What the key may do (repeat it): jobs:read, jobs:write, datasets:read, datasets:write, "
+    "webhooks:read, webhooks:write. Default: all of them.",
+)
+def create_key(owner: str, name: str, admin: bool, scopes: tuple[str, ...]) -> None:
     """Create an API key and print it (it is shown only once)."""
-    from shared.db.keys import create_api_key
+    from shared.db.keys import add_api_key
     from shared.db.session import session_scope
+    from shared.errors import LorabakeError
 
-    with session_scope(get_settings().database_url) as session:
-        click.echo(create_api_key(session, owner, name))
+    try:
+        with session_scope(get_settings().database_url) as session:
+            _, key = add_api_key(session, owner, name, scopes=scopes or None, admin=admin)
+    except LorabakeError as exc:
+        raise click.UsageError(exc.message) from exc
+    click.echo(key)
 
 
 @main.command()
@@ -148,7 +161,8 @@ def _embedded_key(settings: Settings) -> str:
             key = key_file.read_text().strip()
             if owner_for_key(session, key):
                 return key
-        key = create_api_key(session, owner="local", name="embedded")
+        # the one user of the embedded mode: an admin key, so it may make keys for others too
+        key = create_api_key(session, owner="local", name="embedded", admin=True)
     key_file.write_text(key + "\n")
     key_file.chmod(0o600)
     return key

@@ -27,7 +27,7 @@ from api.datasets.service import (
     owned_dataset,
     thumbnail_bytes,
 )
-from api.deps import Owner, State
+from api.deps import DatasetsRead, DatasetsWrite, State
 from api.errors import validate_json_model
 from api.jobs.schemas import JobOut
 from api.jobs.submission import submit_caption_job
@@ -41,7 +41,7 @@ from shared.errors import NotFoundError
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
-_ERRORS = error_responses(401, 404, 409, 413, 422)
+_ERRORS = error_responses(401, 403, 404, 409, 413, 422, 503)
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -71,7 +71,9 @@ def parse_options(text: object) -> DatasetOptions:
 
 
 @router.post("", status_code=201, response_model=DatasetOut, responses=_ERRORS, openapi_extra=_UPLOAD_BODY)
-async def upload_dataset(request: Request, response: Response, owner: Owner, state: State) -> DatasetOut:
+async def upload_dataset(
+    request: Request, response: Response, owner: DatasetsWrite, state: State
+) -> DatasetOut:
     """Store a dataset zip. The response reports every file (accepted, converted, rejected) and warnings."""
     limited = limited_request(request, state.settings.max_upload_bytes)
     async with limited.form(max_files=1, max_fields=8) as form:
@@ -92,7 +94,7 @@ async def upload_dataset(request: Request, response: Response, owner: Owner, sta
 
 @router.get("", response_model=DatasetList, responses=_ERRORS)
 def list_datasets(
-    owner: Owner, state: State, limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: Cursor = None
+    owner: DatasetsRead, state: State, limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: Cursor = None
 ) -> DatasetList:
     query = select(Dataset).where(Dataset.owner == owner).options(selectinload(Dataset.images))
     with state.sessions() as session:
@@ -101,13 +103,13 @@ def list_datasets(
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, responses=_ERRORS)
-def get_dataset(dataset_id: str, owner: Owner, state: State) -> DatasetOut:
+def get_dataset(dataset_id: str, owner: DatasetsRead, state: State) -> DatasetOut:
     with state.sessions() as session:
         return DatasetOut.of(owned_dataset(session, owner, dataset_id))
 
 
 @router.delete("/{dataset_id}", status_code=204, responses=_ERRORS)
-def remove_dataset(dataset_id: str, owner: Owner, state: State) -> Response:
+def remove_dataset(dataset_id: str, owner: DatasetsWrite, state: State) -> Response:
     """Deletes the dataset and its files; refused (409) while an unfinished job uses it."""
     with state.sessions() as session:
         delete_dataset(state, session, owned_dataset(session, owner, dataset_id))
@@ -115,7 +117,7 @@ def remove_dataset(dataset_id: str, owner: Owner, state: State) -> Response:
 
 
 @router.get("/{dataset_id}/images/{image_id}/thumbnail", responses=_ERRORS)
-def get_thumbnail(dataset_id: str, image_id: str, owner: Owner, state: State) -> Response:
+def get_thumbnail(dataset_id: str, image_id: str, owner: DatasetsRead, state: State) -> Response:
     with state.sessions() as session:
         owned_dataset(session, owner, dataset_id)
         image = session.get(DatasetImage, image_id) if is_object_id(image_id) else None
@@ -133,7 +135,7 @@ def get_thumbnail(dataset_id: str, image_id: str, owner: Owner, state: State) ->
 
 @router.get("/{dataset_id}/captions", response_model=CaptionsOut, responses=_ERRORS)
 def get_captions(
-    dataset_id: str, owner: Owner, state: State, revision: Annotated[int | None, Query(ge=0)] = None
+    dataset_id: str, owner: DatasetsRead, state: State, revision: Annotated[int | None, Query(ge=0)] = None
 ) -> CaptionsOut:
     """Current captions, or those of an older `revision` (what an earlier job trained on)."""
     with state.sessions() as session:
@@ -149,7 +151,7 @@ def get_captions(
 
 @router.put("/{dataset_id}/captions", response_model=CaptionEditResult, responses=_ERRORS)
 def edit_captions(
-    dataset_id: str, edit: Annotated[CaptionEdit, Body()], owner: Owner, state: State
+    dataset_id: str, edit: Annotated[CaptionEdit, Body()], owner: DatasetsWrite, state: State
 ) -> CaptionEditResult:
     """Set captions, find/replace, add or remove tags; each call is one new revision."""
     with state.sessions() as session:
@@ -160,7 +162,7 @@ def edit_captions(
 
 
 @router.get("/{dataset_id}/tags", response_model=list[TagCount], responses=_ERRORS)
-def get_tags(dataset_id: str, owner: Owner, state: State) -> list[TagCount]:
+def get_tags(dataset_id: str, owner: DatasetsRead, state: State) -> list[TagCount]:
     """How often each tag appears in the training images' captions (Kohya's tag frequency)."""
     with state.sessions() as session:
         dataset = owned_dataset(session, owner, dataset_id)
@@ -170,7 +172,11 @@ def get_tags(dataset_id: str, owner: Owner, state: State) -> list[TagCount]:
 
 @router.post("/{dataset_id}/caption", status_code=201, response_model=JobOut, responses=_ERRORS)
 async def caption_dataset(
-    dataset_id: str, config: Annotated[CaptionConfig, Body()], response: Response, owner: Owner, state: State
+    dataset_id: str,
+    config: Annotated[CaptionConfig, Body()],
+    response: Response,
+    owner: DatasetsWrite,
+    state: State,
 ) -> JobOut:
     """Caption the dataset's training images with BLIP (photos) or WD14 tags (anime) as a job on the GPU
     queue; the result becomes the dataset's next caption revision. Follow it at /v1/jobs/{id}."""

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from api.deps import Owner, State
+from api.deps import JobsRead, JobsWrite, State
 from api.jobs.events import Event, event_of
 from api.jobs.schemas import ArtifactOut, JobList, JobOut
 from api.jobs.submission import parse_config, submit_dataset_job, submit_job
@@ -28,7 +28,7 @@ from shared.jobs.state import request_cancel
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-_ERRORS = error_responses(401, 404, 409, 413, 422, 503)
+_ERRORS = error_responses(401, 403, 404, 409, 413, 422, 503)
 KEEP_ALIVE_SECONDS = 15.0
 _UPLOAD_BODY = {
     "requestBody": {
@@ -58,7 +58,7 @@ def _owned_job(session: Session, owner: str, job_id: str) -> Job:
 
 
 @router.post("", status_code=201, response_model=JobOut, responses=_ERRORS, openapi_extra=_UPLOAD_BODY)
-async def create_job(request: Request, response: Response, owner: Owner, state: State) -> JobOut:
+async def create_job(request: Request, response: Response, owner: JobsWrite, state: State) -> JobOut:
     """Queue a training job: multipart with a `dataset` zip (or a stored `dataset_id`) and `config`,
     or a JSON body `{"dataset_id": ..., "config": {...}}`. Nothing is stored unless all of it checks out."""
     if request.headers.get("content-type", "").startswith("application/json"):
@@ -96,7 +96,7 @@ async def create_job(request: Request, response: Response, owner: Owner, state: 
 
 @router.get("", response_model=JobList, responses=_ERRORS)
 def list_jobs(
-    owner: Owner,
+    owner: JobsRead,
     state: State,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -112,13 +112,13 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)
-async def get_job(job_id: str, owner: Owner, state: State) -> Response:
+async def get_job(job_id: str, owner: JobsRead, state: State) -> Response:
     """The job: status, progress, plan, its files. Poll it, or follow /events."""
     return Response(await state.job_views.body(owner, job_id), media_type="application/json")
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=_ERRORS)
-def cancel_job(job_id: str, owner: Owner, state: State) -> JobOut:
+def cancel_job(job_id: str, owner: JobsWrite, state: State) -> JobOut:
     """Stops a job between two steps; epochs already saved stay downloadable."""
     with state.sessions() as session:
         job = _owned_job(session, owner, job_id)
@@ -128,13 +128,13 @@ def cancel_job(job_id: str, owner: Owner, state: State) -> JobOut:
 
 
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactOut], responses=_ERRORS)
-def list_artifacts(job_id: str, owner: Owner, state: State) -> list[ArtifactOut]:
+def list_artifacts(job_id: str, owner: JobsRead, state: State) -> list[ArtifactOut]:
     with state.sessions() as session:
         return [ArtifactOut.of(a) for a in _owned_job(session, owner, job_id).artifacts]
 
 
 @router.get("/{job_id}/artifacts/{artifact_id}", responses={**_ERRORS, 307: {"description": "to storage"}})
-def download_artifact(job_id: str, artifact_id: str, owner: Owner, state: State) -> Response:
+def download_artifact(job_id: str, artifact_id: str, owner: JobsRead, state: State) -> Response:
     """Redirects to a presigned storage URL (S3), or streams the file (embedded mode)."""
     with state.sessions() as session:
         _owned_job(session, owner, job_id)
@@ -193,7 +193,7 @@ def _sse(event: Event) -> str:
 
 @router.get("/{job_id}/events", responses=_ERRORS)
 async def stream_events(
-    job_id: str, request: Request, owner: Owner, state: State, after: Annotated[int, Query(ge=0)] = 0
+    job_id: str, request: Request, owner: JobsRead, state: State, after: Annotated[int, Query(ge=0)] = 0
 ) -> StreamingResponse:
     """Server-sent events: status changes, saved files and progress, until the job ends.
     Reconnecting clients resume with `Last-Event-ID` (or `?after=`)."""

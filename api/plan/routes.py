@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.datasets.service import owned_dataset
-from api.deps import Owner, State
+from api.deps import JobsRead, Owner, State
 from api.errors import validate_json_model
 from api.jobs.submission import dataset_job_config, parse_config
 from api.models.service import base_model_note, require_known_base_model
@@ -33,7 +33,7 @@ from shared.errors import LorabakeError, NotFoundError
 
 router = APIRouter(tags=["plan"])
 
-_ERRORS = error_responses(401, 422)
+_ERRORS = error_responses(401, 403, 422, 503)
 MAX_CHECKPOINTS = 1000  # files listed in a dry run; `checkpoint_count` has them all
 MAX_IMAGES = 200_000  # synthetic images in a `counts` layout
 
@@ -224,7 +224,7 @@ def _plan_out(source: str, run: PlannedRun) -> PlanOut:
 
 
 @router.post("/v1/plan", response_model=PlanOut, responses=_ERRORS, openapi_extra=_PLAN_BODY)
-async def dry_run(request: Request, owner: Owner, state: State) -> PlanOut:
+async def dry_run(request: Request, owner: JobsRead, state: State) -> PlanOut:
     """What a job would do, without storing or queueing anything: `config` (as for POST /v1/jobs) with a
     stored `dataset_id` or `counts` ({"subsets": [{"folder": "img/6_lisabp woman", "images": 34}]}).
     Returns the config after its preset, the plan (per subset, buckets when sizes are known), the LoRA files

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from shared.catalogue.families import HUB_REPO_ID, path_problem
 from shared.catalogue.scan import ModelEntry
-from shared.db.models import BaseModelRecord, WorkerModel, WorkerProcess, utcnow
+from shared.db.models import BaseModelRecord, WorkerModel, WorkerProcess, as_utc, utcnow
 from shared.errors import LorabakeError
 
 MAX_CLOSE_MATCHES = 5
@@ -103,7 +103,7 @@ def list_models(session: Session, retention: timedelta, alive_within_seconds: fl
             r.kind,
             r.source,
             r.size_bytes,
-            r.last_seen_at,
+            as_utc(r.last_seen_at),
             holders.get(r.name, []),
         )
         for r in records

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -72,6 +73,11 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the whole key
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # what the key may do with its owner's resources (shared.db.keys.SCOPES); an admin key may do all
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    limits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # per-key queue limits (api/queue)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class JobKind(StrEnum):

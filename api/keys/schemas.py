@@ -1,0 +1,72 @@
+"""Bodies of /v1/keys."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.db.keys import SCOPES
+from shared.db.models import ApiKey
+
+_OWNER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,199}$"
+
+
+class KeyLimits(BaseModel):
+    """Per-key queue limits; unset means the deployment's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_running: int | None = Field(None, ge=1, le=1000, description="jobs of this key training at once")
+    max_queued: int | None = Field(None, ge=0, le=100_000, description="jobs of this key waiting at once")
+    submissions_per_minute: float | None = Field(None, gt=0, le=10_000, description="POST /v1/jobs rate")
+    priority: int | None = Field(None, ge=-10, le=10, description="higher starts first among waiting jobs")
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    owner: str = Field(
+        pattern=_OWNER_PATTERN, description="the tenant whose jobs and datasets the key reaches"
+    )
+    name: str = Field("", max_length=200, description="a label to recognize the key by")
+    scopes: list[str] | None = Field(None, description=f"any of {', '.join(SCOPES)}; default: all of them")
+    admin: bool = Field(False, description="may also manage every owner's keys")
+    limits: KeyLimits = Field(default_factory=KeyLimits)
+
+
+class KeyOut(BaseModel):
+    id: str
+    owner: str
+    name: str
+    prefix: str = Field(description="the key's first characters, to recognize it by")
+    admin: bool
+    scopes: list[str]
+    limits: KeyLimits
+    created_at: datetime
+    last_used_at: datetime | None = Field(description="to within a minute; null: never used")
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, row: ApiKey) -> KeyOut:
+        return cls(
+            id=row.id,
+            owner=row.owner,
+            name=row.name,
+            prefix=row.prefix,
+            admin=row.admin,
+            scopes=list(row.scopes or []),
+            limits=KeyLimits(**(row.limits or {})),
+            created_at=row.created_at,
+            last_used_at=row.last_used_at,
+            revoked_at=row.revoked_at,
+        )
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="the key itself: shown this once, stored only as a hash")
+
+
+class KeyList(BaseModel):
+    items: list[KeyOut]
+    next_cursor: str | None = None
