@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     allow_model_downloads: bool = False  # hub ids load from the local HF cache unless this is set
     model_scan_seconds: float = 60.0  # how often a worker looks again at what base models it has
     model_catalogue_days: float = 7.0  # a model no worker reported for this long is no longer offered
+    # Webhook receivers and dataset URLs may name private/loopback/link-local hosts (shared/net/public_http.py)
+    allow_private_urls: bool = False
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
