@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from lorabake import remote_commands
 from shared.settings import Settings, get_settings
 
 
@@ -308,6 +309,11 @@ def tiny_model(name: str, with_captioners: bool) -> None:
         save_tiny_blip(settings.models_dir / "tiny-blip")
         save_tiny_wd14(settings.models_dir / "tiny-wd14")
         click.echo('wrote tiny-blip and tiny-wd14 ("blip_model": "tiny-blip", "wd14_model": "tiny-wd14")')
+
+
+# Talking to a server: submit, watch, download, jobs, cancel (lorabake/remote_commands.py).
+for _command in remote_commands.COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

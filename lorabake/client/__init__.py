@@ -1,0 +1,88 @@
+"""A typed Python client of the lorabake HTTP API (docs/client.md).
+
+from lorabake.client import LorabakeClient
+
+with LorabakeClient.from_env() as lb:  # LORABAKE_URL, LORABAKE_API_KEY
+    job = lb.submit_job({"base_model": "tiny-sd15", "epochs": 2}, dataset="lisa/")
+    for event in lb.events(job.id):
+        print(event.type, event.data)
+    for artifact in lb.list_artifacts(job.id):
+        lb.download_artifact(artifact, "out/")
+"""
+
+from lorabake.client.client import DEFAULT_URL, LorabakeClient
+from lorabake.client.downloads import DownloadResult, sha256_file, verify_file
+from lorabake.client.errors import (
+    ChecksumMismatchError,
+    LorabakeAPIError,
+    LorabakeClientError,
+    LorabakeConnectionError,
+)
+from lorabake.client.http import api_error
+from lorabake.client.models import (
+    TERMINAL_STATUSES,
+    ApiKeyInfo,
+    Artifact,
+    BaseModelInfo,
+    Caption,
+    CaptionEditResult,
+    Captions,
+    Checkpoint,
+    CreatedKey,
+    Dataset,
+    DatasetImage,
+    DatasetPage,
+    DatasetSummary,
+    ErrorInfo,
+    Event,
+    Job,
+    JobPage,
+    KeyLimits,
+    KeyPage,
+    KohyaImport,
+    ModelCatalogue,
+    Plan,
+    Preset,
+    Progress,
+    Readiness,
+    TagCount,
+)
+
+__all__ = [
+    "DEFAULT_URL",
+    "TERMINAL_STATUSES",
+    "ApiKeyInfo",
+    "Artifact",
+    "BaseModelInfo",
+    "Caption",
+    "CaptionEditResult",
+    "Captions",
+    "Checkpoint",
+    "ChecksumMismatchError",
+    "CreatedKey",
+    "Dataset",
+    "DatasetImage",
+    "DatasetPage",
+    "DatasetSummary",
+    "DownloadResult",
+    "ErrorInfo",
+    "Event",
+    "Job",
+    "JobPage",
+    "KeyLimits",
+    "KeyPage",
+    "KohyaImport",
+    "LorabakeAPIError",
+    "LorabakeClient",
+    "LorabakeClientError",
+    "LorabakeConnectionError",
+    "ModelCatalogue",
+    "Plan",
+    "Preset",
+    "Progress",
+    "Readiness",
+    "TagCount",
+    "api_error",
+    "sha256_file",
+    "verify_file",
+]

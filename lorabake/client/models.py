@@ -1,0 +1,264 @@
+"""Response bodies as typed models. Every model keeps fields it does not know (`extra="allow"`) and most
+fields have defaults, so a newer server that adds fields, or an older one that lacks some, still parses.
+Statuses and kinds stay plain strings for the same reason."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
+
+
+def _as_utc(value: datetime) -> datetime:
+    # The server's times are UTC; read back from SQLite (the embedded mode) they come without an offset.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+# --- jobs ------------------------------------------------------------------------------------------------
+
+
+class Progress(_Model):
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0
+    total_epochs: int = 0
+    loss: float | None = None
+    steps_per_second: float | None = None
+    eta_seconds: float | None = None
+    percent: float | None = None
+
+
+class ErrorInfo(_Model):
+    code: str
+    message: str = ""
+    details: dict[str, Any] = {}
+
+
+class Artifact(_Model):
+    id: str
+    kind: str  # lora, sample, captions...
+    name: str
+    epoch: int | None = None
+    step: int | None = None
+    is_final: bool = False
+    size_bytes: int
+    sha256: str
+    created_at: UtcDatetime | None = None
+    download_url: str = ""  # the API path; it redirects to storage or streams the file
+    meta: dict[str, Any] | None = None
+
+
+class Job(_Model):
+    id: str
+    kind: str = "train"
+    status: str
+    dataset_id: str | None = None
+    caption_revision: int | None = None
+    config: dict[str, Any] = {}
+    plan: dict[str, Any] = {}
+    progress: Progress = Progress()
+    seed: int | None = None
+    dataset: dict[str, Any] = {}
+    artifacts: list[Artifact] = []
+    error: ErrorInfo | None = None
+    cancel_requested: bool = False
+    attempts: int = 0
+    created_at: UtcDatetime | None = None
+    updated_at: UtcDatetime | None = None
+    started_at: UtcDatetime | None = None
+    finished_at: UtcDatetime | None = None
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class JobPage(_Model):
+    items: list[Job]
+    next_cursor: str | None = None
+
+
+class Event(_Model):
+    """One server-sent event of a job: `status`, `stage`, `progress`, `artifact`, `artifact_removed`,
+    `cancel_requested` (and whatever a newer server adds). `id` is what Last-Event-ID resumes from."""
+
+    id: int | None = None
+    type: str
+    data: dict[str, Any] = {}
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.type == "status" and self.data.get("status") in TERMINAL_STATUSES
+
+    def progress(self) -> Progress:
+        return Progress.model_validate(self.data)
+
+
+# --- datasets --------------------------------------------------------------------------------------------
+
+
+class DatasetImage(_Model):
+    id: str
+    path: str
+    subset: str = ""
+    is_reg: bool = False
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    caption: str | None = None
+    caption_source: str = ""
+    thumbnail_url: str = ""
+
+
+class DatasetSummary(_Model):
+    id: str
+    name: str = ""
+    bytes: int = 0
+    sha256: str = ""
+    images: int = 0
+    reg_images: int = 0
+    subsets: list[dict[str, Any]] = []
+    caption_revision: int = 0
+    warnings: list[dict[str, Any]] = []
+    created_at: UtcDatetime | None = None
+
+
+class Dataset(DatasetSummary):
+    files: list[dict[str, Any]] = []  # the intake report: accepted, converted (how) or rejected (why)
+    image_list: list[DatasetImage] = []
+
+
+class DatasetPage(_Model):
+    items: list[DatasetSummary]
+    next_cursor: str | None = None
+
+
+class Caption(_Model):
+    image_id: str
+    path: str = ""
+    caption: str | None = None
+
+
+class Captions(_Model):
+    dataset_id: str
+    revision: int
+    captions: list[Caption] = []
+
+    def by_path(self) -> dict[str, str | None]:
+        return {c.path: c.caption for c in self.captions}
+
+
+class CaptionEditResult(_Model):
+    revision: int
+    changed: int
+
+
+class TagCount(_Model):
+    tag: str
+    count: int
+
+
+# --- base models, API keys ------------------------------------------------------------------------------
+
+
+class BaseModelInfo(_Model):
+    """A base model the workers reported (`config.base_model` takes its `name`)."""
+
+    name: str
+    family: str | None = None  # sd1, sd2, sdxl
+    prediction_type: str | None = None
+    kind: str = ""  # diffusers, single_file
+    source: str = ""  # local, hub_cache
+    size_bytes: int = 0
+    last_seen_at: UtcDatetime | None = None
+    workers_online: int = 0
+
+
+class ModelCatalogue(_Model):
+    items: list[BaseModelInfo]
+    downloads_allowed: bool = False  # whether a hub repo id not listed is accepted (workers download it)
+
+
+class KeyLimits(_Model):
+    max_running: int | None = None
+    max_queued: int | None = None
+    submissions_per_minute: float | None = None
+    priority: int | None = None
+
+
+class ApiKeyInfo(_Model):
+    id: str
+    owner: str
+    name: str = ""
+    prefix: str = ""  # the key's first characters, to recognize it by
+    admin: bool = False
+    scopes: list[str] = []
+    limits: KeyLimits = KeyLimits()
+    created_at: UtcDatetime | None = None
+    last_used_at: UtcDatetime | None = None
+    revoked_at: UtcDatetime | None = None
+
+
+class CreatedKey(ApiKeyInfo):
+    key: str  # the key itself: the server shows it this once
+
+
+class KeyPage(_Model):
+    items: list[ApiKeyInfo]
+    next_cursor: str | None = None
+
+
+# --- plan, presets, configs, health ------------------------------------------------------------------------
+
+
+class Checkpoint(_Model):
+    file: str
+    kind: str
+    epoch: int
+    step: int
+    kept: bool = True
+
+
+class Plan(_Model):
+    source: str = ""
+    layout: str = ""
+    config: dict[str, Any] = {}
+    plan: dict[str, Any] = {}
+    checkpoints: list[Checkpoint] = []
+    checkpoint_count: int = 0
+    warnings: list[dict[str, Any]] = []
+
+
+class Preset(_Model):
+    name: str
+    description: str = ""
+    values: dict[str, Any] = {}
+    computed: dict[str, str] = {}
+
+
+class KohyaImport(_Model):
+    config: dict[str, Any]
+    mapped: list[dict[str, Any]] = []
+    ignored: list[dict[str, Any]] = []
+    unsupported: list[dict[str, Any]] = []
+    notes: list[str] = []
+
+
+class Readiness(_Model):
+    status: str
+    checks: dict[str, str] = {}
+    workers_alive: int | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
