@@ -22,6 +22,7 @@ from api.plan import routes as plan
 from api.presets import routes as presets
 from api.request_log import RequestIdMiddleware
 from api.state import AppState
+from api.webhooks import routes as webhooks
 from shared.jobs.reconciler import Reconciler
 from shared.jobs.workers import worker_id
 from shared.periodic import PeriodicThread
@@ -92,4 +93,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(presets.router)
     app.include_router(models.router)
     app.include_router(keys.router)
+    app.include_router(webhooks.router)
     return app

@@ -6,11 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    details: dict[str, Any] = {}
+from shared.resources import ErrorBody
 
 
 class ErrorResponse(BaseModel):

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.datasets.zipsafe import ZipLimits
@@ -51,14 +51,25 @@ class Settings(BaseSettings):
     allow_model_downloads: bool = False  # hub ids load from the local HF cache unless this is set
     model_scan_seconds: float = 60.0  # how often a worker looks again at what base models it has
     model_catalogue_days: float = 7.0  # a model no worker reported for this long is no longer offered
-    # Webhook receivers and dataset URLs may name private/loopback/link-local hosts (shared/net/public_http.py)
+    # webhook receivers and dataset URLs may name private, loopback, link-local hosts (shared/net/public_http)
     allow_private_urls: bool = False
+    # Webhooks (shared/webhooks): seconds between attempts after the first; the default spans ~27 h
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000]
+    )
+    webhook_timeout_seconds: float = 10.0  # connect and answer, per attempt
+    webhook_concurrency: int = 8  # attempts in flight at once, per dispatching process
+    webhook_progress_seconds: float = 10.0  # at most one job.progress event per job and endpoint per this
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     max_upload_bytes: int = 2 * 1024**3
+    # dataset_url: connect and each read may take dataset_url_timeout_seconds, the whole download
+    # dataset_url_max_seconds (it runs in the API request, holding one of api_threads)
+    dataset_url_timeout_seconds: float = 10.0
+    dataset_url_max_seconds: float = 600.0
     zip_max_entries: int = 10_000
     zip_max_total_uncompressed: int = 8 * 1024**3
     zip_max_entry_uncompressed: int = 512 * 1024**2
@@ -100,6 +111,13 @@ class Settings(BaseSettings):
     metrics_token: str | None = None
     worker_metrics_port: int = 0
     worker_metrics_host: str = "0.0.0.0"
+
+    @field_validator("webhook_retry_schedule", mode="before")
+    @classmethod
+    def _split_schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [float(part) for part in value.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -22,6 +22,7 @@ from api.pagination import Cursor, newest_first_page
 from api.schemas import error_responses
 from api.state import AppState
 from api.uploads import limited_request, read_json_object, require_file, save_upload
+from api.webhooks.service import parse_job_webhook
 from shared.db.models import Artifact, Job, JobEvent, JobStatus, is_object_id
 from shared.errors import LorabakeError, NotFoundError
 from shared.jobs.state import request_cancel
@@ -42,6 +43,11 @@ _UPLOAD_BODY = {
                         "dataset": {"type": "string", "format": "binary", "description": "zip of images"},
                         "dataset_id": {"type": "string", "description": "a stored dataset, instead of a zip"},
                         "config": {"type": "string", "description": "TrainingConfig as JSON text"},
+                        "webhook": {"type": "string", "description": "URL that receives this job's events"},
+                        "webhook_events": {
+                            "type": "string",
+                            "description": "event types for `webhook`, comma-separated; default: all",
+                        },
                     },
                 }
             }
@@ -71,19 +77,21 @@ async def create_job(request: Request, response: Response, owner: JobsWrite, sta
                 status_code=422,
             )
         config = parse_config(body.get("config"))
-        job = await run_in_threadpool(submit_dataset_job, state, owner, config, body["dataset_id"])
+        webhook = parse_job_webhook(body.get("webhook"), body.get("webhook_events"), state.settings)
+        job = await run_in_threadpool(submit_dataset_job, state, owner, config, body["dataset_id"], webhook)
     else:
         limited = limited_request(request, state.settings.max_upload_bytes)
         async with limited.form(max_files=1, max_fields=8) as form:
             config = parse_config(form.get("config"))
+            webhook = parse_job_webhook(form.get("webhook"), form.get("webhook_events"), state.settings)
             dataset_id = form.get("dataset_id")
             if isinstance(dataset_id, str) and dataset_id:
-                job = await run_in_threadpool(submit_dataset_job, state, owner, config, dataset_id)
+                job = await run_in_threadpool(submit_dataset_job, state, owner, config, dataset_id, webhook)
             else:
                 upload = require_file(form.get("dataset"), "dataset")
                 received = await run_in_threadpool(save_upload, upload, state.settings.work_dir / "uploads")
                 try:
-                    job = await run_in_threadpool(submit_job, state, owner, config, received)
+                    job = await run_in_threadpool(submit_job, state, owner, config, received, webhook)
                 finally:
                     received.path.unlink(missing_ok=True)
     response.headers["Location"] = f"/v1/jobs/{job.id}"

@@ -14,6 +14,7 @@ from api.errors import validate_json_model
 from api.models.service import require_known_base_model
 from api.state import AppState
 from api.uploads import ReceivedFile
+from api.webhooks.service import JobWebhook, job_webhook
 from shared.config.captioning import CaptionConfig
 from shared.config.presets import PlannedRun, plan_run
 from shared.config.spec import TrainingConfig
@@ -39,7 +40,13 @@ def parse_config(raw: object) -> TrainingConfig:
     return validate_json_model(TrainingConfig, raw, "config", "invalid_config")
 
 
-def submit_job(state: AppState, owner: str, config: TrainingConfig, upload: ReceivedFile) -> Job:
+def submit_job(
+    state: AppState,
+    owner: str,
+    config: TrainingConfig,
+    upload: ReceivedFile,
+    webhook: JobWebhook | None = None,
+) -> Job:
     require_known_base_model(state, config)
     report = inspect_dataset_zip(upload.path, config, state.settings.zip_limits)
     run = plan_run(config, report.layout, report.image_sizes, report)  # preset, buckets by probed sizes
@@ -55,7 +62,7 @@ def submit_job(state: AppState, owner: str, config: TrainingConfig, upload: Rece
         dataset_bytes=upload.size,
         dataset_sha256=upload.sha256,
     )
-    return queue_training_job(state, job, run)
+    return queue_training_job(state, job, run, webhook)
 
 
 def dataset_job_config(config: TrainingConfig, layout: DatasetLayout) -> TrainingConfig:
@@ -76,7 +83,9 @@ def dataset_job_config(config: TrainingConfig, layout: DatasetLayout) -> Trainin
     return config.model_copy(update=stored)
 
 
-def submit_dataset_job(state: AppState, owner: str, config: TrainingConfig, dataset_id: str) -> Job:
+def submit_dataset_job(
+    state: AppState, owner: str, config: TrainingConfig, dataset_id: str, webhook: JobWebhook | None = None
+) -> Job:
     """A training job on a stored dataset, pinned to its current caption revision."""
     require_known_base_model(state, config)
     with state.sessions() as session:
@@ -105,7 +114,7 @@ def submit_dataset_job(state: AppState, owner: str, config: TrainingConfig, data
             caption_revision=dataset.caption_revision,
             captions_key=captions_key,
         )
-    return queue_training_job(state, job, run)
+    return queue_training_job(state, job, run, webhook)
 
 
 def submit_caption_job(state: AppState, owner: str, dataset_id: str, config: CaptionConfig) -> Job:
@@ -126,7 +135,7 @@ def submit_caption_job(state: AppState, owner: str, dataset_id: str, config: Cap
     return queue_job(state, job, config.model_dump(mode="json"), {"images": images}, images, 0, None)
 
 
-def queue_training_job(state: AppState, job: Job, run: PlannedRun) -> Job:
+def queue_training_job(state: AppState, job: Job, run: PlannedRun, webhook: JobWebhook | None = None) -> Job:
     """A training job as planned (the config after its preset, the plan) recorded and handed on."""
     config, plan = run.config, run.plan
     return queue_job(
@@ -137,11 +146,19 @@ def queue_training_job(state: AppState, job: Job, run: PlannedRun) -> Job:
         plan.total_steps,
         plan.epochs,
         config.seed,
+        webhook,
     )
 
 
 def queue_job(
-    state: AppState, job: Job, config: dict, plan: dict, total_steps: int, total_epochs: int, seed: int | None
+    state: AppState,
+    job: Job,
+    config: dict,
+    plan: dict,
+    total_steps: int,
+    total_epochs: int,
+    seed: int | None,
+    webhook: JobWebhook | None = None,
 ) -> Job:
     """Records a job whose objects are stored, then hands it to the broker, best effort (the outbox): the
     row is committed first, so a broker that is down costs nothing but time; the reconciler sends the job
@@ -154,6 +171,9 @@ def queue_job(
     try:
         with state.sessions() as session:
             session.add(job)
+            if webhook is not None:  # in the same transaction: its first event is this queued one
+                session.flush()
+                job_webhook(session, state.settings, job.owner, job_id, webhook.url, webhook.events)
             add_event(session, job_id, "status", {"status": JobStatus.queued.value})
             session.commit()
     except BaseException:

@@ -19,11 +19,12 @@ from collections.abc import Iterable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.metrics.reads import RUNNING_BUCKETS, DatabaseReadings, Durations, read_database
 from shared.broker_inspect import queue_depth
-from shared.db.models import JobStatus
+from shared.db.models import JobStatus, WebhookAttempt, WebhookDelivery
 from shared.outages import is_outage
 from shared.settings import Settings
 
@@ -32,9 +33,30 @@ SOURCES = ("database", "broker")
 
 
 def webhook_delivery_families(session: Session) -> list[Metric]:
-    """The hook for webhook delivery metrics (deliveries by outcome, pending retries): read them here, in the
-    scrape's database session, once the webhooks domain has its tables. Nothing to report until then."""
-    return []
+    """Webhook deliveries by status (pending: being sent or retried; delivered; failed: retries ran out) and
+    attempts by outcome (answered 2xx, answered otherwise, no answer), all time, from the database."""
+    deliveries = GaugeMetricFamily(
+        "lorabake_webhook_deliveries", "Webhook deliveries in each status, now.", labels=["status"]
+    )
+    counts = dict(
+        session.execute(select(WebhookDelivery.status, func.count()).group_by(WebhookDelivery.status)).all()
+    )
+    for status in ("pending", "delivered", "failed"):
+        deliveries.add_metric([status], counts.get(status, 0))
+    attempts = CounterMetricFamily(
+        "lorabake_webhook_attempts",
+        "Webhook delivery attempts, by how the receiver answered.",
+        labels=["outcome"],
+    )
+    outcome = case(
+        (WebhookAttempt.status_code.is_(None), "no_answer"),
+        (WebhookAttempt.status_code.between(200, 299), "ok"),
+        else_="error_status",
+    )
+    tried = dict(session.execute(select(outcome, func.count()).group_by(outcome)).all())
+    for name in ("ok", "error_status", "no_answer"):
+        attempts.add_metric([name], tried.get(name, 0))
+    return [deliveries, attempts]
 
 
 def _histogram(family: HistogramMetricFamily, labels: list[str], durations: Durations) -> None:

@@ -223,6 +223,8 @@ class JobEvent(Base):
     type: Mapped[str] = mapped_column(String(20))
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # when the webhook fan-out turned this event into deliveries (None: not yet; shared/webhooks/fanout.py)
+    webhooks_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
 
 
 class Dataset(Base):
@@ -279,3 +281,80 @@ class CaptionRevision(Base):
     source: Mapped[str] = mapped_column(String(20))  # upload, edit, blip, wd14
     changes: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"images": [{"id", "before", "after"}]}
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookEndpoint(Base):
+    """Where an owner's events go: a registered endpoint (every event of the owner, `events` filtering), or
+    a job's own `webhook` (kind "job": that job's events only, signed with the owner's default secret)."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    kind: Mapped[str] = mapped_column(String(10), default="endpoint")  # endpoint / job
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    description: Mapped[str] = mapped_column(String(500), default="")
+    events: Mapped[list[str]] = mapped_column(JSON, default=list)  # empty: every event
+    secret: Mapped[str | None] = mapped_column(String(100), default=None)  # None: the owner's default
+    previous_secret: Mapped[str | None] = mapped_column(String(100), default=None)
+    previous_secret_until: Mapped[datetime | None] = mapped_column(default=None)  # old one also signs
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebhookOwnerSecret(Base):
+    """The secret that signs an owner's per-job webhooks (GET /v1/webhooks/default-secret)."""
+
+    __tablename__ = "webhook_owner_secrets"
+
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(100))
+    previous_secret: Mapped[str | None] = mapped_column(String(100), default=None)
+    previous_secret_until: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint, sent until a 2xx or until the retry schedule ends. Its id is the
+    `webhook-id` of every attempt, so receivers can drop repeats."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # msg_<hex>
+    endpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True
+    )
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    job_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    event_id: Mapped[int] = mapped_column(Integer, index=True)  # the job event: orders a job's deliveries
+    event_type: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(12), default="pending", index=True)  # pending/delivered/failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=utcnow, index=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(String(500), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    attempt_log: Mapped[list[WebhookAttempt]] = relationship(
+        back_populates="delivery", cascade="all, delete-orphan", order_by="WebhookAttempt.id"
+    )
+
+
+class WebhookAttempt(Base):
+    """One try of a delivery: when, the answer's status (None: no answer), how long it took."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(String(500), default=None)
+
+    delivery: Mapped[WebhookDelivery] = relationship(back_populates="attempt_log")

@@ -1,5 +1,5 @@
 """What runs beside a worker, in a process of its own: the worker's heartbeat, its report of the base models
-it has, and a reconciler.
+it has, a reconciler, and the webhook dispatcher (shared/webhooks).
 
 `lorabake worker` starts it (`lorabake worker-duties --parent PID`) and it ends when that worker process
 is gone, so a worker host that dies takes its heartbeat with it.
@@ -21,6 +21,7 @@ from shared.outages import is_outage
 from shared.queue import JobDispatcher, make_celery
 from shared.settings import Settings
 from shared.storage import build_store
+from shared.webhooks.dispatcher import WebhookDispatcher
 
 log = logging.getLogger("lorabake.worker")
 
@@ -36,6 +37,7 @@ def run_worker_duties(settings: Settings, parent: int) -> None:
     reconciler = build_reconciler(settings, holder=f"worker:{wid}")
     sessions = reconciler.sessions
     models = ModelReporter(settings, sessions, wid)
+    webhooks = WebhookDispatcher(settings, sessions, build_store(settings)).start()
     beat_every = settings.lease_renew_seconds
     reconcile_every = settings.reconcile_interval_seconds
     next_beat = next_reconcile = 0.0
@@ -58,6 +60,7 @@ def run_worker_duties(settings: Settings, parent: int) -> None:
             except Exception:
                 log.exception("reconciler pass failed")
         time.sleep(1.0)
+    webhooks.stop()
     try:
         with sessions() as session:
             forget_worker(session, wid)

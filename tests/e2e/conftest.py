@@ -53,6 +53,10 @@ def stack(stack_db, redis_url, s3_server, models_dir, tmp_path_factory) -> Itera
             # the worker's own metrics port (test_metrics_e2e.py scrapes it)
             worker_metrics_port=str(services.free_port()),
             worker_metrics_host="127.0.0.1",
+            # webhooks to the tests' own receivers (test_webhooks_e2e.py), retried within seconds
+            allow_private_urls="1",
+            webhook_retry_schedule="0.5,1,1,2,2,3,5,5",
+            webhook_progress_seconds="2",
         )
     )
     key = lorabake("create-key", "--owner", "e2e", env=env)
