@@ -13,13 +13,16 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api import health
 from api.datasets import routes as datasets
+from api.direct_uploads import routes as direct_uploads
 from api.errors import install_error_handlers
 from api.jobs import routes as jobs
 from api.keys import routes as keys
 from api.metrics import install_metrics
 from api.models import routes as models
+from api.openapi_doc import install_security_scheme
 from api.plan import routes as plan
 from api.presets import routes as presets
+from api.queue import routes as queue
 from api.request_log import RequestIdMiddleware
 from api.state import AppState
 from api.webhooks import routes as webhooks
@@ -89,9 +92,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(datasets.router)
+    app.include_router(direct_uploads.router)
     app.include_router(plan.router)
     app.include_router(presets.router)
     app.include_router(models.router)
     app.include_router(keys.router)
     app.include_router(webhooks.router)
+    app.include_router(queue.router)
+    install_security_scheme(app)
     return app

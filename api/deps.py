@@ -75,6 +75,18 @@ def owner_with(scope: str) -> Callable[[Identity], Awaitable[str]]:
     return dependency
 
 
+def identity_with(scope: str) -> Callable[[Identity], Awaitable[Identity]]:
+    """A dependency: the caller's identity, if its key has `scope` (for routes that need the key itself)."""
+    check = owner_with(scope)
+
+    async def dependency(identity: Annotated[Identity, Depends(current_identity)]) -> Identity:
+        await check(identity)
+        return identity
+
+    dependency.scope = scope  # type: ignore[attr-defined]
+    return dependency
+
+
 async def admin_identity(identity: Annotated[Identity, Depends(current_identity)]) -> Identity:
     if not identity.admin:
         raise ScopeError(
@@ -91,6 +103,7 @@ Owner = Annotated[str, Depends(current_owner)]
 Admin = Annotated[Identity, Depends(admin_identity)]
 JobsRead = Annotated[str, Depends(owner_with("jobs:read"))]
 JobsWrite = Annotated[str, Depends(owner_with("jobs:write"))]
+JobSubmitter = Annotated[Identity, Depends(identity_with("jobs:write"))]
 DatasetsRead = Annotated[str, Depends(owner_with("datasets:read"))]
 DatasetsWrite = Annotated[str, Depends(owner_with("datasets:write"))]
 WebhooksRead = Annotated[str, Depends(owner_with("webhooks:read"))]

@@ -179,8 +179,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LorabakeError)
     async def _lorabake(request: Request, exc: LorabakeError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        if isinstance(exc, ServiceUnavailable):
-            headers = {"Retry-After": str(exc.retry_after)}
+        retry_after = getattr(exc, "retry_after", None)  # outages (503) and limits (429) say when to retry
+        if isinstance(exc, ServiceUnavailable) or retry_after is not None:
+            headers = {"Retry-After": str(retry_after)}
         return error_response(exc.status_code, exc.code, exc.message, exc.details, headers)
 
     @app.exception_handler(RequestValidationError)

@@ -14,6 +14,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
@@ -25,8 +26,9 @@ router = APIRouter(tags=["health"])
 READY_TIMEOUT_SECONDS = 1.5
 
 
-@router.get("/healthz")
+@router.get("/healthz", operation_id="get_health")
 async def healthz() -> dict[str, str]:
+    """Liveness: the process answers (checks nothing else)."""
     return {"status": "ok"}
 
 
@@ -70,8 +72,23 @@ async def _count_workers(state: AppState) -> int | None:
         return None
 
 
-@router.get("/readyz")
+class Readiness(BaseModel):
+    status: str = Field(description="ready or not_ready")
+    checks: dict[str, str] = Field(description="database, broker, storage: ok, or the error")
+    workers_alive: int | None = Field(description="workers whose heartbeat is recent (informational)")
+
+
+@router.get(
+    "/readyz",
+    response_class=JSONResponse,
+    responses={
+        200: {"model": Readiness},
+        503: {"model": Readiness, "description": "not ready (Retry-After)"},
+    },
+    operation_id="get_readiness",
+)
 async def readyz(state: Annotated[AppState, Depends(get_state)]) -> JSONResponse:
+    """Readiness: the database (migrated), the broker and storage answer, within 2 s; 503 otherwise."""
     names = ("database", "broker", "storage")
     *results, workers = await asyncio.gather(
         *(_attempt(c, state) for c in (_database, _broker, _storage)), _count_workers(state)

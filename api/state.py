@@ -12,6 +12,7 @@ from api.async_reads import AsyncReader
 from api.jobs.events import EventHub
 from api.jobs.views import JobViews
 from api.key_cache import KeyCache
+from api.queue.service import QueueStanding
 from shared.db.session import session_factory
 from shared.queue import JobDispatcher, make_celery
 from shared.settings import Settings
@@ -53,5 +54,5 @@ class AppState:
             KeyCache(settings.auth_cache_seconds),
             EventHub(sessions),
             reader,
-            JobViews(sessions, reader),
+            JobViews(sessions, reader, QueueStanding(sessions, 3 * settings.lease_renew_seconds)),
         )

@@ -77,7 +77,17 @@ def api(host: str | None, port: int | None) -> None:
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
 
 
-def _worker_argv(settings: Settings, concurrency: int) -> list[str]:
+def _queue_names(text: str | None) -> list[str]:
+    from shared.jobs.routing import QUEUE_NAME
+
+    names = [q.strip() for q in (text or "").split(",") if q.strip()]
+    bad = [q for q in names if not QUEUE_NAME.match(q)]
+    if bad:
+        raise click.BadParameter(f"{bad[0]!r} is not a queue name (letters, digits, '.', '_', '-')")
+    return names
+
+
+def _worker_argv(queues: list[str], concurrency: int) -> list[str]:
     # One child per GPU, replaced after every job so its GPU memory is returned to the driver.
     return [
         "worker",
@@ -90,7 +100,7 @@ def _worker_argv(settings: Settings, concurrency: int) -> list[str]:
         "--max-tasks-per-child",
         "1",
         "-Q",
-        settings.queue_name,
+        ",".join(queues),
         "--without-gossip",
         "--without-mingle",
     ]
@@ -104,12 +114,19 @@ def _worker_argv(settings: Settings, concurrency: int) -> list[str]:
     show_default=True,
     help="Jobs at once. Run one worker per GPU (CUDA_VISIBLE_DEVICES).",
 )
-def worker(concurrency: int) -> None:
+@click.option(
+    "--queues",
+    default=None,
+    help="Named queues to take jobs from, comma-separated (e.g. a GPU class: sdxl-24gb). "
+    "Default: LORABAKE_QUEUE_NAME.",
+)
+def worker(concurrency: int, queues: str | None) -> None:
     """Run a Celery training worker (and, beside it, its heartbeat and a reconciler)."""
     from shared.catalogue.reporting import report_before_start
     from shared.jobs.workers import worker_id
 
     settings = get_settings()
+    served = _queue_names(queues) or [settings.queue_name]
     report_before_start(settings, worker_id())  # before the slow imports: the API knows its models sooner
 
     from worker.celery_app import app
@@ -119,11 +136,14 @@ def worker(concurrency: int) -> None:
     # A process of its own, not a thread: the Celery pool forks children from this one, which must hold no
     # database connections or locks for them to inherit.
     duties = subprocess.Popen(
-        [sys.executable, "-m", "lorabake.cli", "worker-duties", "--parent", str(os.getpid())],
+        [
+            *(sys.executable, "-m", "lorabake.cli", "worker-duties"),
+            *("--parent", str(os.getpid()), "--queues", ",".join(served)),
+        ],
         env={**os.environ, "LORABAKE_DATA_DIR": str(settings.data_dir)},
     )
     try:
-        app.worker_main(_worker_argv(settings, concurrency))
+        app.worker_main(_worker_argv(served, concurrency))
     finally:
         duties.terminate()
         process_dir.remove(metrics_dir)
@@ -131,14 +151,15 @@ def worker(concurrency: int) -> None:
 
 @main.command("worker-duties", hidden=True)
 @click.option("--parent", type=int, required=True, help="The worker process this one serves.")
-def worker_duties(parent: int) -> None:
+@click.option("--queues", default=None, help="The queues that worker consumes (for its heartbeat).")
+def worker_duties(parent: int, queues: str | None) -> None:
     """The worker's heartbeat and a reconciler, until the worker process is gone."""
     from shared.jobs.duties import run_worker_duties
     from worker.metrics.server import serve_worker_metrics
 
     _setup_logging()
     serve_worker_metrics(get_settings())  # the worker's metrics port, when set: a thread of this process
-    run_worker_duties(get_settings(), parent)
+    run_worker_duties(get_settings(), parent, _queue_names(queues))
 
 
 def _requeue_interrupted(settings: Settings) -> None:

@@ -14,6 +14,7 @@ import base64
 import json
 import logging
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 from shared.settings import Settings
@@ -39,14 +40,15 @@ def job_id_of(raw: str | bytes) -> str | None:
         return None
 
 
-def _redis_present(settings: Settings, stale_after: float) -> set[str]:
+def _redis_present(settings: Settings, stale_after: float, queues: Collection[str]) -> set[str]:
     import redis
 
     timeout = settings.broker_timeout_seconds
     client = redis.Redis.from_url(settings.broker_url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
-        queue = settings.queue_name
-        lists = [queue, *(k.decode() for k in client.scan_iter(match=f"{queue}{PRIORITY_SEPARATOR}*"))]
+        lists: list[str] = []
+        for queue in queues:
+            lists += [queue, *(k.decode() for k in client.scan_iter(match=f"{queue}{PRIORITY_SEPARATOR}*"))]
         present: set[str] = set()
         for name in lists:
             present.update(filter(None, map(job_id_of, client.lrange(name, 0, -1))))
@@ -60,11 +62,10 @@ def _redis_present(settings: Settings, stale_after: float) -> set[str]:
         client.close()
 
 
-def _filesystem_present(settings: Settings) -> set[str]:
+def _filesystem_present(settings: Settings, queues: Collection[str]) -> set[str]:
     folder = Path(settings.broker_dir) / "queue"
-    suffix = f".{settings.queue_name}.msg"
     present: set[str] = set()
-    for path in folder.glob(f"*{suffix}"):
+    for path in (p for queue in queues for p in folder.glob(f"*.{queue}.msg")):
         try:
             job_id = job_id_of(path.read_bytes())
         except OSError:  # consumed while we looked
@@ -74,17 +75,21 @@ def _filesystem_present(settings: Settings) -> set[str]:
     return present
 
 
-def jobs_in_broker(settings: Settings, stale_after: float) -> set[str] | None:
-    """Job ids with a live message in the broker, or None for a broker whose storage we cannot read (the
-    reconciler then trusts it, and re-sends only jobs whose send failed)."""
+def jobs_in_broker(
+    settings: Settings, stale_after: float, queues: Collection[str] | None = None
+) -> set[str] | None:
+    """Job ids with a live message in the broker (in `queues`, by default the default queue), or None for a
+    broker whose storage we cannot read (the reconciler then trusts it, and re-sends only jobs whose send
+    failed)."""
+    names = sorted(set(queues or ())) or [settings.queue_name]
     if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
-        return _redis_present(settings, stale_after)
+        return _redis_present(settings, stale_after, names)
     if settings.broker_url.startswith("filesystem"):
-        return _filesystem_present(settings)
+        return _filesystem_present(settings, names)
     return None
 
 
-def queue_depth(settings: Settings) -> int | None:
+def queue_depth(settings: Settings, queue: str | None = None) -> int | None:
     """Messages waiting in the job queue (not those delivered to a worker), or None for a broker whose
     storage we cannot read. For /metrics: a count, so Redis' LLEN instead of reading every message."""
     if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
@@ -95,12 +100,12 @@ def queue_depth(settings: Settings) -> int | None:
             settings.broker_url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
         try:
-            queue = settings.queue_name
+            queue = queue or settings.queue_name
             lists = [queue, *client.scan_iter(match=f"{queue}{PRIORITY_SEPARATOR}*")]
             return sum(client.llen(name) for name in lists)
         finally:
             client.close()
     if settings.broker_url.startswith("filesystem"):
         folder = Path(settings.broker_dir) / "queue"
-        return sum(1 for _ in folder.glob(f"*.{settings.queue_name}.msg"))
+        return sum(1 for _ in folder.glob(f"*.{queue or settings.queue_name}.msg"))
     return None

@@ -72,8 +72,9 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def enqueue_training(app: Celery, settings: Settings, job_id: str) -> None:
-    app.send_task(TRAIN_TASK, args=[job_id], queue=settings.queue_name)
+def enqueue_training(app: Celery, settings: Settings, job_id: str, queue: str | None = None) -> None:
+    """To the job's named queue (None: the default one)."""
+    app.send_task(TRAIN_TASK, args=[job_id], queue=queue or settings.queue_name)
 
 
 class JobDispatcher:
@@ -88,11 +89,11 @@ class JobDispatcher:
         self._down_until = 0.0
         self._lock = threading.Lock()
 
-    def send(self, job_id: str) -> bool:
+    def send(self, job_id: str, queue: str | None = None) -> bool:
         if time.monotonic() < self._down_until:
             return False
         try:
-            enqueue_training(self.app, self.settings, job_id)
+            enqueue_training(self.app, self.settings, job_id, queue)
         except Exception as exc:  # any broker failure: the job is stored, the reconciler sends it later
             with self._lock:
                 self._down_until = time.monotonic() + self.cooldown

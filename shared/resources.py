@@ -63,6 +63,7 @@ class JobOut(BaseModel):
     id: str
     kind: str  # "train", or "caption" (captions a stored dataset)
     status: str
+    queue: str | None = None  # the named queue it waits in (None: made before named queues, the default)
     dataset_id: str | None  # the stored dataset it used, if any
     caption_revision: int | None  # that dataset's caption revision it trained on (or produced)
     config: dict[str, Any]
@@ -78,6 +79,9 @@ class JobOut(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # while queued, in GET /v1/jobs/{id}: its place in line (1: next) and a rough start estimate (seconds)
+    queue_position: int | None = None
+    estimated_start_seconds: float | None = None
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
@@ -86,6 +90,7 @@ class JobOut(BaseModel):
             id=job.id,
             kind=job.kind,
             status=job.status,
+            queue=job.queue,
             dataset_id=job.dataset_id,
             caption_revision=job.caption_revision,
             config=job.config,

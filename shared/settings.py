@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     database_url: str = ""  # default: sqlite file in data_dir
     broker_url: str = ""  # default: kombu's filesystem transport in data_dir/broker
     queue_name: str = "lorabake.train"
+    # named queues by model family, e.g. {"sdxl": "sdxl-24gb"} (JSON in LORABAKE_QUEUE_ROUTES); other
+    # families, and jobs that name no queue, go to queue_name
+    queue_routes: dict[str, str] = Field(default_factory=dict)
 
     storage_backend: Literal["local", "s3"] = "local"
     storage_dir: Path | None = None  # local backend; default data_dir/objects
@@ -66,6 +69,9 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     max_upload_bytes: int = 2 * 1024**3
+    # POST /v1/uploads: how long after its PUT URL expires (presign_expiry_seconds) an upload may still be
+    # used (a PUT begun just before may still be arriving); then the reconciler deletes it
+    upload_grace_seconds: float = 3600.0
     # dataset_url: connect and each read may take dataset_url_timeout_seconds, the whole download
     # dataset_url_max_seconds (it runs in the API request, holding one of api_threads)
     dataset_url_timeout_seconds: float = 10.0

@@ -22,6 +22,8 @@ class ObjectStore(Protocol):
     def download_file(self, key: str, dest: Path) -> None: ...
     def iter_bytes(self, key: str) -> Iterator[bytes]: ...
     def presigned_url(self, key: str, filename: str) -> str | None: ...
+    def presigned_put_url(self, key: str, content_type: str) -> str | None: ...
+    def object_size(self, key: str) -> int | None: ...
     def delete_prefix(self, prefix: str) -> None: ...
     def list_keys(self, prefix: str) -> list[str]: ...
     def check(self) -> None: ...
@@ -72,6 +74,14 @@ class LocalStore:
 
     def presigned_url(self, key: str, filename: str) -> str | None:
         return None  # the API streams local objects itself
+
+    def presigned_put_url(self, key: str, content_type: str) -> str | None:
+        return None  # the API takes the PUT itself (api/direct_uploads)
+
+    def object_size(self, key: str) -> int | None:
+        """The object's size, or None when there is none."""
+        path = self._path(key)
+        return path.stat().st_size if path.is_file() else None
 
     def delete_prefix(self, prefix: str) -> None:
         target = self._path(prefix.rstrip("/"))
@@ -150,6 +160,26 @@ class S3Store:
             },
             ExpiresIn=self.expiry,
         )
+
+    def presigned_put_url(self, key: str, content_type: str) -> str | None:
+        """A URL a client PUTs one object to, without our credentials; it must send this Content-Type."""
+        return self.public_client.generate_presigned_url(
+            "put_object",
+            Params={"Bucket": self.bucket, "Key": _safe_key(key), "ContentType": content_type},
+            ExpiresIn=self.expiry,
+        )
+
+    def object_size(self, key: str) -> int | None:
+        """The object's size, or None when there is none."""
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=_safe_key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return int(head["ContentLength"])
 
     def delete_prefix(self, prefix: str) -> None:
         keys = self.list_keys(prefix)

@@ -28,12 +28,13 @@ from api.datasets.service import (
     thumbnail_bytes,
 )
 from api.deps import DatasetsRead, DatasetsWrite, State
+from api.direct_uploads.sources import REMOTE_SOURCES, one_source, received_from
 from api.errors import validate_json_model
 from api.jobs.schemas import JobOut
 from api.jobs.submission import submit_caption_job
 from api.pagination import Cursor, newest_first_page
 from api.schemas import error_responses
-from api.uploads import limited_request, require_file, save_upload
+from api.uploads import limited_request, read_json_object, require_file, save_upload
 from shared.config.captioning import CaptionConfig
 from shared.datasets.captions import CaptionEdit, tag_frequency
 from shared.db.models import Dataset, DatasetImage, is_object_id
@@ -49,9 +50,10 @@ _UPLOAD_BODY = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["dataset"],
                     "properties": {
                         "dataset": {"type": "string", "format": "binary", "description": "zip of images"},
+                        "upload_id": {"type": "string", "description": "a zip put to POST /v1/uploads' URL"},
+                        "dataset_url": {"type": "string", "description": "an http(s) URL of a zip to fetch"},
                         "options": {
                             "type": "string",
                             "description": "JSON: name, and for flat zips repeats, trigger_word, class_word",
@@ -70,20 +72,40 @@ def parse_options(text: object) -> DatasetOptions:
     return validate_json_model(DatasetOptions, text, "options", "invalid_options")
 
 
-@router.post("", status_code=201, response_model=DatasetOut, responses=_ERRORS, openapi_extra=_UPLOAD_BODY)
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetOut,
+    responses=_ERRORS,
+    openapi_extra=_UPLOAD_BODY,
+    operation_id="upload_dataset",
+)
 async def upload_dataset(
     request: Request, response: Response, owner: DatasetsWrite, state: State
 ) -> DatasetOut:
-    """Store a dataset zip. The response reports every file (accepted, converted, rejected) and warnings."""
-    limited = limited_request(request, state.settings.max_upload_bytes)
-    async with limited.form(max_files=1, max_fields=8) as form:
-        options = parse_options(form.get("options"))
-        upload = require_file(form.get("dataset"), "dataset")
-        received = await run_in_threadpool(save_upload, upload, state.settings.work_dir / "uploads")
-    try:
-        dataset_id = await run_in_threadpool(create_dataset, state, owner, options, received)
-    finally:
-        received.path.unlink(missing_ok=True)
+    """Store a dataset zip: multipart with a `dataset` zip (or an `upload_id` from POST /v1/uploads, or a
+    `dataset_url` to fetch) and `options`, or a JSON body `{"upload_id" | "dataset_url": ..., "options":
+    {...}}`. The response reports every file (accepted, converted, rejected) and warnings."""
+    if request.headers.get("content-type", "").startswith("application/json"):
+        body = await read_json_object(request)
+        field, source = one_source(body, REMOTE_SOURCES, missing="upload_id")
+        options = parse_options(body.get("options"))
+    else:
+        limited = limited_request(request, state.settings.max_upload_bytes)
+        async with limited.form(max_files=1, max_fields=8) as form:
+            options = parse_options(form.get("options"))
+            field, source = one_source(form, ("dataset", *REMOTE_SOURCES), missing="dataset")
+            if field == "dataset":
+                upload = require_file(source, "dataset")
+                received = await run_in_threadpool(save_upload, upload, state.settings.work_dir / "uploads")
+    if field in REMOTE_SOURCES:
+        async with received_from(state, owner, field, source) as received:
+            dataset_id = await run_in_threadpool(create_dataset, state, owner, options, received)
+    else:
+        try:
+            dataset_id = await run_in_threadpool(create_dataset, state, owner, options, received)
+        finally:
+            received.path.unlink(missing_ok=True)
     response.headers["Location"] = f"/v1/datasets/{dataset_id}"
     with state.sessions() as session:
         return DatasetOut.of(owned_dataset(session, owner, dataset_id))
@@ -92,23 +114,25 @@ async def upload_dataset(
 # Handlers open their session in their own thread and close it before they return (see api/jobs/routes.py).
 
 
-@router.get("", response_model=DatasetList, responses=_ERRORS)
+@router.get("", response_model=DatasetList, responses=_ERRORS, operation_id="list_datasets")
 def list_datasets(
     owner: DatasetsRead, state: State, limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: Cursor = None
 ) -> DatasetList:
+    """Your stored datasets, newest first; `next_cursor` fetches the next (older) page."""
     query = select(Dataset).where(Dataset.owner == owner).options(selectinload(Dataset.images))
     with state.sessions() as session:
         rows, next_cursor = newest_first_page(session, query, Dataset, owner, cursor, limit)
         return DatasetList(items=[DatasetSummary.of(d) for d in rows], next_cursor=next_cursor)
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut, responses=_ERRORS)
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=_ERRORS, operation_id="get_dataset")
 def get_dataset(dataset_id: str, owner: DatasetsRead, state: State) -> DatasetOut:
+    """The dataset: its report (every file, accepted, converted or rejected), layout and warnings."""
     with state.sessions() as session:
         return DatasetOut.of(owned_dataset(session, owner, dataset_id))
 
 
-@router.delete("/{dataset_id}", status_code=204, responses=_ERRORS)
+@router.delete("/{dataset_id}", status_code=204, responses=_ERRORS, operation_id="delete_dataset")
 def remove_dataset(dataset_id: str, owner: DatasetsWrite, state: State) -> Response:
     """Deletes the dataset and its files; refused (409) while an unfinished job uses it."""
     with state.sessions() as session:
@@ -116,8 +140,20 @@ def remove_dataset(dataset_id: str, owner: DatasetsWrite, state: State) -> Respo
     return Response(status_code=204)
 
 
-@router.get("/{dataset_id}/images/{image_id}/thumbnail", responses=_ERRORS)
+@router.get(
+    "/{dataset_id}/images/{image_id}/thumbnail",
+    response_class=Response,
+    responses={
+        **_ERRORS,
+        200: {
+            "description": "a JPEG",
+            "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+        },
+    },
+    operation_id="get_image_thumbnail",
+)
 def get_thumbnail(dataset_id: str, image_id: str, owner: DatasetsRead, state: State) -> Response:
+    """A small JPEG of one of the dataset's images."""
     with state.sessions() as session:
         owned_dataset(session, owner, dataset_id)
         image = session.get(DatasetImage, image_id) if is_object_id(image_id) else None
@@ -133,7 +169,12 @@ def get_thumbnail(dataset_id: str, image_id: str, owner: DatasetsRead, state: St
     )
 
 
-@router.get("/{dataset_id}/captions", response_model=CaptionsOut, responses=_ERRORS)
+@router.get(
+    "/{dataset_id}/captions",
+    response_model=CaptionsOut,
+    responses=_ERRORS,
+    operation_id="get_dataset_captions",
+)
 def get_captions(
     dataset_id: str, owner: DatasetsRead, state: State, revision: Annotated[int | None, Query(ge=0)] = None
 ) -> CaptionsOut:
@@ -149,7 +190,12 @@ def get_captions(
         )
 
 
-@router.put("/{dataset_id}/captions", response_model=CaptionEditResult, responses=_ERRORS)
+@router.put(
+    "/{dataset_id}/captions",
+    response_model=CaptionEditResult,
+    responses=_ERRORS,
+    operation_id="edit_dataset_captions",
+)
 def edit_captions(
     dataset_id: str, edit: Annotated[CaptionEdit, Body()], owner: DatasetsWrite, state: State
 ) -> CaptionEditResult:
@@ -161,7 +207,9 @@ def edit_captions(
         return CaptionEditResult(revision=dataset.caption_revision, changed=changed)
 
 
-@router.get("/{dataset_id}/tags", response_model=list[TagCount], responses=_ERRORS)
+@router.get(
+    "/{dataset_id}/tags", response_model=list[TagCount], responses=_ERRORS, operation_id="get_dataset_tags"
+)
 def get_tags(dataset_id: str, owner: DatasetsRead, state: State) -> list[TagCount]:
     """How often each tag appears in the training images' captions (Kohya's tag frequency)."""
     with state.sessions() as session:
@@ -170,7 +218,13 @@ def get_tags(dataset_id: str, owner: DatasetsRead, state: State) -> list[TagCoun
     return [TagCount(tag=tag, count=count) for tag, count in counts]
 
 
-@router.post("/{dataset_id}/caption", status_code=201, response_model=JobOut, responses=_ERRORS)
+@router.post(
+    "/{dataset_id}/caption",
+    status_code=201,
+    response_model=JobOut,
+    responses=_ERRORS,
+    operation_id="caption_dataset",
+)
 async def caption_dataset(
     dataset_id: str,
     config: Annotated[CaptionConfig, Body()],

@@ -14,8 +14,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from api.deps import JobsRead, JobsWrite, State
+from api.deps import JobsRead, JobSubmitter, JobsWrite, State
+from api.direct_uploads.sources import REMOTE_SOURCES, one_source, received_from
 from api.jobs.events import Event, event_of
+from api.jobs.limits import check_limits
 from api.jobs.schemas import ArtifactOut, JobList, JobOut
 from api.jobs.submission import parse_config, submit_dataset_job, submit_job
 from api.pagination import Cursor, newest_first_page
@@ -42,8 +44,14 @@ _UPLOAD_BODY = {
                     "properties": {
                         "dataset": {"type": "string", "format": "binary", "description": "zip of images"},
                         "dataset_id": {"type": "string", "description": "a stored dataset, instead of a zip"},
+                        "upload_id": {"type": "string", "description": "a zip put to POST /v1/uploads' URL"},
+                        "dataset_url": {"type": "string", "description": "an http(s) URL of a zip to fetch"},
                         "config": {"type": "string", "description": "TrainingConfig as JSON text"},
                         "webhook": {"type": "string", "description": "URL that receives this job's events"},
+                        "queue": {
+                            "type": "string",
+                            "description": "a named queue (GET /v1/queue); default: by the model's family",
+                        },
                         "webhook_events": {
                             "type": "string",
                             "description": "event types for `webhook`, comma-separated; default: all",
@@ -63,35 +71,59 @@ def _owned_job(session: Session, owner: str, job_id: str) -> Job:
     return job
 
 
-@router.post("", status_code=201, response_model=JobOut, responses=_ERRORS, openapi_extra=_UPLOAD_BODY)
-async def create_job(request: Request, response: Response, owner: JobsWrite, state: State) -> JobOut:
-    """Queue a training job: multipart with a `dataset` zip (or a stored `dataset_id`) and `config`,
-    or a JSON body `{"dataset_id": ..., "config": {...}}`. Nothing is stored unless all of it checks out."""
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobOut,
+    responses=_ERRORS,
+    openapi_extra=_UPLOAD_BODY,
+    operation_id="create_job",
+)
+async def create_job(request: Request, response: Response, caller: JobSubmitter, state: State) -> JobOut:
+    """Queue a training job: multipart with a `dataset` zip (or a stored `dataset_id`, an `upload_id` from
+    POST /v1/uploads, a `dataset_url` to fetch) and `config`, or a JSON body `{"dataset_id" | "upload_id" |
+    "dataset_url": ..., "config": {...}}`. Nothing is stored unless all of it checks out. A key past its
+    limits gets a 429 with Retry-After before its upload is read."""
+    owner, key_id = caller.owner, caller.key_id
+    await run_in_threadpool(check_limits, state, caller)
     if request.headers.get("content-type", "").startswith("application/json"):
         body = await read_json_object(request)
-        if not isinstance(body.get("dataset_id"), str):
-            raise LorabakeError(
-                "a JSON body needs `dataset_id` (string) and `config` (object)",
-                code="missing_field",
-                details={"field": "dataset_id"},
-                status_code=422,
-            )
+        field, source = one_source(body, ("dataset_id", *REMOTE_SOURCES), missing="dataset_id")
         config = parse_config(body.get("config"))
         webhook = parse_job_webhook(body.get("webhook"), body.get("webhook_events"), state.settings)
-        job = await run_in_threadpool(submit_dataset_job, state, owner, config, body["dataset_id"], webhook)
+        queue = body.get("queue")
+        if field == "dataset_id":
+            job = await run_in_threadpool(
+                submit_dataset_job, state, owner, config, source, webhook, api_key_id=key_id, queue=queue
+            )
+        else:
+            async with received_from(state, owner, field, source) as received:
+                job = await run_in_threadpool(
+                    submit_job, state, owner, config, received, webhook, api_key_id=key_id, queue=queue
+                )
     else:
         limited = limited_request(request, state.settings.max_upload_bytes)
-        async with limited.form(max_files=1, max_fields=8) as form:
+        async with limited.form(max_files=1, max_fields=12) as form:
             config = parse_config(form.get("config"))
             webhook = parse_job_webhook(form.get("webhook"), form.get("webhook_events"), state.settings)
-            dataset_id = form.get("dataset_id")
-            if isinstance(dataset_id, str) and dataset_id:
-                job = await run_in_threadpool(submit_dataset_job, state, owner, config, dataset_id, webhook)
+            queue = form.get("queue")
+            field, source = one_source(form, ("dataset", "dataset_id", *REMOTE_SOURCES), missing="dataset")
+            if field == "dataset_id":
+                job = await run_in_threadpool(
+                    submit_dataset_job, state, owner, config, source, webhook, api_key_id=key_id, queue=queue
+                )
+            elif field in REMOTE_SOURCES:
+                async with received_from(state, owner, field, source) as received:
+                    job = await run_in_threadpool(
+                        submit_job, state, owner, config, received, webhook, api_key_id=key_id, queue=queue
+                    )
             else:
-                upload = require_file(form.get("dataset"), "dataset")
+                upload = require_file(source, "dataset")
                 received = await run_in_threadpool(save_upload, upload, state.settings.work_dir / "uploads")
                 try:
-                    job = await run_in_threadpool(submit_job, state, owner, config, received, webhook)
+                    job = await run_in_threadpool(
+                        submit_job, state, owner, config, received, webhook, api_key_id=key_id, queue=queue
+                    )
                 finally:
                     received.path.unlink(missing_ok=True)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -102,7 +134,7 @@ async def create_job(request: Request, response: Response, owner: JobsWrite, sta
 # until FastAPI's dependency teardown (which needs a thread of its own) deadlocks a full thread pool.
 
 
-@router.get("", response_model=JobList, responses=_ERRORS)
+@router.get("", response_model=JobList, responses=_ERRORS, operation_id="list_jobs")
 def list_jobs(
     owner: JobsRead,
     state: State,
@@ -119,13 +151,15 @@ def list_jobs(
         return JobList(items=[JobOut.of(j) for j in jobs], next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=_ERRORS)
+@router.get("/{job_id}", response_model=JobOut, responses=_ERRORS, operation_id="get_job")
 async def get_job(job_id: str, owner: JobsRead, state: State) -> Response:
     """The job: status, progress, plan, its files. Poll it, or follow /events."""
     return Response(await state.job_views.body(owner, job_id), media_type="application/json")
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=_ERRORS)
+@router.post(
+    "/{job_id}/cancel", status_code=202, response_model=JobOut, responses=_ERRORS, operation_id="cancel_job"
+)
 def cancel_job(job_id: str, owner: JobsWrite, state: State) -> JobOut:
     """Stops a job between two steps; epochs already saved stay downloadable."""
     with state.sessions() as session:
@@ -135,13 +169,28 @@ def cancel_job(job_id: str, owner: JobsWrite, state: State) -> JobOut:
         return JobOut.of(job)
 
 
-@router.get("/{job_id}/artifacts", response_model=list[ArtifactOut], responses=_ERRORS)
+@router.get(
+    "/{job_id}/artifacts", response_model=list[ArtifactOut], responses=_ERRORS, operation_id="list_artifacts"
+)
 def list_artifacts(job_id: str, owner: JobsRead, state: State) -> list[ArtifactOut]:
+    """The job's files: each saved epoch's LoRA, samples (with their prompt), captions."""
     with state.sessions() as session:
         return [ArtifactOut.of(a) for a in _owned_job(session, owner, job_id).artifacts]
 
 
-@router.get("/{job_id}/artifacts/{artifact_id}", responses={**_ERRORS, 307: {"description": "to storage"}})
+@router.get(
+    "/{job_id}/artifacts/{artifact_id}",
+    response_class=StreamingResponse,
+    responses={
+        **_ERRORS,
+        200: {
+            "description": "the file (the embedded mode streams it)",
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        307: {"description": "to a presigned URL of the file in storage (S3)"},
+    },
+    operation_id="download_artifact",
+)
 def download_artifact(job_id: str, artifact_id: str, owner: JobsRead, state: State) -> Response:
     """Redirects to a presigned storage URL (S3), or streams the file (embedded mode)."""
     with state.sessions() as session:
@@ -199,7 +248,18 @@ def _sse(event: Event) -> str:
     return f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.data)}\n\n"
 
 
-@router.get("/{job_id}/events", responses=_ERRORS)
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        **_ERRORS,
+        200: {
+            "description": "server-sent events (`id`, `event`: status/stage/progress/artifact, `data`: JSON)",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+    },
+    operation_id="stream_job_events",
+)
 async def stream_events(
     job_id: str, request: Request, owner: JobsRead, state: State, after: Annotated[int, Query(ge=0)] = 0
 ) -> StreamingResponse:

@@ -12,6 +12,7 @@ from sqlalchemy import update
 from api.datasets.service import owned_dataset, store_caption_snapshot
 from api.errors import validate_json_model
 from api.models.service import require_known_base_model
+from api.queue.service import job_queue
 from api.state import AppState
 from api.uploads import ReceivedFile
 from api.webhooks.service import JobWebhook, job_webhook
@@ -46,8 +47,12 @@ def submit_job(
     config: TrainingConfig,
     upload: ReceivedFile,
     webhook: JobWebhook | None = None,
+    *,
+    api_key_id: str | None = None,
+    queue: str | None = None,
 ) -> Job:
     require_known_base_model(state, config)
+    queue = job_queue(state, config, queue)
     report = inspect_dataset_zip(upload.path, config, state.settings.zip_limits)
     run = plan_run(config, report.layout, report.image_sizes, report)  # preset, buckets by probed sizes
 
@@ -57,6 +62,8 @@ def submit_job(
     job = Job(
         id=job_id,
         owner=owner,
+        api_key_id=api_key_id,
+        queue=queue,
         dataset_key=dataset_key,
         dataset_filename=upload.filename,
         dataset_bytes=upload.size,
@@ -84,10 +91,18 @@ def dataset_job_config(config: TrainingConfig, layout: DatasetLayout) -> Trainin
 
 
 def submit_dataset_job(
-    state: AppState, owner: str, config: TrainingConfig, dataset_id: str, webhook: JobWebhook | None = None
+    state: AppState,
+    owner: str,
+    config: TrainingConfig,
+    dataset_id: str,
+    webhook: JobWebhook | None = None,
+    *,
+    api_key_id: str | None = None,
+    queue: str | None = None,
 ) -> Job:
     """A training job on a stored dataset, pinned to its current caption revision."""
     require_known_base_model(state, config)
+    queue = job_queue(state, config, queue)
     with state.sessions() as session:
         try:
             dataset = owned_dataset(session, owner, dataset_id)
@@ -106,6 +121,8 @@ def submit_dataset_job(
         job = Job(
             id=job_id,
             owner=owner,
+            api_key_id=api_key_id,
+            queue=queue,
             dataset_key=dataset.object_key,
             dataset_filename=dataset.name,
             dataset_bytes=dataset.bytes,
@@ -180,7 +197,7 @@ def queue_job(
         state.remove_objects(f"jobs/{job_id}/")
         raise
     # Sent only after the commit, so a worker never receives an id it cannot find.
-    if not state.dispatcher.send(job_id):
+    if not state.dispatcher.send(job_id, job.queue):
         _mark_unsent(state, job_id)
     return job
 

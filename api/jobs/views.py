@@ -9,6 +9,7 @@ rendering run, in a thread, only when the job changed.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from datetime import datetime
@@ -19,16 +20,26 @@ from starlette.concurrency import run_in_threadpool
 
 from api.async_reads import AsyncReader, CompiledQuery, NoPooledConnection
 from api.jobs.schemas import JobOut
-from shared.db.models import Job, is_object_id
+from api.queue.service import QueueStanding
+from shared.db.models import Job, JobStatus, is_object_id
 from shared.errors import NotFoundError
 
-VERSION = select(Job.owner, Job.updated_at).where(Job.id == bindparam("job_id"))
+VERSION = select(Job.owner, Job.updated_at, Job.status, Job.created_at, Job.queue).where(
+    Job.id == bindparam("job_id")
+)
 
 
 class JobViews:
-    def __init__(self, sessions: sessionmaker[Session], reader: AsyncReader | None, max_entries: int = 4096):
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        reader: AsyncReader | None,
+        standing: QueueStanding,
+        max_entries: int = 4096,
+    ):
         self.sessions = sessions
         self.reader = reader
+        self.standing = standing
         self.max_entries = max_entries
         self._version_sql = CompiledQuery(VERSION) if reader is not None else None
         self._bodies: OrderedDict[str, tuple[datetime, bytes]] = OrderedDict()
@@ -40,9 +51,13 @@ class JobViews:
         if row is None or row[0] != owner:  # another owner's job is indistinguishable from a missing one
             raise NotFoundError(f"no job {job_id}", details={"job_id": job_id})
         cached = self._bodies.get(job_id)
-        if cached is not None and cached[0] == row[1]:
-            return cached[1]
-        return await run_in_threadpool(self._render, job_id)
+        body = cached[1] if cached is not None and cached[0] == row[1] else None
+        if body is None:
+            body = await run_in_threadpool(self._render, job_id)
+        if row[2] == JobStatus.queued:  # its place in line changes while the job itself does not
+            standing = await run_in_threadpool(self.standing.standing, row[3], row[4])
+            body = json.dumps({**json.loads(body), **standing}).encode()
+        return body
 
     async def _version(self, job_id: str) -> tuple | None:
         if self.reader is not None and self._version_sql is not None:

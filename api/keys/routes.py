@@ -71,6 +71,7 @@ def _visible_key(session: Session, caller: Identity, key_id: str) -> ApiKey:
 
 @router.get("/{key_id}", response_model=KeyOut, responses=_ERRORS, operation_id="get_key")
 def get_key(key_id: str, caller: Caller, state: State) -> KeyOut:
+    """One key (never the key itself): an admin's any, a tenant's its own owner's."""
     with state.sessions() as session:
         return KeyOut.of(_visible_key(session, caller, key_id))
 

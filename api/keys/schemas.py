@@ -13,14 +13,16 @@ _OWNER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,199}$"
 
 
 class KeyLimits(BaseModel):
-    """Per-key queue limits; unset means the deployment's defaults."""
+    """Per-key submission limits (a 429 with Retry-After past them); unset: no limit."""
 
     model_config = ConfigDict(extra="forbid")
 
-    max_running: int | None = Field(None, ge=1, le=1000, description="jobs of this key training at once")
-    max_queued: int | None = Field(None, ge=0, le=100_000, description="jobs of this key waiting at once")
-    submissions_per_minute: float | None = Field(None, gt=0, le=10_000, description="POST /v1/jobs rate")
-    priority: int | None = Field(None, ge=-10, le=10, description="higher starts first among waiting jobs")
+    max_queued: int | None = Field(
+        None, ge=0, le=100_000, description="jobs of this key waiting to start at once"
+    )
+    submissions_per_minute: float | None = Field(
+        None, gt=0, le=10_000, description="jobs this key may submit in any 60 seconds"
+    )
 
 
 class KeyCreate(BaseModel):

@@ -223,7 +223,9 @@ def _plan_out(source: str, run: PlannedRun) -> PlanOut:
     )
 
 
-@router.post("/v1/plan", response_model=PlanOut, responses=_ERRORS, openapi_extra=_PLAN_BODY)
+@router.post(
+    "/v1/plan", response_model=PlanOut, responses=_ERRORS, openapi_extra=_PLAN_BODY, operation_id="plan_job"
+)
 async def dry_run(request: Request, owner: JobsRead, state: State) -> PlanOut:
     """What a job would do, without storing or queueing anything: `config` (as for POST /v1/jobs) with a
     stored `dataset_id` or `counts` ({"subsets": [{"folder": "img/6_lisabp woman", "images": 34}]}).
@@ -260,7 +262,13 @@ _KOHYA_BODY = {
 }
 
 
-@router.post("/v1/configs/kohya", response_model=KohyaImportOut, responses=_ERRORS, openapi_extra=_KOHYA_BODY)
+@router.post(
+    "/v1/configs/kohya",
+    response_model=KohyaImportOut,
+    responses=_ERRORS,
+    openapi_extra=_KOHYA_BODY,
+    operation_id="import_kohya_config",
+)
 async def import_kohya(request: Request, owner: Owner, state: State) -> KohyaImportOut:
     """Read a kohya_ss GUI configuration JSON (LoRA tab, Configuration file > Save): `config` holds the
     TrainingConfig fields with the same meaning (add base_model if it is missing), `mapped` where each key

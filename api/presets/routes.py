@@ -13,7 +13,7 @@ from shared.config.presets import COMPUTED_FIELDS, PRESETS, Preset
 from shared.errors import NotFoundError
 
 router = APIRouter(prefix="/v1/presets", tags=["presets"])
-_ERRORS = error_responses(401, 404)
+_ERRORS = error_responses(401, 404, 422, 503)
 
 
 class PresetOut(BaseModel):
@@ -44,6 +44,7 @@ async def list_presets(owner: Owner) -> PresetList:
 
 @router.get("/{name}", response_model=PresetOut, responses=_ERRORS, operation_id="get_preset")
 async def get_preset(name: str, owner: Owner) -> PresetOut:
+    """One preset: its description, the values it sets and the fields it computes."""
     preset = PRESETS.get(name)
     if preset is None:
         raise NotFoundError(f"no preset {name!r}; there are {', '.join(PRESETS)}", details={"name": name})

@@ -61,6 +61,7 @@ def list_webhooks(
     state: State,
     job_id: Annotated[str | None, Query(description="a job's own `webhook` instead", max_length=32)] = None,
 ) -> EndpointList:
+    """Your registered endpoints, or with `job_id` that job's own webhook."""
     query = select(WebhookEndpoint).where(
         WebhookEndpoint.owner == owner, WebhookEndpoint.deleted_at.is_(None)
     )
@@ -92,6 +93,7 @@ def get_default_secret(owner: WebhooksRead, state: State) -> SecretOut:
     operation_id="rotate_default_webhook_secret",
 )
 def rotate_default_secret(owner: WebhooksWrite, state: State) -> SecretOut:
+    """A new default secret; the old one keeps signing beside it for 24 hours."""
     with state.sessions() as session:
         row = owner_secret(session, owner)
         rotate(row)
@@ -101,6 +103,7 @@ def rotate_default_secret(owner: WebhooksWrite, state: State) -> SecretOut:
 
 @router.get("/{webhook_id}", response_model=EndpointOut, responses=_ERRORS, operation_id="get_webhook")
 def get_webhook(webhook_id: str, owner: WebhooksRead, state: State) -> EndpointOut:
+    """One endpoint (its secret is at /secret)."""
     with state.sessions() as session:
         return EndpointOut.of(owned_endpoint(session, owner, webhook_id))
 
@@ -118,6 +121,7 @@ def delete_webhook(webhook_id: str, owner: WebhooksWrite, state: State) -> Respo
     "/{webhook_id}/secret", response_model=SecretOut, responses=_ERRORS, operation_id="get_webhook_secret"
 )
 def get_secret(webhook_id: str, owner: WebhooksRead, state: State) -> SecretOut:
+    """The endpoint's signing secret (for a job's webhook: your default secret)."""
     with state.sessions() as session:
         row = owned_endpoint(session, owner, webhook_id)
         if row.secret is None:

@@ -40,6 +40,10 @@ class Identity:
     owner: str
     admin: bool
     scopes: frozenset[str]
+    limits: tuple[tuple[str, float], ...] = ()  # (name, value) pairs of the key's limits
+
+    def limit(self, name: str) -> float | None:
+        return dict(self.limits).get(name)
 
     def allows(self, scope: str) -> bool:
         return self.admin or scope in self.scopes
@@ -104,7 +108,8 @@ def identity_for_key(session: Session, key: str) -> Identity | None:
     if row.last_used_at is None or now - as_utc(row.last_used_at) >= LAST_USED_RESOLUTION:
         session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
         session.commit()
-    return Identity(row.id, row.owner, row.admin, frozenset(row.scopes or ()))
+    limits = tuple(sorted((k, float(v)) for k, v in (row.limits or {}).items() if v is not None))
+    return Identity(row.id, row.owner, row.admin, frozenset(row.scopes or ()), limits)
 
 
 def owner_for_key(session: Session, key: str) -> str | None:

@@ -76,7 +76,7 @@ class ApiKey(Base):
     admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # what the key may do with its owner's resources (shared.db.keys.SCOPES); an admin key may do all
     scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
-    limits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # per-key queue limits (api/queue)
+    limits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # per-key limits (api/jobs/limits.py)
     last_used_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
@@ -90,6 +90,8 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner: Mapped[str] = mapped_column(String(200), index=True)
+    api_key_id: Mapped[str | None] = mapped_column(String(32), index=True, default=None)  # who submitted it
+    queue: Mapped[str | None] = mapped_column(String(100), default=None)  # a named queue; None: the default
     kind: Mapped[str] = mapped_column(String(20), default=JobKind.train, server_default=JobKind.train)
     # Jobs made from a stored dataset remember which one, and the caption revision they used.
     dataset_id: Mapped[str | None] = mapped_column(
@@ -267,6 +269,23 @@ class DatasetImage(Base):
     thumbnail_key: Mapped[str | None] = mapped_column(String(500), default=None)
 
     dataset: Mapped[Dataset] = relationship(back_populates="images")
+
+
+class Upload(Base):
+    """A dataset zip a client puts straight into storage (POST /v1/uploads) for one dataset or job to take
+    (shared/datasets/direct_uploads.py). Kept after use until `expires_at`, so a second use is told so."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    filename: Mapped[str] = mapped_column(String(500), default="dataset.zip")
+    # the local store's PUT URL carries a secret token, kept hashed; S3 signs its own URLs (None)
+    token_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    url_expires_at: Mapped[datetime] = mapped_column()  # the PUT URL's end
+    expires_at: Mapped[datetime] = mapped_column(index=True)  # then it is deleted, used or not
+    used_at: Mapped[datetime | None] = mapped_column(default=None)  # when a dataset or job took it
 
 
 class CaptionRevision(Base):

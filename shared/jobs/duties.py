@@ -32,7 +32,7 @@ def build_reconciler(settings: Settings, holder: str) -> Reconciler:
     return Reconciler(settings, sessions, dispatcher, build_store(settings), holder=holder)
 
 
-def run_worker_duties(settings: Settings, parent: int) -> None:
+def run_worker_duties(settings: Settings, parent: int, queues: list[str] | None = None) -> None:
     wid = worker_id(parent)
     reconciler = build_reconciler(settings, holder=f"worker:{wid}")
     sessions = reconciler.sessions
@@ -48,7 +48,7 @@ def run_worker_duties(settings: Settings, parent: int) -> None:
             next_beat = now + beat_every
             try:
                 with sessions() as session:
-                    record_heartbeat(session, wid, settings.queue_name)
+                    record_heartbeat(session, wid, ",".join(queues or [settings.queue_name]))
                     forget_unseen_models(session, timedelta(days=settings.model_catalogue_days))
                     forget_stale_workers(session, older_than_seconds=86_400)  # commits
             except Exception as exc:

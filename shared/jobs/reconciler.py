@@ -6,7 +6,8 @@ one act at a time):
   queue and resumes from its resume state; one that lost its worker `max_attempts` times fails
   (`too_many_attempts`); one whose cancel was asked for is canceled;
 - a queued job that was never sent (the broker was down when it was submitted or handed back), or whose
-  message the broker no longer holds (Redis lost its data), is sent again.
+  message the broker no longer holds (Redis lost its data), is sent again;
+- uploads (POST /v1/uploads) past their expiry are deleted, used or not, with their objects.
 Sending twice is harmless: claiming is atomic and a live lease makes a duplicate do nothing.
 
 After this process loses the database, leases are left alone until it has seen the database up for a full
@@ -24,6 +25,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.broker_inspect import jobs_in_broker
+from shared.datasets.direct_uploads import expire_uploads
 from shared.db.models import Job, JobStatus, as_utc, utcnow
 from shared.db.service_lock import try_lock
 from shared.jobs.leases import back_to_queue, end_if_it_must_not_run, held_by
@@ -42,6 +44,7 @@ class ReconcileReport:
     requeued: list[str] = field(default_factory=list)  # lease ran out: back in the queue
     ended: list[str] = field(default_factory=list)  # lease ran out: canceled, or too many attempts
     sent: list[str] = field(default_factory=list)  # (re)sent to the broker
+    expired_uploads: list[str] = field(default_factory=list)  # deleted with their objects
     skipped: str | None = None  # why nothing was done this pass
 
 
@@ -86,7 +89,13 @@ class Reconciler:
         if now - self._database_up_since >= self.settings.lease_seconds:
             self.take_back_expired(report)
         self.send_unsent(report)
+        self.expire_uploads(report)
         return report
+
+    # -- uploads nobody used in time --------------------------------------------------------------------
+    def expire_uploads(self, report: ReconcileReport) -> None:
+        if self.store is not None:
+            report.expired_uploads.extend(expire_uploads(self.sessions, self.store))
 
     # -- leases that ran out ----------------------------------------------------------------------------
     def take_back_expired(self, report: ReconcileReport) -> None:
@@ -159,25 +168,30 @@ class Reconciler:
         grace = timedelta(seconds=self.settings.requeue_after_seconds)
         with self.sessions() as session:
             queued = session.execute(
-                select(Job.id, Job.enqueued_at)
+                select(Job.id, Job.enqueued_at, Job.queue)
                 .where(
                     Job.status == JobStatus.queued, Job.lease_token.is_(None), Job.cancel_requested.is_(False)
                 )
                 .order_by(Job.created_at)
             ).all()
-        never_sent = [job_id for job_id, sent in queued if sent is None]
-        overdue = [job_id for job_id, sent in queued if sent is not None and as_utc(sent) <= now - grace]
+        queue_of = {job_id: queue for job_id, _, queue in queued}
+        never_sent = [job_id for job_id, sent, _ in queued if sent is None]
+        overdue = [job_id for job_id, sent, _ in queued if sent is not None and as_utc(sent) <= now - grace]
         lost: list[str] = []
         if overdue:
             try:
-                present = jobs_in_broker(self.settings, stale_after=self.settings.requeue_after_seconds)
+                present = jobs_in_broker(
+                    self.settings,
+                    stale_after=self.settings.requeue_after_seconds,
+                    queues={queue_of[j] or self.settings.queue_name for j in overdue},
+                )
             except Exception as exc:  # the broker is down: nothing can be sent now anyway
                 log.warning("reconciler: cannot read the broker (%s: %s)", type(exc).__name__, exc)
                 return
             if present is not None:
                 lost = [job_id for job_id in overdue if job_id not in present]
         for job_id in never_sent + lost:
-            if not self.dispatcher.send(job_id):
+            if not self.dispatcher.send(job_id, queue_of[job_id]):
                 break  # the broker is down; the rest wait for the next pass
             report.sent.append(job_id)
             if job_id in lost:

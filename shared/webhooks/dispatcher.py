@@ -1,6 +1,6 @@
-"""The webhook loop a process runs beside its other duties (a worker's duties process, or `lorabake
-webhooks` alone): fan job events out to deliveries, then keep deliveries in flight, in a thread of its own
-so a slow receiver never delays a heartbeat."""
+"""The webhook loop a worker's duties process runs beside its other duties: fan job events out to
+deliveries, then keep deliveries in flight, in a thread of its own so a slow receiver never delays a
+heartbeat."""
 
 from __future__ import annotations
 

@@ -68,7 +68,8 @@ def test_every_v1_route_needs_a_scope_unless_it_is_the_same_for_every_key(client
             else:
                 assert scope in SCOPES, (method, route.path)
                 resource = route.path.split("/")[2]
-                expected = "jobs" if resource in ("jobs", "plan") else resource
+                # a plan is a dry-run job; an upload is where a dataset's zip goes on its way in
+                expected = {"plan": "jobs", "queue": "jobs", "uploads": "datasets"}.get(resource, resource)
                 assert scope.split(":")[0] == expected, (method, route.path, scope)
                 reads = method == "GET" or (method, route.path) in READS_BY_POST
                 assert scope.endswith(":read") == reads, (method, route.path, scope)
@@ -107,14 +108,14 @@ def test_an_admin_makes_a_tenant_key_shown_once_that_works_and_stops_when_revoke
     made = client.post(
         "/v1/keys",
         headers=admin,
-        json={"owner": tenant, "name": "web app", "scopes": ["jobs:read"], "limits": {"max_running": 2}},
+        json={"owner": tenant, "name": "web app", "scopes": ["jobs:read"], "limits": {"max_queued": 2}},
     )
     assert made.status_code == 201, made.text
     created = made.json()
     key = created["key"]
     assert key.startswith("lb_") and created["prefix"] == key[:10]
     assert (created["owner"], created["scopes"], created["admin"]) == (tenant, ["jobs:read"], False)
-    assert created["limits"]["max_running"] == 2 and created["last_used_at"] is None
+    assert created["limits"]["max_queued"] == 2 and created["last_used_at"] is None
 
     assert client.get("/v1/jobs", headers=bearer(key)).status_code == 200
     listed = client.get("/v1/keys", headers=admin, params={"owner": tenant}).json()["items"]
@@ -158,7 +159,7 @@ def test_a_tenant_sees_and_revokes_only_its_own_owners_keys(client, pg_url):
     [
         ({"owner": "x", "scopes": ["jobs:delete"]}, "scopes"),
         ({"owner": "../etc"}, "owner"),
-        ({"owner": "x", "limits": {"max_running": 0}}, "limits.max_running"),
+        ({"owner": "x", "limits": {"max_queued": -1}}, "limits.max_queued"),
         ({"owner": "x", "surprise": 1}, "surprise"),
     ],
 )

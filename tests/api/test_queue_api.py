@@ -1,0 +1,114 @@
+"""Queue control over the API: per-key submission limits (429 with Retry-After, nothing stored), a queued
+job's place in line, and GET /v1/queue."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from shared.db.keys import add_api_key
+from shared.db.session import session_scope
+from tests.support.datasets import kohya_entries, write_zip
+from tests.support.stack import bucket_keys
+
+CONFIG = {"base_model": "tiny-sd15", "resolution": 64, "min_bucket_reso": 64, "epochs": 1}
+
+
+def key_with(pg_url: str, **limits: float) -> dict[str, str]:
+    with session_scope(pg_url) as session:
+        _, key = add_api_key(session, owner=f"q-{uuid.uuid4().hex[:8]}", limits=limits)
+    return {"Authorization": f"Bearer {key}"}
+
+
+def submit(client, headers, zip_path):  # noqa: ANN001, ANN201
+    with open(zip_path, "rb") as fh:
+        return client.post(
+            "/v1/jobs",
+            headers=headers,
+            files={"dataset": ("s.zip", fh, "application/zip")},
+            data={"config": json.dumps(CONFIG)},
+        )
+
+
+def test_a_key_past_max_queued_gets_a_429_and_stores_nothing(client, pg_url, tmp_path, s3_server, bucket):
+    headers = key_with(pg_url, max_queued=1)
+    zip_path = write_zip(tmp_path / "s.zip", kohya_entries(images=2, webp=False))
+    first = submit(client, headers, zip_path)
+    assert first.status_code == 201, first.text
+    stored = bucket_keys(s3_server, bucket)
+    refused = submit(client, headers, zip_path)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "too_many_queued"
+    assert refused.json()["error"]["details"] == {"limit": "max_queued", "value": 1}
+    assert int(refused.headers["retry-after"]) > 0
+    assert bucket_keys(s3_server, bucket) == stored
+    assert [j["id"] for j in client.get("/v1/jobs", headers=headers).json()["items"]] == [first.json()["id"]]
+    # once it is no longer waiting, the key may submit again
+    assert client.post(f"/v1/jobs/{first.json()['id']}/cancel", headers=headers).status_code == 202
+    assert submit(client, headers, zip_path).status_code == 201
+
+
+def test_a_key_past_its_submission_rate_is_told_when_to_come_back(client, pg_url, tmp_path):
+    headers = key_with(pg_url, submissions_per_minute=2)
+    zip_path = write_zip(tmp_path / "s.zip", kohya_entries(images=2, webp=False))
+    assert [submit(client, headers, zip_path).status_code for _ in range(2)] == [201, 201]
+    refused = submit(client, headers, zip_path)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    other = key_with(pg_url, submissions_per_minute=2)  # another key is not held back by this one
+    assert submit(client, other, zip_path).status_code == 201
+
+
+def test_a_queued_job_shows_its_place_in_line_and_the_queue_counts_yours(client, headers, tmp_path):
+    zip_path = write_zip(tmp_path / "s.zip", kohya_entries(images=2, webp=False))
+    first, second = (submit(client, headers, zip_path).json() for _ in range(2))
+    one = client.get(f"/v1/jobs/{first['id']}", headers=headers).json()
+    two = client.get(f"/v1/jobs/{second['id']}", headers=headers).json()
+    assert two["queue_position"] == one["queue_position"] + 1
+    assert "estimated_start_seconds" in two
+    queue = client.get("/v1/queue", headers=headers).json()
+    assert queue["yours"] == {"queued": 2, "running": 0} and queue["queued"] >= 2
+    assert client.post(f"/v1/jobs/{first['id']}/cancel", headers=headers).status_code == 202
+    moved = client.get(f"/v1/jobs/{second['id']}", headers=headers).json()
+    assert moved["queue_position"] == two["queue_position"] - 1  # the job ahead left the line
+    canceled = client.get(f"/v1/jobs/{first['id']}", headers=headers).json()
+    assert canceled["queue_position"] is None
+
+
+def test_jobs_go_to_their_familys_queue_or_the_one_they_name(env, pg_url, redis_url, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from shared.broker_inspect import jobs_in_broker
+    from tests.support.stack import settings_from_env
+
+    routed = f"sd1-{uuid.uuid4().hex[:6]}"
+    settings = settings_from_env({**env, "LORABAKE_QUEUE_ROUTES": json.dumps({"sd1": routed})})
+    headers = key_with(pg_url)
+    zip_path = write_zip(tmp_path / "s.zip", kohya_entries(images=2, webp=False))
+    with TestClient(create_app(settings)) as client:
+        job = submit(client, headers, zip_path).json()
+        assert job["queue"] == routed  # tiny-sd15 is an SD1.x model (the catalogue says so)
+        assert job["id"] in jobs_in_broker(settings, stale_after=60, queues=[routed])
+        assert job["id"] not in jobs_in_broker(settings, stale_after=60, queues=[settings.queue_name])
+        with open(zip_path, "rb") as fh:
+            named = client.post(
+                "/v1/jobs",
+                headers=headers,
+                files={"dataset": ("s.zip", fh, "application/zip")},
+                data={"config": json.dumps(CONFIG), "queue": settings.queue_name},
+            )
+        assert named.status_code == 201 and named.json()["queue"] == settings.queue_name
+        with open(zip_path, "rb") as fh:
+            unknown = client.post(
+                "/v1/jobs",
+                headers=headers,
+                files={"dataset": ("s.zip", fh, "application/zip")},
+                data={"config": json.dumps(CONFIG), "queue": "h100-only"},
+            )
+        assert unknown.status_code == 422 and unknown.json()["error"]["details"]["field"] == "queue"
+        assert set(unknown.json()["error"]["details"]["queues"]) >= {routed, settings.queue_name}
+        listed = {q["name"]: q for q in client.get("/v1/queue", headers=headers).json()["queues"]}
+        assert listed[routed]["queued"] == 1 and listed[settings.queue_name]["queued"] >= 1
+        position = client.get(f"/v1/jobs/{job['id']}", headers=headers).json()["queue_position"]
+        assert position == 1  # alone in its queue, whatever waits in the others
