@@ -1,4 +1,4 @@
-"""`lorabake submit | watch | download | jobs | cancel`: a lorabake server from a terminal, through
+"""`lorabake submit | watch | download | jobs | cancel | webhooks`: a lorabake server from a terminal, through
 lorabake.client. On a terminal they draw rich progress bars and tables; piped, they print plain lines.
 
 Exit codes: 0 done (a watched job succeeded), 1 an error (or the watched job failed), 2 bad usage,
@@ -11,10 +11,12 @@ import functools
 import json
 import re
 import sys
+import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,12 +46,14 @@ from lorabake.client import (
     LorabakeClient,
     LorabakeClientError,
     LorabakeConnectionError,
+    WebhookDelivery,
 )
 from lorabake.client import Progress as JobProgress
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_FAILED, EXIT_CANCELED, EXIT_INTERRUPTED = 1, 3, 130
 PLAIN_PROGRESS_EVERY = 5.0  # seconds between plain progress lines (an epoch's start and the end always print)
+QUEUE_REFRESH_SECONDS = 5.0  # how often `watch` asks a queued job's place in line again
 _OBJECT_ID = re.compile(r"[0-9a-f]{32}")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -148,6 +152,13 @@ def plan_summary(job: Job) -> str:
     return text + (f"; warnings: {', '.join(warnings)}" if warnings else "")
 
 
+def event_list(text: str | None) -> list[str] | None:
+    """`--webhook-events a,b`: the event types, or None (all of them) when not given."""
+    if text is None:
+        return None
+    return [e.strip() for e in text.split(",") if e.strip()]
+
+
 @click.command()
 @click.argument("dataset")
 @click.option(
@@ -158,22 +169,61 @@ def plan_summary(job: Job) -> str:
     help="Training config: JSON, TOML or YAML, in Kohya's vocabulary.",
 )
 @click.option("--preset", default=None, help="Fill the fields the config leaves out: character, style...")
+@click.option(
+    "--direct",
+    is_flag=True,
+    help="Send the zip straight to storage (POST /v1/uploads) instead of in the submission.",
+)
+@click.option(
+    "--webhook",
+    "webhook_url",
+    default=None,
+    metavar="URL",
+    help="A URL that receives this job's events, signed with your default webhook secret.",
+)
+@click.option(
+    "--webhook-events",
+    default=None,
+    metavar="A,B",
+    help="The events --webhook receives (default: all): job.status, job.stage, job.progress, "
+    "job.artifact, job.succeeded, job.failed, job.canceled.",
+)
 @click.option("--watch", "follow_job", is_flag=True, help="Then follow it as `lorabake watch` does.")
 @remote_options
 def submit(
-    dataset: str, config_file: Path, preset: str | None, follow_job: bool, url: str, key: str | None
+    dataset: str,
+    config_file: Path,
+    preset: str | None,
+    direct: bool,
+    webhook_url: str | None,
+    webhook_events: str | None,
+    follow_job: bool,
+    url: str,
+    key: str | None,
 ) -> None:
-    """Queue a training job on DATASET: a zip, a folder (zipped on the fly) or a stored dataset's id.
-    Prints the job's id."""
+    """Queue a training job on DATASET: a zip, a folder (zipped on the fly), a stored dataset's id, or an
+    http(s) URL of a zip that the server fetches. Prints the job's id."""
     config = load_config(config_file)
+    if webhook_events is not None and not webhook_url:
+        raise click.UsageError("--webhook-events needs --webhook")
+    hook: dict[str, Any] = {"webhook": webhook_url or None, "webhook_events": event_list(webhook_events)}
     path = Path(dataset).expanduser()
+    remote = urlsplit(dataset).scheme in ("http", "https")
+    if direct and (remote or not path.exists()):
+        raise click.UsageError("--direct sends a zip or folder of this machine; DATASET is not one")
     with connected(url, key) as client:
-        if path.exists():
-            job = client.submit_job(config, dataset=path, preset=preset)
+        if remote:
+            job = client.submit_job(config, dataset_url=dataset, preset=preset, **hook)
+        elif path.exists() and direct:
+            upload_id = client.upload_direct(path)
+            click.echo(f"uploaded {path.name} straight to storage: upload {upload_id}", err=True)
+            job = client.submit_job(config, upload_id=upload_id, preset=preset, **hook)
+        elif path.exists():
+            job = client.submit_job(config, dataset=path, preset=preset, **hook)
         elif _OBJECT_ID.fullmatch(dataset):
-            job = client.submit_job(config, dataset_id=dataset, preset=preset)
+            job = client.submit_job(config, dataset_id=dataset, preset=preset, **hook)
         else:
-            raise click.ClickException(f"{dataset}: no such zip file or folder (nor a dataset id)")
+            raise click.ClickException(f"{dataset}: no such zip file or folder (nor a dataset id or URL)")
         click.echo(job.id)
         click.echo(f"queued: {plan_summary(job)}", err=True)
         if follow_job:
@@ -208,6 +258,15 @@ def _rate(p: JobProgress) -> str:
     return f"{p.steps_per_second:.2f} it/s" if p.steps_per_second else "- it/s"
 
 
+def standing_line(job: Job) -> str | None:
+    """`queued: position 2, starts in ~1m05s` for a queued job (None once it has started)."""
+    if job.status != "queued" or job.queue_position is None:
+        return None
+    when = job.estimated_start_seconds
+    start = "no start estimate yet" if when is None else f"starts in ~{_duration(when)}"
+    return f"queued: position {job.queue_position}, {start}"
+
+
 def saved_line(data: dict[str, Any]) -> str:
     where = ", ".join(f"{k} {data[k]}" for k in ("epoch", "step") if data.get(k) is not None)
     size = f", {_size(int(data['size_bytes']))}" if isinstance(data.get("size_bytes"), int) else ""
@@ -226,6 +285,10 @@ class WatchView:
         self._last_plain = 0.0
         self._bar: Progress | None = None
         self._task: TaskID | None = None
+        self.standing = standing_line(job)  # while queued: its place in line, as a line of text
+        self.position = job.queue_position if self.standing else None
+        self._shown_position: int | None = None  # the position plain output printed last
+        self._lock = threading.Lock()  # the queue ticker's thread updates the view too
 
     def __enter__(self) -> WatchView:
         if self.live:
@@ -242,9 +305,12 @@ class WatchView:
             )
             self._bar.start()
             self._task = self._bar.add_task(
-                self.state, total=self.total, epoch="-", loss="-", rate="-", eta="-"
+                self._label(), total=self.total, epoch="-", loss="-", rate="-", eta="-"
             )
         return self
+
+    def _label(self) -> str:
+        return self.standing if self.state == "queued" and self.standing else self.state
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
@@ -260,12 +326,21 @@ class WatchView:
         self.note(f"stream dropped ({error or 'closed'}); reconnecting (attempt {attempt})")
 
     def handle(self, event: Event) -> None:
+        with self._lock:
+            self._handle(event)
+
+    def _handle(self, event: Event) -> None:
         data = event.data
         if event.type == "status":
             self.state = str(data.get("status", self.state))
-            self._describe(self.state)
+            if self.state != "queued":
+                self.standing = self.position = None  # (a job queued again gets a fresh look)
+            self._describe(self._label())
             if not self.live:
                 self.note(f"status: {self.state}")
+                if self.standing:
+                    self.note(self.standing)
+                    self._shown_position = self.position
         elif event.type == "stage":
             self._describe(f"{self.state}: {data.get('stage', '')}")
             if not self.live:
@@ -278,6 +353,19 @@ class WatchView:
             self.note(f"removed {data.get('name', '?')} (only the last ones are kept)")
         elif event.type == "cancel_requested":
             self.note("cancel requested: it stops after the current step")
+
+    def queue_standing(self, job: Job) -> None:
+        """A fresh look at the queued job: the bar shows its place in line; plain output prints it again
+        when the position changes."""
+        with self._lock:
+            line = standing_line(job)
+            if self.state != "queued" or line is None:
+                return
+            self.standing, self.position = line, job.queue_position
+            self._describe(line)
+            if not self.live and self.position != self._shown_position:
+                self._shown_position = self.position
+                self.note(line)
 
     def _describe(self, text: str) -> None:
         if self._bar is not None and self._task is not None:
@@ -305,10 +393,34 @@ class WatchView:
             )
 
 
+@contextmanager
+def queue_ticker(client: LorabakeClient, job_id: str, view: WatchView) -> Iterator[None]:
+    """While the job is queued, asks its place in line every QUEUE_REFRESH_SECONDS (the event stream says
+    nothing while a job waits), in a thread beside the stream."""
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(QUEUE_REFRESH_SECONDS):
+            if view.state != "queued":
+                continue
+            try:
+                view.queue_standing(client.get_job(job_id))
+            except Exception:  # noqa: BLE001 - the stream reports what matters; this is a nicety
+                continue
+
+    thread = threading.Thread(target=tick, name="queue-ticker", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=2 * QUEUE_REFRESH_SECONDS)
+
+
 def follow(client: LorabakeClient, job_id: str) -> int:
     """Shows the job until it ends; the exit code says how it ended."""
     out = console()
-    with WatchView(out, client.get_job(job_id)) as view:
+    with WatchView(out, client.get_job(job_id)) as view, queue_ticker(client, job_id, view):
         for event in client.events(job_id, on_reconnect=view.reconnecting):
             view.handle(event)
     job = client.get_job(job_id)
@@ -471,6 +583,20 @@ def job_row(job: Job) -> list[str]:
     ]
 
 
+def print_table(columns: list[str], rows: list[list[str]]) -> None:
+    """A rich table on a terminal; aligned plain columns otherwise, for grep and awk."""
+    out = console()
+    if out.is_terminal:
+        table = Table(*columns, box=None, header_style="bold")
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+        return
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    for row in [columns, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
 JOB_COLUMNS = ["ID", "KIND", "STATUS", "STEP", "EPOCH", "LOSS", "FILES", "NAME", "CREATED"]
 
 
@@ -484,17 +610,7 @@ def list_jobs(status: str | None, limit: int, url: str, key: str | None) -> None
     """Your jobs, newest first."""
     with connected(url, key) as client:
         jobs = list(islice(client.iter_jobs(status=status, page_size=min(limit, 100)), limit))
-    rows = [job_row(j) for j in jobs]
-    out = console()
-    if out.is_terminal:
-        table = Table(*JOB_COLUMNS, box=None, header_style="bold")
-        for row in rows:
-            table.add_row(*row)
-        out.print(table)
-    else:  # aligned plain columns, for grep and awk
-        widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(JOB_COLUMNS)]
-        for row in [JOB_COLUMNS, *rows]:
-            click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print_table(JOB_COLUMNS, [job_row(j) for j in jobs])
     if not jobs:
         click.echo("no jobs" + (f" with status {status}" if status else ""), err=True)
 
@@ -512,4 +628,122 @@ def cancel(job_id: str, url: str, key: str | None) -> None:
         click.echo(f"job {job.id}: cancel requested; it stops after the current step (now {job.status})")
 
 
-COMMANDS = [submit, watch, download, list_jobs, cancel]
+# --- webhooks ------------------------------------------------------------------------------------------
+
+
+@click.group()
+def webhooks() -> None:
+    """Endpoints that receive your jobs' events (signed, Standard Webhooks), and their delivery logs."""
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+@webhooks.command("list")
+@click.option("--job", "job_id", default=None, help="That job's own --webhook instead of your endpoints.")
+@remote_options
+def list_webhooks(job_id: str | None, url: str, key: str | None) -> None:
+    """Your registered endpoints (or a job's own webhook)."""
+    with connected(url, key) as client:
+        hooks = client.list_webhooks(job_id=job_id)
+    rows = [
+        [h.id, h.kind, ",".join(h.events) or "all", h.url, h.description, _when(h.created_at)] for h in hooks
+    ]
+    print_table(["ID", "KIND", "EVENTS", "URL", "DESCRIPTION", "CREATED"], rows)
+    if not hooks:
+        click.echo("no webhooks", err=True)
+
+
+@webhooks.command("create")
+@click.argument("endpoint_url", metavar="URL")
+@click.option("--events", default=None, metavar="A,B", help="Only these event types (default: all).")
+@click.option("--description", default="", help="A note to recognize it by.")
+@remote_options
+def create_webhook(
+    endpoint_url: str, events: str | None, description: str, url: str, key: str | None
+) -> None:
+    """Register URL for every event of your jobs. Prints its id, then its secret (`whsec_...`), which
+    verifies the signatures; `lorabake webhooks secret ID` shows it again."""
+    with connected(url, key) as client:
+        created = client.create_webhook(endpoint_url, event_list(events), description)
+    click.echo(created.id)
+    click.echo(created.secret)
+
+
+@webhooks.command("delete")
+@click.argument("webhook_id")
+@remote_options
+def delete_webhook(webhook_id: str, url: str, key: str | None) -> None:
+    """Stop sending to an endpoint (deliveries not made yet are dropped)."""
+    with connected(url, key) as client:
+        client.delete_webhook(webhook_id)
+    click.echo(f"webhook {webhook_id} deleted")
+
+
+@webhooks.command("secret")
+@click.argument("webhook_id", required=False)
+@click.option("--rotate", is_flag=True, help="Make a new one; the old one also signs for 24 hours.")
+@remote_options
+def webhook_secret(webhook_id: str | None, rotate: bool, url: str, key: str | None) -> None:
+    """An endpoint's signing secret, or without WEBHOOK_ID your default one (it signs jobs' --webhook)."""
+    with connected(url, key) as client:
+        if webhook_id is None:
+            secret = client.rotate_default_webhook_secret() if rotate else client.get_default_webhook_secret()
+        elif rotate:
+            secret = client.rotate_webhook_secret(webhook_id)
+        else:
+            secret = client.get_webhook_secret(webhook_id)
+    click.echo(secret.secret)
+    if secret.previous_secret_valid_until:
+        click.echo(
+            f"the previous secret also signs until {_when(secret.previous_secret_valid_until)}", err=True
+        )
+
+
+def delivery_row(d: WebhookDelivery) -> list[str]:
+    last = d.attempts[-1] if d.attempts else None
+    answer = "-" if last is None else str(last.status_code or last.error or "-")
+    return [
+        d.id,
+        d.event_type,
+        d.job_id or "-",
+        d.status,
+        str(len(d.attempts)),
+        answer[:40],
+        _when(d.created_at),
+    ]
+
+
+@webhooks.command("deliveries")
+@click.argument("webhook_id")
+@click.option("--status", type=click.Choice(["pending", "delivered", "failed"]), default=None)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many, newest first."
+)
+@remote_options
+def webhook_deliveries(webhook_id: str, status: str | None, limit: int, url: str, key: str | None) -> None:
+    """An endpoint's delivery log, newest first: each event, its status, attempts and the last answer."""
+    with connected(url, key) as client:
+        pages = client.iter_webhook_deliveries(webhook_id, status=status, page_size=min(limit, 100))
+        deliveries = list(islice(pages, limit))
+    print_table(
+        ["ID", "EVENT", "JOB", "STATUS", "ATTEMPTS", "LAST ANSWER", "CREATED"],
+        [delivery_row(d) for d in deliveries],
+    )
+    if not deliveries:
+        click.echo("no deliveries" + (f" with status {status}" if status else ""), err=True)
+
+
+@webhooks.command("redeliver")
+@click.argument("webhook_id")
+@click.argument("delivery_id")
+@remote_options
+def redeliver(webhook_id: str, delivery_id: str, url: str, key: str | None) -> None:
+    """Send one delivery again now, with the same webhook-id."""
+    with connected(url, key) as client:
+        delivery = client.redeliver_webhook(webhook_id, delivery_id)
+    click.echo(f"delivery {delivery.id} ({delivery.event_type}) is being sent again")
+
+
+COMMANDS = [submit, watch, download, list_jobs, cancel, webhooks]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -14,16 +14,18 @@ import httpx
 from lorabake.client.archive import dataset_zip
 from lorabake.client.downloads import DownloadResult, ProgressHook, download_file
 from lorabake.client.errors import LorabakeClientError
-from lorabake.client.http import ApiSession
+from lorabake.client.http import ApiSession, api_error, same_origin
 from lorabake.client.models import (
     ApiKeyInfo,
     Artifact,
     CaptionEditResult,
     Captions,
     CreatedKey,
+    CreatedWebhook,
     Dataset,
     DatasetPage,
     DatasetSummary,
+    DeliveryPage,
     Event,
     Job,
     JobPage,
@@ -32,8 +34,13 @@ from lorabake.client.models import (
     ModelCatalogue,
     Plan,
     Preset,
+    Queue,
     Readiness,
     TagCount,
+    Upload,
+    Webhook,
+    WebhookDelivery,
+    WebhookSecret,
 )
 from lorabake.client.sse import ReconnectHook, reconnecting_events
 
@@ -113,19 +120,39 @@ class LorabakeClient:
         *,
         dataset: str | os.PathLike[str] | None = None,
         dataset_id: str | None = None,
+        upload_id: str | None = None,
+        dataset_url: str | None = None,
         preset: str | None = None,
+        webhook: str | None = None,
+        webhook_events: Sequence[str] | None = None,
     ) -> Job:
-        """Queue a training job on `dataset` (a zip, or a folder zipped on the fly) or on a stored
-        `dataset_id`. `preset` sets `config.preset` (it fills only the fields the config leaves out)."""
-        body = {**config, **({"preset": preset} if preset else {})}
-        if dataset is not None and dataset_id is None:
-            return self._api.parse(Job, self._post_zip("/v1/jobs", dataset, {"config": json.dumps(body)}))
-        if dataset_id is not None and dataset is None:
-            response = self._api.request(
-                "POST", "/v1/jobs", ok=(201,), json={"dataset_id": dataset_id, "config": body}
+        """Queue a training job. The dataset is exactly one of: `dataset` (a zip, or a folder zipped on the
+        fly, sent in the request), `dataset_id` (a stored dataset), `upload_id` (a zip sent to storage
+        with `upload_direct()`) or `dataset_url` (an http(s) URL of a zip the server fetches). `preset` sets
+        `config.preset` (it fills only the fields the config leaves out). `webhook` is a URL that receives
+        this job's events (`webhook_events` of them; all when None), signed with your default secret
+        (`get_default_webhook_secret()`).
+
+        Never retried: a 429 (`too_many_queued`, `rate_limited`) or 503 raises LorabakeAPIError with
+        `retry_after`, and nothing was stored."""
+        body: dict[str, Any] = {**config, **({"preset": preset} if preset else {})}
+        sources = _params(
+            dataset=dataset, dataset_id=dataset_id, upload_id=upload_id, dataset_url=dataset_url
+        )
+        if len(sources) != 1:
+            raise LorabakeClientError(
+                "give exactly one of dataset (a zip or folder), dataset_id, upload_id or dataset_url"
             )
-            return self._api.parse(Job, response)
-        raise LorabakeClientError("give either dataset (a zip or folder) or dataset_id")
+        if webhook_events is not None and webhook is None:
+            raise LorabakeClientError("webhook_events needs a webhook")
+        hook = _params(
+            webhook=webhook, webhook_events=None if webhook_events is None else list(webhook_events)
+        )
+        if dataset is not None:
+            fields = {"config": json.dumps(body), **_form_fields(hook)}
+            return self._api.parse(Job, self._post_zip("/v1/jobs", dataset, fields))
+        response = self._api.request("POST", "/v1/jobs", ok=(201,), json={**sources, "config": body, **hook})
+        return self._api.parse(Job, response)
 
     def _post_zip(self, path: str, dataset: str | os.PathLike[str], fields: dict[str, str]) -> httpx.Response:
         """A multipart upload of the dataset zip (a folder is zipped first) beside text `fields`."""
@@ -225,23 +252,69 @@ class LorabakeClient:
             attempts=attempts,
         )
 
-    # --- datasets ------------------------------------------------------------------------------------------
+    # --- datasets, uploads straight to storage --------------------------------------------------------------
     def upload_dataset(
         self,
-        dataset: str | os.PathLike[str],
+        dataset: str | os.PathLike[str] | None = None,
         *,
+        upload_id: str | None = None,
+        dataset_url: str | None = None,
         name: str | None = None,
         repeats: int | None = None,
         trigger_word: str | None = None,
         class_word: str | None = None,
     ) -> Dataset:
-        """Stores a dataset (a zip, or a folder zipped on the fly). `repeats`, `trigger_word` and
-        `class_word` are for flat datasets; Kohya folders (`img/6_lisabp woman`) carry their own."""
+        """Stores a dataset: exactly one of `dataset` (a zip, or a folder zipped on the fly, sent in the
+        request), `upload_id` (a zip sent to storage with `upload_direct()`) or `dataset_url` (an http(s)
+        URL of a zip the server fetches). `repeats`, `trigger_word` and `class_word` are for flat
+        datasets; Kohya folders (`img/6_lisabp woman`) carry their own."""
         options = _params(name=name, repeats=repeats, trigger_word=trigger_word, class_word=class_word)
-        response = self._post_zip(
-            "/v1/datasets", dataset, {"options": json.dumps(options)} if options else {}
-        )
+        sources = _params(dataset=dataset, upload_id=upload_id, dataset_url=dataset_url)
+        if len(sources) != 1:
+            raise LorabakeClientError(
+                "give exactly one of dataset (a zip or folder), upload_id or dataset_url"
+            )
+        if dataset is not None:
+            response = self._post_zip(
+                "/v1/datasets", dataset, {"options": json.dumps(options)} if options else {}
+            )
+        else:
+            body = {**sources, **({"options": options} if options else {})}
+            response = self._api.request("POST", "/v1/datasets", ok=(201,), json=body)
         return self._api.parse(Dataset, response)
+
+    def create_upload(self, *, filename: str | None = None) -> Upload:
+        """`POST /v1/uploads`: a URL to send one dataset zip to, straight to storage (`put_upload()`), and
+        the `upload_id` that names it once sent. `filename` is what the dataset is named after."""
+        body = _params(filename=filename)
+        return self._api.parse(Upload, self._api.request("POST", "/v1/uploads", ok=(201,), json=body))
+
+    def put_upload(self, upload: Upload, dataset: str | os.PathLike[str]) -> None:
+        """Sends the zip (a folder is zipped first) to the upload's URL with the headers it names, as the
+        whole body. The URL carries its own credentials (an S3 signature, or the embedded mode's token):
+        the API key goes only to a URL of the API's own origin. Not retried; an error answer raises
+        LorabakeAPIError (from S3, `code` is `http_403` and so on, `message` its text)."""
+        url = upload.url
+        auth = self._api.auth if same_origin(url, self.base_url) else {}
+        with dataset_zip(dataset) as archive, open(archive, "rb") as fh:
+            request = self._api.http.build_request(
+                upload.method or "PUT",
+                url,
+                headers={**auth, **upload.headers},
+                content=fh,
+                timeout=self.upload_timeout,
+            )
+            response = self._api.send(request)
+        if not response.is_success:
+            raise api_error(response)
+
+    def upload_direct(self, dataset: str | os.PathLike[str], *, filename: str | None = None) -> str:
+        """A dataset zip (or a folder, zipped first) sent straight to storage rather than through the API;
+        returns the `upload_id` to give `submit_job()` or `upload_dataset()` (once: each upload makes one
+        job or dataset, and expires unused after a while)."""
+        upload = self.create_upload(filename=filename or _upload_name(dataset))
+        self.put_upload(upload, dataset)
+        return upload.upload_id
 
     def list_datasets(self, *, limit: int = 20, cursor: str | None = None) -> DatasetPage:
         params = _params(limit=limit, cursor=cursor)
@@ -338,6 +411,82 @@ class LorabakeClient:
         """The key stops working at once (on other API processes within their key cache's seconds)."""
         return self._api.parse(ApiKeyInfo, self._api.request("DELETE", f"/v1/keys/{key_id}"))
 
+    # --- webhooks ----------------------------------------------------------------------------------------
+    def create_webhook(
+        self, url: str, events: Sequence[str] | None = None, description: str = ""
+    ) -> CreatedWebhook:
+        """Registers `url` to receive every event of your jobs (or those `events` names: `job.status`,
+        `job.stage`, `job.progress`, `job.artifact`, `job.succeeded`, `job.failed`, `job.canceled`).
+        Keep the answer's `secret`: it verifies the signatures (Standard Webhooks)."""
+        body = {"url": url, "events": list(events or []), "description": description}
+        return self._api.parse(
+            CreatedWebhook, self._api.request("POST", "/v1/webhooks", ok=(201,), json=body)
+        )
+
+    def list_webhooks(self, *, job_id: str | None = None) -> list[Webhook]:
+        """Your registered endpoints, or with `job_id` that job's own `webhook`."""
+        response = self._api.request("GET", "/v1/webhooks", params=_params(job_id=job_id))
+        return self._api.parse_list(Webhook, response, key="items")
+
+    def get_webhook(self, webhook_id: str) -> Webhook:
+        return self._api.parse(Webhook, self._api.request("GET", f"/v1/webhooks/{webhook_id}"))
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        """Stops sending to it; deliveries not made yet are dropped, its delivery log goes with it."""
+        self._api.request("DELETE", f"/v1/webhooks/{webhook_id}", ok=(204,))
+
+    def get_webhook_secret(self, webhook_id: str) -> WebhookSecret:
+        """An endpoint's secret (for a job's own webhook: your default secret)."""
+        return self._api.parse(WebhookSecret, self._api.request("GET", f"/v1/webhooks/{webhook_id}/secret"))
+
+    def rotate_webhook_secret(self, webhook_id: str) -> WebhookSecret:
+        """A new secret; the old one also signs for 24 h (`previous_secret_valid_until`). A job's own
+        webhook is a 409 `not_rotatable`: rotate the default secret."""
+        response = self._api.request("POST", f"/v1/webhooks/{webhook_id}/rotate-secret")
+        return self._api.parse(WebhookSecret, response)
+
+    def get_default_webhook_secret(self) -> WebhookSecret:
+        """The secret that signs your jobs' own `webhook` deliveries."""
+        return self._api.parse(WebhookSecret, self._api.request("GET", "/v1/webhooks/default-secret"))
+
+    def rotate_default_webhook_secret(self) -> WebhookSecret:
+        response = self._api.request("POST", "/v1/webhooks/default-secret/rotate")
+        return self._api.parse(WebhookSecret, response)
+
+    def list_webhook_deliveries(
+        self, webhook_id: str, *, status: str | None = None, limit: int = 20, cursor: str | None = None
+    ) -> DeliveryPage:
+        """One page of its delivery log, newest first (`status`: pending, delivered or failed); each
+        delivery with every attempt."""
+        params = _params(status=status, limit=limit, cursor=cursor)
+        response = self._api.request("GET", f"/v1/webhooks/{webhook_id}/deliveries", params=params)
+        return self._api.parse(DeliveryPage, response)
+
+    def iter_webhook_deliveries(
+        self, webhook_id: str, *, status: str | None = None, page_size: int = 100
+    ) -> Iterator[WebhookDelivery]:
+        """Its whole delivery log, newest first, a page at a time."""
+        cursor = None
+        while True:
+            page = self.list_webhook_deliveries(webhook_id, status=status, limit=page_size, cursor=cursor)
+            yield from page.items
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def redeliver_webhook(self, webhook_id: str, delivery_id: str) -> WebhookDelivery:
+        """Sends one delivery again now, with the same `webhook-id`."""
+        response = self._api.request(
+            "POST", f"/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver", ok=(202,)
+        )
+        return self._api.parse(WebhookDelivery, response)
+
+    # --- queue ---------------------------------------------------------------------------------------------
+    def get_queue(self) -> Queue:
+        """Jobs waiting and running (everyone's as counts, `yours` apart), broker depth, workers alive. A
+        queued job's own place in line is `get_job(id).queue_position` / `.estimated_start_seconds`."""
+        return self._api.parse(Queue, self._api.request("GET", "/v1/queue"))
+
     # --- plan, presets, kohya_ss configs -------------------------------------------------------------------
     def plan(
         self,
@@ -370,6 +519,11 @@ class LorabakeClient:
 
 def _params(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
+
+
+def _form_fields(values: Mapping[str, Any]) -> dict[str, str]:
+    """Multipart text fields: a list is sent comma-separated, as the server reads `webhook_events`."""
+    return {k: ",".join(v) if isinstance(v, list) else str(v) for k, v in values.items()}
 
 
 def _upload_name(dataset: str | os.PathLike[str]) -> str:

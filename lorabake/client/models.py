@@ -77,6 +77,10 @@ class Job(_Model):
     updated_at: UtcDatetime | None = None
     started_at: UtcDatetime | None = None
     finished_at: UtcDatetime | None = None
+    # while queued, in get_job() only (null in listings and once started): its place in line (1: next to
+    # start) and a rough estimate of the seconds until it starts (null when the server cannot tell)
+    queue_position: int | None = None
+    estimated_start_seconds: float | None = None
 
     @property
     def is_finished(self) -> bool:
@@ -102,6 +106,34 @@ class Event(_Model):
 
     def progress(self) -> Progress:
         return Progress.model_validate(self.data)
+
+
+class QueueCounts(_Model):
+    queued: int = 0  # waiting to start
+    running: int = 0  # preparing, training or uploading
+
+
+class NamedQueue(_Model):
+    """One queue the deployment knows (a GPU class, say), with the live workers that take jobs from it."""
+
+    name: str
+    queued: int = 0
+    running: int = 0
+    in_broker: int | None = None
+    workers: int = 0
+
+
+class Queue(_Model):
+    """`GET /v1/queue`: everyone's jobs as counts (every queue's), the caller's own apart (`yours`), and
+    each named queue apart (`queues`, on servers that have them)."""
+
+    name: str = ""  # the default queue
+    queued: int = 0
+    running: int = 0
+    in_broker: int | None = None  # messages waiting in the default queue; None when it cannot be read
+    workers_alive: int = 0
+    yours: QueueCounts = QueueCounts()
+    queues: list[NamedQueue] = []
 
 
 # --- datasets --------------------------------------------------------------------------------------------
@@ -168,6 +200,67 @@ class TagCount(_Model):
     count: int
 
 
+class Upload(_Model):
+    """`POST /v1/uploads`: where to send a dataset zip straight to storage, for `upload_id`."""
+
+    upload_id: str
+    method: str = "PUT"
+    url: str  # a presigned storage URL (S3), or this API's own /storage/uploads/... (embedded mode)
+    headers: dict[str, str] = {}  # to send as given (an S3 signature covers the Content-Type)
+    max_bytes: int | None = None
+    url_expires_at: UtcDatetime | None = None
+    expires_at: UtcDatetime | None = None  # use it by then
+
+
+# --- webhooks --------------------------------------------------------------------------------------------
+
+
+class Webhook(_Model):
+    """A registered endpoint (`kind` "endpoint": every event of yours that `events` names, all when empty)
+    or one job's own `webhook` (`kind` "job")."""
+
+    id: str
+    kind: str = "endpoint"
+    job_id: str | None = None
+    url: str
+    events: list[str] = []
+    description: str = ""
+    created_at: UtcDatetime | None = None
+
+
+class CreatedWebhook(Webhook):
+    secret: str  # the `whsec_` secret that signs its deliveries
+
+
+class WebhookSecret(_Model):
+    secret: str
+    previous_secret_valid_until: UtcDatetime | None = None  # after a rotation the old one signs until then
+
+
+class WebhookAttempt(_Model):
+    at: UtcDatetime | None = None
+    status_code: int | None = None  # the receiver's answer; None when there was none
+    latency_ms: float | None = None
+    error: str | None = None
+
+
+class WebhookDelivery(_Model):
+    id: str  # the `webhook-id` header of every attempt
+    event_type: str
+    job_id: str | None = None
+    status: str  # pending, delivered, failed
+    attempts: list[WebhookAttempt] = []
+    next_attempt_at: UtcDatetime | None = None
+    created_at: UtcDatetime | None = None
+    delivered_at: UtcDatetime | None = None
+    payload: dict[str, Any] = {}
+
+
+class DeliveryPage(_Model):
+    items: list[WebhookDelivery]
+    next_cursor: str | None = None
+
+
 # --- base models, API keys ------------------------------------------------------------------------------
 
 
@@ -190,10 +283,8 @@ class ModelCatalogue(_Model):
 
 
 class KeyLimits(_Model):
-    max_running: int | None = None
     max_queued: int | None = None
     submissions_per_minute: float | None = None
-    priority: int | None = None
 
 
 class ApiKeyInfo(_Model):
