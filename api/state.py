@@ -54,5 +54,5 @@ class AppState:
             KeyCache(settings.auth_cache_seconds),
             EventHub(sessions),
             reader,
-            JobViews(sessions, reader, QueueStanding(sessions, 3 * settings.lease_renew_seconds)),
+            JobViews(sessions, reader, QueueStanding(sessions, settings)),
         )

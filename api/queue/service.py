@@ -22,7 +22,6 @@ from shared.config.spec import TrainingConfig
 from shared.db.models import BaseModelRecord, Job, JobStatus, WorkerProcess, as_utc, utcnow
 from shared.jobs.routing import queue_for
 from shared.jobs.state import RUNNING
-from shared.jobs.workers import workers_alive
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -30,13 +29,18 @@ if TYPE_CHECKING:
 
 TYPICAL_RUNS = 20  # successful runs the typical run time is the median of
 TYPICAL_TTL_SECONDS = 30.0
+CAPACITY_TTL_SECONDS = 2.0
 
 
 class QueueStanding:
-    def __init__(self, sessions: sessionmaker[Session], alive_within_seconds: float) -> None:
+    """Positions are counted at each poll; the rest of the estimate (the queue's live workers, its running
+    jobs' ETAs, the typical run) is kept a moment, so polling a queued job stays cheap."""
+
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
         self.sessions = sessions
-        self.alive_within = alive_within_seconds
-        self._typical: tuple[float, float | None] = (0.0, None)  # (computed at, seconds)
+        self.settings = settings
+        self._typical: tuple[float, float | None] = (-TYPICAL_TTL_SECONDS, None)  # (computed at, seconds)
+        self._capacity: dict[str, tuple[float, int, list[float | None]]] = {}  # queue -> (at, workers, etas)
         self._lock = threading.Lock()
 
     def _typical_run(self, session: Session) -> float | None:
@@ -58,6 +62,20 @@ class QueueStanding:
             self._typical = (time.monotonic(), value)
         return value
 
+    def _queue_capacity(self, session: Session, queue: str | None) -> tuple[int, list[float | None]]:
+        """(live workers serving the queue, ETAs of the jobs running from it)."""
+        name = queue or self.settings.queue_name
+        with self._lock:
+            cached = self._capacity.get(name)
+        if cached is not None and time.monotonic() - cached[0] < CAPACITY_TTL_SECONDS:
+            return cached[1], cached[2]
+        workers = sum(1 for served in served_queue_lists(session, self.settings) if name in served)
+        in_queue = Job.queue.in_([name]) if queue is not None else Job.queue.is_(None) | (Job.queue == name)
+        etas = list(session.scalars(select(Job.eta_seconds).where(Job.status.in_(list(RUNNING)), in_queue)))
+        with self._lock:
+            self._capacity[name] = (time.monotonic(), workers, etas)
+        return workers, etas
+
     def standing(self, created_at: datetime, queue: str | None) -> dict[str, float | int | None]:
         """Its place in its own queue (`queue` None: the default one, for jobs made before named queues)."""
         with self.sessions() as session:
@@ -70,8 +88,7 @@ class QueueStanding:
                 )
                 or 0
             )
-            workers = workers_alive(session, self.alive_within)
-            running = list(session.scalars(select(Job.eta_seconds).where(Job.status.in_(list(RUNNING)))))
+            workers, running = self._queue_capacity(session, queue)
             typical = self._typical_run(session)
         # a job that has no ETA yet (still preparing) is taken to need a typical run
         etas = [eta if eta is not None else typical for eta in running]
@@ -111,8 +128,12 @@ def job_queue(state: AppState, config: TrainingConfig, requested: str | None) ->
         return queue_for(state.settings, family, requested, served_queues(session, state.settings))
 
 
-def served_queues(session: Session, settings: Settings) -> set[str]:
-    """The queues live workers consume, from their heartbeats."""
+def served_queue_lists(session: Session, settings: Settings) -> list[set[str]]:
+    """The queues each live worker consumes, from their heartbeats."""
     since = utcnow() - timedelta(seconds=3 * settings.lease_renew_seconds)
     rows = session.scalars(select(WorkerProcess.queues).where(WorkerProcess.last_seen_at >= since))
-    return {q for row in rows for q in row.split(",") if q}
+    return [{q for q in row.split(",") if q} for row in rows]
+
+
+def served_queues(session: Session, settings: Settings) -> set[str]:
+    return {q for served in served_queue_lists(session, settings) for q in served}
