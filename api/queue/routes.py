@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from sqlalchemy import ColumnElement, func, select
@@ -11,10 +9,11 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import JobsRead, State
+from api.queue.service import served_queue_lists
 from api.schemas import error_responses
 from api.state import AppState
 from shared.broker_inspect import queue_depth
-from shared.db.models import Job, JobStatus, WorkerProcess, utcnow
+from shared.db.models import Job, JobStatus
 from shared.jobs.routing import known_queues
 from shared.jobs.state import RUNNING
 from shared.jobs.workers import workers_alive
@@ -65,20 +64,14 @@ def _counts(state: AppState, owner: str) -> tuple[QueueCounts, QueueCounts, int]
 def _per_queue(state: AppState) -> list[NamedQueue]:
     settings = state.settings
     with state.sessions() as session:
-        since = utcnow() - timedelta(seconds=3 * settings.lease_renew_seconds)
-        serving = [
-            row.split(",")
-            for row in session.scalars(
-                select(WorkerProcess.queues).where(WorkerProcess.last_seen_at >= since)
-            )
-        ]
+        serving = served_queue_lists(session, settings)  # the queues each live worker consumes
         grouped = session.execute(
             select(Job.queue, Job.status, func.count(Job.id))
             .where(Job.status.in_([JobStatus.queued, *RUNNING]))
             .group_by(Job.queue, Job.status)
         ).all()
     rows = [(queue or settings.queue_name, status, n) for queue, status, n in grouped]  # None: the default
-    names = known_queues(settings, {q for qs in serving for q in qs if q})
+    names = known_queues(settings, {q for qs in serving for q in qs})
     lines = []
     for name in names:
         queued = sum(n for q, status, n in rows if q == name and status == JobStatus.queued)
