@@ -37,8 +37,14 @@ def submit(stack: Stack, zip_path: Path, config: dict) -> dict:
 
 def wait_for(stack: Stack, job_id: str, done: Callable[[dict], bool], timeout: float = 240) -> dict:
     deadline = time.monotonic() + timeout
+    job: dict = {}
     while time.monotonic() < deadline:
-        job = httpx.get(f"{stack.url}/v1/jobs/{job_id}", headers=stack.headers).json()
+        response = httpx.get(f"{stack.url}/v1/jobs/{job_id}", headers=stack.headers)
+        if response.status_code == 503:  # a server just came back: the documented answer, so poll again
+            time.sleep(0.3)
+            continue
+        assert response.status_code == 200, response.text
+        job = response.json()
         if done(job):
             return job
         time.sleep(0.3)
