@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from shared.db.models import Artifact, Job
+from shared.db.models import Artifact, Job, JobKind, JobStatus
 
 
 class ErrorBody(BaseModel):
@@ -61,8 +61,9 @@ class ArtifactOut(BaseModel):
 
 class JobOut(BaseModel):
     id: str
-    kind: str  # "train", or "caption" (captions a stored dataset)
-    status: str
+    # The enums, so the OpenAPI document lists their values; they render as the same strings as the row's.
+    kind: JobKind  # "train", or "caption" (captions a stored dataset)
+    status: JobStatus
     queue: str | None = None  # the named queue it waits in (None: made before named queues, the default)
     dataset_id: str | None  # the stored dataset it used, if any
     caption_revision: int | None  # that dataset's caption revision it trained on (or produced)

@@ -18,6 +18,11 @@ test lists every operation that breaks its rule, as `METHOD /path (operationId):
 4. success responses: none documents an empty schema (`{}`), which generated clients type as `unknown` and
    parse as JSON: a file says its media type with `{"type": "string", "format": "binary"}`, an event
    stream says `text/event-stream`, JSON says its model.
+5. every `$ref` names a schema the document has (routes that read their body themselves add theirs).
+
+And what clients need of particular operations: the uploads that take multipart or JSON document both,
+the JSON one as a model (POST /v1/jobs' `config` is TrainingConfig); a job's `status` and `kind`, the
+`status` filters and webhook event types are enums of exactly the values the server uses.
 """
 
 from __future__ import annotations
@@ -30,13 +35,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.utils import generate_unique_id
 from starlette.routing import BaseRoute
 
 from api.app import create_app
 from api.deps import admin_identity, current_identity
+from shared.config.spec import TrainingConfig
+from shared.db.models import JobKind, JobStatus
 from shared.settings import Settings
+from shared.webhooks.events import EVENT_TYPES
 
 SNAKE_CASE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorResponse"}
@@ -87,10 +96,19 @@ def _api_routes(routes: Sequence[BaseRoute]) -> Iterator[APIRoute]:
 
 
 @pytest.fixture(scope="module")
-def operations(tmp_path_factory: pytest.TempPathFactory) -> list[Operation]:
+def app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
+    return create_app(Settings(data_dir=Path(tmp_path_factory.mktemp("data"))))
+
+
+@pytest.fixture(scope="module")
+def document(app: FastAPI) -> dict[str, Any]:
     """The document the API serves at /openapi.json, built the way `lorabake api` builds it."""
-    app = create_app(Settings(data_dir=Path(tmp_path_factory.mktemp("data"))))
-    paths = app.openapi()["paths"]
+    return app.openapi()
+
+
+@pytest.fixture(scope="module")
+def operations(app: FastAPI, document: dict[str, Any]) -> list[Operation]:
+    paths = document["paths"]
     found = [
         Operation(method.lower(), route.path_format, paths[route.path_format][method.lower()], route)
         for route in _api_routes(app.routes)
@@ -167,3 +185,107 @@ def test_every_success_response_says_what_it_returns(operations: list[Operation]
                     if not content.get("schema"):
                         failures.append(f"{op}: {status} {media_type} has an empty schema")
     _report("no success response with an empty schema", failures)
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        if isinstance(node.get("$ref"), str):
+            yield node["$ref"]
+        for value in node.values():
+            yield from _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _refs(value)
+
+
+def test_every_ref_names_a_schema_of_the_document(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    prefix = "#/components/schemas/"
+    broken = sorted(
+        {r for r in _refs(document) if not r.startswith(prefix) or r[len(prefix) :] not in schemas}
+    )
+    _report("every $ref resolves", broken)
+
+
+def _schema(document: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """`node` with its $ref followed, and a nullable `anyOf [X, null]` read as X."""
+    if "$ref" in node:
+        return _schema(document, document["components"]["schemas"][node["$ref"].rsplit("/", 1)[1]])
+    others = [n for n in node.get("anyOf", []) if n.get("type") != "null"]
+    return _schema(document, others[0]) if len(others) == 1 else node
+
+
+def _body(document: dict[str, Any], path: str) -> dict[str, dict[str, Any]]:
+    """The request body's schema of each media type of POST `path`, $refs followed."""
+    content = document["paths"][path]["post"]["requestBody"]["content"]
+    return {media: _schema(document, c["schema"]) for media, c in content.items()}
+
+
+@pytest.mark.parametrize(
+    ("path", "fields", "required", "model_field", "model"),
+    [
+        (
+            "/v1/jobs",
+            {"dataset_id", "upload_id", "dataset_url", "config", "webhook", "webhook_events", "queue"},
+            ["config"],
+            "config",
+            "TrainingConfig",
+        ),
+        ("/v1/datasets", {"upload_id", "dataset_url", "options"}, [], "options", "DatasetOptions"),
+    ],
+)
+def test_uploads_document_their_multipart_and_their_json_body(
+    document: dict[str, Any], path: str, fields: set[str], required: list[str], model_field: str, model: str
+) -> None:
+    bodies = _body(document, path)
+    assert set(bodies) == {"multipart/form-data", "application/json"}
+    form, body = bodies["multipart/form-data"], bodies["application/json"]
+    assert set(body["properties"]) == fields
+    assert set(form["properties"]) == fields | {"dataset"}, (
+        "the JSON body takes what the form does, but a file"
+    )
+    assert body.get("required", []) == required
+    # JSON carries the object itself, the form its JSON text
+    assert _schema(document, body["properties"][model_field]) == document["components"]["schemas"][model]
+    assert form["properties"][model_field]["type"] == "string"
+
+
+def test_training_config_is_documented_field_by_field(document: dict[str, Any]) -> None:
+    config = document["components"]["schemas"]["TrainingConfig"]
+    assert set(config["properties"]) == set(TrainingConfig.model_fields)
+    assert config["required"] == [n for n, f in TrainingConfig.model_fields.items() if f.is_required()]
+
+
+def test_a_caption_job_takes_its_config_and_a_webhook(document: dict[str, Any]) -> None:
+    (body,) = _body(document, "/v1/datasets/{dataset_id}/caption").values()
+    caption = document["components"]["schemas"]["CaptionConfig"]
+    assert set(body["properties"]) == set(caption["properties"]) | {"webhook", "webhook_events"}
+    assert body["required"] == ["method"]
+
+
+def _enum(document: dict[str, Any], node: dict[str, Any]) -> list[str]:
+    return _schema(document, node).get("enum", [])
+
+
+def test_job_status_and_kind_are_enums_of_every_value(document: dict[str, Any]) -> None:
+    job = document["components"]["schemas"]["JobOut"]["properties"]
+    assert _enum(document, job["status"]) == [s.value for s in JobStatus]
+    assert _enum(document, job["kind"]) == [k.value for k in JobKind]
+    (status,) = [p for p in document["paths"]["/v1/jobs"]["get"]["parameters"] if p["name"] == "status"]
+    assert _enum(document, status["schema"]) == [s.value for s in JobStatus]
+
+
+def test_webhook_event_types_and_delivery_statuses_are_enums(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    events = list(EVENT_TYPES)
+    assert _enum(document, schemas["EndpointCreate"]["properties"]["events"]["items"]) == events
+    assert _enum(document, schemas["EndpointOut"]["properties"]["events"]["items"]) == events
+    assert _enum(document, schemas["DeliveryOut"]["properties"]["event_type"]) == events
+    for model in ("JobJsonBody", "CaptionJobRequest"):
+        as_list = schemas[model]["properties"]["webhook_events"]["anyOf"][0]
+        assert _enum(document, as_list["items"]) == events, model
+    statuses = ["pending", "delivered", "failed"]
+    assert _enum(document, schemas["DeliveryOut"]["properties"]["status"]) == statuses
+    operation = document["paths"]["/v1/webhooks/{webhook_id}/deliveries"]["get"]
+    (status,) = [p for p in operation["parameters"] if p["name"] == "status"]
+    assert _enum(document, status["schema"]) == statuses

@@ -11,8 +11,10 @@ from starlette.concurrency import run_in_threadpool
 
 from api.datasets.schemas import (
     CaptionEditResult,
+    CaptionJobRequest,
     CaptionOut,
     CaptionsOut,
+    DatasetJsonBody,
     DatasetList,
     DatasetOut,
     DatasetSummary,
@@ -32,10 +34,11 @@ from api.direct_uploads.sources import REMOTE_SOURCES, one_source, received_from
 from api.errors import validate_json_model
 from api.jobs.schemas import JobOut
 from api.jobs.submission import submit_caption_job
+from api.openapi_doc import schema_ref
 from api.pagination import Cursor, newest_first_page
 from api.schemas import error_responses
 from api.uploads import limited_request, read_json_object, require_file, save_upload
-from shared.config.captioning import CaptionConfig
+from api.webhooks.service import parse_job_webhook
 from shared.datasets.captions import CaptionEdit, tag_frequency
 from shared.db.models import Dataset, DatasetImage, is_object_id
 from shared.errors import NotFoundError
@@ -43,6 +46,7 @@ from shared.errors import NotFoundError
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 _ERRORS = error_responses(401, 403, 404, 409, 413, 422, 503)
+# The route reads its body itself (multipart or JSON), so both are documented here.
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -60,7 +64,8 @@ _UPLOAD_BODY = {
                         },
                     },
                 }
-            }
+            },
+            "application/json": {"schema": schema_ref(DatasetJsonBody)},
         },
     }
 }
@@ -227,13 +232,16 @@ def get_tags(dataset_id: str, owner: DatasetsRead, state: State) -> list[TagCoun
 )
 async def caption_dataset(
     dataset_id: str,
-    config: Annotated[CaptionConfig, Body()],
+    body: Annotated[CaptionJobRequest, Body()],
     response: Response,
     owner: DatasetsWrite,
     state: State,
 ) -> JobOut:
     """Caption the dataset's training images with BLIP (photos) or WD14 tags (anime) as a job on the GPU
-    queue; the result becomes the dataset's next caption revision. Follow it at /v1/jobs/{id}."""
-    job = await run_in_threadpool(submit_caption_job, state, owner, dataset_id, config)
+    queue; the result becomes the dataset's next caption revision. Follow it at /v1/jobs/{id}, or give it
+    a `webhook` (and `webhook_events`) as POST /v1/jobs takes them."""
+    webhook = parse_job_webhook(body.webhook, body.webhook_events, state.settings)
+    config = body.caption_config()
+    job = await run_in_threadpool(submit_caption_job, state, owner, dataset_id, config, webhook)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobOut.of(job)

@@ -1,12 +1,15 @@
-"""Dataset response bodies: the stored dataset, its images, captions and tags."""
+"""Dataset bodies: the stored dataset, its images, captions and tags; an upload's JSON form, a caption job."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from api.datasets.service import DatasetOptions
+from api.jobs.schemas import WEBHOOK_FIELDS, WebhookEventsField, WebhookField
+from shared.config.captioning import CaptionConfig
 from shared.db.models import Dataset, DatasetImage
 
 
@@ -105,3 +108,25 @@ class CaptionEditResult(BaseModel):
 class TagCount(BaseModel):
     tag: str
     count: int
+
+
+# For the OpenAPI document only: the route reads its body itself, as it takes multipart too.
+class DatasetJsonBody(BaseModel):
+    """POST /v1/datasets as JSON: the zip as one of `upload_id`, `dataset_url`, and the options."""
+
+    upload_id: str | None = Field(None, description="a zip put to POST /v1/uploads' URL")
+    dataset_url: str | None = Field(None, description="an http(s) URL of a zip to fetch")
+    options: DatasetOptions | None = Field(
+        None, description="name, and for flat zips repeats, trigger_word, class_word (JSON text is taken too)"
+    )
+
+
+class CaptionJobRequest(CaptionConfig):
+    """The caption config, and the job's own webhook as POST /v1/jobs takes it."""
+
+    webhook: WebhookField = None
+    webhook_events: WebhookEventsField = None
+
+    def caption_config(self) -> CaptionConfig:
+        """The config alone: what the job records and the worker reads."""
+        return CaptionConfig.model_validate(self.model_dump(exclude=WEBHOOK_FIELDS))

@@ -18,8 +18,9 @@ from api.deps import JobsRead, JobSubmitter, JobsWrite, State
 from api.direct_uploads.sources import REMOTE_SOURCES, one_source, received_from
 from api.jobs.events import Event, event_of
 from api.jobs.limits import check_limits
-from api.jobs.schemas import ArtifactOut, JobList, JobOut
+from api.jobs.schemas import ArtifactOut, JobJsonBody, JobList, JobOut
 from api.jobs.submission import parse_config, submit_dataset_job, submit_job
+from api.openapi_doc import schema_ref
 from api.pagination import Cursor, newest_first_page
 from api.schemas import error_responses
 from api.state import AppState
@@ -33,6 +34,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 _ERRORS = error_responses(401, 403, 404, 409, 413, 422, 503)
 KEEP_ALIVE_SECONDS = 15.0
+# The route reads its body itself (multipart or JSON), so both are documented here.
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -58,7 +60,8 @@ _UPLOAD_BODY = {
                         },
                     },
                 }
-            }
+            },
+            "application/json": {"schema": schema_ref(JobJsonBody)},
         },
     }
 }

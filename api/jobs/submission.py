@@ -134,8 +134,11 @@ def submit_dataset_job(
     return queue_training_job(state, job, run, webhook)
 
 
-def submit_caption_job(state: AppState, owner: str, dataset_id: str, config: CaptionConfig) -> Job:
-    """A captioning run over a stored dataset, queued like a training job (it needs the GPU too)."""
+def submit_caption_job(
+    state: AppState, owner: str, dataset_id: str, config: CaptionConfig, webhook: JobWebhook | None = None
+) -> Job:
+    """A captioning run over a stored dataset, queued like a training job (it needs the GPU too), with its
+    own `webhook` as a training job has it."""
     with state.sessions() as session:
         dataset = owned_dataset(session, owner, dataset_id)
         images = sum(1 for image in dataset.images if not image.is_reg)
@@ -149,7 +152,7 @@ def submit_caption_job(state: AppState, owner: str, dataset_id: str, config: Cap
             dataset_sha256=dataset.sha256,
             dataset_id=dataset.id,
         )
-    return queue_job(state, job, config.model_dump(mode="json"), {"images": images}, images, 0, None)
+    return queue_job(state, job, config.model_dump(mode="json"), {"images": images}, images, 0, None, webhook)
 
 
 def queue_training_job(state: AppState, job: Job, run: PlannedRun, webhook: JobWebhook | None = None) -> Job:

@@ -16,6 +16,7 @@ from api.schemas import error_responses
 from api.webhooks.schemas import (
     DeliveryList,
     DeliveryOut,
+    DeliveryStatus,
     EndpointCreate,
     EndpointCreated,
     EndpointList,
@@ -162,7 +163,7 @@ def list_deliveries(
     webhook_id: str,
     owner: WebhooksRead,
     state: State,
-    status: Annotated[str | None, Query(pattern="^(pending|delivered|failed)$")] = None,
+    status: DeliveryStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[
         str | None, Query(description="`next_cursor` of the previous page", max_length=40)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -10,6 +11,9 @@ from shared.db.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from shared.webhooks.events import EVENT_TYPES
 
 _EVENTS_HELP = f"event types to send (any of {', '.join(EVENT_TYPES)}); empty or left out: all of them"
+# Enums in the OpenAPI document, so generated clients get unions; the values are those stored and sent.
+WebhookEventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
+DeliveryStatus = Literal["pending", "delivered", "failed"]
 
 
 def checked_events(value: list[str] | None) -> list[str]:
@@ -24,13 +28,16 @@ class EndpointCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(max_length=2000, description="http(s) URL the events are POSTed to")
-    events: list[str] = Field(default_factory=list, description=_EVENTS_HELP)
+    events: list[WebhookEventType] = Field(default_factory=list, description=_EVENTS_HELP)
     description: str = Field("", max_length=500)
 
-    @field_validator("events")
+    @field_validator("events", mode="before")
     @classmethod
-    def _known_events(cls, value: list[str]) -> list[str]:
-        return checked_events(value)
+    def _known_events(cls, value: Any) -> Any:
+        # before the enum's check, so an unknown type is refused by its name (anything else: by its type)
+        if isinstance(value, list) and all(isinstance(e, str) for e in value):
+            return checked_events(value)
+        return value
 
 
 class EndpointOut(BaseModel):
@@ -38,7 +45,7 @@ class EndpointOut(BaseModel):
     kind: str = Field(description="endpoint (registered: every event of yours) or job (one job's `webhook`)")
     job_id: str | None
     url: str
-    events: list[str]
+    events: list[WebhookEventType]
     description: str
     created_at: datetime
 
@@ -83,9 +90,11 @@ class AttemptOut(BaseModel):
 
 class DeliveryOut(BaseModel):
     id: str = Field(description="the `webhook-id` header of every attempt")
-    event_type: str
+    event_type: WebhookEventType
     job_id: str | None
-    status: str = Field(description="pending (being sent or retried), delivered, or failed (retries ran out)")
+    status: DeliveryStatus = Field(
+        description="pending (being sent or retried), delivered, or failed (retries ran out)"
+    )
     attempts: list[AttemptOut]
     next_attempt_at: datetime | None
     created_at: datetime

@@ -25,6 +25,7 @@ import type { components, paths } from "./generated/schema.js";
 type Schemas = components["schemas"];
 type Job = Schemas["JobOut"];
 type JobForm = paths["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"];
+type JobJson = paths["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"];
 
 // The job statuses from the schema's enum: a status renamed there fails to compile here.
 const ENDED: ReadonlySet<Schemas["JobStatus"]> = new Set<Schemas["JobStatus"]>([
@@ -33,14 +34,11 @@ const ENDED: ReadonlySet<Schemas["JobStatus"]> = new Set<Schemas["JobStatus"]>([
   "canceled",
 ]);
 
-// TrainingConfig is not in the schema (POST /v1/jobs takes it as JSON text), so the fields this program
-// sets are declared here; the server checks them and answers 422 naming any it refuses.
-interface TrainingConfig {
-  base_model: string;
-  preset?: "character" | "style" | "concept";
-  trigger_word?: string;
-  epochs?: number;
-}
+// The fields of the schema's TrainingConfig that this program sets, typed as the schema types them (a field
+// renamed there fails to compile here). Every other field has a server-side default, which the generated
+// type nonetheless marks as required (openapi-typescript's --default-non-nullable, on by default).
+type TrainingConfig = Pick<Schemas["TrainingConfig"], "base_model"> &
+  Partial<Pick<Schemas["TrainingConfig"], "preset" | "trigger_word" | "epochs">>;
 
 const key = process.env["LORABAKE_KEY"];
 if (!key) throw new Error("set LORABAKE_KEY to an API key (`lorabake create-key`)");
@@ -85,12 +83,13 @@ async function submitZip(zipPath: string, config: TrainingConfig): Promise<Job> 
   return data;
 }
 
-/** JSON: a dataset stored before (POST /v1/datasets). The schema documents only the multipart form of this
- * operation, whose fields the JSON body shares (`config` may be JSON text in both), so the form's type checks
- * this body too; openapi-fetch sends a plain object as application/json. */
+/** JSON: a dataset stored before (POST /v1/datasets), the config as an object; openapi-fetch sends a plain
+ * object as application/json. The body is the schema's JobJsonBody, but for the defaulted fields (see
+ * TrainingConfig above) this program leaves to the server. */
 async function submitStored(datasetId: string, config: TrainingConfig): Promise<Job> {
+  const body: Pick<JobJson, "dataset_id"> & { config: TrainingConfig } = { dataset_id: datasetId, config };
   const { data, error, response } = await client.POST("/v1/jobs", {
-    body: { dataset_id: datasetId, config: JSON.stringify(config) },
+    body: body as JobJson, // the defaulted fields, left out, are the server's to fill
   });
   if (error) fail("submit", error, response);
   return data;
@@ -143,8 +142,8 @@ async function* serverSentEvents(body: ReadableStream<Uint8Array>): AsyncGenerat
   }
 }
 
-// JobOut.status is a plain string in the schema, not the JobStatus enum
-const ended = (job: Job): boolean => (ENDED as ReadonlySet<string>).has(job.status);
+// JobOut.status is the schema's JobStatus enum, as ENDED's members are
+const ended = (job: Job): boolean => ENDED.has(job.status);
 
 /** Follows the job's events until it ends, resuming after the last event seen when the stream drops; the job
  * itself (typed) is read again on each status or progress event. Polling would do as well: GET the job every

@@ -143,11 +143,7 @@ class LorabakeClient:
             raise LorabakeClientError(
                 "give exactly one of dataset (a zip or folder), dataset_id, upload_id or dataset_url"
             )
-        if webhook_events is not None and webhook is None:
-            raise LorabakeClientError("webhook_events needs a webhook")
-        hook = _params(
-            webhook=webhook, webhook_events=None if webhook_events is None else list(webhook_events)
-        )
+        hook = _webhook_fields(webhook, webhook_events)
         if dataset is not None:
             fields = {"config": json.dumps(body), **_form_fields(hook)}
             return self._api.parse(Job, self._post_zip("/v1/jobs", dataset, fields))
@@ -336,11 +332,18 @@ class LorabakeClient:
         """Deletes it and its files; a 409 while an unfinished job uses it."""
         self._api.request("DELETE", f"/v1/datasets/{dataset_id}", ok=(204,))
 
-    def caption_dataset(self, dataset_id: str, config: Mapping[str, Any]) -> Job:
-        """Queues a caption job (BLIP or WD14: `{"method": "wd14", ...}`); its result is the next revision."""
-        response = self._api.request(
-            "POST", f"/v1/datasets/{dataset_id}/caption", ok=(201,), json=dict(config)
-        )
+    def caption_dataset(
+        self,
+        dataset_id: str,
+        config: Mapping[str, Any],
+        *,
+        webhook: str | None = None,
+        webhook_events: Sequence[str] | None = None,
+    ) -> Job:
+        """Queues a caption job (BLIP or WD14: `{"method": "wd14", ...}`); its result is the next revision.
+        `webhook` and `webhook_events` as for `submit_job()`."""
+        body = {**config, **_webhook_fields(webhook, webhook_events)}
+        response = self._api.request("POST", f"/v1/datasets/{dataset_id}/caption", ok=(201,), json=body)
         return self._api.parse(Job, response)
 
     def get_captions(self, dataset_id: str, *, revision: int | None = None) -> Captions:
@@ -519,6 +522,13 @@ class LorabakeClient:
 
 def _params(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
+
+
+def _webhook_fields(webhook: str | None, webhook_events: Sequence[str] | None) -> dict[str, Any]:
+    """A job's own `webhook` fields of a submission body (none without a webhook)."""
+    if webhook_events is not None and webhook is None:
+        raise LorabakeClientError("webhook_events needs a webhook")
+    return _params(webhook=webhook, webhook_events=None if webhook_events is None else list(webhook_events))
 
 
 def _form_fields(values: Mapping[str, Any]) -> dict[str, str]:
