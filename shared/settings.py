@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     # POST /v1/uploads: how long after its PUT URL expires (presign_expiry_seconds) an upload may still be
     # used (a PUT begun just before may still be arriving); then the reconciler deletes it
     upload_grace_seconds: float = 3600.0
+    # POST /v1/uploads: uploads one owner may hold unused and unexpired at once (past it a 429); 0: no cap
+    max_pending_uploads: int = Field(20, ge=0)
     # dataset_url: connect and each read may take dataset_url_timeout_seconds, the whole download
     # dataset_url_max_seconds (it runs in the API request, holding one of api_threads)
     dataset_url_timeout_seconds: float = 10.0

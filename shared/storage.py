@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
@@ -17,12 +18,21 @@ from shared.settings import Settings
 CHUNK = 1024 * 1024
 
 
+@dataclass(frozen=True)
+class PresignedPost:
+    """A browser-style upload form: POST `fields` as given, then the file as the field `file` (last)."""
+
+    url: str
+    fields: dict[str, str]
+
+
 class ObjectStore(Protocol):
     def put_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> None: ...
     def download_file(self, key: str, dest: Path) -> None: ...
     def iter_bytes(self, key: str) -> Iterator[bytes]: ...
     def presigned_url(self, key: str, filename: str) -> str | None: ...
     def presigned_put_url(self, key: str, content_type: str) -> str | None: ...
+    def presigned_post(self, key: str, content_type: str, max_bytes: int) -> PresignedPost | None: ...
     def object_size(self, key: str) -> int | None: ...
     def delete_prefix(self, prefix: str) -> None: ...
     def list_keys(self, prefix: str) -> list[str]: ...
@@ -77,6 +87,9 @@ class LocalStore:
 
     def presigned_put_url(self, key: str, content_type: str) -> str | None:
         return None  # the API takes the PUT itself (api/direct_uploads)
+
+    def presigned_post(self, key: str, content_type: str, max_bytes: int) -> PresignedPost | None:
+        return None  # the API takes the form itself, and enforces the size (api/direct_uploads/form.py)
 
     def object_size(self, key: str) -> int | None:
         """The object's size, or None when there is none."""
@@ -168,6 +181,18 @@ class S3Store:
             Params={"Bucket": self.bucket, "Key": _safe_key(key), "ContentType": content_type},
             ExpiresIn=self.expiry,
         )
+
+    def presigned_post(self, key: str, content_type: str, max_bytes: int) -> PresignedPost | None:
+        """A form a client POSTs one object with, without our credentials. Unlike a presigned PUT, its
+        signed policy caps the size: S3 refuses a file outside 1..max_bytes, or under another key."""
+        post = self.public_client.generate_presigned_post(
+            self.bucket,
+            _safe_key(key),  # an exact key: boto3 adds the {"key": ...} and {"bucket": ...} conditions
+            Fields={"Content-Type": content_type},
+            Conditions=[["content-length-range", 1, max_bytes], {"Content-Type": content_type}],
+            ExpiresIn=self.expiry,
+        )
+        return PresignedPost(url=post["url"], fields=dict(post["fields"]))
 
     def object_size(self, key: str) -> int | None:
         """The object's size, or None when there is none."""

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from api.direct_uploads.schemas import UploadOut
+from sqlalchemy.orm import Session
+
+from api.direct_uploads.schemas import UploadForm, UploadOut
+from api.jobs.limits import LimitExceeded
 from api.state import AppState
 from api.uploads import ReceivedFile, printable_name
 from shared.datasets.direct_uploads import (
@@ -18,6 +22,7 @@ from shared.datasets.direct_uploads import (
     forget,
     is_expired,
     owned_upload,
+    pending_uploads,
     release,
     upload_key,
     upload_prefix,
@@ -27,8 +32,10 @@ from shared.datasets.remote import FetchLimits, LocalZip, copy_capped, fetch_zip
 from shared.db.models import Upload, as_utc, is_object_id, new_id, utcnow
 from shared.errors import LorabakeError
 from shared.outages import is_outage
+from shared.storage import PresignedPost
 
-# (upload id, token) -> the API's own URL that takes the PUT, for a store that signs no URLs (local)
+# (upload id, token) -> the API's own URL that takes the PUT and the form POST, for a store that signs no
+# URLs (local)
 LocalUrl = Callable[[str, str], str]
 
 
@@ -40,16 +47,44 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _pending_cap(session: Session, owner: str, limit: int, now: datetime) -> None:
+    """At most `limit` uploads of one owner unused and unexpired at once (0: no cap), so that nobody fills
+    the bucket with zips never taken. Counted, not locked: two requests racing may both get in."""
+    if limit <= 0:
+        return
+    pending, first_expiry = pending_uploads(session, owner, now)
+    if pending < limit or first_expiry is None:
+        return
+    wait = max(1, math.ceil((first_expiry - now).total_seconds()))  # when the first one expires unused
+    raise LimitExceeded(
+        f"{pending} uploads are waiting to be used, the limit (max_pending_uploads {limit}): use one "
+        "(upload_id in POST /v1/datasets or /v1/jobs) or wait until one expires",
+        code="too_many_uploads",
+        retry_after=wait,
+        details={"limit": "max_pending_uploads", "value": limit},
+    )
+
+
+def _signed(state: AppState, upload_id: str) -> tuple[str, PresignedPost] | None:
+    """The store's own PUT URL and POST form for the upload; None for a store that signs none (local)."""
+    key = upload_key(upload_id)
+    url = state.store.presigned_put_url(key, CONTENT_TYPE)
+    post = state.store.presigned_post(key, CONTENT_TYPE, state.settings.max_upload_bytes)
+    return (url, post) if url is not None and post is not None else None
+
+
 def create_upload(state: AppState, owner: str, filename: str | None, local_url: LocalUrl) -> UploadOut:
     settings = state.settings
     upload_id = new_id()
     now = utcnow()
     url_expires_at = now + timedelta(seconds=settings.presign_expiry_seconds)
-    url = state.store.presigned_put_url(upload_key(upload_id), CONTENT_TYPE)
-    token = None
-    if url is None:
+    signed, token = _signed(state, upload_id), None
+    if signed is None:
         token = secrets.token_urlsafe(32)
-        url = local_url(upload_id, token)
+        url = local_url(upload_id, token)  # the same URL takes the PUT and the form POST (api/direct_uploads)
+        post = PresignedPost(url=url, fields={"key": upload_key(upload_id), "Content-Type": CONTENT_TYPE})
+    else:
+        url, post = signed
     upload = Upload(
         id=upload_id,
         owner=owner,
@@ -60,12 +95,14 @@ def create_upload(state: AppState, owner: str, filename: str | None, local_url: 
         expires_at=url_expires_at + timedelta(seconds=settings.upload_grace_seconds),
     )
     with state.sessions() as session:
+        _pending_cap(session, owner, settings.max_pending_uploads, now)
         session.add(upload)
         session.commit()
     return UploadOut(
         upload_id=upload_id,
         url=url,
         headers={"Content-Type": CONTENT_TYPE},
+        post=UploadForm(url=post.url, fields=post.fields),
         max_bytes=settings.max_upload_bytes,
         url_expires_at=upload.url_expires_at,
         expires_at=upload.expires_at,
@@ -121,7 +158,7 @@ def take_upload(state: AppState, owner: str, upload_id: str) -> ReceivedFile:
         if not claim(session, upload_id):
             raise upload_used(upload_id)
     try:
-        if size > max_bytes:  # a presigned PUT cannot cap the size itself
+        if size > max_bytes:  # a PUT cannot cap the size itself (nor can an S3 that ignores a POST policy)
             raise too_large("upload_id", max_bytes)
         local = copy_capped(
             state.store.iter_bytes(key), state.settings.work_dir / "uploads", filename, max_bytes, "upload_id"

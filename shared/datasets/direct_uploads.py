@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import Upload, as_utc, is_object_id, utcnow
@@ -53,6 +53,16 @@ def owned_upload(session: Session, owner: str, upload_id: str) -> Upload:
 
 def is_expired(upload: Upload, now: datetime) -> bool:
     return as_utc(upload.expires_at) <= now
+
+
+def pending_uploads(session: Session, owner: str, now: datetime) -> tuple[int, datetime | None]:
+    """How many of the owner's uploads are neither used nor expired, and when the first of them expires."""
+    count, first_expiry = session.execute(
+        select(func.count(Upload.id), func.min(Upload.expires_at)).where(
+            Upload.owner == owner, Upload.used_at.is_(None), Upload.expires_at > now
+        )
+    ).one()
+    return int(count), as_utc(first_expiry) if first_expiry is not None else None
 
 
 def claim(session: Session, upload_id: str) -> bool:

@@ -1,13 +1,17 @@
-"""Datasets that do not pass through the API: zips PUT straight to storage (POST /v1/uploads, then
-`upload_id`) and zips the service fetches (`dataset_url`), against real Postgres, Redis and the S3 test
+"""Datasets that do not pass through the API: zips PUT or form-POSTed straight to storage (POST /v1/uploads,
+then `upload_id`) and zips the service fetches (`dataset_url`), against real Postgres, Redis and the S3 test
 server, and the embedded mode's local store. Each must end as a multipart upload of the same zip does."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,6 +28,7 @@ from shared.db.migrate import upgrade
 from shared.db.models import Upload, utcnow
 from shared.db.session import session_scope
 from shared.jobs.reconciler import Reconciler, ReconcileReport
+from shared.settings import Settings
 from tests.support import services
 from tests.support.datasets import image_bytes, kohya_entries, write_zip
 from tests.support.stack import bucket_keys, settings_from_env
@@ -61,6 +66,14 @@ def put_file(upload: dict, zip_path: Path, http=httpx) -> httpx.Response:  # noq
     assert upload["method"] == "PUT"
     timeout = {"timeout": 30} if http is httpx else {}  # (the TestClient takes none)
     return http.put(upload["url"], content=zip_path.read_bytes(), headers=upload["headers"], **timeout)
+
+
+def post_form(upload: dict, data: bytes, http=httpx, fields: dict | None = None) -> httpx.Response:  # noqa: ANN001
+    """The browser's side of the `post` form: its fields as given (or `fields`), then the zip as `file`."""
+    timeout = {"timeout": 30} if http is httpx else {}
+    form = upload["post"]["fields"] if fields is None else fields
+    files = {"file": ("set.zip", data, "application/zip")}
+    return http.post(upload["post"]["url"], data=form, files=files, **timeout)
 
 
 def uploaded(client: TestClient, headers: dict, zip_path: Path, http=httpx) -> str:  # noqa: ANN001
@@ -142,6 +155,40 @@ def test_a_presigned_put_then_upload_id_makes_the_dataset_a_multipart_upload_mak
     assert error_of(again)["code"] == "upload_used" and error_of(again)["details"]["field"] == "upload_id"
 
 
+def signed_policy(fields: dict[str, str], secret: str) -> dict:
+    """The form's policy, after checking that its SigV4 signature is the one S3 checks it by (so S3 holds
+    a client to these conditions; one that edits them is refused)."""
+    _, date, region, service, _ = fields["x-amz-credential"].split("/")
+    signing = f"AWS4{secret}".encode()
+    for part in (date, region, service, "aws4_request"):
+        signing = hmac.new(signing, part.encode(), hashlib.sha256).digest()
+    expected = hmac.new(signing, fields["policy"].encode(), hashlib.sha256).hexdigest()
+    assert fields["x-amz-algorithm"] == "AWS4-HMAC-SHA256" and fields["x-amz-signature"] == expected
+    return json.loads(base64.b64decode(fields["policy"]))
+
+
+def test_a_presigned_post_form_caps_the_size_and_its_upload_makes_the_dataset(
+    client, headers, tmp_path, s3_server, bucket
+):
+    zip_path = good_zip(tmp_path)
+    upload = new_upload(client, headers)
+    key = upload_key(upload["upload_id"])
+    assert upload["method"] == "PUT" and key in upload["url"]  # the PUT is still offered, as it was
+    assert upload["post"]["url"] == f"{s3_server.url}/{bucket}" and upload["post"]["fields"]["key"] == key
+    conditions = signed_policy(upload["post"]["fields"], s3_server.secret_key)["conditions"]
+    assert ["content-length-range", 1, upload["max_bytes"]] in conditions
+    assert {"key": key} in conditions and {"bucket": bucket} in conditions  # that key exactly, no other
+    assert upload["max_bytes"] == client.app.state.lorabake.settings.max_upload_bytes
+
+    posted = post_form(upload, zip_path.read_bytes())
+    assert posted.status_code == 204, posted.text
+    assert bucket_keys(s3_server, bucket) == [key]
+    response = client.post("/v1/datasets", headers=headers, json={"upload_id": upload["upload_id"]})
+    assert response.status_code == 201, response.text
+    assert dataset_report(response.json()) == dataset_report(multipart_dataset(client, headers, zip_path))
+    assert not [k for k in bucket_keys(s3_server, bucket) if k.startswith("uploads/")]
+
+
 def test_upload_id_makes_the_job_a_multipart_upload_makes_as_form_field_or_json(
     client, headers, tmp_path, s3_server, bucket
 ):
@@ -221,11 +268,21 @@ def test_a_dataset_is_named_by_exactly_one_field(client, headers, tmp_path):
     assert client.post("/v1/datasets", headers=headers, json={"upload_id": upload_id}).status_code == 201
 
 
-def test_an_upload_over_the_size_cap_is_413_and_deleted(env, headers, tmp_path, s3_server, bucket):
+@pytest.mark.parametrize("send", ["put", "post"])
+def test_an_upload_over_the_size_cap_is_413_and_deleted(env, headers, tmp_path, s3_server, bucket, send):
+    """What catches an oversize zip that storage kept: a PUT's (S3 cannot cap it), and a form's on an S3
+    that ignores the policy. Moto (the test server) is one: it keeps a form's file whatever the policy says,
+    where AWS answers 400 EntityTooLarge; should it start to refuse, the 204 below fails."""
     with TestClient(create_app(settings_from_env({**env, "LORABAKE_MAX_UPLOAD_BYTES": "2000"}))) as small:
         upload = new_upload(small, headers)
         assert upload["max_bytes"] == 2000
-        assert put_file(upload, good_zip(tmp_path)).status_code == 200  # S3 does not know our cap
+        zip_path = good_zip(tmp_path)
+        if send == "put":
+            assert put_file(upload, zip_path).status_code == 200  # S3 does not know our cap
+        else:
+            conditions = signed_policy(upload["post"]["fields"], s3_server.secret_key)["conditions"]
+            assert ["content-length-range", 1, 2000] in conditions
+            assert post_form(upload, zip_path.read_bytes()).status_code == 204  # moto keeps it anyway
         response = small.post("/v1/datasets", headers=headers, json={"upload_id": upload["upload_id"]})
         assert response.status_code == 413
         assert error_of(response)["code"] == "payload_too_large"
@@ -260,6 +317,45 @@ def test_expired_uploads_are_deleted_by_the_reconciler_or_when_used(
     response = client.post("/v1/datasets", headers=headers, json={"upload_id": late})
     assert response.status_code == 422 and error_of(response)["code"] == "upload_expired"
     assert bucket_keys(s3_server, bucket) == [upload_key(fresh)]
+
+
+def owner_headers(database_url: str, owner: str) -> dict[str, str]:
+    with session_scope(database_url) as session:
+        return {"Authorization": f"Bearer {create_api_key(session, owner=owner)}"}
+
+
+def upload_rows(database_url: str, owner: str) -> int:
+    with session_scope(database_url) as session:
+        return len(list(session.scalars(select(Upload.id).where(Upload.owner == owner))))
+
+
+def test_an_owner_holding_max_pending_uploads_gets_429_until_one_is_used_or_expires(env, tmp_path, pg_url):
+    settings = settings_from_env({**env, "LORABAKE_MAX_PENDING_UPLOADS": "2"})
+    assert settings.max_pending_uploads == 2 and Settings.model_fields["max_pending_uploads"].default == 20
+    owner = f"cap-{uuid.uuid4().hex[:8]}"
+    headers = owner_headers(pg_url, owner)
+    with TestClient(create_app(settings)) as client:
+        first, second = new_upload(client, headers), new_upload(client, headers)
+        refused = client.post("/v1/uploads", headers=headers, json={})
+        assert refused.status_code == 429, refused.text
+        assert error_of(refused)["code"] == "too_many_uploads" and "max_pending_uploads 2" in refused.text
+        assert error_of(refused)["details"] == {"limit": "max_pending_uploads", "value": 2}
+        lifetime = settings.presign_expiry_seconds + settings.upload_grace_seconds  # when `first` expires
+        assert 0 < int(refused.headers["retry-after"]) <= lifetime
+        assert upload_rows(pg_url, owner) == 2  # the refused one left no row
+        new_upload(client, owner_headers(pg_url, f"other-{uuid.uuid4().hex[:8]}"))  # a cap per owner
+
+        assert put_file(first, good_zip(tmp_path)).status_code == 200
+        used = client.post("/v1/datasets", headers=headers, json={"upload_id": first["upload_id"]})
+        assert used.status_code == 201, used.text
+        new_upload(client, headers)  # a used upload no longer counts (its row stays until expiry)
+        assert client.post("/v1/uploads", headers=headers).status_code == 429
+
+        with session_scope(pg_url) as session:
+            past = utcnow() - timedelta(seconds=1)
+            session.execute(update(Upload).where(Upload.id == second["upload_id"]).values(expires_at=past))
+            session.commit()
+        new_upload(client, headers)  # nor does an expired one, swept or not
 
 
 # -- dataset_url ------------------------------------------------------------------------------------------
@@ -395,7 +491,9 @@ def test_dataset_url_that_fails_or_holds_a_bad_zip_is_4xx_naming_it(
 # -- the embedded mode: a local folder store, the API takes the PUT ---------------------------------------
 
 
-def test_embedded_mode_takes_the_put_itself(tmp_path, models_dir):
+@contextmanager
+def embedded(tmp_path: Path, models_dir: Path, **env: str) -> Iterator[tuple[TestClient, dict, Settings]]:
+    """The embedded mode's API (SQLite, a local folder store) with one owner's key headers."""
     data = tmp_path / "data"
     data.mkdir()
     settings = settings_from_env(
@@ -403,16 +501,21 @@ def test_embedded_mode_takes_the_put_itself(tmp_path, models_dir):
             "LORABAKE_DATA_DIR": str(data),
             "LORABAKE_MODELS_DIR": str(models_dir),
             "LORABAKE_RECONCILE_INTERVAL_SECONDS": "0",
+            **{f"LORABAKE_{k.upper()}": v for k, v in env.items()},
         }
     )
     assert settings.storage_backend == "local" and settings.database_url.startswith("sqlite")
     upgrade(settings.database_url)
     services.report_models(settings.database_url, models_dir)
-    with session_scope(settings.database_url) as session:
-        headers = {"Authorization": f"Bearer {create_api_key(session, owner='me')}"}
-    objects = settings.storage_dir
-    zip_path = good_zip(tmp_path)
+    headers = owner_headers(settings.database_url, "me")
     with TestClient(create_app(settings)) as client:
+        yield client, headers, settings
+
+
+def test_embedded_mode_takes_the_put_itself(tmp_path, models_dir):
+    zip_path = good_zip(tmp_path)
+    with embedded(tmp_path, models_dir) as (client, headers, settings):
+        objects = settings.storage_dir
         upload = new_upload(client, headers)
         assert upload["url"].startswith(f"http://testserver/storage/uploads/{upload['upload_id']}?token=")
         forged = client.put(
@@ -437,3 +540,121 @@ def test_embedded_mode_takes_the_put_itself(tmp_path, models_dir):
         assert job.status_code == 201, job.text
         assert (objects / "jobs" / job.json()["id"] / "dataset.zip").read_bytes() == zip_path.read_bytes()
         assert not list((objects / "uploads").rglob("*.zip"))
+
+
+BOUNDARY = "lorabake-test-boundary"
+
+
+def form_body(fields: dict[str, str], data: bytes) -> bytes:
+    """A multipart/form-data body by hand: the fields, then `file` (to send without a Content-Length)."""
+    parts = [
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    ]
+    head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="set.zip"\r\n\r\n'
+    return b"".join(parts) + head.encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def streamed(body: bytes, size: int = 1000) -> Iterator[bytes]:
+    """The body in pieces, so it goes chunked, no Content-Length: only counting what arrives can stop it."""
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+def leaves_nothing(settings: Settings) -> None:
+    assert not list((settings.storage_dir / "uploads").rglob("*"))  # no object, not even a temp file
+    assert not list((settings.work_dir / "uploads").iterdir())  # the partial file went as well
+
+
+def test_embedded_mode_takes_the_form_post_and_refuses_one_over_the_limit(tmp_path, models_dir):
+    zip_path = good_zip(tmp_path)  # once: a zip written again may differ (its entries' times)
+    data = zip_path.read_bytes()
+    with embedded(tmp_path, models_dir, max_upload_bytes=str(len(data))) as (client, headers, settings):
+        (settings.work_dir / "uploads").mkdir(parents=True, exist_ok=True)
+        upload = new_upload(client, headers)
+        key = upload_key(upload["upload_id"])
+        assert upload["post"] == {
+            "url": upload["url"],
+            "fields": {"key": key, "Content-Type": "application/zip"},
+        }
+        assert upload["max_bytes"] == len(data)
+
+        too_big = post_form(upload, data + b"\0", http=client)  # one byte over
+        assert too_big.status_code == 413, too_big.text
+        assert (
+            error_of(too_big)["code"] == "payload_too_large"
+            and str(len(data)) in error_of(too_big)["message"]
+        )
+        assert error_of(too_big)["details"] == {"field": "file", "limit_bytes": len(data)}
+        leaves_nothing(settings)
+        chunked = client.post(
+            upload["post"]["url"],
+            content=streamed(form_body(upload["post"]["fields"], data + b"\0")),
+            headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+        )
+        assert "content-length" not in chunked.request.headers
+        assert chunked.status_code == 413 and error_of(chunked)["details"]["field"] == "file"
+        leaves_nothing(settings)
+
+        forged = post_form(
+            {"post": {**upload["post"], "url": upload["url"].split("?")[0] + "?token=x"}}, data, client
+        )
+        assert forged.status_code == 403 and error_of(forged)["details"]["field"] == "token"
+        leaves_nothing(settings)
+
+        posted = post_form(upload, data, http=client)  # exactly the limit: taken (refusals left it usable)
+        assert posted.status_code == 200, posted.text
+        assert posted.json() == {"upload_id": upload["upload_id"], "size_bytes": len(data)}
+        assert (settings.storage_dir / key).read_bytes() == data
+        dataset = client.post("/v1/datasets", headers=headers, json={"upload_id": upload["upload_id"]})
+        assert dataset.status_code == 201, dataset.text
+        by_put = uploaded(client, headers, zip_path, http=client)  # (a multipart one is over the limit)
+        expected = client.post("/v1/datasets", headers=headers, json={"upload_id": by_put}).json()
+        assert dataset_report(dataset.json()) == dataset_report(expected)
+        again = post_form(upload, data, http=client)
+        assert again.status_code == 409 and error_of(again)["code"] == "upload_used"
+
+
+def test_embedded_mode_refuses_a_bad_form_naming_the_field(tmp_path, models_dir):
+    data = good_zip(tmp_path).read_bytes()
+    with embedded(tmp_path, models_dir) as (client, headers, settings):
+        (settings.work_dir / "uploads").mkdir(parents=True, exist_ok=True)
+        upload = new_upload(client, headers)
+        fields = upload["post"]["fields"]
+        other_key = upload_key(uuid.uuid4().hex)
+        for form, body, field in (
+            ({**fields, "key": other_key}, data, "key"),  # another upload's key
+            ({"Content-Type": "application/zip"}, data, "key"),  # none
+            (fields, b"", "file"),  # an empty file
+        ):
+            response = post_form(upload, body, http=client, fields=form)
+            assert response.status_code == 422, response.text
+            assert error_of(response)["details"]["field"] == field
+            leaves_nothing(settings)
+        no_file = client.post(upload["post"]["url"], data=fields, files={"other": ("x", b"x")})
+        assert no_file.status_code == 422 and error_of(no_file)["details"]["field"] == "file"
+        cut_off = form_body(fields, data)[:-20]  # the body ends inside the file
+        truncated = client.post(
+            upload["post"]["url"],
+            content=cut_off,
+            headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+        )
+        assert truncated.status_code == 422 and error_of(truncated)["details"]["field"] == "file"
+        not_a_form = client.post(
+            upload["post"]["url"], content=data, headers={"Content-Type": "application/zip"}
+        )
+        assert not_a_form.status_code == 422 and error_of(not_a_form)["details"]["field"] == "body"
+        leaves_nothing(settings)
+        # none of these used the upload up
+        assert post_form(upload, data, http=client).status_code == 200
+
+
+def test_embedded_mode_caps_pending_uploads(tmp_path, models_dir):
+    with embedded(tmp_path, models_dir, max_pending_uploads="1") as (client, headers, settings):
+        new_upload(client, headers)
+        refused = client.post("/v1/uploads", headers=headers)
+        assert refused.status_code == 429 and error_of(refused)["code"] == "too_many_uploads"
+        lifetime = (
+            settings.presign_expiry_seconds + settings.upload_grace_seconds
+        )  # (SQLite's times read back)
+        assert 0 < int(refused.headers["retry-after"]) <= lifetime
