@@ -46,6 +46,12 @@ def start_reconciler(state: AppState) -> PeriodicThread | None:
     return PeriodicThread("reconciler", settings.reconcile_interval_seconds, reconciler.run_once).start()
 
 
+def start_scheduler(state: AppState) -> PeriodicThread | None:
+    """Every API process runs the scheduler too (a database lock lets one act at a time)."""
+    interval = state.settings.schedule_interval_seconds
+    return PeriodicThread("scheduler", interval, state.scheduler.run_once).start() if interval > 0 else None
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -58,12 +64,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.freeze()
         if state.reader is not None:
             await state.reader.open()
-        reconciler = start_reconciler(state)
+        duties = [start_reconciler(state), start_scheduler(state)]
         try:
             yield
         finally:
-            if reconciler is not None:
-                reconciler.stop()
+            for duty in duties:
+                if duty is not None:
+                    duty.stop()
             await state.events.close()
             if state.reader is not None:
                 await state.reader.close()

@@ -14,6 +14,8 @@ from api.jobs.views import JobViews
 from api.key_cache import KeyCache
 from api.queue.service import QueueStanding
 from shared.db.session import session_factory
+from shared.jobs.scheduler import Scheduler
+from shared.jobs.workers import worker_id
 from shared.queue import JobDispatcher, make_celery
 from shared.settings import Settings
 from shared.storage import ObjectStore, build_store
@@ -28,6 +30,7 @@ class AppState:
     store: ObjectStore
     celery: Celery
     dispatcher: JobDispatcher
+    scheduler: Scheduler  # sends queued jobs as workers have room (run after each submission too)
     keys: KeyCache
     events: EventHub = field(repr=False)
     reader: AsyncReader | None = field(repr=False)
@@ -45,12 +48,14 @@ class AppState:
         sessions = session_factory(settings.database_url, settings.engine_options)
         celery = make_celery(settings)
         reader = AsyncReader.for_settings(settings)
+        dispatcher = JobDispatcher(celery, settings)
         return cls(
             settings,
             sessions,
             build_store(settings),
             celery,
-            JobDispatcher(celery, settings),
+            dispatcher,
+            Scheduler(settings, sessions, dispatcher, holder=f"api:{worker_id()}"),
             KeyCache(settings.auth_cache_seconds),
             EventHub(sessions),
             reader,

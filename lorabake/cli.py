@@ -138,7 +138,7 @@ def worker(concurrency: int, queues: str | None) -> None:
     duties = subprocess.Popen(
         [
             *(sys.executable, "-m", "lorabake.cli", "worker-duties"),
-            *("--parent", str(os.getpid()), "--queues", ",".join(served)),
+            *("--parent", str(os.getpid()), "--queues", ",".join(served), "--slots", str(concurrency)),
         ],
         env={**os.environ, "LORABAKE_DATA_DIR": str(settings.data_dir)},
     )
@@ -152,14 +152,15 @@ def worker(concurrency: int, queues: str | None) -> None:
 @main.command("worker-duties", hidden=True)
 @click.option("--parent", type=int, required=True, help="The worker process this one serves.")
 @click.option("--queues", default=None, help="The queues that worker consumes (for its heartbeat).")
-def worker_duties(parent: int, queues: str | None) -> None:
+@click.option("--slots", type=int, default=1, help="Jobs that worker runs at once (its concurrency).")
+def worker_duties(parent: int, queues: str | None, slots: int) -> None:
     """The worker's heartbeat and a reconciler, until the worker process is gone."""
     from shared.jobs.duties import run_worker_duties
     from worker.metrics.server import serve_worker_metrics
 
     _setup_logging()
     serve_worker_metrics(get_settings())  # the worker's metrics port, when set: a thread of this process
-    run_worker_duties(get_settings(), parent, _queue_names(queues))
+    run_worker_duties(get_settings(), parent, _queue_names(queues), max(1, slots))
 
 
 def _requeue_interrupted(settings: Settings) -> None:

@@ -11,7 +11,7 @@ log = logging.getLogger("lorabake.periodic")
 
 
 class PeriodicThread:
-    def __init__(self, name: str, interval: float, duty: Callable[[], None]) -> None:
+    def __init__(self, name: str, interval: float, duty: Callable[[], object]) -> None:
         self.name = name
         self.interval = interval
         self.duty = duty

@@ -89,8 +89,13 @@ class JobDispatcher:
         self._down_until = 0.0
         self._lock = threading.Lock()
 
+    @property
+    def cooling_down(self) -> bool:
+        """A send failed a moment ago: the broker is taken to be down from this process."""
+        return time.monotonic() < self._down_until
+
     def send(self, job_id: str, queue: str | None = None) -> bool:
-        if time.monotonic() < self._down_until:
+        if self.cooling_down:
             return False
         try:
             enqueue_training(self.app, self.settings, job_id, queue)

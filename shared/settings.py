@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     lease_renew_seconds: float = 15.0
     # The reconciler's pass (0 turns it off in this process): expired leases, jobs lost by the broker.
     reconcile_interval_seconds: float = 15.0
+    # The scheduler's pass (0 turns it off in this process; it still runs after each submission): queued
+    # jobs are sent to the broker as live workers have free slots (shared/jobs/scheduler.py).
+    schedule_interval_seconds: float = 1.0
     # A queued job missing from the broker this long after it was sent is sent again.
     requeue_after_seconds: float = 30.0
     # How long a worker retries the database or storage before it hands its job back to the queue.

@@ -29,7 +29,7 @@ from api.datasets.service import (
     owned_dataset,
     thumbnail_bytes,
 )
-from api.deps import DatasetsRead, DatasetsWrite, State
+from api.deps import DatasetJobSubmitter, DatasetsRead, DatasetsWrite, State
 from api.direct_uploads.sources import REMOTE_SOURCES, one_source, received_from
 from api.errors import validate_json_model
 from api.jobs.schemas import JobOut
@@ -234,7 +234,7 @@ async def caption_dataset(
     dataset_id: str,
     body: Annotated[CaptionJobRequest, Body()],
     response: Response,
-    owner: DatasetsWrite,
+    caller: DatasetJobSubmitter,
     state: State,
 ) -> JobOut:
     """Caption the dataset's training images with BLIP (photos) or WD14 tags (anime) as a job on the GPU
@@ -242,6 +242,8 @@ async def caption_dataset(
     a `webhook` (and `webhook_events`) as POST /v1/jobs takes them."""
     webhook = parse_job_webhook(body.webhook, body.webhook_events, state.settings)
     config = body.caption_config()
-    job = await run_in_threadpool(submit_caption_job, state, owner, dataset_id, config, webhook)
+    job = await run_in_threadpool(
+        submit_caption_job, state, caller.owner, dataset_id, config, webhook, api_key_id=caller.key_id
+    )
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobOut.of(job)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import update
-
 from api.datasets.service import owned_dataset, store_caption_snapshot
 from api.errors import validate_json_model
 from api.models.service import require_known_base_model
@@ -22,7 +20,7 @@ from shared.config.spec import TrainingConfig
 from shared.datasets.intake import inspect_dataset_zip
 from shared.datasets.layout import DatasetLayout
 from shared.datasets.stored import dataset_layout, image_sizes
-from shared.db.models import Job, JobKind, JobStatus, new_id, utcnow
+from shared.db.models import Job, JobKind, JobStatus, new_id
 from shared.errors import LorabakeError, NotFoundError
 from shared.jobs.state import add_event
 
@@ -135,16 +133,23 @@ def submit_dataset_job(
 
 
 def submit_caption_job(
-    state: AppState, owner: str, dataset_id: str, config: CaptionConfig, webhook: JobWebhook | None = None
+    state: AppState,
+    owner: str,
+    dataset_id: str,
+    config: CaptionConfig,
+    webhook: JobWebhook | None = None,
+    *,
+    api_key_id: str | None = None,
 ) -> Job:
     """A captioning run over a stored dataset, queued like a training job (it needs the GPU too), with its
-    own `webhook` as a training job has it."""
+    own `webhook` as a training job has it. It counts towards its key's `max_running`."""
     with state.sessions() as session:
         dataset = owned_dataset(session, owner, dataset_id)
         images = sum(1 for image in dataset.images if not image.is_reg)
         job = Job(
             id=new_id(),
             owner=owner,
+            api_key_id=api_key_id,
             kind=JobKind.caption,
             dataset_key=dataset.object_key,
             dataset_filename=dataset.name,
@@ -180,13 +185,14 @@ def queue_job(
     seed: int | None,
     webhook: JobWebhook | None = None,
 ) -> Job:
-    """Records a job whose objects are stored, then hands it to the broker, best effort (the outbox): the
-    row is committed first, so a broker that is down costs nothing but time; the reconciler sends the job
-    once the broker is back. A failed commit removes what was stored, so a refusal leaves nothing behind."""
+    """Records a job whose objects are stored, then runs a pass of the scheduler, which sends it to the broker
+    when a worker has room and it is next in line (shared/jobs/scheduler.py). The row is committed first, so
+    a broker that is down costs nothing but time. A failed commit removes what was stored, so a refusal
+    leaves nothing behind."""
     job_id = job.id
     job.status, job.config, job.plan = JobStatus.queued, config, plan
     job.total_steps, job.total_epochs, job.seed = total_steps, total_epochs, seed
-    job.enqueued_at = utcnow()
+    job.enqueued_at = None  # waiting for the scheduler
     job.artifacts = []
     try:
         with state.sessions() as session:
@@ -199,18 +205,10 @@ def queue_job(
     except BaseException:
         state.remove_objects(f"jobs/{job_id}/")
         raise
-    # Sent only after the commit, so a worker never receives an id it cannot find.
-    if not state.dispatcher.send(job_id, job.queue):
-        _mark_unsent(state, job_id)
-    return job
-
-
-def _mark_unsent(state: AppState, job_id: str) -> None:
-    """So the reconciler sends it at its next pass; if even this cannot be written, it finds the job
-    missing from the broker after `requeue_after_seconds`."""
+    # After the commit, so a worker never receives an id it cannot find. The job is stored whatever happens
+    # here: the scheduler's periodic passes send it if this one cannot.
     try:
-        with state.sessions() as session:
-            session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=None))
-            session.commit()
+        state.scheduler.run_once()
     except Exception:
-        log.warning("job %s: could not mark it unsent; the reconciler will find it", job_id)
+        log.exception("job %s: the scheduler pass after its submission failed", job_id)
+    return job

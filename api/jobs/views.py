@@ -55,7 +55,7 @@ class JobViews:
         if body is None:
             body = await run_in_threadpool(self._render, job_id)
         if row[2] == JobStatus.queued:  # its place in line changes while the job itself does not
-            standing = await run_in_threadpool(self.standing.standing, row[3], row[4])
+            standing = await run_in_threadpool(self.standing.standing, job_id, row[4])
             body = json.dumps({**json.loads(body), **standing}).encode()
         return body
 

@@ -13,9 +13,26 @@ _OWNER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,199}$"
 
 
 class KeyLimits(BaseModel):
-    """Per-key submission limits (a 429 with Retry-After past them); unset: no limit."""
+    """Per-key limits: submissions past `max_queued` or `submissions_per_minute` get a 429 with Retry-After;
+    `max_running` and `priority` rule when the key's jobs start (docs/API.md, "Queue and limits"). Unset: no
+    limit."""
 
     model_config = ConfigDict(extra="forbid")
+
+    max_running: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="jobs of this key running at once (in every queue); the rest wait, without holding up "
+        "other keys' jobs",
+    )
+    priority: int | None = Field(
+        None,
+        ge=-100,
+        le=100,
+        description="a higher-priority key's queued jobs start before a lower one's (default 0); keys of "
+        "equal priority take turns by owner",
+    )
 
     max_queued: int | None = Field(
         None, ge=0, le=100_000, description="jobs of this key waiting to start at once"

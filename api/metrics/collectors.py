@@ -93,7 +93,15 @@ def database_families(readings: DatabaseReadings) -> list[Metric]:
     )
     for job_id, rate in sorted(readings.steps_per_second.items()):
         rates.add_metric([job_id], rate)
-    return [jobs, workers, queued, running, rates]
+    waiting = GaugeMetricFamily(
+        "lorabake_queue_waiting",
+        "Queued jobs of each queue, waiting for a worker's free slot or sent and not yet started (what an "
+        "autoscaler should watch: the broker holds only the jobs already given to a worker).",
+        labels=["queue"],
+    )
+    for queue, count in sorted(readings.queued_by_queue.items()):
+        waiting.add_metric([queue], count)
+    return [jobs, workers, queued, running, rates, waiting]
 
 
 class ServiceCollector(Collector):
@@ -120,7 +128,11 @@ class ServiceCollector(Collector):
     def _database(self) -> list[Metric]:
         try:
             with self.sessions() as session:
-                readings = read_database(session, heartbeat_within=3 * self.settings.lease_renew_seconds)
+                readings = read_database(
+                    session,
+                    heartbeat_within=3 * self.settings.lease_renew_seconds,
+                    default_queue=self.settings.queue_name,
+                )
                 webhooks = webhook_delivery_families(session)
         except Exception as exc:
             self._failed("database", exc)

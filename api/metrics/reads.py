@@ -6,7 +6,7 @@ jobs the window holds. Every query is bounded (STATEMENT_TIMEOUT_MS on Postgres,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sqlalchemy import ColumnElement, Select, case, func, select, text
@@ -55,6 +55,7 @@ class DatabaseReadings:
     queued: Durations
     running_by_status: dict[str, Durations]
     steps_per_second: dict[str, float]  # job id -> rate, jobs in training only
+    queued_by_queue: dict[str, int] = field(default_factory=dict)  # queue name -> jobs waiting to start
 
 
 def bound_statements(session: Session) -> None:
@@ -96,7 +97,7 @@ def _histogram_query(
     )
 
 
-def read_database(session: Session, *, heartbeat_within: float) -> DatabaseReadings:
+def read_database(session: Session, *, heartbeat_within: float, default_queue: str = "") -> DatabaseReadings:
     bound_statements(session)
     by_status = {status.value: 0 for status in JobStatus}
     by_status.update(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
@@ -115,7 +116,13 @@ def read_database(session: Session, *, heartbeat_within: float) -> DatabaseReadi
             Job.status == JobStatus.training, Job.steps_per_second.is_not(None)
         )
     ).all()
+    queued_by_queue: dict[str, int] = {}
+    waiting = select(Job.queue, func.count()).where(Job.status == JobStatus.queued).group_by(Job.queue)
+    for queue, count in session.execute(waiting):  # jobs made before named queues are the default one's
+        name = queue or default_queue
+        queued_by_queue[name] = queued_by_queue.get(name, 0) + count
     return DatabaseReadings(
+        queued_by_queue=queued_by_queue,
         jobs_by_status=by_status,
         workers_alive=workers_alive(session, within_seconds=heartbeat_within),
         queued=_durations(tuple(queued_row), QUEUED_BUCKETS),

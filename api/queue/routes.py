@@ -9,14 +9,13 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import JobsRead, State
-from api.queue.service import served_queue_lists
 from api.schemas import error_responses
 from api.state import AppState
 from shared.broker_inspect import queue_depth
 from shared.db.models import Job, JobStatus
 from shared.jobs.routing import known_queues
 from shared.jobs.state import RUNNING
-from shared.jobs.workers import workers_alive
+from shared.jobs.workers import served_queue_lists, workers_alive
 
 router = APIRouter(prefix="/v1/queue", tags=["queue"])
 _ERRORS = error_responses(401, 403, 503)

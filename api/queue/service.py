@@ -1,6 +1,7 @@
 """Where a queued job stands: its position, and a rough estimate of when it starts.
 
-Position counts the jobs queued before it (the broker hands jobs out first in, first out). The estimate
+Position is the job's place in the order the scheduler starts jobs in (shared/jobs/scheduling.py: key
+priority, owners taking turns, per-key caps), behind the jobs already sent to workers. The estimate
 assumes each worker takes one job at a time: a free worker starts it now; otherwise each running job's
 end (its own ETA) starts the next job in line, and past those, each round of workers takes a typical run
 (the median of the last successful runs). Unknown (null) while no worker is alive, or when it depends on
@@ -12,16 +13,26 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config.spec import TrainingConfig
-from shared.db.models import BaseModelRecord, Job, JobStatus, WorkerProcess, as_utc, utcnow
+from shared.db.models import ApiKey, BaseModelRecord, Job, JobStatus, as_utc
 from shared.jobs.routing import queue_for
+from shared.jobs.scheduler import (
+    Flight,
+    count_in_flight,
+    in_flight,
+    in_queue,
+    key_rules,
+    last_turns,
+    waiting_to_be_sent,
+)
+from shared.jobs.scheduling import Waiting, start_order
 from shared.jobs.state import RUNNING
+from shared.jobs.workers import served_queue_lists, served_queues
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -30,6 +41,50 @@ if TYPE_CHECKING:
 TYPICAL_RUNS = 20  # successful runs the typical run time is the median of
 TYPICAL_TTL_SECONDS = 30.0
 CAPACITY_TTL_SECONDS = 2.0
+LINE_TTL_SECONDS = 30.0  # at most this stale when only a key's limits changed
+
+
+def line_version(session: Session, settings: Settings, queue: str) -> tuple:
+    """Changes whenever the line may have: a job joins or leaves it (submitted, canceled, sent, started) or a
+    job in flight ends. One aggregate query, so a poll does not recompute the whole line."""
+    of_queue = in_queue(settings, queue)
+    is_queued = Job.status == JobStatus.queued
+    row = session.execute(
+        select(
+            func.sum(case((is_queued, 1), else_=0)),
+            func.max(case((is_queued, Job.updated_at), else_=None)),
+            func.sum(case((in_flight(), 1), else_=0)),
+        ).where(of_queue, or_(is_queued, in_flight()))
+    ).one()
+    return tuple(row)
+
+
+def queue_line(session: Session, settings: Settings, queue: str) -> list[str]:
+    """The ids of the queue's queued jobs in the order they start: those sent to a worker first (the broker
+    hands them out in turn), then the waiting ones in the scheduler's order."""
+    of_queue = in_queue(settings, queue)
+    sent = list(
+        session.scalars(
+            select(Job.id)
+            .where(Job.status == JobStatus.queued, Job.enqueued_at.is_not(None), of_queue)
+            .order_by(Job.enqueued_at, Job.created_at)
+        )
+    )
+    rows = session.execute(
+        select(Job.id, Job.owner, Job.api_key_id, Job.created_at, ApiKey.limits)
+        .outerjoin(ApiKey, ApiKey.id == Job.api_key_id)
+        .where(waiting_to_be_sent(), of_queue)
+    ).all()
+    waiting = [
+        Waiting(job_id, owner, key, created_at, *key_rules(limits))
+        for job_id, owner, key, created_at, limits in rows
+    ]
+    flights = [
+        Flight(q or settings.queue_name, owner, key)
+        for q, owner, key in session.execute(select(Job.queue, Job.owner, Job.api_key_id).where(in_flight()))
+    ]
+    turns = last_turns(session, settings, queue, {job.owner for job in waiting})
+    return sent + [job.job_id for job in start_order(waiting, count_in_flight(flights, queue, turns))]
 
 
 class QueueStanding:
@@ -41,6 +96,8 @@ class QueueStanding:
         self.settings = settings
         self._typical: tuple[float, float | None] = (-TYPICAL_TTL_SECONDS, None)  # (computed at, seconds)
         self._capacity: dict[str, tuple[float, int, list[float | None]]] = {}  # queue -> (at, workers, etas)
+        # queue -> (computed at, line_version, job id -> place)
+        self._lines: dict[str, tuple[float, tuple, dict[str, int]]] = {}
         self._lock = threading.Lock()
 
     def _typical_run(self, session: Session) -> float | None:
@@ -76,18 +133,22 @@ class QueueStanding:
             self._capacity[name] = (time.monotonic(), workers, etas)
         return workers, etas
 
-    def standing(self, created_at: datetime, queue: str | None) -> dict[str, float | int | None]:
+    def _place(self, session: Session, job_id: str, queue: str) -> int:
+        """Jobs ahead of this one. The line is recomputed only when its version changed (or it is old)."""
+        version = line_version(session, self.settings, queue)
+        with self._lock:
+            cached = self._lines.get(queue)
+        if cached is None or cached[1] != version or time.monotonic() - cached[0] >= LINE_TTL_SECONDS:
+            line = {jid: place for place, jid in enumerate(queue_line(session, self.settings, queue))}
+            cached = (time.monotonic(), version, line)
+            with self._lock:
+                self._lines[queue] = cached
+        return cached[2].get(job_id, len(cached[2]))
+
+    def standing(self, job_id: str, queue: str | None) -> dict[str, float | int | None]:
         """Its place in its own queue (`queue` None: the default one, for jobs made before named queues)."""
         with self.sessions() as session:
-            same_queue = Job.queue.is_(None) if queue is None else Job.queue == queue
-            ahead = (
-                session.scalar(
-                    select(func.count(Job.id)).where(
-                        Job.status == JobStatus.queued, Job.created_at < created_at, same_queue
-                    )
-                )
-                or 0
-            )
+            ahead = self._place(session, job_id, queue or self.settings.queue_name)
             workers, running = self._queue_capacity(session, queue)
             typical = self._typical_run(session)
         # a job that has no ETA yet (still preparing) is taken to need a typical run
@@ -128,12 +189,10 @@ def job_queue(state: AppState, config: TrainingConfig, requested: str | None) ->
         return queue_for(state.settings, family, requested, served_queues(session, state.settings))
 
 
-def served_queue_lists(session: Session, settings: Settings) -> list[set[str]]:
-    """The queues each live worker consumes, from their heartbeats."""
-    since = utcnow() - timedelta(seconds=3 * settings.lease_renew_seconds)
-    rows = session.scalars(select(WorkerProcess.queues).where(WorkerProcess.last_seen_at >= since))
-    return [{q for q in row.split(",") if q} for row in rows]
-
-
-def served_queues(session: Session, settings: Settings) -> set[str]:
-    return {q for served in served_queue_lists(session, settings) for q in served}
+def base_model_queue(state: AppState, base_model: str, family: str | None, requested: str | None) -> str:
+    """The named queue of a job that runs a base model without training it (a generation, a comparison):
+    routed as job_queue routes a training job, by `family` (given, else the catalogue's for `base_model`)."""
+    with state.sessions() as session:
+        if family is None:
+            family = session.scalar(select(BaseModelRecord.family).where(BaseModelRecord.name == base_model))
+        return queue_for(state.settings, family, requested, served_queues(session, state.settings))

@@ -283,6 +283,8 @@ class ModelCatalogue(_Model):
 
 
 class KeyLimits(_Model):
+    max_running: int | None = None
+    priority: int | None = None
     max_queued: int | None = None
     submissions_per_minute: float | None = None
 

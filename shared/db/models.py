@@ -175,6 +175,7 @@ class WorkerProcess(Base):
     id: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid
     hostname: Mapped[str] = mapped_column(String(200))
     queues: Mapped[str] = mapped_column(String(500), default="")
+    slots: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # jobs it runs at once
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 

@@ -35,3 +35,14 @@ def try_lock(session: Session, name: str, holder: str, ttl_seconds: float) -> bo
         session.rollback()
         return False
     return True
+
+
+def release_lock(session: Session, name: str, holder: str) -> None:
+    """Gives the lock up at once (if `holder` has it), so another process takes the duty. Commits."""
+    session.execute(
+        update(ServiceLock)
+        .execution_options(synchronize_session=False)
+        .where(ServiceLock.name == name, ServiceLock.holder == holder)
+        .values(expires_at=utcnow())
+    )
+    session.commit()

@@ -1,5 +1,5 @@
-"""What runs beside a worker, in a process of its own: the worker's heartbeat, its report of the base models
-it has, a reconciler, and the webhook dispatcher (shared/webhooks).
+"""What runs beside a worker, in a process of its own: the worker's heartbeat (with its slots), its report of
+the base models it has, a reconciler, the scheduler and the webhook dispatcher (shared/webhooks).
 
 `lorabake worker` starts it (`lorabake worker-duties --parent PID`) and it ends when that worker process
 is gone, so a worker host that dies takes its heartbeat with it.
@@ -16,6 +16,7 @@ from shared.catalogue.records import forget_unseen_models
 from shared.catalogue.reporting import ModelReporter
 from shared.db.session import session_factory
 from shared.jobs.reconciler import Reconciler
+from shared.jobs.scheduler import Scheduler
 from shared.jobs.workers import forget_stale_workers, forget_worker, record_heartbeat, worker_id
 from shared.outages import is_outage
 from shared.queue import JobDispatcher, make_celery
@@ -32,10 +33,15 @@ def build_reconciler(settings: Settings, holder: str) -> Reconciler:
     return Reconciler(settings, sessions, dispatcher, build_store(settings), holder=holder)
 
 
-def run_worker_duties(settings: Settings, parent: int, queues: list[str] | None = None) -> None:
+def run_worker_duties(
+    settings: Settings, parent: int, queues: list[str] | None = None, slots: int = 1
+) -> None:
     wid = worker_id(parent)
     reconciler = build_reconciler(settings, holder=f"worker:{wid}")
     sessions = reconciler.sessions
+    scheduler = Scheduler(settings, sessions, reconciler.dispatcher, holder=f"worker:{wid}")
+    schedule_every = settings.schedule_interval_seconds
+    next_schedule = 0.0
     models = ModelReporter(settings, sessions, wid)
     webhooks = WebhookDispatcher(settings, sessions, build_store(settings)).start()
     beat_every = settings.lease_renew_seconds
@@ -48,11 +54,17 @@ def run_worker_duties(settings: Settings, parent: int, queues: list[str] | None 
             next_beat = now + beat_every
             try:
                 with sessions() as session:
-                    record_heartbeat(session, wid, ",".join(queues or [settings.queue_name]))
+                    record_heartbeat(session, wid, ",".join(queues or [settings.queue_name]), slots)
                     forget_unseen_models(session, timedelta(days=settings.model_catalogue_days))
                     forget_stale_workers(session, older_than_seconds=86_400)  # commits
             except Exception as exc:
                 log.warning("worker heartbeat: %s", type(exc).__name__, exc_info=not is_outage(exc))
+        if schedule_every > 0 and now >= next_schedule:
+            next_schedule = now + schedule_every
+            try:
+                scheduler.run_once()
+            except Exception:
+                log.exception("scheduler pass failed")
         if reconcile_every > 0 and now >= next_reconcile:
             next_reconcile = now + reconcile_every
             try:

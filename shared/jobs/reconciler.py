@@ -5,8 +5,8 @@ one act at a time):
 - a running job whose lease ran out lost its worker (killed, out of memory, host gone): it goes back to the
   queue and resumes from its resume state; one that lost its worker `max_attempts` times fails
   (`too_many_attempts`); one whose cancel was asked for is canceled;
-- a queued job that was never sent (the broker was down when it was submitted or handed back), or whose
-  message the broker no longer holds (Redis lost its data), is sent again;
+- a queued job whose message the broker no longer holds (Redis lost its data) is sent again (sending the
+  jobs that wait for a worker is the scheduler's: shared/jobs/scheduler.py);
 - uploads (POST /v1/uploads) past their expiry are deleted, used or not, with their objects.
 Sending twice is harmless: claiming is atomic and a live lease makes a duplicate do nothing.
 
@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.broker_inspect import jobs_in_broker
 from shared.datasets.direct_uploads import expire_uploads
-from shared.db.models import Job, JobStatus, as_utc, utcnow
+from shared.db.models import Job, JobStatus, utcnow
 from shared.db.service_lock import try_lock
 from shared.jobs.leases import back_to_queue, end_if_it_must_not_run, held_by
 from shared.jobs.state import RUNNING
@@ -88,7 +88,7 @@ class Reconciler:
         report = ReconcileReport()
         if now - self._database_up_since >= self.settings.lease_seconds:
             self.take_back_expired(report)
-        self.send_unsent(report)
+        self.send_lost(report)
         self.expire_uploads(report)
         return report
 
@@ -122,7 +122,7 @@ class Reconciler:
             job_ids = list(session.scalars(select(Job.id).where(Job.status.in_(running))))
         for job_id in job_ids:
             self._take_back(job_id, report, reason="interrupted", force=True)
-        self.send_unsent(report)
+        self.send_lost(report)
         return report
 
     def _take_back(self, job_id: str, report: ReconcileReport, *, reason: str, force: bool = False) -> None:
@@ -162,40 +162,40 @@ class Reconciler:
         except Exception:
             log.exception("job %s: could not delete its resume state", job_id)
 
-    # -- the outbox -------------------------------------------------------------------------------------
-    def send_unsent(self, report: ReconcileReport) -> None:
+    # -- messages the broker lost -----------------------------------------------------------------------
+    def send_lost(self, report: ReconcileReport) -> None:
+        """Sent jobs no worker took within `requeue_after_seconds` and the broker no longer holds."""
         now = utcnow()
         grace = timedelta(seconds=self.settings.requeue_after_seconds)
         with self.sessions() as session:
-            queued = session.execute(
-                select(Job.id, Job.enqueued_at, Job.queue)
+            overdue = session.execute(
+                select(Job.id, Job.queue)
                 .where(
-                    Job.status == JobStatus.queued, Job.lease_token.is_(None), Job.cancel_requested.is_(False)
+                    Job.status == JobStatus.queued,
+                    Job.lease_token.is_(None),
+                    Job.cancel_requested.is_(False),
+                    Job.enqueued_at.is_not(None),
+                    Job.enqueued_at <= now - grace,
                 )
                 .order_by(Job.created_at)
             ).all()
-        queue_of = {job_id: queue for job_id, _, queue in queued}
-        never_sent = [job_id for job_id, sent, _ in queued if sent is None]
-        overdue = [job_id for job_id, sent, _ in queued if sent is not None and as_utc(sent) <= now - grace]
-        lost: list[str] = []
-        if overdue:
-            try:
-                present = jobs_in_broker(
-                    self.settings,
-                    stale_after=self.settings.requeue_after_seconds,
-                    queues={queue_of[j] or self.settings.queue_name for j in overdue},
-                )
-            except Exception as exc:  # the broker is down: nothing can be sent now anyway
-                log.warning("reconciler: cannot read the broker (%s: %s)", type(exc).__name__, exc)
-                return
-            if present is not None:
-                lost = [job_id for job_id in overdue if job_id not in present]
-        for job_id in never_sent + lost:
+        if not overdue:
+            return
+        queue_of = {job_id: queue or self.settings.queue_name for job_id, queue in overdue}
+        try:
+            present = jobs_in_broker(
+                self.settings, stale_after=self.settings.requeue_after_seconds, queues=set(queue_of.values())
+            )
+        except Exception as exc:  # the broker is down: nothing can be sent now anyway
+            log.warning("reconciler: cannot read the broker (%s: %s)", type(exc).__name__, exc)
+            return
+        if present is None:
+            return
+        for job_id in [job_id for job_id in queue_of if job_id not in present]:
             if not self.dispatcher.send(job_id, queue_of[job_id]):
                 break  # the broker is down; the rest wait for the next pass
             report.sent.append(job_id)
-            if job_id in lost:
-                log.warning("job %s: the broker lost its message; sent again", job_id)
+            log.warning("job %s: the broker lost its message; sent again", job_id)
         if report.sent:
             with self.sessions() as session:
                 session.execute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import delete, func, select
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from shared.catalogue.records import forget_worker_models
 from shared.db.models import WorkerProcess, utcnow
+from shared.settings import Settings
 
 
 def worker_id(pid: int | None = None) -> str:
@@ -18,18 +20,55 @@ def worker_id(pid: int | None = None) -> str:
     return f"{socket.gethostname()}:{pid or os.getpid()}"
 
 
-def record_heartbeat(session: Session, wid: str, queues: str) -> None:
+@dataclass(frozen=True)
+class LiveWorker:
+    queues: frozenset[str]  # the queues it consumes
+    slots: int  # jobs it runs at once (its Celery concurrency)
+
+
+def record_heartbeat(session: Session, wid: str, queues: str, slots: int = 1) -> None:
     now = utcnow()
     row = session.get(WorkerProcess, wid)
     if row is None:
         session.add(
             WorkerProcess(
-                id=wid, hostname=wid.rsplit(":", 1)[0], queues=queues, started_at=now, last_seen_at=now
+                id=wid,
+                hostname=wid.rsplit(":", 1)[0],
+                queues=queues,
+                slots=slots,
+                started_at=now,
+                last_seen_at=now,
             )
         )
     else:
-        row.last_seen_at, row.queues = now, queues
+        row.last_seen_at, row.queues, row.slots = now, queues, slots
     session.commit()
+
+
+def live_workers(session: Session, settings: Settings) -> list[LiveWorker]:
+    """Workers whose heartbeat is recent (three beats), with the queues they consume."""
+    since = utcnow() - timedelta(seconds=3 * settings.lease_renew_seconds)
+    rows = session.execute(
+        select(WorkerProcess.queues, WorkerProcess.slots).where(WorkerProcess.last_seen_at >= since)
+    ).all()
+    return [
+        LiveWorker(frozenset(filter(None, names.split(","))), max(1, slots or 1)) for names, slots in rows
+    ]
+
+
+def served_queue_lists(session: Session, settings: Settings) -> list[set[str]]:
+    """The queues each live worker consumes, from their heartbeats."""
+    return [set(worker.queues) for worker in live_workers(session, settings)]
+
+
+def served_queues(session: Session, settings: Settings) -> set[str]:
+    return {q for served in served_queue_lists(session, settings) for q in served}
+
+
+def slots_serving(workers: list[LiveWorker], queue: str) -> int:
+    """Jobs the live workers of `queue` can run at once. A worker that consumes several queues counts in each:
+    the scheduler may then send one more job than it can start at once, and that job waits in the broker."""
+    return sum(worker.slots for worker in workers if queue in worker.queues)
 
 
 def forget_worker(session: Session, wid: str) -> None:

@@ -108,14 +108,25 @@ def test_an_admin_makes_a_tenant_key_shown_once_that_works_and_stops_when_revoke
     made = client.post(
         "/v1/keys",
         headers=admin,
-        json={"owner": tenant, "name": "web app", "scopes": ["jobs:read"], "limits": {"max_queued": 2}},
+        json={
+            "owner": tenant,
+            "name": "web app",
+            "scopes": ["jobs:read"],
+            "limits": {"max_queued": 2, "max_running": 1, "priority": 3},
+        },
     )
     assert made.status_code == 201, made.text
     created = made.json()
     key = created["key"]
     assert key.startswith("lb_") and created["prefix"] == key[:10]
     assert (created["owner"], created["scopes"], created["admin"]) == (tenant, ["jobs:read"], False)
-    assert created["limits"]["max_queued"] == 2 and created["last_used_at"] is None
+    assert created["limits"] == {
+        "max_queued": 2,
+        "max_running": 1,
+        "priority": 3,
+        "submissions_per_minute": None,
+    }
+    assert created["last_used_at"] is None
 
     assert client.get("/v1/jobs", headers=bearer(key)).status_code == 200
     listed = client.get("/v1/keys", headers=admin, params={"owner": tenant}).json()["items"]
@@ -160,6 +171,8 @@ def test_a_tenant_sees_and_revokes_only_its_own_owners_keys(client, pg_url):
         ({"owner": "x", "scopes": ["jobs:delete"]}, "scopes"),
         ({"owner": "../etc"}, "owner"),
         ({"owner": "x", "limits": {"max_queued": -1}}, "limits.max_queued"),
+        ({"owner": "x", "limits": {"max_running": 0}}, "limits.max_running"),
+        ({"owner": "x", "limits": {"priority": 1000}}, "limits.priority"),
         ({"owner": "x", "surprise": 1}, "surprise"),
     ],
 )

@@ -115,6 +115,7 @@ def test_job_counts_durations_workers_and_queue_come_from_the_service_state(make
     with session_scope(fresh_database) as session:
         add_job(session, JobStatus.queued, queued=None, ran=None, ago=30)
         add_job(session, JobStatus.queued, queued=None, ran=None, ago=20)
+        add_job(session, JobStatus.queued, queued=None, ran=None, ago=5, queue="gpu-big")
         add_job(session, JobStatus.preparing, queued=3, ran=None, ago=60)
         training = add_job(session, JobStatus.training, queued=8, ran=None, ago=200, steps_per_second=2.5)
         add_job(session, JobStatus.succeeded, queued=20, ran=100, ago=3000)
@@ -133,7 +134,7 @@ def test_job_counts_durations_workers_and_queue_come_from_the_service_state(make
 
     jobs = {status.value: value(samples, "lorabake_jobs", status=status.value) for status in JobStatus}
     assert jobs == {
-        "queued": 2,
+        "queued": 3,
         "preparing": 1,
         "training": 1,
         "uploading": 0,
@@ -143,6 +144,8 @@ def test_job_counts_durations_workers_and_queue_come_from_the_service_state(make
     }
     assert value(samples, "lorabake_workers_alive") == 1
     assert value(samples, "lorabake_queue_depth", queue=queue) == 1
+    waiting = {labels: v for (name, labels), v in samples.items() if name == "lorabake_queue_waiting"}
+    assert waiting == {frozenset({("queue", queue)}): 2, frozenset({("queue", "gpu-big")}): 1}
     # only the job in training reports a speed (the preparing one has none yet)
     speeds = {labels: v for (name, labels), v in samples.items() if name == "lorabake_job_steps_per_second"}
     assert speeds == {frozenset({("job_id", training)}): 2.5}

@@ -23,7 +23,7 @@ from shared.broker_inspect import job_id_of
 from shared.db.keys import create_api_key
 from shared.db.models import Job, JobStatus
 from shared.db.session import session_factory, session_scope
-from shared.jobs.reconciler import ReconcileReport
+from shared.jobs.workers import forget_worker, record_heartbeat
 from tests.support.datasets import kohya_entries, write_zip
 from tests.support.faultproxy import FaultProxy
 from tests.support.stack import bucket_keys, settings_from_env, stack_env
@@ -196,6 +196,9 @@ def test_a_job_submitted_while_the_broker_is_down_is_accepted_and_sent_when_it_i
 ):
     headers = fresh_headers(pg_url)
     zip_path = write_zip(tmp_path / "s.zip", kohya_entries(images=2, webp=False))
+    wid = f"outage-{uuid.uuid4().hex[:6]}:1"
+    with session_factory(pg_url)() as session:  # a worker with room for both: only the broker is missing
+        record_heartbeat(session, wid, settings.queue_name, slots=2)
     proxies["broker"].refuse()
     try:
         started = time.monotonic()
@@ -212,19 +215,16 @@ def test_a_job_submitted_while_the_broker_is_down_is_accepted_and_sent_when_it_i
     jobs = owner_jobs(pg_url, headers)
     assert {j.id for j in jobs} == ids
     assert all(j.status == JobStatus.queued and j.enqueued_at is None for j in jobs)
-
-    from shared.jobs.reconciler import Reconciler
-    from shared.queue import JobDispatcher, make_celery
-
-    reconciler = Reconciler(
-        settings, session_factory(settings.database_url), JobDispatcher(make_celery(settings), settings)
-    )
-    report = ReconcileReport()
-    reconciler.send_unsent(report)
-    assert ids <= set(report.sent)  # (the session's database holds other tests' unsent jobs too)
+    # the service's own scheduler sends them once its broker is back (after the dispatcher's cool-down)
+    deadline = time.monotonic() + 20
+    while not all(j.enqueued_at is not None for j in owner_jobs(pg_url, headers)):
+        assert time.monotonic() < deadline, "the jobs were not sent once the broker was back"
+        time.sleep(0.5)
     broker = redis.Redis.from_url(redis_url)
     try:
         assert ids <= {job_id_of(m) for m in broker.lrange(settings.queue_name, 0, -1)}
     finally:
         broker.delete(settings.queue_name)
         broker.close()
+        with session_factory(pg_url)() as session:
+            forget_worker(session, wid)

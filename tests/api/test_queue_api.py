@@ -7,7 +7,8 @@ import json
 import uuid
 
 from shared.db.keys import add_api_key
-from shared.db.session import session_scope
+from shared.db.session import session_factory, session_scope
+from shared.jobs.workers import forget_worker, record_heartbeat
 from tests.support.datasets import kohya_entries, write_zip
 from tests.support.stack import bucket_keys
 
@@ -75,6 +76,22 @@ def test_a_queued_job_shows_its_place_in_line_and_the_queue_counts_yours(client,
     assert canceled["queue_position"] is None
 
 
+def test_a_later_owners_job_is_placed_between_a_backlogs_jobs(client, pg_url, tmp_path):
+    """Owners take turns (shared/jobs/scheduling.py): the position says so before any worker is alive."""
+    backlog, later = key_with(pg_url), key_with(pg_url)
+    zip_path = write_zip(tmp_path / "s.zip", kohya_entries(images=2, webp=False))
+    first = [submit(client, backlog, zip_path).json()["id"] for _ in range(3)]
+    theirs = submit(client, later, zip_path).json()["id"]
+
+    def place(job_id: str, headers: dict[str, str]) -> int:
+        return client.get(f"/v1/jobs/{job_id}", headers=headers).json()["queue_position"]
+
+    # other tests' jobs may wait in this queue too (the session's database): compare places
+    places = [place(job_id, backlog) for job_id in first]
+    assert places == [places[0], places[0] + 2, places[0] + 3]
+    assert place(theirs, later) == places[0] + 1
+
+
 def test_jobs_go_to_their_familys_queue_or_the_one_they_name(env, pg_url, redis_url, tmp_path):
     from fastapi.testclient import TestClient
 
@@ -86,6 +103,10 @@ def test_jobs_go_to_their_familys_queue_or_the_one_they_name(env, pg_url, redis_
     settings = settings_from_env({**env, "LORABAKE_QUEUE_ROUTES": json.dumps({"sd1": routed})})
     headers = key_with(pg_url)
     zip_path = write_zip(tmp_path / "s.zip", kohya_entries(images=2, webp=False))
+    sessions = session_factory(pg_url)
+    wid = f"routed-{uuid.uuid4().hex[:6]}:1"
+    with sessions() as session:  # a worker serving the routed queue has room: the job is sent at once
+        record_heartbeat(session, wid, routed)
     with TestClient(create_app(settings)) as client:
         job = submit(client, headers, zip_path).json()
         assert job["queue"] == routed  # tiny-sd15 is an SD1.x model (the catalogue says so)
@@ -112,3 +133,5 @@ def test_jobs_go_to_their_familys_queue_or_the_one_they_name(env, pg_url, redis_
         assert listed[routed]["queued"] == 1 and listed[settings.queue_name]["queued"] >= 1
         position = client.get(f"/v1/jobs/{job['id']}", headers=headers).json()["queue_position"]
         assert position == 1  # alone in its queue, whatever waits in the others
+    with sessions() as session:
+        forget_worker(session, wid)

@@ -6,50 +6,21 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 
-import pytest
-import redis
 from sqlalchemy import select, update
 
 from shared.broker_inspect import job_id_of, jobs_in_broker
-from shared.db.models import Job, JobEvent, JobStatus, utcnow
+from shared.db.models import Job, JobEvent, JobStatus, as_utc, utcnow
 from shared.db.session import session_factory
-from shared.jobs.leases import claim_job
 from shared.jobs.reconciler import Reconciler, ReconcileReport
+from shared.jobs.scheduler import Scheduler
+from shared.jobs.workers import record_heartbeat
 from shared.queue import JobDispatcher, make_celery
 from shared.settings import Settings
 from shared.storage import LocalStore, resume_state_prefix
 from tests.support import services
-
-
-@pytest.fixture
-def own_db() -> Iterator[str]:
-    with services.migrated_database() as url:
-        yield url
-
-
-@pytest.fixture
-def settings(own_db, redis_url, tmp_path) -> Settings:
-    return Settings(
-        data_dir=tmp_path,
-        database_url=own_db,
-        broker_url=redis_url,
-        queue_name=f"lorabake-test-{uuid.uuid4().hex[:8]}",
-        lease_seconds=1,
-        lease_renew_seconds=0.5,
-        requeue_after_seconds=0.5,
-        max_attempts=2,
-    )
-
-
-@pytest.fixture
-def broker(settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(settings.broker_url)
-    yield client
-    client.delete(settings.queue_name)
-    client.close()
+from tests.support.job_rows import load, make_job, queued_ids, running_job
 
 
 def reconciler(settings: Settings, holder: str = "test", store: LocalStore | None = None) -> Reconciler:
@@ -57,52 +28,21 @@ def reconciler(settings: Settings, holder: str = "test", store: LocalStore | Non
     return Reconciler(settings, session_factory(settings.database_url), dispatcher, store, holder=holder)
 
 
-def make_job(settings: Settings, **fields) -> str:
-    job_id = uuid.uuid4().hex
-    with session_factory(settings.database_url)() as session:
-        session.add(Job(id=job_id, owner="t", config={}, plan={}, dataset_key="k", **fields))
-        session.commit()
-    return job_id
-
-
-def running_job(settings: Settings, *, expired: bool = True, **fields) -> str:
-    """A job claimed by a worker; with `expired` its lease has run out (the worker is gone)."""
-    job_id = make_job(settings, **fields)
-    claimed = claim_job(
-        session_factory(settings.database_url), job_id, "w", lease_seconds=60, max_attempts=9
-    ).claim
-    assert claimed is not None
-    if expired:
-        with session_factory(settings.database_url)() as session:
-            session.execute(
-                update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=5))
-            )
-            session.commit()
-    return job_id
-
-
-def load(settings: Settings, job_id: str) -> Job:
-    with session_factory(settings.database_url)() as session:
-        job = session.get(Job, job_id)
-        session.expunge(job)
-        return job
-
-
-def queued_ids(client: redis.Redis, queue: str) -> list[str]:
-    return [job_id_of(raw) for raw in client.lrange(queue, 0, -1)]
-
-
-def test_a_dead_workers_job_is_queued_again_and_sent(settings, broker):
+def test_a_dead_workers_job_is_queued_again_and_the_scheduler_sends_it(settings, broker):
     job_id = running_job(settings)
     live = running_job(settings, expired=False)
     report = ReconcileReport()
     r = reconciler(settings)
     r.take_back_expired(report)
-    r.send_unsent(report)
-    assert report.requeued == [job_id] and report.sent == [job_id]
+    r.send_lost(report)
+    assert report.requeued == [job_id] and report.sent == []  # waiting: sending it is the scheduler's
     job = load(settings, job_id)
     assert (job.status, job.lease_token, job.attempts, job.lost_runs) == (JobStatus.queued, None, 1, 1)
-    assert job.enqueued_at is not None
+    assert job.enqueued_at is None
+    with session_factory(settings.database_url)() as session:  # a worker with a free slot (the other one
+        record_heartbeat(session, "host:1", settings.queue_name, slots=2)  # runs `live`)
+    assert Scheduler(settings, r.sessions, r.dispatcher, holder="test").run_once() == [job_id]
+    assert load(settings, job_id).enqueued_at is not None
     assert queued_ids(broker, settings.queue_name) == [job_id]
     assert load(settings, live).status == JobStatus.preparing  # its lease is live: left alone
     with session_factory(settings.database_url)() as session:
@@ -174,21 +114,21 @@ def test_jobs_the_broker_lost_are_sent_again_and_the_others_are_not(settings, br
         assert jobs_in_broker(settings, stale_after=30) >= {waiting}
         assert unacked_lost in jobs_in_broker(settings, stale_after=120)  # delivered 60 s ago: still fresh
         report = ReconcileReport()
-        reconciler(settings).send_unsent(report)
+        reconciler(settings).send_lost(report)
     finally:
         broker.hdel("unacked", stale_tag)
         broker.zrem("unacked_index", stale_tag)
-    assert sorted(report.sent) == sorted([never_sent, lost, unacked_lost])
-    assert sorted(queued_ids(broker, settings.queue_name)) == sorted(
-        [waiting, never_sent, lost, unacked_lost]
-    )
+    assert sorted(report.sent) == sorted([lost, unacked_lost])  # never_sent waits for the scheduler
+    assert sorted(queued_ids(broker, settings.queue_name)) == sorted([waiting, lost, unacked_lost])
+    assert load(settings, never_sent).enqueued_at is None
     assert load(settings, just_sent).enqueued_at > utcnow()  # not due: untouched
     assert load(settings, lost).enqueued_at > old
 
 
-def test_nothing_is_sent_while_the_broker_is_down(settings):
+def test_nothing_is_sent_again_while_the_broker_is_down(settings):
     down = settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{services.free_port()}/0"})
-    job_id = make_job(down, enqueued_at=None)
+    old = utcnow() - timedelta(seconds=10)
+    job_id = make_job(down, enqueued_at=old)
     report = ReconcileReport()
-    reconciler(down).send_unsent(report)  # no exception: the next pass tries again
-    assert report.sent == [] and load(down, job_id).enqueued_at is None
+    reconciler(down).send_lost(report)  # no exception: the next pass tries again
+    assert report.sent == [] and as_utc(load(down, job_id).enqueued_at) == old
