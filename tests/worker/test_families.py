@@ -24,7 +24,7 @@ from worker.devtools.tiny_models import (
     save_tiny_sd15,
     save_tiny_sdxl,
 )
-from worker.training import conditioning, export
+from worker.training import conditioning, export, metadata, sdxl_names
 from worker.training.engine import EngineHooks, train_lora
 from worker.training.export import read_metadata
 from worker.training.model_loading import (
@@ -284,16 +284,15 @@ def test_keys_and_metadata(trained, name: str):
     assert result.family == FAMILY[name] and [f.epoch for f in result.files] == [1, 2]
     tensors = load_file(result.files[-1].path)
     modules = {k.rsplit(".", 2)[0] if k.endswith("weight") else k.rsplit(".", 1)[0] for k in tensors}
-    unet_names = {export.kohya_name("lora_unet_", n) for n, _ in result.pipeline.unet.named_modules()}
+    unet_names = set(sdxl_names.kohya_module_names("lora_unet_", result.pipeline.unet))
     te_modules = {m for m in modules if m.startswith("lora_te")}
     assert modules - te_modules <= unet_names and te_modules
     assert all(TE_KEYS[name].match(m) for m in te_modules), sorted(te_modules)
     prefixes = {m.split("_text_model")[0] for m in te_modules}
     assert prefixes == ({"lora_te1", "lora_te2"} if name == "sdxl" else {"lora_te"})
-    if name == "sdxl":  # diffusers UNet names; the second level holds 2 transformer blocks
-        assert any(
-            m.startswith("lora_unet_down_blocks_1_attentions_0_transformer_blocks_1_") for m in modules
-        )
+    if name == "sdxl":  # SAI UNet names (sd-scripts'); the second level holds 2 transformer blocks
+        assert any(m.startswith("lora_unet_input_blocks_3_1_transformer_blocks_1_") for m in modules)
+        assert not any(m.startswith("lora_unet_down_blocks_") for m in modules)
     assert all(t.item() == ALPHA for k, t in tensors.items() if k.endswith(".alpha"))
 
     meta = read_metadata(result.files[-1].path)
@@ -387,6 +386,7 @@ def test_metadata_strings():
         "modelspec.title": "sd15",
         "modelspec.resolution": "512x512",
         "modelspec.prediction_type": "epsilon",
+        "modelspec.implementation_version": metadata.lorabake_version(),
     }
     assert export.base_model_version("sd1", False) == "sd_v1"
     assert export.base_model_version("sd1", True) == "sd_v1_v"

@@ -268,6 +268,7 @@ class ClaimedRun:
             hooks=self.engine_hooks(),
             state_dir=self.workdir / "state",
             allow_download=self.settings.allow_model_downloads,
+            hash_cache=self.settings.data_dir / "model-hashes.json",  # ss_sd_model_hash once per model file
         )
         out = self.workdir / "out"
         try:

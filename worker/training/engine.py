@@ -28,6 +28,7 @@ from worker.training import checkpoints, conditioning, data, export, network, op
 from worker.training import noise as noise_options
 from worker.training.captions import CaptionOptions, with_affixes
 from worker.training.errors import TrainingSetupError
+from worker.training.model_hashes import ModelHashes, base_model_hashes
 from worker.training.model_loading import load_pipeline, resolve_base_model, resolve_family
 from worker.training.sampling import SavedSample, generate_samples
 
@@ -443,12 +444,15 @@ def train_lora(
     resume_from: Path | None = None,
     state_dir: Path | None = None,
     allow_download: bool = False,
+    hash_cache: Path | None = None,
 ) -> TrainResult:
     """Train one LoRA; files land in out_dir as they are saved. Raises TrainingSetupError before any work
     for a config this worker cannot run, TrainingCanceled when hooks.should_cancel() turns true.
     cache_dir: where config.cache_latents_to_disk keeps latents (default: out_dir/.latent-cache).
     state_dir: write a resume state there with every saved file (hooks.on_state_saved announces it).
-    resume_from: such a state of this same run: training continues after its step, as if never stopped."""
+    resume_from: such a state of this same run: training continues after its step, as if never stopped.
+    hash_cache: a JSON file (the worker's data dir) caching base-model hashes for ss_sd_model_hash across
+    jobs (worker/training/model_hashes.py); without it they are cached for this process only."""
     hooks = hooks or EngineHooks()
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     dev = resolve_device(device)
@@ -478,6 +482,7 @@ def train_lora(
 
     hooks.on_stage("loading_model")
     pipe = load_pipeline(resolved, family, dtype=torch.float32)
+    base_hashes = _base_model_hashes(resolved.path, hash_cache)  # once per model file: cached (model_hashes)
     text.check_options(config, family, pipe.text_encoder)
     v_parameterization = _set_prediction_type(pipe, config.v_parameterization)
     unet_params, te_params, weight_dtype = _add_network(pipe, config, seed, accelerator.device)
@@ -511,6 +516,9 @@ def train_lora(
         started_at=started_at,
         family=family,
         v_parameterization=v_parameterization,
+        layout=layout,
+        dataset_dir=dataset_dir,
+        model_hashes=base_hashes,
     )
 
     hooks.on_stage("training")
@@ -637,6 +645,15 @@ def _sample(
 def _text_encoders(pipe: DiffusionPipeline) -> list[torch.nn.Module]:
     """The pipeline's text encoders: one for SD1.x/2.x, two for SDXL."""
     return [te for te in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if te is not None]
+
+
+def _base_model_hashes(path: Path, cache_file: Path | None) -> ModelHashes | None:
+    """The base model's A1111 hashes for the metadata; an unreadable file leaves them out (the load that
+    follows reports it) rather than failing here."""
+    try:
+        return base_model_hashes(path, cache_file)
+    except OSError:
+        return None
 
 
 def _set_prediction_type(pipe: DiffusionPipeline, v_parameterization: bool | None) -> bool:
