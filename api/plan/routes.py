@@ -1,4 +1,5 @@
-"""/v1/plan: a job's dry run (nothing is stored or queued); /v1/configs/kohya: import a kohya_ss config."""
+"""/v1/plan: a job's dry run (nothing is stored or queued); /v1/configs/kohya and /v1/configs/sd-scripts:
+import a kohya_ss GUI config, or sd-scripts' training and dataset TOML files."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from api.state import AppState
 from api.uploads import read_json_object
 from shared.config.kohya_import import import_kohya_config
 from shared.config.presets import PlannedRun, checkpoint_schedule, plan_run
+from shared.config.sd_scripts_import import SCRIPTS, import_sd_scripts_config
 from shared.config.spec import TrainingConfig
 from shared.datasets.layout import (
     MAX_REPEATS,
@@ -275,9 +277,76 @@ async def import_kohya(request: Request, owner: Owner, state: State) -> KohyaImp
     went, `ignored` keys with no effect here, `unsupported` values that cannot be trained the same way."""
     body = await read_json_object(request)
     imported = import_kohya_config(body).to_dict()
+    return await _with_model_note(state, imported)
+
+
+async def _with_model_note(state: AppState, imported: dict[str, Any]) -> KohyaImportOut:
+    """The answer, with a note when base_model is not a model this deployment has."""
     base_model = imported["config"].get("base_model")
     if isinstance(base_model, str):
         note = await run_in_threadpool(base_model_note, state, base_model)
         if note is not None:
             imported["notes"].append(note)
     return KohyaImportOut(**imported)
+
+
+_SD_SCRIPTS_FIELDS = ("config_toml", "dataset_toml", "script")
+_SD_SCRIPTS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "config_toml": {
+                            "type": "string",
+                            "description": "the training TOML's text (train_network.py --config_file)",
+                        },
+                        "dataset_toml": {
+                            "type": "string",
+                            "description": "the dataset TOML's text (--dataset_config)",
+                        },
+                        "script": {
+                            "type": "string",
+                            "enum": list(SCRIPTS),
+                            "description": "the script the files are for; sdxl_train_network sets SDXL",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def sd_scripts_body(body: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """(config_toml, dataset_toml, script) of the body; anything else is a 422 naming the field."""
+    unknown = sorted(set(body) - set(_SD_SCRIPTS_FIELDS))
+    if unknown:
+        raise _unprocessable(f"unknown field {unknown[0]!r}", unknown[0])
+    for name in _SD_SCRIPTS_FIELDS:
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise _unprocessable(f"{name} must be a string (the file's text)", name)
+    if body.get("config_toml") is None and body.get("dataset_toml") is None:
+        raise _unprocessable("give config_toml, dataset_toml or both", "config_toml", code="missing_field")
+    return body.get("config_toml"), body.get("dataset_toml"), body.get("script")
+
+
+@router.post(
+    "/v1/configs/sd-scripts",
+    response_model=KohyaImportOut,
+    responses=_ERRORS,
+    openapi_extra=_SD_SCRIPTS_BODY,
+    operation_id="import_sd_scripts_config",
+)
+async def import_sd_scripts(request: Request, owner: Owner, state: State) -> KohyaImportOut:
+    """Read sd-scripts' own TOML files: `config_toml` (the training TOML of --config_file) and/or
+    `dataset_toml` (--dataset_config), and `script` (train_network or sdxl_train_network). The answer is as
+    for a kohya_ss config: `config`, `mapped`, `ignored`, `unsupported` and `notes` (which say which zip
+    folder each dataset subset's images go in). Malformed TOML, or a value of the wrong type, is a 422 naming
+    the file and the line or key."""
+    config_toml, dataset_toml, script = sd_scripts_body(await read_json_object(request))
+    imported = import_sd_scripts_config(config_toml, dataset_toml, script).to_dict()
+    return await _with_model_note(state, imported)

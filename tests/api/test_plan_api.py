@@ -1,4 +1,5 @@
-"""/v1/plan (dry run) and /v1/configs/kohya against real Postgres, Redis and an S3 server."""
+"""/v1/plan (dry run), /v1/configs/kohya and /v1/configs/sd-scripts against real Postgres, Redis
+and an S3 server."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from shared.db.models import Job
 from shared.db.session import session_scope
 from tests.support.datasets import flat_entries, kohya_entries, write_zip
 from tests.support.kohya_configs import guide_character_config
+from tests.support.sd_scripts_configs import DATASET_TOML, SD15_LORA_TOML, SDXL_LOCON_TOML
 from tests.support.stack import bucket_keys
 
 LISA = {"subsets": [{"folder": "img/6_lisabp woman", "images": 34}]}
@@ -207,3 +209,37 @@ def test_kohya_import_endpoint_feeds_a_dry_run(client, headers):
     refused = client.post("/v1/configs/kohya", headers=headers, json=["not", "an", "object"])
     assert refused.status_code == 422 and fields(refused) == ["body"]
     assert client.post("/v1/configs/kohya", json={}).status_code == 401
+
+
+def test_sd_scripts_import_endpoint_feeds_a_dry_run(client, headers):
+    body = {"config_toml": SDXL_LOCON_TOML, "dataset_toml": DATASET_TOML, "script": "sdxl_train_network"}
+    response = client.post("/v1/configs/sd-scripts", headers=headers, json=body)
+    assert response.status_code == 200, response.text
+    imported = response.json()
+    config = imported["config"]
+    assert config["model_family"] == "sdxl" and (config["conv_dim"], config["batch_size"]) == (16, 4)
+    assert {u["key"] for u in imported["unsupported"]} == {"sample_prompts"}
+    assert any("`img/10_ohwx woman/`" in n for n in imported["notes"])
+    assert any("is not a base model this deployment has" in n for n in imported["notes"])
+
+    sd15 = client.post("/v1/configs/sd-scripts", headers=headers, json={"config_toml": SD15_LORA_TOML}).json()
+    config = {**sd15["config"], "base_model": "tiny-sd15"}
+    out = client.post("/v1/plan", headers=headers, json={"config": config, "counts": LISA})
+    assert out.status_code == 200, out.text
+    assert out.json()["plan"]["steps_per_epoch"] == 102  # 34 x 6 / batch 2, as for the kohya_ss import
+
+    def refused(json_body):
+        response = client.post("/v1/configs/sd-scripts", headers=headers, json=json_body)
+        assert response.status_code == 422, response.text
+        return fields(response)
+
+    assert refused({"config_toml": "network_dim = \n"}) == ["config_toml"]
+    assert refused({"dataset_toml": "[[datasets]]\nbatch_size = 'four'\n"}) == [
+        "dataset_toml.datasets.0.batch_size"
+    ]
+    assert refused({"config_toml": 'learning_rate = "1e-4"'}) == ["config_toml.learning_rate"]
+    assert refused({}) == ["config_toml"]
+    assert refused({"config_toml": "", "toml": ""}) == ["toml"]
+    assert refused({"config_toml": 3}) == ["config_toml"]
+    assert refused({"config_toml": "", "script": "train_db"}) == ["script"]
+    assert client.post("/v1/configs/sd-scripts", json={}).status_code == 401

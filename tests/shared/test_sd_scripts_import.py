@@ -1,0 +1,236 @@
+"""sd-scripts' training and dataset TOMLs map onto TrainingConfig with sd-scripts' meaning; every key is
+mapped, ignored with a reason, or unsupported, and broken files are 422s naming the file and key or line."""
+
+from __future__ import annotations
+
+import tomllib
+from typing import Any
+
+import pytest
+
+from shared.config.sd_scripts_import import flatten_config, import_sd_scripts_config
+from shared.config.spec import TrainingConfig
+from shared.errors import LorabakeError
+from tests.support.sd_scripts_configs import (
+    DATASET_TOML,
+    SD15_LORA_TOML,
+    SDXL_LOCON_TOML,
+    SINGLE_SUBSET_TOML,
+)
+
+
+def run(config: str | None = None, dataset: str | None = None, script: str | None = None) -> dict[str, Any]:
+    return import_sd_scripts_config(config, dataset, script).to_dict()
+
+
+def ignored(result: dict[str, Any]) -> dict[str, str]:
+    return {i["key"]: i["reason"] for i in result["ignored"]}
+
+
+def unsupported(result: dict[str, Any]) -> dict[str, Any]:
+    return {u["key"]: u for u in result["unsupported"]}
+
+
+def mapped(result: dict[str, Any]) -> dict[str, list[str]]:
+    return {m["key"]: m["fields"] for m in result["mapped"]}
+
+
+def dataset_paths(text: str) -> set[str]:
+    """Every leaf key of a dataset TOML as the importer names it ("datasets.0.subsets.1.num_repeats")."""
+    doc = tomllib.loads(text)
+    paths = {f"general.{k}" for k in doc.get("general", {})}
+    for di, dataset in enumerate(doc.get("datasets", [])):
+        paths |= {f"datasets.{di}.{k}" for k in dataset if k != "subsets"}
+        for si, subset in enumerate(dataset.get("subsets", [])):
+            paths |= {f"datasets.{di}.subsets.{si}.{k}" for k in subset}
+    return paths
+
+
+def accounted(result: dict[str, Any]) -> set[str]:
+    refused = set()
+    for u in result["unsupported"]:
+        key = u["key"]
+        refused.add(key if key.startswith(("datasets.", "general.")) else key.split(".")[0])
+    return set(mapped(result)) | set(ignored(result)) | refused
+
+
+def test_sd15_training_toml_maps_with_the_same_meaning():
+    result = run(SD15_LORA_TOML, script="train_network")
+    config = result["config"]
+    assert config["base_model"] == "v1-5-pruned-emaonly.safetensors" and config["model_family"] == "sd1"
+    assert (config["resolution"], config["batch_size"], config["epochs"]) == (512, 2, 10)
+    assert (config["network_dim"], config["network_alpha"]) == (128, 64)
+    assert (config["unet_lr"], config["text_encoder_lr"]) == (1e-4, 5e-5)
+    assert config["optimizer"] == "AdamW8bit" and config["lr_scheduler"] == "cosine"
+    assert config["optimizer_args"] == {"weight_decay": 0.01, "betas": [0.9, 0.999]}
+    assert config["lr_warmup_steps"] == 0.1  # a ratio of the total steps, as sd-scripts' int_or_float
+    assert (config["mixed_precision"], config["save_precision"]) == ("bf16", "fp16")
+    assert (config["noise_offset"], config["min_snr_gamma"], config["clip_skip"]) == (0.05, 5, 2)
+    assert (config["shuffle_caption"], config["keep_tokens"], config["caption_extension"]) == (
+        True,
+        1,
+        ".txt",
+    )
+    assert config["seed"] == 1234 and config["enable_bucket"] is True
+    assert result["unsupported"] == []
+    TrainingConfig.model_validate(config)
+
+    # sections are flattened: keys are argparse names, whatever section they sit in
+    flat, _ = flatten_config(tomllib.loads(SD15_LORA_TOML))
+    assert accounted(result) == set(flat)
+    assert not set(ignored(result)) & set(mapped(result))
+    assert mapped(result)["optimizer_type"] == ["optimizer"] and mapped(result)["train_batch_size"] == [
+        "batch_size"
+    ]
+    assert mapped(result)["max_train_epochs"] == ["epochs"] and mapped(result)["resolution"] == ["resolution"]
+    reasons = ignored(result)
+    assert "SDPA" in reasons["xformers"] and "max_train_epochs" in reasons["max_train_steps"]
+    assert "the dataset is uploaded instead" in reasons["train_data_dir"]
+    assert "does not use learning_rate" in reasons["learning_rate"]
+    assert any("reg/N_class" in n for n in result["notes"])
+
+
+def test_sdxl_locon_with_a_dataset_toml():
+    result = run(SDXL_LOCON_TOML, DATASET_TOML, script="sdxl_train_network")
+    config = result["config"]
+    assert (
+        config["model_family"] == "sdxl"
+        and config["base_model"] == "stabilityai/stable-diffusion-xl-base-1.0"
+    )
+    assert (config["conv_dim"], config["conv_alpha"]) == (16, 8)  # network_args conv_dim=16 conv_alpha=8
+    assert mapped(result)["network_args"] == ["conv_dim", "conv_alpha"]
+    assert config["optimizer"] == "Adafactor"
+    assert config["optimizer_args"] == {
+        "scale_parameter": False,
+        "relative_step": False,
+        "warmup_init": False,
+    }
+    assert config["text_encoder_lr"] == 5e-5  # [5e-5, 5e-5]: one rate for both SDXL text encoders
+    assert (config["lr_scheduler"], config["lr_warmup_steps"]) == ("constant_with_warmup", 100)
+    assert (config["save_every_n_epochs"], config["save_last_n_epochs"], config["max_token_length"]) == (
+        2,
+        2,
+        225,
+    )
+    # the dataset TOML's [[datasets]] and [general] values
+    assert (config["resolution"], config["batch_size"]) == (1024, 4)
+    assert (config["min_bucket_reso"], config["max_bucket_reso"]) == (512, 2048)
+    assert mapped(result)["datasets.0.resolution"] == ["resolution"]
+    assert (
+        mapped(result)["general.shuffle_caption"] == ["shuffle_caption"] and config["shuffle_caption"] is True
+    )
+    assert config["keep_tokens"] == 1 and mapped(result)["datasets.0.subsets.1.keep_tokens"] == [
+        "keep_tokens"
+    ]
+    assert config["caption_extension"] == ".txt"
+    # dataset_config names the file we got as dataset_toml; sample_prompts is a file on their disk
+    assert "dataset_toml" in ignored(result)["dataset_config"]
+    assert set(unsupported(result)) == {"sample_prompts"}
+    assert "metadata_title" in ignored(result)
+    TrainingConfig.model_validate(config)
+
+    flat, _ = flatten_config(tomllib.loads(SDXL_LOCON_TOML))
+    assert accounted(result) == set(flat) | dataset_paths(DATASET_TOML)
+
+
+def test_dataset_subsets_become_the_zips_folder_names():
+    result = run(None, DATASET_TOML)
+    notes = "\n".join(result["notes"])
+    first = "put datasets.0.subsets.0's images (image_dir '/data/ohwx/train/closeups') in a folder named "
+    assert first + "`img/10_ohwx woman/`" in notes
+    assert "in a folder named `img/5_ohwx woman/`" in notes
+    assert "in a folder named `reg/1_woman/`" in notes  # the is_reg subset
+    reasons = ignored(result)
+    assert reasons["datasets.0.subsets.2.is_reg"] == "becomes the zip folder `reg/1_woman/`"
+    assert reasons["datasets.0.subsets.0.num_repeats"] == "becomes the zip folder `img/10_ohwx woman/`"
+    assert "repeats" not in result["config"] and "trigger_word" not in result["config"]
+    assert accounted(result) == dataset_paths(DATASET_TOML)
+    # a dataset TOML alone sets no model or training settings, only sd-scripts' dataset defaults it lacks
+    assert "unet_lr" not in result["config"] and "mixed_precision" not in result["config"]
+
+
+def test_one_subset_maps_to_a_flat_zips_repeats_trigger_and_class():
+    result = run(None, SINGLE_SUBSET_TOML)
+    config = result["config"]
+    assert (config["repeats"], config["trigger_word"], config["class_word"]) == (6, "zkz", "dog")
+    assert config["resolution"] == 768 and config["batch_size"] == 2 and config["flip_aug"] is True
+    assert mapped(result)["datasets.0.subsets.0.class_tokens"] == ["trigger_word", "class_word"]
+    assert "the dataset is uploaded instead" in ignored(result)["datasets.0.subsets.0.image_dir"]
+    assert config["enable_bucket"] is False  # sd-scripts' default: no buckets unless enable_bucket
+    assert config["caption_extension"] == ".caption"
+    assert any("flat dataset zip" in n and "img/6_zkz dog/" in n for n in result["notes"])
+
+
+def test_sd_scripts_defaults_fill_what_the_file_leaves_out():
+    result = run(
+        'pretrained_model_name_or_path = "sd15"\nnetwork_module = "networks.lora"\nmax_train_epochs = 2\n'
+    )
+    config = result["config"]
+    assert (config["network_dim"], config["network_alpha"]) == (4, 1.0)  # networks.lora / --network_alpha
+    assert (config["unet_lr"], config["text_encoder_lr"]) == (2e-6, 2e-6)  # --learning_rate default
+    assert (config["mixed_precision"], config["save_precision"]) == ("no", "float")
+    assert config["enable_bucket"] is False and config["save_every_n_epochs"] is None
+    assert "model_family" not in config  # no script given: 'auto', read from the base model
+    assert any("model_family stays 'auto'" in n for n in result["notes"])
+
+
+def test_differing_subset_values_and_other_networks_are_refused_by_key():
+    dataset = DATASET_TOML.replace("  num_repeats = 5\n", "  num_repeats = 5\n  flip_aug = true\n")
+    result = run(None, dataset)
+    refused = unsupported(result)
+    assert "datasets.0.subsets.1.flip_aug" in refused and "general.flip_aug" in refused
+    assert "differ" in refused["general.flip_aug"]["reason"]
+    lycoris = run('network_module = "lycoris.kohya"\nnetwork_args = ["algo=locon", "conv_dim=8"]\n')
+    assert {"network_module", "network_args.algo", "network_args.conv_dim"} <= set(unsupported(lycoris))
+    assert "conv_dim" not in lycoris["config"]
+    other = run('max_train_steps = 2000\noptimizer_type = "DAdaptAdam"\nlr_scheduler = "constant"\n'
+                'lr_warmup_steps = 10\nmultires_noise_iterations = 6\nnot_an_option = 1\n')  # fmt: skip
+    refused = unsupported(other)
+    assert {"max_train_steps", "optimizer_type", "lr_warmup_steps", "multires_noise_iterations"} <= set(
+        refused
+    )
+    assert "not an option" in refused["not_an_option"]["reason"]
+    misplaced = run(None, '[general]\nimage_dir = "x"\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = "y"\n'
+                          'bogus = 1\n')  # fmt: skip
+    assert {"general.image_dir", "datasets.0.subsets.0.bogus"} <= set(unsupported(misplaced))
+
+
+def test_replaced_section_values_and_text_encoder_lr_lists():
+    result = run("[a]\nnetwork_dim = 8\n[b]\nnetwork_dim = 16\n")
+    assert result["config"]["network_dim"] == 16
+    assert "sd-scripts keeps the last" in ignored(result)["a.network_dim"]
+    two = run("unet_lr = 1e-4\ntext_encoder_lr = [5e-5, 1e-5]\n")
+    assert "text_encoder_lr" in unsupported(two)
+    unet_only = run("learning_rate = 1e-4\nnetwork_train_unet_only = true\n")["config"]
+    assert (unet_only["unet_lr"], unet_only["text_encoder_lr"]) == (1e-4, 0)
+
+
+@pytest.mark.parametrize(
+    ("config", "dataset", "field", "words"),
+    [
+        ('learning_rate = "1e-4"\n', None, "config_toml.learning_rate", "expected a number"),
+        ("enable_bucket = 1\n", None, "config_toml.enable_bucket", "true or false"),
+        (
+            "network_args = 'conv_dim=4'\n[x]\nnetwork_dim = 2.5\n",
+            None,
+            "config_toml.network_dim",
+            "whole number",
+        ),
+        (
+            None,
+            "[[datasets]]\n[[datasets.subsets]]\nnum_repeats = '10'\n",
+            "dataset_toml.datasets.0.subsets.0.num_repeats",
+            "whole number",
+        ),
+        (None, "[[datasets]]\nresolution = [512]\n", "dataset_toml.datasets.0.resolution", "[width, height]"),
+        ("network_dim = 32\nnetwork_alpha = \n", None, "config_toml", "line 2"),
+        (None, "[general\n", "dataset_toml", "line 1"),
+    ],
+)
+def test_wrong_types_and_malformed_toml_are_422s_naming_the_file_and_key(config, dataset, field, words):
+    with pytest.raises(LorabakeError) as caught:
+        run(config, dataset)
+    error = caught.value
+    assert error.status_code == 422
+    assert error.details["fields"][0]["field"] == field
+    assert words in error.details["fields"][0]["message"]
