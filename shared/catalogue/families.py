@@ -10,6 +10,7 @@ import json
 import re
 import struct
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
 
@@ -32,6 +33,9 @@ SHARED_CONFIGS: dict[str, Path] = {
 HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 _LDM_UNET = "model.diffusion_model."
+_CONV_IN = _LDM_UNET + "input_blocks.0.0.weight"
+_NOT_AN_SD_UNET = re.compile(r"(^|\.)(joint_blocks|double_blocks|single_blocks)\.")  # SD3, Flux
+LATENT_CHANNELS = 4  # a text-to-image UNet's conv_in reads the 4 VAE latent channels
 SD2_CROSS_ATTENTION_DIM = 1024  # OpenCLIP ViT-H; SD1.x has 768 (CLIP ViT-L)
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the format's own limit
 
@@ -67,9 +71,14 @@ def family_from_keys(shapes: Mapping[str, tuple[int, ...]]) -> ModelFamily | Non
       reads 1024-wide states, or Linear (2-D) ``proj_in`` weights (SD1.x has 1x1 convs);
     - SD1.x: any other ``model.diffusion_model.`` UNet.
 
-    None when it is none of these (SDXL refiner, SD3, Flux, a VAE or LoRA file, ...). The prediction type
-    is not in the weights: it comes from the config folder's scheduler or the job's v_parameterization.
+    None when it is none of these (SDXL refiner, SD3, Flux, an inpainting/depth UNet whose conv_in does not
+    read 4 latent channels, a VAE or LoRA file, ...; :func:`describe_checkpoint` says which). The prediction
+    type is mostly not in the weights: see :func:`single_file_variant`.
     """
+    if _unet_in_channels(shapes) not in (None, LATENT_CHANNELS):
+        return None  # inpainting (9), depth (5), x4 upscaler (7): another task than text-to-image
+    if any(_NOT_AN_SD_UNET.search(k) for k in shapes):
+        return None  # SD3 / Flux saved under model.diffusion_model. too
     if any(k.startswith("conditioner.embedders.1.") for k in shapes):
         return "sdxl"
     if any(k.startswith("conditioner.") for k in shapes) or not any(k.startswith(_LDM_UNET) for k in shapes):
@@ -142,3 +151,114 @@ def path_problem(name: str) -> str | None:
     if ".." in parts:
         return "contains '..'; name a model as GET /v1/models lists it"
     return None
+
+
+# --- single files without a config folder: which shipped architecture config fits -------------------------
+
+# The shipped architecture configs (worker/training/base_configs/<name>/), by family and prediction default.
+SHIPPED_CONFIGS: dict[str, str] = {"sd1": "sd15", "sd2": "sd2-768-v", "sdxl": "sdxl-base"}
+SD2_512_CONFIG = "sd2-512"
+# The SD2.0 512-base release's training step: diffusers' single-file loader takes an SD2 checkpoint with this
+# global_step as epsilon (512 base) and any other SD2 checkpoint as v-prediction (768-v).
+SD2_BASE_GLOBAL_STEP = 875000
+# Marker keys some v-prediction checkpoints carry (NoobAI-XL v-pred and others; ComfyUI reads the same key).
+V_PRED_KEY = "v_pred"
+
+_TEXT_ENCODERS: dict[str, tuple[str, ...]] = {
+    "sd1": ("cond_stage_model.transformer.",),
+    "sd2": ("cond_stage_model.model.",),
+    "sdxl": ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."),
+}
+_VAE = "first_stage_model."
+
+
+class UnsupportedCheckpoint(ValueError):
+    """A single file that is no SD1.x / SD2.x / SDXL base text-to-image checkpoint; the message says what
+    it looks like."""
+
+
+@dataclass(frozen=True)
+class SingleFileVariant:
+    """What a single file is, read from its header: family, the shipped config that fits it, and the
+    prediction type with the reason it was chosen (shown in errors and logs)."""
+
+    family: ModelFamily
+    config: str  # a name in SHIPPED_CONFIGS' values or SD2_512_CONFIG
+    prediction_type: Literal["epsilon", "v_prediction"]
+    prediction_reason: str
+
+
+def _unet_in_channels(shapes: Mapping[str, tuple[int, ...]]) -> int | None:
+    shape = shapes.get(_CONV_IN)
+    return shape[1] if shape is not None and len(shape) == 4 else None
+
+
+def describe_checkpoint(shapes: Mapping[str, tuple[int, ...]]) -> str:
+    """What a file that is not an SD1.x/SD2.x/SDXL base checkpoint looks like, from its key names, for an
+    error message ("an SDXL refiner", "an inpainting UNet (9 input channels)", ...)."""
+    keys = list(shapes)
+    in_channels = _unet_in_channels(shapes)
+    if in_channels not in (None, LATENT_CHANNELS):
+        kind = {9: "an inpainting", 5: "a depth-conditioned", 7: "an upscaler"}.get(in_channels, "a")
+        return (
+            f"{kind} UNet ({in_channels} input channels, a text-to-image UNet has {LATENT_CHANNELS}); "
+            "lorabake trains text-to-image base models only"
+        )
+    if any(k.startswith("lora_") or ".lora_" in k or "lora_down" in k for k in keys):
+        return "a LoRA (or LyCORIS) file, not a base model"
+    if any(re.search(r"(^|\.)joint_blocks\.", k) for k in keys):
+        return "a Stable Diffusion 3 checkpoint (not supported)"
+    if any(_NOT_AN_SD_UNET.search(k) for k in keys):
+        return "a Flux checkpoint (not supported)"
+    if any(k.startswith("edm_") for k in keys):
+        return "an EDM checkpoint (Playground v2.5 / CosXL style; not supported)"
+    if any(k.startswith("conditioner.embedders.0.model.") for k in keys) and not any(
+        k.startswith("conditioner.embedders.1.") for k in keys
+    ):
+        return "an SDXL refiner (only SDXL base checkpoints are supported)"
+    if not any(k.startswith(_LDM_UNET) for k in keys):
+        if any(k.startswith(("encoder.", "decoder.", _VAE)) for k in keys):
+            return "a VAE, not a full checkpoint"
+        return "no Stable Diffusion UNet (model.diffusion_model.*)"
+    return "an unknown Stable Diffusion variant"
+
+
+def single_file_variant(
+    shapes: Mapping[str, tuple[int, ...]], global_step: int | None = None
+) -> SingleFileVariant:
+    """The shipped config and prediction type for an original-layout single file, from key names and shapes
+    (``global_step`` only for .ckpt files, which may carry it). UnsupportedCheckpoint when none fits.
+
+    Prediction type, first rule that applies:
+    1. a ``v_pred`` key in the file -> v_prediction (any family);
+    2. SD1.x and SDXL -> epsilon (their base models' type);
+    3. SD2.x: ``global_step`` 875000 (the 512-base release) -> epsilon with the 512 config, else
+       v_prediction with the 768-v config. SD2 512 and 768-v have the same weights' shapes, so this is
+       diffusers' own default (its single-file loader reads an SD2 file as stable-diffusion-2-1 unless the
+       step says base); a job's ``v_parameterization`` overrides it.
+    """
+    family = family_from_keys(shapes)
+    if family is None:
+        raise UnsupportedCheckpoint(describe_checkpoint(shapes))
+    missing = [p for p in (*_TEXT_ENCODERS[family], _VAE) if not any(k.startswith(p) for k in shapes)]
+    if missing:
+        raise UnsupportedCheckpoint(
+            f"an {FAMILY_LABELS[family]} file without the weights under {', '.join(missing)}, which the "
+            "shipped configs cannot make up for"
+        )
+    config = SHIPPED_CONFIGS[family]
+    if V_PRED_KEY in shapes:
+        return SingleFileVariant(family, config, "v_prediction", f"the file has a {V_PRED_KEY!r} key")
+    if family != "sd2":
+        reason = f"{FAMILY_LABELS[family]} base models are epsilon"
+        return SingleFileVariant(family, config, "epsilon", reason)
+    if global_step == SD2_BASE_GLOBAL_STEP:
+        reason = f"global_step {SD2_BASE_GLOBAL_STEP} is the SD2 512-base release"
+        return SingleFileVariant(family, SD2_512_CONFIG, "epsilon", reason)
+    return SingleFileVariant(
+        family,
+        config,
+        "v_prediction",
+        "SD2.x files are read as 768-v unless they say otherwise (diffusers' default); "
+        "set v_parameterization: false for a 512 epsilon model",
+    )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -31,13 +31,19 @@ from shared.catalogue.families import (
     HUB_REPO_ID,
     SINGLE_FILE_SUFFIXES,
     ModelFamily,
+    SingleFileVariant,
+    UnsupportedCheckpoint,
     UnsupportedPipeline,
     config_candidates,
+    describe_checkpoint,
     family_from_keys,
     family_from_pipeline_configs,
     safetensors_shapes,
+    single_file_variant,
 )
 from shared.errors import LorabakeError
+from worker.training import single_file_configs
+from worker.training.single_file_configs import BASE_CONFIGS, SingleFileConfigError
 
 FAMILY_PIPELINES: dict[str, type[DiffusionPipeline]] = {
     "sd1": StableDiffusionPipeline,
@@ -65,6 +71,9 @@ class ResolvedModel:
     source: Literal["local", "hub"]
     path: Path  # the diffusers folder (for hub ids: the cached snapshot) or the single file
     models_dir: Path
+    # How the HF cache is used for what a single file lacks (tokenizers); not part of the model's identity.
+    cache_dir: Path | None = field(default=None, compare=False)
+    allow_download: bool = field(default=False, compare=False)
 
     @property
     def repo_id(self) -> str | None:
@@ -84,7 +93,9 @@ def _is_within(path: Path, root: Path) -> bool:
     return Path(os.path.normpath(path)).is_relative_to(Path(os.path.normpath(root)))
 
 
-def _classify_local(ref: str, path: Path, models_dir: Path) -> ResolvedModel:
+def _classify_local(
+    ref: str, path: Path, models_dir: Path, cache_dir: Path | None, allow_download: bool
+) -> ResolvedModel:
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise BaseModelError(
@@ -99,7 +110,7 @@ def _classify_local(ref: str, path: Path, models_dir: Path) -> ResolvedModel:
             f"{path.name} is not a supported single-file checkpoint "
             f"(expected {', '.join(SINGLE_FILE_SUFFIXES)})",
         )
-    return ResolvedModel(ref, "single_file", "local", path, models_dir)
+    return ResolvedModel(ref, "single_file", "local", path, models_dir, cache_dir, allow_download)
 
 
 # What a diffusers pipeline needs, and not the duplicate .bin / fp16 / non-EMA weights many repos also hold.
@@ -147,8 +158,8 @@ def resolve_base_model(
 
     Local paths win over hub ids: ``org/name`` is a hub id only if ``models_dir/org/name`` does not exist.
     Paths may not leave ``models_dir`` (no ``..``; absolute paths must lie inside it). ``cache_dir``
-    overrides the Hugging Face cache location for hub ids; a hub id missing from the cache is downloaded
-    only with ``allow_download``.
+    overrides the Hugging Face cache location for hub ids and for the tokenizers of single files without a
+    config folder; what is missing from the cache is downloaded only with ``allow_download``.
     """
     models_dir = Path(models_dir)
     if not isinstance(ref, str) or not ref.strip() or "\x00" in ref:
@@ -164,7 +175,7 @@ def resolve_base_model(
     else:
         path = models_dir / raw
     if path.exists():
-        return _classify_local(ref, path, models_dir)
+        return _classify_local(ref, path, models_dir, cache_dir, allow_download)
     if not raw.is_absolute() and HUB_REPO_ID.match(ref) and raw.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         return _resolve_hub(ref, models_dir, cache_dir, allow_download)
     raise BaseModelError(ref, f"not found in the models folder: {shown(path, models_dir)}")
@@ -189,6 +200,20 @@ def find_single_file_config(
     also gives the default prediction type (SD2: put a 768-v config in ``configs/sd2/`` and train 512 base
     models with ``v_parameterization: false``, or give such a file its own ``<stem>.config/``).
     """
+    found = _config_folder_beside(resolved, config_dir, family)
+    if found is not None:
+        return found
+    raise BaseModelError(
+        resolved.ref,
+        "single-file checkpoint has no diffusers config folder; looked for model_index.json in "
+        + _shown_candidates(resolved, family),
+    )
+
+
+def _config_folder_beside(
+    resolved: ResolvedModel, config_dir: Path | None, family: ModelFamily
+) -> Path | None:
+    """``config_dir`` (which must hold a model_index.json) or the first config_candidates folder with one."""
     if config_dir is not None:
         if not (Path(config_dir) / "model_index.json").is_file():
             raise BaseModelError(
@@ -196,15 +221,113 @@ def find_single_file_config(
                 f"config folder {shown(Path(config_dir), resolved.models_dir)} has no model_index.json",
             )
         return Path(config_dir)
-    candidates = config_candidates(resolved.path, resolved.models_dir, family)
-    for candidate in candidates:
+    for candidate in config_candidates(resolved.path, resolved.models_dir, family):
         if (candidate / "model_index.json").is_file():
             return candidate
-    raise BaseModelError(
-        resolved.ref,
-        "single-file checkpoint has no diffusers config folder; looked for model_index.json in "
-        + ", ".join(shown(c, resolved.models_dir) for c in candidates),
+    return None
+
+
+def _shown_candidates(resolved: ResolvedModel, family: ModelFamily) -> str:
+    return ", ".join(
+        shown(c, resolved.models_dir) for c in config_candidates(resolved.path, resolved.models_dir, family)
     )
+
+
+def single_file_config(
+    resolved: ResolvedModel,
+    family: ModelFamily,
+    config_dir: Path | None = None,
+    *,
+    base_configs: Path = BASE_CONFIGS,
+) -> Path:
+    """The diffusers config folder ``from_single_file`` gets for a single file, reading no tensor data.
+
+    A config folder given or placed beside the file wins (:func:`find_single_file_config`). Otherwise the
+    shipped architecture config that fits the file's weights (shared.catalogue.families.single_file_variant:
+    family, SD2 512 vs 768-v, a ``v_pred`` key; inpainting, refiner, SD3, Flux... are refused) is joined with
+    the tokenizer files from the HF cache (``resolved.cache_dir``; downloaded into it first only with
+    ``resolved.allow_download``) into a folder assembled once under the cache
+    (worker.training.single_file_configs). Every failure is a BaseModelError saying what to put where.
+    """
+    found = _config_folder_beside(resolved, config_dir, family)
+    if found is not None:
+        return found
+    shapes, global_step = _single_file_header(resolved)
+    or_folder = (
+        "; or give it a diffusers config folder (model_index.json and the component configs; looked for "
+        f"model_index.json in {_shown_candidates(resolved, family)})"
+    )
+    try:
+        variant = single_file_variant(shapes, global_step)
+    except UnsupportedCheckpoint as exc:
+        raise BaseModelError(resolved.ref, f"{resolved.path.name} is {exc}" + or_folder) from exc
+    if variant.family != family:
+        raise BaseModelError(
+            resolved.ref,
+            f"{resolved.path.name} looks like {FAMILY_LABELS[variant.family]} from its weights, but the "
+            f"job's model_family is {family} ({FAMILY_LABELS[family]}); leave model_family at auto"
+            + or_folder,
+        )
+    _check_fits_shipped(resolved, variant, shapes, base_configs, or_folder)
+    sources = single_file_configs.TOKENIZERS[variant.config]
+    tokenizers: dict[str, dict[str, Path]] = {}
+    try:
+        for source in sources:
+            files = single_file_configs.cached_tokenizer_files(source, resolved.cache_dir)
+            if files is None and resolved.allow_download:
+                files = single_file_configs.download_tokenizer_files(source, resolved.cache_dir)
+            if files is None:
+                raise SingleFileConfigError(single_file_configs.missing_tokenizers_message(sources))
+            tokenizers[source.folder] = files
+        return single_file_configs.assemble_config_folder(
+            variant, tokenizers, single_file_configs.assembly_root(resolved.cache_dir), base_configs
+        )
+    except SingleFileConfigError as exc:
+        raise BaseModelError(
+            resolved.ref,
+            f"{resolved.path.name} is {_described(variant)} with no config folder; {exc}" + or_folder,
+        ) from exc
+
+
+def _described(variant: SingleFileVariant) -> str:
+    return (
+        f"{FAMILY_LABELS[variant.family]} (shipped config {variant.config}, {variant.prediction_type}: "
+        f"{variant.prediction_reason})"
+    )
+
+
+def _check_fits_shipped(
+    resolved: ResolvedModel,
+    variant: SingleFileVariant,
+    shapes: dict[str, tuple[int, ...]],
+    base_configs: Path,
+    or_folder: str,
+) -> None:
+    """Refuse, before any load, a file whose UNet is not the standard one (a pruned or resized model): the
+    first conv's width and the cross-attention width must be the shipped config's."""
+    unet = _read_json(resolved, base_configs / variant.config / "unet" / "config.json")
+    want = {
+        "conv_in width": unet["block_out_channels"][0],
+        "cross-attention width": unet["cross_attention_dim"],
+    }
+    got = {"conv_in width": shapes.get("model.diffusion_model.input_blocks.0.0.weight", (None,))[0]}
+    for key, shape in shapes.items():
+        if (
+            key.startswith("model.diffusion_model.")
+            and key.endswith(".attn2.to_k.weight")
+            and len(shape) == 2
+        ):
+            got["cross-attention width"] = shape[1]
+            break
+    wrong = [
+        f"{name} {got.get(name)} (expected {value})" for name, value in want.items() if got.get(name) != value
+    ]
+    if wrong:
+        raise BaseModelError(
+            resolved.ref,
+            f"{resolved.path.name} is {FAMILY_LABELS[variant.family]}-like but not the standard architecture "
+            f"of the shipped {variant.config} config: " + ", ".join(wrong) + or_folder,
+        )
 
 
 def _read_json(resolved: ResolvedModel, path: Path) -> dict:
@@ -248,42 +371,57 @@ def detect_folder_family(resolved: ResolvedModel, folder: Path) -> ModelFamily:
 detect_family_from_keys = family_from_keys
 
 
-def _single_file_shapes(resolved: ResolvedModel) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of a single file, read from the safetensors header (no tensor data) or, for .ckpt,
-    through the weights-only gate."""
+def _single_file_header(resolved: ResolvedModel) -> tuple[dict[str, tuple[int, ...]], int | None]:
+    """(key -> shape, global_step) of a single file: the safetensors header (no tensor data; no step), or a
+    .ckpt through the weights-only gate (mmap'd, so tensors are not read either)."""
     if resolved.path.suffix.lower() == ".ckpt":
         loaded = _check_ckpt_is_weights_only(resolved)
         state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else {}
-        return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+        step = loaded.get("global_step") if isinstance(loaded, dict) else None
+        shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+        return shapes, step if isinstance(step, int) else None
     try:
-        return safetensors_shapes(resolved.path)
+        return safetensors_shapes(resolved.path), None
     except (OSError, ValueError) as exc:
         raise BaseModelError(
             resolved.ref, f"failed to read {shown(resolved.path, resolved.models_dir)}: {exc}"
         ) from exc
 
 
+def _single_file_shapes(resolved: ResolvedModel) -> dict[str, tuple[int, ...]]:
+    return _single_file_header(resolved)[0]
+
+
 def detect_family(resolved: ResolvedModel) -> ModelFamily:
     """The family of a resolved base model (see detect_folder_family / detect_family_from_keys)."""
     if resolved.kind == "diffusers":
         return detect_folder_family(resolved, resolved.path)
-    family = detect_family_from_keys(_single_file_shapes(resolved))
+    shapes = _single_file_shapes(resolved)
+    family = detect_family_from_keys(shapes)
     if family is None:
         raise BaseModelError(
             resolved.ref,
             f"{resolved.path.name} is not an SD1.x, SD2.x or SDXL base checkpoint in the original "
-            "(A1111/SAI) layout; set model_family if it is one",
+            f"(A1111/SAI) layout: it looks like {describe_checkpoint(shapes)}",
         )
     return family
 
 
 def resolve_family(resolved: ResolvedModel, requested: str = "auto") -> ModelFamily:
-    """The job's model_family, or the detected one for "auto"."""
+    """The job's model_family, or the detected one for "auto".
+
+    For a single file this also makes sure its config folder can be had (:func:`single_file_config`:
+    tokenizers in the cache or downloaded), so a missing tokenizer fails here, before a job does any work.
+    """
     if requested == "auto":
-        return detect_family(resolved)
-    if requested not in FAMILY_PIPELINES:
+        family = detect_family(resolved)
+    elif requested not in FAMILY_PIPELINES:
         raise BaseModelError(resolved.ref, f"unknown model family {requested!r}")
-    return requested  # type: ignore[return-value]
+    else:
+        family = requested  # type: ignore[assignment]
+    if resolved.kind == "single_file":
+        single_file_config(resolved, family)
+    return family
 
 
 def _check_ckpt_is_weights_only(resolved: ResolvedModel) -> object:
@@ -312,6 +450,8 @@ def load_pipeline(
     family: ModelFamily,
     dtype: torch.dtype = torch.float32,
     config_dir: Path | None = None,
+    *,
+    base_configs: Path = BASE_CONFIGS,
 ) -> DiffusionPipeline:
     """Load a base model of the given family offline (``local_files_only``) from a resolved reference:
     a StableDiffusionPipeline for sd1/sd2, a StableDiffusionXLPipeline for sdxl.
@@ -319,8 +459,9 @@ def load_pipeline(
     - diffusers folders (and cached hub snapshots): ``from_pretrained``; model_index.json must name the
       family's pipeline class;
     - single files: ``from_single_file(config=...)`` with the config folder chosen by
-      :func:`find_single_file_config` (``config_dir``, then ``<stem>.config/`` next to the file or at the top
-      of models_dir, then ``configs/sd15``, ``configs/sd2`` or ``configs/sdxl`` by family). ``.ckpt`` files
+      :func:`single_file_config` (``config_dir``, then ``<stem>.config/`` next to the file or at the top
+      of models_dir, then ``configs/sd15``, ``configs/sd2`` or ``configs/sdxl`` by family, else the shipped
+      architecture config with tokenizers from the HF cache, ``base_configs`` in tests). ``.ckpt`` files
       are pickles: they are first checked with ``torch.load(weights_only=True)`` here, and diffusers 0.42
       also reads them that way (``diffusers.models.model_loading_utils.load_state_dict``), so a pickle that
       needs anything but tensors/containers/numbers is refused, never executed; tests pin both.
@@ -339,7 +480,7 @@ def load_pipeline(
             _check_pipeline_class(resolved, resolved.path, family)
             pipe = pipeline_class.from_pretrained(resolved.path, **kwargs)
         else:
-            config = find_single_file_config(resolved, config_dir, family)
+            config = single_file_config(resolved, family, config_dir, base_configs=base_configs)
             _check_pipeline_class(resolved, config, family)
             if resolved.path.suffix.lower() == ".ckpt":
                 _check_ckpt_is_weights_only(resolved)

@@ -7,16 +7,19 @@ sequences and joined back to 75 * n + 2 states: the first row's <BOS> state, pos
 the last row's final state. So 150 gives 152 states and 225 gives 227; unset (75) leaves the usual 77.
 
 clip_skip: the hidden state of the n-th layer from the end, then CLIP's final layer norm (as the last layer's
-output has it); 1 (or unset) is the normal last_hidden_state.
+output has it); 1 (or unset) is the normal last_hidden_state. SDXL ignores it with a warning, as sd-scripts
+does (:func:`check_options`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
 
 WINDOW = 75  # caption tokens per 77-token CLIP sequence
+logger = logging.getLogger(__name__)
 
 
 def windows(max_token_length: int | None) -> int:
@@ -93,15 +96,18 @@ def join_windows(hidden: torch.Tensor, n: int, seq_len: int = 77) -> torch.Tenso
 
 
 def check_options(config, family: str, text_encoder: torch.nn.Module) -> None:
-    """clip_skip / max_token_length this model can use, or a TrainingSetupError naming the field."""
+    """clip_skip / max_token_length this model can use, or a TrainingSetupError naming the field. On SDXL
+    clip_skip is ignored with a logged warning (sd-scripts' behaviour), whatever its value."""
     from worker.training.errors import TrainingSetupError
 
-    if family == "sdxl" and config.clip_skip not in (None, 1):
-        raise TrainingSetupError(
-            "clip_skip does not apply to SDXL (its UNet reads fixed layers of both text encoders; "
-            "sd-scripts ignores it with a warning); leave clip_skip unset",
-            details={"field": "clip_skip"},
-        )
+    if family == "sdxl":
+        if config.clip_skip is not None:
+            # As sd-scripts (library/sdxl_train_util.verify_sdxl_training_args): a warning, then training
+            # as if unset. SDXL's UNet was trained on fixed layers (CLIP-L's penultimate, bigG's penultimate
+            # + pooled), which conditioning.encode_sdxl always takes; the value still goes into ss_clip_skip
+            # and modelspec.encoder_layer, as sd-scripts writes it.
+            logger.warning("clip_skip %s is ignored on SDXL (as sd-scripts does)", config.clip_skip)
+        return
     if config.clip_skip is not None and config.clip_skip > num_layers(text_encoder):
         raise TrainingSetupError(
             f"clip_skip {config.clip_skip} is more than the text encoder's {num_layers(text_encoder)} layers",
