@@ -63,6 +63,8 @@ def settings(proxies, pg_url, redis_url, s3_server, bucket, tmp_path, models_dir
         s3_connect_timeout_seconds="1",
         s3_read_timeout_seconds="1",
         broker_timeout_seconds="1",
+        # a queue of this test's own: jobs other tests write without a queue count as the default one's
+        queue_routes=json.dumps({"sd1": f"outage-{uuid.uuid4().hex[:8]}"}),
     )
     return settings_from_env(env)
 
@@ -198,7 +200,7 @@ def test_a_job_submitted_while_the_broker_is_down_is_accepted_and_sent_when_it_i
     zip_path = write_zip(tmp_path / "s.zip", kohya_entries(images=2, webp=False))
     wid = f"outage-{uuid.uuid4().hex[:6]}:1"
     with session_factory(pg_url)() as session:  # a worker with room for both: only the broker is missing
-        record_heartbeat(session, wid, settings.queue_name, slots=2)
+        record_heartbeat(session, wid, settings.queue_routes["sd1"], slots=2)
     proxies["broker"].refuse()
     try:
         started = time.monotonic()
@@ -222,9 +224,9 @@ def test_a_job_submitted_while_the_broker_is_down_is_accepted_and_sent_when_it_i
         time.sleep(0.5)
     broker = redis.Redis.from_url(redis_url)
     try:
-        assert ids <= {job_id_of(m) for m in broker.lrange(settings.queue_name, 0, -1)}
+        assert ids <= {job_id_of(m) for m in broker.lrange(settings.queue_routes["sd1"], 0, -1)}
     finally:
-        broker.delete(settings.queue_name)
+        broker.delete(settings.queue_routes["sd1"])
         broker.close()
         with session_factory(pg_url)() as session:
             forget_worker(session, wid)

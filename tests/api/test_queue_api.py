@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
 from shared.db.keys import add_api_key
 from shared.db.session import session_factory, session_scope
 from shared.jobs.workers import forget_worker, record_heartbeat
 from tests.support.datasets import kohya_entries, write_zip
-from tests.support.stack import bucket_keys
+from tests.support.stack import bucket_keys, settings_from_env
 
 CONFIG = {"base_model": "tiny-sd15", "resolution": 64, "min_bucket_reso": 64, "epochs": 1}
 
@@ -60,24 +65,35 @@ def test_a_key_past_its_submission_rate_is_told_when_to_come_back(client, pg_url
     assert submit(client, other, zip_path).status_code == 201
 
 
-def test_a_queued_job_shows_its_place_in_line_and_the_queue_counts_yours(client, headers, tmp_path):
+@pytest.fixture
+def routed_client(env) -> Iterator[TestClient]:
+    """Jobs go to a queue of this test's own: in the session's shared database, jobs made without a queue
+    (rows other tests write) count as every process's default queue, so a line there is not this test's."""
+    routes = json.dumps({"sd1": f"line-{uuid.uuid4().hex[:8]}"})
+    with TestClient(create_app(settings_from_env({**env, "LORABAKE_QUEUE_ROUTES": routes}))) as test_client:
+        yield test_client
+
+
+def test_a_queued_job_shows_its_place_in_line_and_the_queue_counts_yours(routed_client, headers, tmp_path):
+    client = routed_client
     zip_path = write_zip(tmp_path / "s.zip", kohya_entries(images=2, webp=False))
     first, second = (submit(client, headers, zip_path).json() for _ in range(2))
     one = client.get(f"/v1/jobs/{first['id']}", headers=headers).json()
     two = client.get(f"/v1/jobs/{second['id']}", headers=headers).json()
-    assert two["queue_position"] == one["queue_position"] + 1
+    assert (one["queue_position"], two["queue_position"]) == (1, 2)
     assert "estimated_start_seconds" in two
     queue = client.get("/v1/queue", headers=headers).json()
     assert queue["yours"] == {"queued": 2, "running": 0} and queue["queued"] >= 2
     assert client.post(f"/v1/jobs/{first['id']}/cancel", headers=headers).status_code == 202
     moved = client.get(f"/v1/jobs/{second['id']}", headers=headers).json()
-    assert moved["queue_position"] == two["queue_position"] - 1  # the job ahead left the line
+    assert moved["queue_position"] == 1  # the job ahead left the line
     canceled = client.get(f"/v1/jobs/{first['id']}", headers=headers).json()
     assert canceled["queue_position"] is None
 
 
-def test_a_later_owners_job_is_placed_between_a_backlogs_jobs(client, pg_url, tmp_path):
+def test_a_later_owners_job_is_placed_between_a_backlogs_jobs(routed_client, pg_url, tmp_path):
     """Owners take turns (shared/jobs/scheduling.py): the position says so before any worker is alive."""
+    client = routed_client
     backlog, later = key_with(pg_url), key_with(pg_url)
     zip_path = write_zip(tmp_path / "s.zip", kohya_entries(images=2, webp=False))
     first = [submit(client, backlog, zip_path).json()["id"] for _ in range(3)]
@@ -86,10 +102,8 @@ def test_a_later_owners_job_is_placed_between_a_backlogs_jobs(client, pg_url, tm
     def place(job_id: str, headers: dict[str, str]) -> int:
         return client.get(f"/v1/jobs/{job_id}", headers=headers).json()["queue_position"]
 
-    # other tests' jobs may wait in this queue too (the session's database): compare places
-    places = [place(job_id, backlog) for job_id in first]
-    assert places == [places[0], places[0] + 2, places[0] + 3]
-    assert place(theirs, later) == places[0] + 1
+    assert [place(job_id, backlog) for job_id in first] == [1, 3, 4]
+    assert place(theirs, later) == 2
 
 
 def test_jobs_go_to_their_familys_queue_or_the_one_they_name(env, pg_url, redis_url, tmp_path):
