@@ -12,9 +12,11 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api import health
+from api.comparisons import routes as comparisons
 from api.datasets import routes as datasets
 from api.direct_uploads import routes as direct_uploads
 from api.errors import install_error_handlers
+from api.generations import routes as generations
 from api.jobs import routes as jobs
 from api.keys import routes as keys
 from api.metrics import install_metrics
@@ -25,6 +27,7 @@ from api.presets import routes as presets
 from api.queue import routes as queue
 from api.request_log import RequestIdMiddleware
 from api.state import AppState
+from api.web_page import install_web_page
 from api.webhooks import routes as webhooks
 from shared.jobs.reconciler import Reconciler
 from shared.jobs.workers import worker_id
@@ -106,5 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(keys.router)
     app.include_router(webhooks.router)
     app.include_router(queue.router)
+    app.include_router(generations.router)
+    app.include_router(comparisons.router)
     install_security_scheme(app)
+    install_web_page(app)  # GET / and /assets: the web page (api/web/), outside the OpenAPI document
     return app

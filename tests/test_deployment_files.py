@@ -426,3 +426,26 @@ def test_copied_paths_exist_and_reach_the_build(dockerfile: Path, packages: set[
     assert "pyproject.toml" in copied, f"{dockerfile.name} does not copy pyproject.toml"
     missing = packages - copied
     assert not missing, f"{dockerfile.name} does not copy the packages {sorted(missing)}"
+
+
+def test_api_image_builds_the_web_page_in_a_node_stage_and_ships_only_its_build() -> None:
+    """The page (api/web/, served at `/`) is built with Node in a stage of its own; the final image gets its
+    dist/ as package data of `api` (pyproject's package-data), never node_modules or the sources."""
+    instructions = dockerfile_instructions(API_DOCKERFILE)
+    stages = [args.split() for keyword, args in instructions if keyword == "FROM"]
+    web = [words for words in stages if words[0].startswith("node:") and "AS" in [w.upper() for w in words]]
+    assert web, f"Dockerfile.api has no `FROM node:... AS stage` for the web page: {stages}"
+    name = web[0][-1]
+    assert stages[-1][0].startswith("python:"), "the final stage must be the Python one"
+    all_runs = runs(instructions)
+    assert any("npm ci" in r for r in all_runs) and any("npm run build" in r for r in all_runs)
+    copies = [args for keyword, args in instructions if keyword == "COPY" and f"--from={name}" in args]
+    assert any(re.search(r"\bdist\s+\S*/api/web/dist$", c) for c in copies), (
+        f"the web stage's dist/ is not copied into api/web/dist: {copies}"
+    )
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert any(p.startswith("web/dist/") for p in package_data.get("api", [])), (
+        "pyproject's package-data does not ship api/web/dist (the installed API would serve no page)"
+    )
+    build_script = json.loads((ROOT / "api" / "web" / "package.json").read_text())["scripts"]["build"]
+    assert build_script.startswith("vite build"), build_script

@@ -83,6 +83,8 @@ class ApiKey(Base):
 class JobKind(StrEnum):
     train = "train"
     caption = "caption"  # captions a stored dataset (BLIP or WD14) on the GPU queue
+    generate = "generate"  # one preview image from a base model and LoRAs (POST /v1/generations)
+    compare = "compare"  # a training job's epochs x LoRA weights as images and grids (POST .../comparisons)
 
 
 class Job(Base):

@@ -172,6 +172,11 @@ class ClaimedRun:
 
                 run_caption_job(self)
                 return
+            if self.job.kind in (JobKind.generate, JobKind.compare):
+                from worker.previews.job import run_preview_job  # images from a base model and LoRAs
+
+                run_preview_job(self)  # records its own success; a cancel raises TrainingCanceled
+                return
             seed = self._train()
             self.publisher.drain()  # the job ends only once every saved file is in storage and listed
             self.keeper.flush()

@@ -1,0 +1,202 @@
+"""POST /v1/jobs/{id}/comparisons: a training job's saved epochs x LoRA weights, checked and queued.
+
+The compared LoRAs are the job's epoch files (`NAME-000003.safetensors`, and the final `NAME.safetensors`),
+not its step saves. Everything is checked before the job row is written, so a refusal stores nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session, selectinload
+
+from api.comparisons.schemas import DEFAULT_WEIGHTS, ComparisonRequest
+from api.errors import describe_fields, field_errors
+from api.generations.loras import training_family
+from api.jobs.submission import queue_job
+from api.queue.service import base_model_queue
+from api.state import AppState
+from api.webhooks.service import JobWebhook
+from shared.config.lora_tags import has_lora_tag
+from shared.config.previews import MAX_IMAGES, ComparisonSpec, LoraRef
+from shared.config.sample_prompts import DEFAULT_SAMPLER, SamplePrompt, derive_seed, parse_prompt_line
+from shared.db.keys import Identity
+from shared.db.models import Artifact, Job, JobKind, is_object_id, new_id
+from shared.errors import LorabakeError, NotFoundError
+
+
+def owned_training_job(session: Session, owner: str, job_id: str) -> Job:
+    job = session.get(Job, job_id, options=[selectinload(Job.artifacts)]) if is_object_id(job_id) else None
+    if job is None or job.owner != owner:  # another owner's job is indistinguishable from a missing one
+        raise NotFoundError(f"no job {job_id}", details={"job_id": job_id})
+    return job
+
+
+def _is_epoch_file(artifact: Artifact, output_name: str) -> bool:
+    if artifact.kind != "lora" or artifact.epoch is None:
+        return False
+    if artifact.is_final and artifact.name == f"{output_name}.safetensors":
+        return True
+    return artifact.name == f"{output_name}-{artifact.epoch:06d}.safetensors"
+
+
+def saved_epochs(job: Job) -> dict[int, Artifact]:
+    """epoch -> its LoRA file (a 409 when the job saved none)."""
+    output_name = str(job.config.get("output_name", "lora"))
+    saved = {a.epoch: a for a in job.artifacts if _is_epoch_file(a, output_name) and a.epoch is not None}
+    if job.kind != JobKind.train or not saved:
+        raise LorabakeError(
+            f"job {job.id} has no saved LoRA epoch to compare (yet)",
+            code="no_saved_lora",
+            details={"job_id": job.id, "status": job.status},
+            status_code=409,
+        )
+    return dict(sorted(saved.items()))
+
+
+def chosen_epochs(saved: dict[int, Artifact], asked: list[int] | None) -> list[int]:
+    if asked is None:
+        return list(saved)
+    missing = [epoch for epoch in asked if epoch not in saved]
+    if missing:
+        raise LorabakeError(
+            f"epochs {missing} were not saved by this job; saved: {list(saved)}",
+            code="unknown_epoch",
+            details={"field": "epochs", "missing": missing, "saved": list(saved)},
+            status_code=422,
+        )
+    return asked
+
+
+def default_prompt_lines(job: Job) -> list[str]:
+    """The job's sample prompts, else its first training folder's `trigger class` (or its config's)."""
+    lines = [line for line in job.config.get("sample_prompts") or [] if parse_prompt_line(line) is not None]
+    if lines:
+        return lines
+    for subset in job.plan.get("subsets") or []:
+        words = [subset.get("trigger"), subset.get("class_token")]
+        if not subset.get("is_reg") and any(words):
+            return [" ".join(w for w in words if w)]
+    words = [job.config.get("trigger_word"), job.config.get("class_word")]
+    return [" ".join(w for w in words if w) or str(job.config.get("output_name", "lora"))]
+
+
+def _parsed_line(line: str, index: int) -> SamplePrompt:
+    field = f"prompts.{index}"
+    try:
+        parsed = parse_prompt_line(line)
+    except ValueError as exc:
+        raise LorabakeError(
+            f"{field}: {exc}", code="invalid_prompt", details={"field": field}, status_code=422
+        ) from exc
+    if parsed is None:
+        raise LorabakeError(
+            f"{field} is blank or a '#' comment",
+            code="invalid_prompt",
+            details={"field": field},
+            status_code=422,
+        )
+    if has_lora_tag(line):
+        raise LorabakeError(
+            f"{field}: no <lora:...> tags here; the comparison applies the job's own LoRA at each weight",
+            code="invalid_prompt",
+            details={"field": field},
+            status_code=422,
+        )
+    return parsed
+
+
+def comparison_prompts(job: Job, body: ComparisonRequest, lines: list[str]) -> list[dict[str, Any]]:
+    """Each prompt's settings: the body's field, else its line's flag (or Kohya's default), as a dict for
+    ComparisonSpec (which checks the bounds on the merged values)."""
+    run_seed = job.seed or 0
+    default_sampler = str(job.config.get("sample_sampler") or DEFAULT_SAMPLER)
+    prompts = []
+    for index, line in enumerate(lines):
+        parsed = _parsed_line(line, index)
+        own_seed = parsed.seed if parsed.seed is not None else derive_seed(run_seed, index)
+        prompts.append(
+            {
+                "prompt": parsed.prompt,
+                "negative_prompt": body.negative_prompt
+                if body.negative_prompt is not None
+                else parsed.negative_prompt,
+                "seeds": body.seeds or [own_seed],  # the seed its training samples used
+                "sampler": body.sampler or parsed.sampler or default_sampler,
+                "steps": body.steps or parsed.steps,
+                "cfg_scale": body.cfg_scale if body.cfg_scale is not None else parsed.cfg_scale,
+                "width": body.width or parsed.width,
+                "height": body.height or parsed.height,
+            }
+        )
+    return prompts
+
+
+def _prediction_type(config: dict[str, Any]) -> str | None:
+    v = config.get("v_parameterization")
+    return None if v is None else ("v_prediction" if v else "epsilon")
+
+
+def comparison_spec(session: Session, job: Job, body: ComparisonRequest) -> ComparisonSpec:
+    saved = saved_epochs(job)
+    epochs = chosen_epochs(saved, body.epochs)
+    lines = body.prompts if body.prompts is not None else default_prompt_lines(job)
+    fields = {
+        "source_job_id": job.id,
+        "base_model": str(job.config.get("base_model", "")),
+        "family": training_family(session, job.config),
+        "output_name": str(job.config.get("output_name", "lora")),
+        "prompts": comparison_prompts(job, body, lines),
+        "epochs": [
+            LoraRef(
+                name=saved[e].name.removesuffix(".safetensors"),
+                job_id=job.id,
+                artifact_id=saved[e].id,
+                sha256=saved[e].sha256,
+                epoch=e,
+            ).model_dump()
+            for e in epochs
+        ],
+        "weights": list(body.weights if body.weights is not None else DEFAULT_WEIGHTS),
+        "prediction_type": _prediction_type(job.config),
+        "mixed_precision": str(job.config.get("mixed_precision", "no")),
+    }
+    try:
+        spec = ComparisonSpec.model_validate(fields)
+    except ValidationError as exc:
+        at_fault = field_errors(exc)
+        raise LorabakeError(
+            f"invalid comparison: {describe_fields(at_fault)}",
+            code="invalid_comparison",
+            details={"fields": at_fault},
+            status_code=422,
+        ) from exc
+    if spec.images > MAX_IMAGES:
+        raise LorabakeError(
+            f"this comparison makes {spec.images} images (prompts x seeds x epochs x weights); "
+            f"at most {MAX_IMAGES}: ask for fewer epochs, weights or seeds",
+            code="too_many_images",
+            details={"field": "epochs", "images": spec.images, "max_images": MAX_IMAGES},
+            status_code=422,
+        )
+    return spec
+
+
+def submit_comparison(
+    state: AppState, caller: Identity, job_id: str, body: ComparisonRequest, webhook: JobWebhook | None = None
+) -> Job:
+    with state.sessions() as session:
+        source = owned_training_job(session, caller.owner, job_id)
+        spec = comparison_spec(session, source, body)
+    queue = base_model_queue(state, spec.base_model, spec.family, body.queue)
+    job = Job(
+        id=new_id(),
+        owner=caller.owner,
+        api_key_id=caller.key_id,
+        kind=JobKind.compare,
+        queue=queue,
+        dataset_key="",  # a comparison reads no dataset
+    )
+    plan = {"images": spec.images, "grids": len(spec.prompts), "source_job_id": source.id}
+    return queue_job(state, job, spec.model_dump(mode="json"), plan, spec.images, 0, None, webhook)

@@ -1,0 +1,126 @@
+"""POST /v1/generations: a prompt with A1111 tags and Kohya flags checked, its LoRAs resolved, queued.
+
+Everything is checked before the job row is written, so a refusal stores nothing.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from api.errors import describe_fields, field_errors
+from api.generations.loras import catalogue_family, resolve_loras
+from api.generations.schemas import GenerationRequest
+from api.jobs.submission import queue_job
+from api.queue.service import base_model_queue
+from api.state import AppState
+from api.webhooks.service import JobWebhook
+from shared.catalogue.records import UnknownBaseModel, check_base_model
+from shared.config.lora_tags import GenerationLine, parse_generation_line
+from shared.config.previews import FAMILY_SIZES, GenerationSpec
+from shared.config.sample_prompts import MAX_SEED
+from shared.db.keys import Identity
+from shared.db.models import Job, JobKind, new_id
+from shared.errors import LorabakeError
+
+# body field -> the Kohya flag that sets the same thing, and the parsed line's attribute
+FLAG_OF = {
+    "negative_prompt": ("n", "negative_prompt"),
+    "width": ("w", "width"),
+    "height": ("h", "height"),
+    "seed": ("d", "seed"),
+    "cfg_scale": ("l", "cfg_scale"),
+    "steps": ("s", "steps"),
+    "sampler": ("ss", "sampler"),
+}
+
+
+def require_base_model(state: AppState, name: str) -> None:
+    """The catalogue's check (a 422 with close names), naming this body's `base_model` field."""
+    retention = timedelta(days=state.settings.model_catalogue_days)
+    try:
+        with state.sessions() as session:
+            check_base_model(session, name, retention, state.settings.allow_model_downloads)
+    except UnknownBaseModel as exc:
+        details = {**exc.details, "field": "base_model"}
+        raise UnknownBaseModel(
+            exc.message.replace("config.base_model", "base_model"), code=exc.code, details=details
+        ) from exc
+
+
+def parse_prompt(text: str) -> GenerationLine:
+    try:
+        return parse_generation_line(text)
+    except ValueError as exc:
+        raise LorabakeError(
+            f"prompt: {exc}", code="invalid_prompt", details={"field": "prompt"}, status_code=422
+        ) from exc
+
+
+def merged_settings(body: GenerationRequest, line: GenerationLine, family: str | None) -> dict[str, Any]:
+    """Each setting from the body or the prompt's flag (both: a 422 naming the field), else its default."""
+    values: dict[str, Any] = {}
+    for field, (flag, attribute) in FLAG_OF.items():
+        given = getattr(body, field)
+        if given is not None and flag in line.flags:
+            raise LorabakeError(
+                f"{field} is given twice: in the body and as --{flag} in the prompt; keep one",
+                code="conflicting_prompt_flag",
+                details={"field": field, "flag": f"--{flag}"},
+                status_code=422,
+            )
+        if given is not None:
+            values[field] = given
+        elif flag in line.flags:
+            values[field] = getattr(line.settings, attribute)
+    size = FAMILY_SIZES.get(family or "", 512)
+    values.setdefault("width", size)
+    values.setdefault("height", size)
+    if values.get("seed") is None:
+        values["seed"] = secrets.randbelow(MAX_SEED + 1)  # recorded on the job: the image can be redrawn
+    return values
+
+
+def generation_spec(**fields: Any) -> GenerationSpec:
+    """The spec, each bound checked once more on the merged values (a flag's --s 500 is over 150)."""
+    try:
+        return GenerationSpec.model_validate(fields)
+    except ValidationError as exc:
+        fields_at_fault = field_errors(exc)
+        raise LorabakeError(
+            f"invalid generation: {describe_fields(fields_at_fault)}",
+            code="invalid_generation",
+            details={"fields": fields_at_fault},
+            status_code=422,
+        ) from exc
+
+
+def submit_generation(
+    state: AppState, caller: Identity, body: GenerationRequest, webhook: JobWebhook | None = None
+) -> Job:
+    line = parse_prompt(body.prompt)
+    require_base_model(state, body.base_model)
+    with state.sessions() as session:
+        family = catalogue_family(session, body.base_model)
+        loras = resolve_loras(session, caller.owner, line.loras, family, body.base_model)
+    spec = generation_spec(
+        base_model=body.base_model,
+        family=family,
+        prompt=line.settings.prompt,
+        prompt_line=body.prompt,
+        loras=[lora.model_dump() for lora in loras],
+        **merged_settings(body, line, family),
+    )
+    queue = base_model_queue(state, body.base_model, family, body.queue)
+    job = Job(
+        id=new_id(),
+        owner=caller.owner,
+        api_key_id=caller.key_id,
+        kind=JobKind.generate,
+        queue=queue,
+        dataset_key="",  # a generation reads no dataset
+    )
+    return queue_job(state, job, spec.model_dump(mode="json"), {"images": 1}, 1, 0, spec.seed, webhook)

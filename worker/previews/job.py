@@ -1,0 +1,244 @@
+"""Runs `generate` and `compare` jobs under the runner's lease, keeper and publisher (worker/jobs/runner.py):
+fetch the LoRA files, load the base model once, draw each image (progress after each, a cancel honoured
+between two), publish each as an `image` artifact and, for a comparison, one `grid` per prompt.
+
+A comparison loads each epoch's LoRA once and changes only its multiplier between weights. Weight 0 adds
+exactly nothing (tests/worker/test_previews.py pins it), so its cells are drawn once from the base model,
+with no LoRA loaded, and shared by every epoch's row.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from PIL import Image
+from sqlalchemy import select
+
+from shared.config.previews import ComparisonPrompt, ComparisonSpec, GenerationSpec, LoraRef
+from shared.db.models import Artifact, JobKind, JobStatus
+from shared.errors import LorabakeError
+from shared.retrying import OutageOutlasted
+from worker.previews.grid import draw_grid
+from worker.previews.loras import AppliedLoras, LoraFile, applied_loras, short_hash
+from worker.previews.render import ImageSettings, Renderer, parameters_text, write_png
+from worker.training.engine import TrainingCanceled, make_accelerator, resolve_device
+from worker.training.model_loading import load_pipeline, resolve_base_model, resolve_family
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from worker.jobs.runner import ClaimedRun
+
+
+def run_preview_job(run: ClaimedRun) -> None:
+    """Raises TrainingCanceled on a cancel (the runner records it) and LorabakeError for the job's faults."""
+    job = PreviewRun(run)
+    if run.job.kind == JobKind.generate:
+        seed = job.generate(GenerationSpec.model_validate(run.job.config))
+        job.succeed(seed=seed)
+    else:
+        job.compare(ComparisonSpec.model_validate(run.job.config))
+        job.succeed()
+
+
+class PreviewRun:
+    def __init__(self, run: ClaimedRun) -> None:
+        self.run = run
+        self.out = run.workdir / "images"
+        self.done = 0
+
+    # -- plumbing -----------------------------------------------------------------------------------------
+    def fetch_lora(self, ref: LoraRef) -> Path:
+        runner = self.run.runner
+
+        def object_key() -> str | None:
+            with runner.sessions() as session:
+                return session.scalar(select(Artifact.object_key).where(Artifact.id == ref.artifact_id))
+
+        key = runner.retrying("look up a LoRA file", object_key)
+        if key is None:
+            raise LorabakeError(
+                f"LoRA {ref.name!r} (artifact {ref.artifact_id} of job {ref.job_id}) no longer exists",
+                code="lora_unavailable",
+            )
+        dest = self.run.workdir / "loras" / f"{ref.artifact_id}.safetensors"
+        try:
+            runner.retrying(f"fetch {ref.name}", lambda: runner.store.download_file(key, dest))
+        except OutageOutlasted:
+            raise
+        except Exception as exc:
+            raise LorabakeError(
+                f"could not fetch LoRA {ref.name!r}: {type(exc).__name__}: {exc}", code="lora_unavailable"
+            ) from exc
+        return dest
+
+    def load(
+        self, base_model: str, family: str | None, mixed_precision: str, prediction_type: str | None = None
+    ) -> Renderer:
+        settings = self.run.settings
+        self.run.keeper.add_event("stage", {"stage": "loading_model"})
+        resolved = resolve_base_model(
+            base_model, settings.models_dir, allow_download=settings.allow_model_downloads
+        )
+        pipe = load_pipeline(resolved, resolve_family(resolved, family or "auto"), dtype=torch.float32)
+        device = resolve_device(None)
+        pipe.to(device)
+        autocast: Callable[[], AbstractContextManager[Any]] = make_accelerator(
+            mixed_precision, device
+        ).autocast
+        self.run.keeper.add_event("stage", {"stage": "generating"})
+        self.run.keeper.set_status(JobStatus.training)
+        return Renderer(pipe, prediction_type=prediction_type, autocast=autocast)
+
+    def check_cancel(self) -> None:
+        if self.run.must_stop():
+            raise TrainingCanceled(self.done, [])
+
+    def publish(self, path: Path, total: int, **details: Any) -> None:
+        self.run.publisher.publish(path, content_type="image/png", **details)
+        if details.get("kind") == "image":
+            self.done += 1
+            self.run.keeper.report_progress({"step": self.done, "total_steps": total})
+
+    def succeed(self, **fields: Any) -> None:
+        self.run.publisher.drain()  # the job ends only once every image is in storage and listed
+        self.run.keeper.flush()
+        self.run.finish(JobStatus.succeeded, **fields)
+
+    # -- generate -----------------------------------------------------------------------------------------
+    def generate(self, spec: GenerationSpec) -> int:
+        files = [LoraFile(self.fetch_lora(r), r.name, r.te_weight, r.unet_weight) for r in spec.loras]
+        renderer = self.load(spec.base_model, spec.family, _generation_precision())
+        settings = ImageSettings(
+            prompt=spec.prompt,
+            negative_prompt=spec.negative_prompt,
+            seed=spec.seed,
+            sampler=spec.sampler,
+            steps=spec.steps,
+            cfg_scale=spec.cfg_scale,
+            width=spec.width,
+            height=spec.height,
+        )
+        self.check_cancel()
+        with applied_loras(renderer.pipe, files):
+            image = renderer.render(settings)
+        hashes = {f.name: short_hash(f.path, r.sha256) for f, r in zip(files, spec.loras, strict=True)}
+        weights = [(f.name, f.te_weight, f.unet_weight) for f in files]
+        parameters = parameters_text(settings, model=spec.base_model, loras=weights, hashes=hashes)
+        meta = {**settings.meta(), "loras": [r.model_dump(mode="json") for r in spec.loras]}
+        path = write_png(image, self.out / f"preview-{spec.seed}.png", parameters, meta)
+        self.publish(path, 1, kind="image", meta=meta)
+        return spec.seed
+
+    # -- compare ------------------------------------------------------------------------------------------
+    def compare(self, spec: ComparisonSpec) -> None:
+        files = {ref.epoch: self.fetch_lora(ref) for ref in spec.epochs}
+        renderer = self.load(spec.base_model, spec.family, spec.mixed_precision, spec.prediction_type)
+        cells: dict[tuple[int, int, float, int], Path] = {}  # (prompt, epoch, weight, seed) -> its PNG
+        base_cells: dict[tuple[int, int], Path] = {}
+        for ref in spec.epochs:
+            loaded: AppliedLoras | None = None
+            try:
+                for weight in spec.weights:
+                    if weight != 0 and loaded is None:
+                        loaded = AppliedLoras(renderer.pipe)
+                        loaded.add(LoraFile(files[ref.epoch], ref.name, 1.0, 1.0))
+                    if loaded is not None:
+                        loaded.reweight([(weight, weight)])
+                    for index, prompt in enumerate(spec.prompts):
+                        for seed in prompt.seeds:
+                            cells[(index, ref.epoch or 0, weight, seed)] = self.cell(
+                                renderer, spec, index, prompt, ref, files[ref.epoch], weight, seed, base_cells
+                            )
+            finally:
+                if loaded is not None:
+                    loaded.remove()
+        for index, prompt in enumerate(spec.prompts):
+            self.grid(spec, index, prompt, cells)
+
+    def cell(
+        self,
+        renderer: Renderer,
+        spec: ComparisonSpec,
+        index: int,
+        prompt: ComparisonPrompt,
+        ref: LoraRef,
+        lora_path: Path,
+        weight: float,
+        seed: int,
+        base_cells: dict[tuple[int, int], Path],
+    ) -> Path:
+        self.check_cancel()
+        settings = ImageSettings(
+            prompt=prompt.prompt,
+            negative_prompt=prompt.negative_prompt,
+            seed=seed,
+            sampler=prompt.sampler,
+            steps=prompt.steps,
+            cfg_scale=prompt.cfg_scale,
+            width=prompt.width,
+            height=prompt.height,
+        )
+        if weight == 0 and (index, seed) in base_cells:
+            image = Image.open(base_cells[(index, seed)])
+            image.load()
+        else:
+            image = renderer.render(settings)
+        epoch = ref.epoch or 0
+        parameters = parameters_text(
+            settings,
+            model=spec.base_model,
+            loras=[(ref.name, weight, weight)],
+            hashes={ref.name: short_hash(lora_path, ref.sha256)},
+            extra={"Epoch": epoch},
+        )
+        meta = {
+            **settings.meta(),
+            "prompt_index": index,
+            "epoch": epoch,
+            "weight": weight,
+            "lora": ref.name,
+            "lora_artifact_id": ref.artifact_id,
+            "source_job_id": spec.source_job_id,
+        }
+        name = f"{spec.output_name}_p{index:02d}_e{epoch:06d}_w{weight:g}_s{seed}.png"
+        path = write_png(image, self.out / name, parameters, meta)
+        if weight == 0:
+            base_cells.setdefault((index, seed), path)
+        self.publish(path, spec.images, kind="image", epoch=epoch, meta=meta)
+        return path
+
+    def grid(
+        self,
+        spec: ComparisonSpec,
+        index: int,
+        prompt: ComparisonPrompt,
+        cells: dict[tuple[int, int, float, int], Path],
+    ) -> None:
+        rows = [(ref.epoch or 0, seed) for ref in spec.epochs for seed in prompt.seeds]
+        several = len(prompt.seeds) > 1
+        row_labels = [f"epoch {e}" + (f", seed {s}" if several else "") for e, s in rows]
+        column_labels = [f"weight {w:g}" for w in spec.weights]
+        paths = [[cells[(index, e, w, s)] for w in spec.weights] for e, s in rows]
+        images = [[Image.open(p) for p in row] for row in paths]
+        grid, layout = draw_grid(images, row_labels, column_labels)
+        meta = {
+            **layout.meta(),
+            "prompt_index": index,
+            "prompt": prompt.prompt,
+            "epochs": [e for e, _ in rows],
+            "seeds": [s for _, s in rows],
+            "weights": list(spec.weights),
+            "cells": [[p.name for p in row] for row in paths],
+        }
+        text = f"{prompt.prompt}\nX/Y plot: weights {', '.join(column_labels)}; rows {', '.join(row_labels)}"
+        path = write_png(grid, self.out / f"{spec.output_name}_grid_p{index:02d}.png", text, meta)
+        self.publish(path, spec.images, kind="grid", meta=meta)
+
+
+def _generation_precision() -> str:
+    """fp16 autocast on a GPU (the VAE stays float32, as in training); full precision on a CPU."""
+    return "fp16" if torch.cuda.is_available() else "no"
