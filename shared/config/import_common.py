@@ -229,6 +229,8 @@ DATA_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("caption_tag_dropout_rate", "caption_tag_dropout_rate", number),
     ("flip_aug", "flip_aug", boolean),
     ("prior_loss_weight", "prior_loss_weight", number),
+    ("masked_loss", "masked_loss", boolean),  # masks are NAME_mask.png beside the images (docs/datasets.md)
+    ("alpha_mask", "alpha_mask", boolean),
 )
 
 
@@ -444,3 +446,87 @@ def culprit(
         if named:
             return named[0], message
     return None
+
+
+# --- LyCORIS (sd-scripts' network_module lycoris.kohya; kohya_ss's "LyCORIS/..." LoRA types) ---------------
+
+# LyCORIS algo -> the network_type lorabake trains; LyCORIS' lora/locon write Kohya's lora_down/lora_up keys,
+# which lorabake's LoRA / LoCon (conv_dim) write too. Every other algo (ia3, glora, full, dylora, boft,
+# diag-oft, ...) is refused by name.
+LYCORIS_ALGOS: dict[str, str] = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr"}
+# LyCORIS options lorabake trains only switched off: off is ignored, any other value refused by name.
+LYCORIS_OFF_OPTIONS = frozenset(
+    {"use_tucker", "use_cp", "use_conv_cp", "use_scalar", "bypass_mode", "rank_dropout", "module_dropout",
+     "dropout", "rank_dropout_scale", "constrain", "constraint", "rescaled", "train_norm", "decompose_both",
+     "full_matrix", "unbalanced_factorization", "rs_lora", "train_on_input", "block_size"}
+)  # fmt: skip
+
+
+def _switched_off(value: Any) -> bool:
+    return is_off(value) or (isinstance(value, str) and value.strip().lower() in ("false", "none"))
+
+
+def _drop(r: Reader, key: str, value: Any, reason: str) -> None:
+    """Ignore a file key, or note a network_args entry (it has no key of its own in the file)."""
+    if r.has(key):
+        r.ignore(key, reason)
+    else:
+        r.note(f"{key}={value}: {reason}")
+
+
+def put_lycoris_algo(r: Reader, key: str, algo: Any) -> str | None:
+    """network_type from a LyCORIS algo (None/blank: LyCORIS' default 'lora'); None when it is refused."""
+    name = "lora" if is_blank(algo) else str(algo).strip().lower()
+    network_type = LYCORIS_ALGOS.get(name)
+    if network_type is None:
+        r.unsupported(
+            key, algo, f"LyCORIS algo {name!r}: lorabake trains loha, lokr and lora/locon (optionally DoRA)"
+        )
+        return None
+    r.put("network_type", network_type, key)
+    r.note(
+        f"LyCORIS algo {name!r}: trained with LyCORIS' own {name} modules on Kohya's LoRA module set "
+        "(network_target), files with LyCORIS' keys"
+        if network_type != "lora"
+        else f"LyCORIS algo {name!r}: Kohya's LoRA (LoCon with conv_dim), the same lora_down/lora_up keys"
+    )
+    return network_type
+
+
+def put_lycoris_option(r: Reader, key: str, name: str, value: Any, network_type: str) -> None:
+    """One LyCORIS option (factor, dora_wd, wd_on_output, preset, the switched-off ones); key names it in
+    the result (a kohya_ss key, or sd-scripts' network_args.NAME)."""
+    if name == "factor":
+        try:
+            factor = integer(value)
+        except ValueError as exc:
+            r.unsupported(key, value, str(exc))
+            return
+        if network_type != "lokr":
+            _drop(r, key, value, "factor is read by LoKr only")
+        elif factor is None or factor == -1:
+            _drop(r, key, value, "-1: LyCORIS' balanced split, lorabake's default (lokr_factor unset)")
+        else:
+            r.put("lokr_factor", factor, key if r.has(key) else key.split(".", 1)[0])
+    elif name == "dora_wd":
+        try:
+            r.put("dora_wd", boolean(value), key if r.has(key) else key.split(".", 1)[0])
+        except ValueError as exc:
+            r.unsupported(key, value, str(exc))
+    elif name == "wd_on_output":
+        _drop(
+            r, key, value, "lorabake's DoRA normalises per input channel (wd_on_output=False), the layout "
+            "A1111 and ComfyUI both load as trained",
+        )  # fmt: skip
+    elif name == "preset" or name == "LyCORIS_preset":
+        if str(value).strip().lower() == "full" or is_blank(value):
+            _drop(r, key, value, "lorabake trains Kohya's module set (network_target), not LyCORIS presets")
+        else:
+            r.unsupported(key, value, "LyCORIS presets other than 'full' choose other modules to train")
+    elif name in LYCORIS_OFF_OPTIONS:
+        if _switched_off(value):
+            _drop(r, key, value, "off, as lorabake trains LyCORIS networks")
+        else:
+            r.unsupported(key, value, f"the LyCORIS option {name} is not one lorabake has")
+    else:
+        r.unsupported(key, value, f"{name!r} is not a LyCORIS option lorabake has")

@@ -32,6 +32,8 @@ from shared.config.import_common import (
     number,
     parse_optimizer_args,
     put_base_model,
+    put_lycoris_algo,
+    put_lycoris_option,
     put_optimizer_args,
     put_resolution,
     reasons,
@@ -52,6 +54,9 @@ _FAMILY_CHECKBOXES = ("flux1_checkbox", "sd3_checkbox", "hunyuan_image_checkbox"
 _LYCORIS_KEYS = {"LyCORIS_preset", "factor", "bypass_mode", "dora_wd", "use_cp", "use_tucker", "use_scalar",
                  "rank_dropout_scale", "constrain", "rescaled", "train_norm", "decompose_both",
                  "train_on_input", "unit"}  # fmt: skip
+# kohya_ss's LyCORIS LoRA types lorabake trains -> LyCORIS' algo (the others are refused by name).
+_LYCORIS_TYPES = {"LyCORIS/LoHa": "loha", "LyCORIS/LoKr": "lokr", "LyCORIS/LoCon": "locon"}
+_NOT_LYCORIS_ALGO_KEYS = {"train_on_input", "unit"}  # (IA)^3's and DyLoRA's: ignored below for these types
 
 
 def import_kohya_config(data: dict[str, Any]) -> KohyaImport:
@@ -262,19 +267,24 @@ def _network(r: Reader) -> None:
     r.direct("network_dim", "network_dim", integer)
     r.direct("network_alpha", "network_alpha", number)
     lora_type = r.get("LoRA_type", "Standard")
-    if lora_type == "Kohya LoCon":
+    lycoris_algo = _LYCORIS_TYPES.get(lora_type)
+    if lora_type == "Kohya LoCon" or lycoris_algo is not None:
+        network_type = "lora"
+        if lycoris_algo is not None:  # kohya_ss passes algo=<...> to lycoris.kohya for these types
+            network_type = put_lycoris_algo(r, "LoRA_type", lycoris_algo) or "lora"
         conv_dim = r.read("conv_dim", integer)
         r.used("LoRA_type")
         if _set(conv_dim):
             r.put("conv_dim", conv_dim, "conv_dim")
             r.direct("conv_alpha", "conv_alpha", number)
-            r.note(
-                "LoRA_type 'Kohya LoCon' (sd-scripts' networks.lora with conv_dim): conv_dim/conv_alpha "
-                "also train the 3x3 convolutions"
-            )
+            r.note(f"LoRA_type {lora_type!r}: conv_dim/conv_alpha also train the 3x3 convolutions")
         else:
-            r.ignore("conv_dim", "0: 'Kohya LoCon' with conv_dim 0 trains no convolutions (a standard LoRA)")
+            r.ignore("conv_dim", f"0: {lora_type!r} with conv_dim 0 trains no convolutions")
             r.ignore("conv_alpha", "conv_dim is 0")
+        if lycoris_algo is not None:
+            for key in sorted(_LYCORIS_KEYS - _NOT_LYCORIS_ALGO_KEYS):
+                if r.has(key):
+                    put_lycoris_option(r, key, key, r.get(key), network_type)
     else:
         if lora_type == "Standard":
             r.used("LoRA_type")
@@ -282,8 +292,8 @@ def _network(r: Reader) -> None:
             r.unsupported(
                 "LoRA_type",
                 lora_type,
-                "lorabake trains Kohya's LoRA (networks.lora): 'Standard', or 'Kohya LoCon' for conv layers "
-                "too; LyCORIS and the other network types are different networks with other files",
+                "lorabake trains 'Standard', 'Kohya LoCon' and LyCORIS' 'LyCORIS/LoHa', 'LyCORIS/LoKr' and "
+                "'LyCORIS/LoCon'; the other network types are different networks with other files",
             )
         for key in ("conv_dim", "conv_alpha"):
             r.ignore(

@@ -228,6 +228,17 @@ def webp_images(layout: DatasetLayout, report: Any = None) -> list[str]:
     return [i.path for s in layout.subsets for i in s.images if i.path.lower().endswith(".webp")]
 
 
+def masked_images(layout: DatasetLayout, report: Any = None) -> int:
+    """Training images with a usable NAME_mask.png: from a stored dataset's report (its `mask` files), an
+    intake report (its probed masks), or else the layout's entries."""
+    if isinstance(report, Mapping) and "files" in report:
+        return sum(1 for f in report["files"] if f.get("status") == "mask" and not f.get("reason"))
+    masks = getattr(report, "masks", None)
+    if isinstance(masks, Mapping):
+        return len(masks)
+    return sum(1 for s in layout.train_subsets for i in s.images if i.mask_path)
+
+
 def _epoch_advice(plan: TrainingPlan, layout: DatasetLayout) -> str:
     per_repeat = plan.steps_per_epoch / max(1, plan.repeats or 1)
     if layout.kind == "flat" and plan.repeats:
@@ -321,6 +332,17 @@ def plan_warnings(
                 f"save_precision is {config.save_precision}; the guide: 'Always keep Save Precision as "
                 "fp16' (the usual format for sharing and loading in AUTOMATIC1111)",
                 "config.save_precision",
+            )
+        )
+    if config.masked_loss and not masked_images(layout, report):
+        # sd-scripts trains unmasked when --masked_loss finds no mask (apply_masked_loss returns the loss)
+        warnings.append(
+            _warning(
+                "no_masks",
+                "masked_loss is on but no training image has a mask (NAME_mask.png beside NAME.png): it "
+                "trains unmasked, as sd-scripts does"
+                + (" (alpha_mask still masks by transparency)" if config.alpha_mask else ""),
+                "config.masked_loss",
             )
         )
     webp = webp_images(layout, report)

@@ -34,6 +34,8 @@ from shared.config.import_common import (
     is_off,
     number,
     put_base_model,
+    put_lycoris_algo,
+    put_lycoris_option,
     put_optimizer_args,
     put_resolution,
     reasons,
@@ -45,6 +47,7 @@ from shared.datasets.layout import MAX_REPEATS, split_tokens
 from shared.errors import LorabakeError
 
 CONFIG_FILE = "config_toml"
+LYCORIS_MODULE = "lycoris.kohya"  # LyCORIS' sd-scripts network module
 DATASET_FILE = "dataset_toml"
 ERROR_CODE = "invalid_sd_scripts_config"
 SCRIPTS = ("train_network", "sdxl_train_network")
@@ -154,8 +157,6 @@ _OFF_ONLY: dict[str, tuple[Any, str]] = {
     "scale_v_pred_loss_like_noise_pred": (False, "v-prediction loss scaling"),
     "v_pred_like_loss": (0, "v-prediction-like loss"),
     "weighted_captions": (False, "(word:1.2) caption weighting"),
-    "masked_loss": (False, "masked loss"),
-    "alpha_mask": (False, "alpha-channel loss masks"),
     "color_aug": (False, "color augmentation"),
     "random_crop": (False, "random crops"),
     "face_crop_aug_range": (None, "face-crop augmentation"),
@@ -188,7 +189,11 @@ _OFF_ONLY: dict[str, tuple[Any, str]] = {
     "skip_until_initial_step": (False, "starting at a later step; lorabake resumes its own jobs"),
     "in_json": (None, "fine-tuning captions from a metadata JSON; put caption files beside the images"),
     "dataset_class": (None, "a custom dataset class"),
-    "conditioning_data_dir": (None, "ControlNet conditioning images"),
+    "conditioning_data_dir": (
+        None,
+        "a folder of mask/conditioning images; for masked_loss put each mask beside its image as "
+        "NAME_mask.png in the zip",
+    ),
     "validation_split": (0, "a validation split"),
     "validate_every_n_steps": (None, "validation"),
     "validate_every_n_epochs": (None, "validation"),
@@ -240,6 +245,7 @@ _SUBSET_FIELDS: tuple[tuple[str, str, str, Any], ...] = (
     ("caption_suffix", "caption_suffix", "caption_suffix", None),
     ("caption_extension", "caption_extension", "caption_extension", ".caption"),
     ("flip_aug", "flip_aug", "flip_aug", False),
+    ("alpha_mask", "alpha_mask", "alpha_mask", False),
     ("caption_dropout_rate", "caption_dropout_rate", "caption_dropout_rate", 0.0),
     ("caption_dropout_every_n_epochs", "caption_dropout_every_n_epochs", "caption_dropout_every_n_epochs", 0),
     ("caption_tag_dropout_rate", "caption_tag_dropout_rate", "caption_tag_dropout_rate", 0.0),
@@ -590,35 +596,54 @@ def _optimizer(r: Reader) -> None:
 def _network(r: Reader) -> None:
     module = r.get("network_module")
     lora = module in (None, "networks.lora")
+    lycoris = module == LYCORIS_MODULE
     if module is None:
         r.note("no network_module: train_network.py needs one; lorabake trains networks.lora (Kohya's LoRA)")
-    elif lora:
+    elif lora or lycoris:
         r.used("network_module")
     else:
         r.unsupported(
             "network_module",
             module,
-            "lorabake trains Kohya's LoRA (networks.lora, with conv_dim for LoCon); LyCORIS, DyLoRA, OFT and "
-            "other networks are different networks with other files",
+            "lorabake trains Kohya's LoRA (networks.lora, with conv_dim for LoCon) and LyCORIS' "
+            "(lycoris.kohya: loha, lokr, lora/locon, DoRA); DyLoRA, OFT and other networks are not trained",
         )
     r.direct("network_dim", "network_dim", integer)
     r.direct("network_alpha", "network_alpha", number)
     raw = r.get("network_args")
     if is_off(raw):
         r.ignore("network_args", "empty")
-        return
-    tokens = raw.split() if isinstance(raw, str) else raw
-    for token in tokens:
-        name, sep, value = token.partition("=")
-        name, value = name.strip(), value.strip().strip('"')
-        if not sep or not name:
-            r.unsupported("network_args", token, f"{token!r} is not key=value")
-        elif not lora:
+        args: dict[str, str] = {}
+    else:
+        args = {}
+        for token in raw.split() if isinstance(raw, str) else raw:
+            name, sep, value = token.partition("=")
+            name, value = name.strip(), value.strip().strip('"')
+            if not sep or not name:
+                r.unsupported("network_args", token, f"{token!r} is not key=value")
+            else:
+                args[name] = value
+    network_type = "lora"
+    if lycoris:  # LyCORIS' algo first: the other arguments depend on it
+        found = put_lycoris_algo(r, "network_args.algo", args.pop("algo", None))
+        if found is None:
+            for name, value in args.items():
+                r.unsupported(
+                    f"network_args.{name}", value, "an argument of a network lorabake does not train"
+                )
+            return
+        network_type = found
+    for name, value in args.items():
+        if not (lora or lycoris):
             r.unsupported(f"network_args.{name}", value, f"an argument of network_module {module!r}")
         elif name in ("conv_dim", "conv_alpha"):
             _conv_arg(r, name, value)
+        elif lycoris:
+            put_lycoris_option(r, f"network_args.{name}", name, value, network_type)
         else:
             r.unsupported(f"network_args.{name}", value, "a networks.lora option lorabake does not have")
+    if lycoris and args:
+        r.used("network_args", "network_type")  # read whole, even where each entry was only a note
 
 
 def _conv_arg(r: Reader, name: str, value: str) -> None:
@@ -817,7 +842,12 @@ def _dataset(r: Reader, doc: dict[str, Any]) -> None:
         key = path.rsplit(".", 1)[1]
         value = r.data[path]
         if key in ("metadata_file", "conditioning_data_dir"):
-            r.unsupported(path, value, "fine-tuning (metadata JSON) and ControlNet subsets are not supported")
+            r.unsupported(
+                path,
+                value,
+                "fine-tuning (metadata JSON) and ControlNet subsets are not supported; for masked_loss put "
+                "each mask beside its image as NAME_mask.png in the zip",
+            )
         elif key in _OFF_ONLY and (value == _OFF_ONLY[key][0] or is_off(value)):
             r.ignore(path, "off")
         elif key in _OFF_ONLY:

@@ -21,6 +21,8 @@ LrScheduler = Literal[
 MixedPrecision = Literal["no", "fp16", "bf16"]
 SavePrecision = Literal["fp16", "bf16", "float"]
 ModelFamily = Literal["auto", "sd1", "sd2", "sdxl"]
+# lora also covers LoCon (conv_dim); loha / lokr are LyCORIS algorithms (network_args algo=...).
+NetworkType = Literal["lora", "loha", "lokr"]
 
 # A1111 uses the file name as the LoRA's prompt name (<lora:NAME:1>): keep it a plain, portable file stem.
 _OUTPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -170,6 +172,20 @@ class TrainingConfig(BaseModel):
         None, ge=1, le=1024, description="LoCon: also train 3x3 convs (resnets, up/downsamplers), this rank."
     )
     conv_alpha: float | None = Field(None, gt=0, le=1024, description="Alpha of the conv modules (def. 1).")
+    # LyCORIS (sd-scripts: network_module=lycoris.kohya, network_args algo=loha|lokr, factor, dora_wd).
+    network_type: NetworkType = Field(
+        "lora",
+        description="lora: Kohya's networks.lora (LoCon with conv_dim); loha / lokr: LyCORIS' LoHa / LoKr on "
+        "the same modules (conv_dim / conv_alpha give their 3x3-conv rank / alpha).",
+    )
+    lokr_factor: int | None = Field(
+        None, ge=1, le=1024, description="LoKr: LyCORIS' factor (Kronecker split size); unset: -1, balanced."
+    )
+    dora_wd: bool = Field(
+        False,
+        description="DoRA (LyCORIS' dora_wd weight decomposition, norm per input channel, `dora_scale` "
+        "keys); needs network_alpha = network_dim (and conv_alpha = conv_dim): A1111 and ComfyUI agree then.",
+    )
     gradient_checkpointing: bool = False
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="None picks one; the job records it.")
 
@@ -216,6 +232,16 @@ class TrainingConfig(BaseModel):
         False, description="Keep VAE latents on disk between runs (keyed by image, mtime, bucket and VAE)."
     )
     prior_loss_weight: float = Field(1.0, ge=0, le=100, description="Loss weight of regularization samples.")
+    masked_loss: bool = Field(
+        False,
+        description="Weight the loss by each training image's mask, `NAME_mask.png` beside it (R channel, "
+        "white = train, black = ignore), at latent size; images without one train unmasked.",
+    )
+    alpha_mask: bool = Field(
+        False,
+        description="Weight the loss by each image's alpha channel (transparent = ignore), as sd-scripts' "
+        "--alpha_mask; also on its own. An image's NAME_mask.png wins over its alpha with masked_loss.",
+    )
 
     # --- sample images (Kohya's names; lines parsed by shared/config/sample_prompts.py) ---
     sample_prompts: list[SamplePromptLine] = Field(
@@ -348,12 +374,40 @@ class TrainingConfig(BaseModel):
             raise ValueError("adaptive_noise_scale needs noise_offset (as in Kohya)")
         if self.conv_alpha is not None and self.conv_dim is None:
             raise ValueError("conv_alpha needs conv_dim")
+        self._check_network_type()
         if self.save_last_n_epochs is not None and self.save_every_n_epochs is None:
             raise ValueError("save_last_n_epochs needs save_every_n_epochs")
         if self.save_last_n_steps is not None and self.save_every_n_steps is None:
             raise ValueError("save_last_n_steps needs save_every_n_steps")
         return self
 
+    def _check_network_type(self) -> None:
+        if self.lokr_factor is not None and self.network_type != "lokr":
+            raise ValueError(f"lokr_factor needs network_type 'lokr' (network_type is {self.network_type!r})")
+        if self.dora_wd:
+            # A1111 rescales a DoRA module's whole delta by alpha / dim after the weight decomposition,
+            # ComfyUI and LyCORIS scale the low-rank part by it before: the two agree only at alpha = dim.
+            if self.network_alpha != self.network_dim:
+                raise ValueError(
+                    f"dora_wd needs network_alpha equal to network_dim ({self.network_alpha} != "
+                    f"{self.network_dim}): A1111 and ComfyUI apply a DoRA file's alpha differently otherwise"
+                )
+            if self.conv_dim is not None and (self.conv_alpha or 1.0) != self.conv_dim:
+                conv_alpha = self.conv_alpha or 1.0
+                raise ValueError(
+                    f"dora_wd needs conv_alpha equal to conv_dim ({conv_alpha} != {self.conv_dim})"
+                )
+
+    @property
+    def uses_lycoris(self) -> bool:
+        """Trained with LyCORIS (LoHa, LoKr, or DoRA on LoRA/LoCon) rather than PEFT's LoRA."""
+        return self.network_type != "lora" or self.dora_wd
+
     @property
     def trains_text_encoder(self) -> bool:
         return self.text_encoder_lr > 0
+
+    @property
+    def uses_loss_masks(self) -> bool:
+        """Masked training (sd-scripts: --masked_loss, or alpha masks, which apply on their own)."""
+        return self.masked_loss or self.alpha_mask

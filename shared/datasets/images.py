@@ -7,6 +7,7 @@ worker share the process-wide defaults, so limits are enforced here, per call.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,33 @@ def probe_image(fp: BinaryIO | Path, name: str, max_pixels: int) -> ImageInfo:
             )
         _decode(img, name)
         return ImageInfo(width=width, height=height, format=_format(img), orientation=_orientation(img))
+
+
+def mask_resizes(mask_size: tuple[int, int], image_size: tuple[int, int]) -> bool:
+    """Whether a mask of `mask_size` (upright) can stand for an image of `image_size`: False when equal,
+    True when it has the image's aspect ratio (to a pixel of rounding), so it is resized to the image;
+    a DatasetError-worthy mismatch otherwise (see check_mask_size)."""
+    (mw, mh), (iw, ih) = mask_size, image_size
+    if (mw, mh) == (iw, ih):
+        return False
+    # Scaled to the larger of the two widths, the heights may differ by one pixel of rounding.
+    return abs(mh * iw - ih * mw) <= max(iw, mw)
+
+
+def check_mask_size(name: str, mask_size: tuple[int, int], image_size: tuple[int, int]) -> bool:
+    """mask_resizes, or a DatasetError (code mask_size_mismatch) naming the mask when the shapes differ.
+    sd-scripts asserts equal sizes; a mask of the same aspect ratio (e.g. saved at half size) is resized
+    to the image here instead, since it still says which pixels count."""
+    resizes = mask_resizes(mask_size, image_size)
+    if not resizes and tuple(mask_size) != tuple(image_size):
+        raise DatasetError(
+            f"mask {name!r} is {mask_size[0]}x{mask_size[1]} but its image is "
+            f"{image_size[0]}x{image_size[1]}; a mask needs the image's size (or its aspect ratio, then it "
+            "is resized).",
+            code="mask_size_mismatch",
+            entry=name,
+        )
+    return resizes
 
 
 def upright_size(path: Path) -> tuple[int, int]:
@@ -186,5 +214,11 @@ def _too_large(name: str, size: str, max_pixels: int | None) -> DatasetError:
     )
 
 
+# Pillow names the buffer it read from (`cannot identify image file <_io.BytesIO object at 0x7f...>`):
+# noise to the user, and a memory address of the server.
+_BUFFER_REPR = re.compile(r"\s*<_io\.\w+ object at 0x[0-9a-fA-F]+>")
+
+
 def _corrupt(name: str, exc: Exception) -> DatasetError:
-    return DatasetError(f"{name!r} could not be decoded ({exc}).", code="corrupt_image", entry=name)
+    reason = _BUFFER_REPR.sub("", str(exc)).strip() or type(exc).__name__
+    return DatasetError(f"{name!r} could not be decoded ({reason}).", code="corrupt_image", entry=name)

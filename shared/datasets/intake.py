@@ -4,11 +4,11 @@ and images that decode. Used by the API on upload; the worker re-checks what it 
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.config.spec import TrainingConfig
-from shared.datasets.images import ImageInfo, probe_image
+from shared.datasets.images import ImageInfo, check_mask_size, probe_image
 from shared.datasets.layout import DatasetLayout, detect_layout
 from shared.datasets.zipsafe import ZipLimits, inspect_zip
 
@@ -17,6 +17,7 @@ from shared.datasets.zipsafe import ZipLimits, inspect_zip
 class DatasetReport:
     layout: DatasetLayout
     images: dict[str, ImageInfo]  # by path inside the zip
+    masks: dict[str, ImageInfo] = field(default_factory=dict)  # loss masks (NAME_mask.png), by mask path
 
     @property
     def image_sizes(self) -> dict[str, tuple[int, int]]:
@@ -38,9 +39,15 @@ def inspect_dataset_zip(path: Path, config: TrainingConfig, limits: ZipLimits) -
     members = inspect_zip(path, limits)
     layout = detect_layout(members, **layout_options(config))
     infos: dict[str, ImageInfo] = {}
+    masks: dict[str, ImageInfo] = {}
     with zipfile.ZipFile(path) as archive:
         for subset in layout.subsets:
             for image in subset.images:
                 with archive.open(image.path) as stream:
                     infos[image.path] = probe_image(stream, image.path, limits.max_image_pixels)
-    return DatasetReport(layout=layout, images=infos)
+                if image.mask_path is not None:  # a bad mask refuses the zip, as a bad image does
+                    with archive.open(image.mask_path) as stream:
+                        mask = probe_image(stream, image.mask_path, limits.max_image_pixels)
+                    check_mask_size(image.mask_path, mask.upright_size, infos[image.path].upright_size)
+                    masks[image.mask_path] = mask
+    return DatasetReport(layout=layout, images=infos, masks=masks)

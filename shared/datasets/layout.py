@@ -18,12 +18,15 @@ from shared.errors import DatasetError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp"})
 CAPTION_EXTENSIONS = (".txt", ".caption")
+# `NAME_mask.png` beside `NAME.png` is that image's loss mask (masked_loss): a mask, never an image.
+MASK_SUFFIX = "_mask"
 
 
 @dataclass(frozen=True)
 class ImageEntry:
     path: str  # relative POSIX path inside the dataset root, e.g. "img/6_lisabp woman/001.png"
     caption_path: str | None  # same-stem .txt/.caption beside it, if any
+    mask_path: str | None = None  # `stem_mask.<image ext>` beside a training image, if any
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,10 @@ class Subset:
 class DatasetLayout:
     kind: Literal["kohya", "flat"]
     subsets: tuple[Subset, ...]
+    # Mask files no training image uses: no `NAME.ext` beside them, or in a regularization folder
+    # (sd-scripts masks only training subsets: its ControlNet-style mask subsets have no is_reg).
+    orphan_masks: tuple[str, ...] = ()
+    reg_masks: tuple[str, ...] = ()
 
     @property
     def train_subsets(self) -> tuple[Subset, ...]:
@@ -105,11 +112,12 @@ def detect_layout(
     """
     if not 1 <= default_repeats <= MAX_REPEATS:
         raise ValueError(f"default_repeats must be 1..{MAX_REPEATS}")
-    images, captions = _classify(files, caption_extension)
+    images, captions, masks = _classify(files, caption_extension)
     if not images:
         raise DatasetError(f"The dataset contains no training images ({_ACCEPTED}).", code="no_images")
     prefix = _wrapper_prefix(images)
     caption_of = _caption_index(captions, caption_extension)
+    mask_of = _mask_index(masks, images)
 
     groups: dict[tuple[str, str], list[str]] = {}  # (folder under prefix, origin) -> image paths
     strays: list[str] = []
@@ -121,15 +129,15 @@ def detect_layout(
             groups.setdefault(where, []).append(path)
 
     if not groups:
-        entries = tuple(_entry(p, caption_of) for p in images)
+        entries = tuple(_entry(p, caption_of, mask_of) for p in images)
         flat = Subset(prefix.rstrip("/"), default_repeats, trigger, class_token, False, entries)
-        return DatasetLayout(kind="flat", subsets=(flat,))
+        return DatasetLayout("flat", (flat,), *_unused_masks(masks, (flat,)))
     if strays:
         raise _mixed(strays[0], "is not inside an `N_trigger class` folder while other images are")
     _check_single_train_root(groups)
 
     subsets = [
-        _kohya_subset(prefix + folder, origin == REG_ROOT, paths, caption_of)
+        _kohya_subset(prefix + folder, origin == REG_ROOT, paths, caption_of, mask_of)
         for (folder, origin), paths in groups.items()
     ]
     subsets.sort(key=lambda s: s.folder)
@@ -138,7 +146,7 @@ def detect_layout(
             f"Only regularization images were found; put training images in `{TRAIN_ROOT}/N_trigger class/`.",
             code="no_images",
         )
-    return DatasetLayout(kind="kohya", subsets=tuple(subsets))
+    return DatasetLayout("kohya", tuple(subsets), *_unused_masks(masks, tuple(subsets)))
 
 
 def scan_dataset_dir(
@@ -167,16 +175,31 @@ def scan_dataset_dir(
     )
 
 
-def _classify(files: Iterable[str], caption_extension: str = ".txt") -> tuple[list[str], list[str]]:
-    """Sorted image and caption paths; junk and unrelated files dropped, unsupported images refused."""
+def is_mask_name(path: str) -> bool:
+    """`NAME_mask.png` (any accepted image type, suffix in any case): a loss mask, not a training image."""
+    stem, ext = posixpath.splitext(path)
+    return (
+        ext.lower() in IMAGE_EXTENSIONS
+        and stem.lower().endswith(MASK_SUFFIX)
+        and len(posixpath.basename(stem)) > len(MASK_SUFFIX)
+    )
+
+
+def _classify(
+    files: Iterable[str], caption_extension: str = ".txt"
+) -> tuple[list[str], list[str], list[str]]:
+    """Sorted image, caption and mask paths; junk and unrelated files dropped, unsupported images refused."""
     images: list[str] = []
     captions: list[str] = []
+    masks: list[str] = []
     caption_exts = {*CAPTION_EXTENSIONS, caption_extension.lower()}
     for path in sorted(set(files)):
         if not path or path.endswith("/") or is_junk(path):
             continue
         ext = posixpath.splitext(path)[1].lower()
-        if ext in IMAGE_EXTENSIONS:
+        if is_mask_name(path):
+            masks.append(path)
+        elif ext in IMAGE_EXTENSIONS:
             images.append(path)
         elif ext in caption_exts:
             captions.append(path)
@@ -186,7 +209,7 @@ def _classify(files: Iterable[str], caption_extension: str = ".txt") -> tuple[li
                 code="unsupported_image_type",
                 entry=path,
             )
-    return images, captions
+    return images, captions, masks
 
 
 def _wrapper_prefix(images: list[str]) -> str:
@@ -240,7 +263,9 @@ def _mixed(path: str, why: str) -> DatasetError:
     )
 
 
-def _kohya_subset(folder: str, is_reg: bool, paths: list[str], caption_of: dict[str, str]) -> Subset:
+def _kohya_subset(
+    folder: str, is_reg: bool, paths: list[str], caption_of: dict[str, str], mask_of: dict[str, str]
+) -> Subset:
     name = folder.rsplit("/", 1)[-1]
     parsed = parse_repeats_folder(name)
     assert parsed is not None  # _subset_folder only groups N_ folders
@@ -252,7 +277,7 @@ def _kohya_subset(folder: str, is_reg: bool, paths: list[str], caption_of: dict[
             entry=folder,
         )
     trigger, class_token = split_tokens(tokens, is_reg)
-    entries = tuple(_entry(p, caption_of) for p in paths)
+    entries = tuple(_entry(p, caption_of, {} if is_reg else mask_of) for p in paths)
     return Subset(folder, repeats, trigger, class_token, is_reg, entries)
 
 
@@ -287,5 +312,26 @@ def _caption_index(captions: list[str], caption_extension: str = ".txt") -> dict
     return index
 
 
-def _entry(path: str, caption_of: dict[str, str]) -> ImageEntry:
-    return ImageEntry(path=path, caption_path=caption_of.get(posixpath.splitext(path)[0]))
+def _mask_index(masks: list[str], images: list[str]) -> dict[str, str]:
+    """Image path without extension -> its mask path; the first mask (sorted) wins if several match."""
+    stems = {posixpath.splitext(p)[0] for p in images}
+    index: dict[str, str] = {}
+    for path in masks:
+        stem = posixpath.splitext(path)[0][: -len(MASK_SUFFIX)]
+        if stem in stems:
+            index.setdefault(stem, path)
+    return index
+
+
+def _unused_masks(masks: list[str], subsets: tuple[Subset, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(masks of no image, masks of regularization images): listed, never trained on."""
+    used = {e.mask_path for s in subsets for e in s.images if e.mask_path}
+    reg_stems = {posixpath.splitext(e.path)[0] for s in subsets if s.is_reg for e in s.images}
+    unused = [m for m in masks if m not in used]
+    reg = tuple(m for m in unused if posixpath.splitext(m)[0][: -len(MASK_SUFFIX)] in reg_stems)
+    return tuple(m for m in unused if m not in reg), reg
+
+
+def _entry(path: str, caption_of: dict[str, str], mask_of: dict[str, str]) -> ImageEntry:
+    stem = posixpath.splitext(path)[0]
+    return ImageEntry(path=path, caption_path=caption_of.get(stem), mask_path=mask_of.get(stem))

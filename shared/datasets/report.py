@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from shared.datasets.images import probe_image
+from shared.datasets.images import check_mask_size, probe_image
 from shared.datasets.layout import (
     REJECTED_IMAGE_EXTENSIONS,
     DatasetLayout,
@@ -24,6 +24,7 @@ from shared.datasets.layout import (
     Subset,
     detect_layout,
     is_junk,
+    is_mask_name,
 )
 from shared.datasets.zipsafe import ZipLimits, inspect_zip
 from shared.errors import DatasetError
@@ -36,8 +37,8 @@ SMALL_SIDE = 512  # SD1.5's training resolution; images far below it train blurr
 @dataclass
 class FileOutcome:
     path: str
-    status: str  # accepted, converted, rejected
-    reason: str | None = None  # error code when rejected
+    status: str  # accepted, converted, rejected; "mask" for a NAME_mask.png loss mask (never an image)
+    reason: str | None = None  # error code when rejected; for a mask that is not used, why
     detail: str | None = None
     conversions: list[str] = field(default_factory=list)
 
@@ -129,6 +130,33 @@ def _analyze_image(
     return outcome, image
 
 
+def _analyze_mask(
+    archive: zipfile.ZipFile, entry: ImageEntry, image: AnalyzedImage, limits: ZipLimits
+) -> FileOutcome:
+    """A training image's mask: readable and of the image's size (or aspect ratio: then resized)."""
+    assert entry.mask_path is not None
+    name = entry.mask_path
+    try:
+        info = probe_image(io.BytesIO(archive.read(name)), name, limits.max_image_pixels)
+        resizes = check_mask_size(name, info.upright_size, (image.width, image.height))
+    except DatasetError as exc:
+        return FileOutcome(name, "rejected", exc.code, exc.message)
+    notes = [f"resized to its image's {image.width}x{image.height}"] if resizes else []
+    return FileOutcome(name, "mask", detail=f"loss mask of {entry.path!r}", conversions=notes)
+
+
+def _unused_mask_outcomes(layout: DatasetLayout) -> list[FileOutcome]:
+    orphans = [
+        FileOutcome(m, "mask", "mask_without_image", "no image of the same name beside it; not used")
+        for m in layout.orphan_masks
+    ]
+    reg = [
+        FileOutcome(m, "mask", "reg_mask_unused", "regularization images are not masked (as in sd-scripts)")
+        for m in layout.reg_masks
+    ]
+    return orphans + reg
+
+
 def analyze_dataset_zip(
     path: Path,
     limits: ZipLimits,
@@ -160,7 +188,15 @@ def analyze_dataset_zip(
             for entry in subset.images:
                 outcome, image = _analyze_image(archive, entry, subset, limits, seen)
                 files.append(outcome)
+                if image is None and entry.mask_path is not None:
+                    files.append(
+                        FileOutcome(entry.mask_path, "mask", "image_rejected", "its image was rejected")
+                    )
                 if image is not None:
+                    if entry.mask_path is not None:
+                        files.append(mask := _analyze_mask(archive, entry, image, limits))
+                        if mask.status == "rejected":  # the image trains unmasked
+                            entry = ImageEntry(entry.path, entry.caption_path)
                     images.append(image)
                     kept.append(entry)
             if kept:
@@ -174,7 +210,8 @@ def analyze_dataset_zip(
                         tuple(kept),
                     )
                 )
-    accepted = DatasetLayout(layout.kind, tuple(kept_subsets))
+    files.extend(_unused_mask_outcomes(layout))
+    accepted = DatasetLayout(layout.kind, tuple(kept_subsets), layout.orphan_masks, layout.reg_masks)
     if not accepted.train_subsets:
         rejected = next((f for f in files if f.status == "rejected"), None)
         raise DatasetError(
@@ -233,6 +270,7 @@ def dataset_warnings(
                     f"the training folders use {sorted(train_classes)}",
                 }
             )
+    warnings.extend(_mask_warnings(files))
     duplicates = [f.path for f in files if f.reason == "duplicate_image"]
     if duplicates:
         warnings.append(
@@ -243,6 +281,42 @@ def dataset_warnings(
                 "message": f"{len(duplicates)} images repeat another image's content and were left out",
             }
         )
+    return warnings
+
+
+_MASK_WARNINGS = {
+    "mask_without_image": "{n} mask files (NAME_mask.png) have no image NAME beside them and are not used; "
+    "if one is a training image, rename it",
+    "reg_mask_unused": "{n} mask files are in regularization folders; regularization images train unmasked "
+    "(as in sd-scripts)",
+    "image_rejected": "{n} mask files belong to rejected images and are not used",
+}
+
+
+def _mask_warnings(files: list[FileOutcome]) -> list[dict[str, Any]]:
+    """Mask files that will not weight any loss: bad ones (their image trains unmasked) and unused ones."""
+    warnings: list[dict[str, Any]] = []
+    bad = [f.path for f in files if f.status == "rejected" and is_mask_name(f.path)]
+    if bad:
+        warnings.append(
+            {
+                "code": "masks_rejected",
+                "count": len(bad),
+                "examples": bad[:5],
+                "message": f"{len(bad)} mask files were rejected (see files); their images train unmasked",
+            }
+        )
+    for code, message in _MASK_WARNINGS.items():
+        paths = [f.path for f in files if f.status == "mask" and f.reason == code]
+        if paths:
+            warnings.append(
+                {
+                    "code": code,
+                    "count": len(paths),
+                    "examples": paths[:5],
+                    "message": message.format(n=len(paths)),
+                }
+            )
     return warnings
 
 

@@ -227,3 +227,170 @@ def test_scan_dataset_dir_flat_uses_kwargs(tmp_path: Path):
         and layout.subsets[0].repeats == 5
         and layout.subsets[0].default_caption == "t c"
     )
+
+
+# --- loss masks: NAME_mask.png beside NAME.ext (masked_loss) ------------------------------------------------
+
+
+def test_mask_file_is_the_mask_of_its_image_not_an_image():
+    layout = detect_layout(
+        ["img/2_sks toy/a.png", "img/2_sks toy/a_mask.png", "img/2_sks toy/b.jpg", "img/2_sks toy/b.txt"]
+    )
+    (subset,) = layout.subsets
+    assert [e.path for e in subset.images] == ["img/2_sks toy/a.png", "img/2_sks toy/b.jpg"]
+    assert [e.mask_path for e in subset.images] == ["img/2_sks toy/a_mask.png", None]
+    assert layout.orphan_masks == layout.reg_masks == ()
+
+
+def test_mask_without_image_and_reg_masks_are_listed_not_trained():
+    layout = detect_layout(
+        [
+            "img/1_sks toy/a.png",
+            "img/1_sks toy/gone_mask.png",  # no gone.* beside it
+            "reg/1_toy/r.png",
+            "reg/1_toy/r_mask.png",  # sd-scripts masks training subsets only
+        ]
+    )
+    assert [e.path for s in layout.subsets for e in s.images] == ["img/1_sks toy/a.png", "reg/1_toy/r.png"]
+    assert all(e.mask_path is None for s in layout.subsets for e in s.images)
+    assert layout.orphan_masks == ("img/1_sks toy/gone_mask.png",)
+    assert layout.reg_masks == ("reg/1_toy/r_mask.png",)
+
+
+def test_only_masks_is_no_images():
+    assert _error(["img/1_x/a_mask.png"]).code == "no_images"
+
+
+def _zip(path: Path, files: dict[str, bytes]) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, blob in files.items():
+            archive.writestr(name, blob)
+    return path
+
+
+def _png(size: tuple[int, int], mode: str = "RGB", value: int | tuple = 255) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new(mode, size, value).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_report_lists_masks_checks_their_size_and_warns(tmp_path: Path):
+    from shared.datasets.report import analyze_dataset_zip
+    from shared.datasets.zipsafe import ZipLimits
+
+    folder = "img/1_sks toy/"
+    archive = _zip(
+        tmp_path / "d.zip",
+        {
+            folder + "a.png": _png((64, 48), value=(200, 10, 10)),
+            folder + "a_mask.png": _png((64, 48), "L", 255),  # same size
+            folder + "b.png": _png((64, 48), value=(10, 200, 10)),
+            folder + "b_mask.png": _png((32, 24), "L", 0),  # same aspect ratio: resized
+            folder + "c.png": _png((64, 48), value=(10, 10, 200)),
+            folder + "c_mask.png": _png((48, 48), "L", 0),  # wrong shape: rejected, c trains unmasked
+            folder + "lost_mask.png": _png((64, 48), "L", 0),
+        },
+    )
+    analysis = analyze_dataset_zip(archive, ZipLimits())
+    outcomes = {f.path.rsplit("/", 1)[1]: f for f in analysis.files}
+    assert [i.path.rsplit("/", 1)[1] for i in analysis.images] == [
+        "a.png",
+        "b.png",
+        "c.png",
+    ]  # masks not images
+    assert outcomes["a_mask.png"].status == "mask" and outcomes["a_mask.png"].reason is None
+    assert outcomes["b_mask.png"].status == "mask" and outcomes["b_mask.png"].conversions == [
+        "resized to its image's 64x48"
+    ]
+    assert (outcomes["c_mask.png"].status, outcomes["c_mask.png"].reason) == (
+        "rejected",
+        "mask_size_mismatch",
+    )
+    assert (outcomes["lost_mask.png"].status, outcomes["lost_mask.png"].reason) == (
+        "mask",
+        "mask_without_image",
+    )
+    # identical all-black masks are masks, not duplicate images
+    assert not any(f.reason == "duplicate_image" for f in analysis.files)
+    masks = {e.path.rsplit("/", 1)[1]: e.mask_path for s in analysis.layout.subsets for e in s.images}
+    assert masks == {"a.png": folder + "a_mask.png", "b.png": folder + "b_mask.png", "c.png": None}
+    codes = {w["code"] for w in analysis.warnings}
+    assert {"masks_rejected", "mask_without_image"} <= codes
+
+
+def test_upload_with_a_job_refuses_a_mask_of_the_wrong_size(tmp_path: Path):
+    from shared.config.spec import TrainingConfig
+    from shared.datasets.intake import inspect_dataset_zip
+    from shared.datasets.zipsafe import ZipLimits
+
+    config = TrainingConfig(base_model="tiny", masked_loss=True)
+    good = _zip(
+        tmp_path / "good.zip", {"img/1_x/a.png": _png((64, 48)), "img/1_x/a_mask.png": _png((32, 24), "L")}
+    )
+    report = inspect_dataset_zip(good, config, ZipLimits())
+    assert list(report.masks) == ["img/1_x/a_mask.png"] and list(report.images) == ["img/1_x/a.png"]
+    bad = _zip(tmp_path / "bad.zip", {"img/1_x/a.png": _png((64, 48)), "img/1_x/a_mask.png": _png((64, 64))})
+    with pytest.raises(DatasetError) as err:
+        inspect_dataset_zip(bad, config, ZipLimits())
+    assert err.value.code == "mask_size_mismatch" and err.value.details["entry"] == "img/1_x/a_mask.png"
+
+
+def test_masks_survive_the_worker_folder_and_bad_ones_are_dropped(tmp_path: Path):
+    from shared.datasets.zipsafe import ZipLimits
+    from worker.jobs.dataset_prep import prepare_dataset_dir
+
+    archive = _zip(
+        tmp_path / "d.zip",
+        {
+            "img/1_x/a.webp": b"",  # replaced below by a real WEBP
+            "img/1_x/a_mask.png": _png((64, 48), "L"),
+            "img/1_x/b.png": _png((64, 48)),
+            "img/1_x/b_mask.png": _png((10, 40), "L"),  # rejected at intake: removed here too
+            "img/1_x/gone.png": _png((64, 48)),
+            "img/1_x/gone_mask.png": _png((64, 48), "L"),
+        },
+    )
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    webp = io.BytesIO()
+    Image.new("RGB", (64, 48)).save(webp, format="WEBP")
+    with zipfile.ZipFile(archive) as src, zipfile.ZipFile(tmp_path / "e.zip", "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, webp.getvalue() if name.endswith(".webp") else src.read(name))
+    # a stored dataset's caption snapshot lists images only: "gone" was rejected at upload
+    dest = prepare_dataset_dir(
+        tmp_path / "e.zip",
+        tmp_path / "out",
+        ZipLimits(),
+        captions={"img/1_x/a.webp": "x", "img/1_x/b.png": None},
+    )
+    layout = scan_dataset_dir(dest)
+    masks = {e.path: e.mask_path for s in layout.subsets for e in s.images}
+    assert masks == {"img/1_x/a.png": "img/1_x/a_mask.png", "img/1_x/b.png": None}  # a.webp became a.png
+    assert layout.orphan_masks == ("img/1_x/gone_mask.png",)  # left over, never trained
+
+
+def test_masked_loss_without_masks_warns_in_the_plan_and_trains_unmasked(tmp_path: Path):
+    from shared.config.presets import plan_run
+    from shared.config.spec import TrainingConfig
+    from shared.datasets.intake import inspect_dataset_zip
+    from shared.datasets.zipsafe import ZipLimits
+
+    config = TrainingConfig(base_model="tiny", masked_loss=True, resolution=64, min_bucket_reso=64)
+    plain = _zip(tmp_path / "plain.zip", {"img/1_x/a.png": _png((64, 64))})
+    masked = _zip(tmp_path / "m.zip", {"img/1_x/a.png": _png((64, 64)), "img/1_x/a_mask.png": _png((64, 64))})
+    for archive, warned in ((plain, True), (masked, False)):
+        report = inspect_dataset_zip(archive, config, ZipLimits())
+        run = plan_run(config, report.layout, report.image_sizes, report)
+        no_masks = [w for w in run.warnings if w["code"] == "no_masks"]
+        assert bool(no_masks) is warned
+        assert all(w["field"] == "config.masked_loss" for w in no_masks)

@@ -66,7 +66,7 @@ def test_every_key_is_mapped_ignored_or_unsupported_and_ignored_is_disjoint():
     data.update(
         {
             "random_crop": True,
-            "LoRA_type": "LyCORIS/LoHa",
+            "LoRA_type": "LyCORIS/iA3",
             "something_new": "x",
             "huggingface_token": "hf_secret",
         }
@@ -153,7 +153,7 @@ def test_model_family_lora_type_and_base_model_forms():
     assert imported(v2=True, v_parameterization=True)["config"]["model_family"] == "sd2"
     locon = imported(LoRA_type="Kohya LoCon", conv_dim=16, conv_alpha=8)["config"]
     assert (locon["conv_dim"], locon["conv_alpha"]) == (16, 8)
-    assert "LoRA_type" in unsupported_keys(imported(LoRA_type="LyCORIS/LoCon"))
+    assert "LoRA_type" in unsupported_keys(imported(LoRA_type="LyCORIS/GLoRA"))
     hub = imported(pretrained_model_name_or_path="runwayml/stable-diffusion-v1-5")
     assert hub["config"]["base_model"] == "runwayml/stable-diffusion-v1-5"
     posix = imported(pretrained_model_name_or_path="/home/me/models/anything-v3.safetensors")
@@ -202,3 +202,36 @@ def test_sample_prompts_and_sampler():
     assert config["sample_prompts"] == [PROMPT]
     assert config["sample_every_n_epochs"] == 1 and config["sample_sampler"] == "euler_a"
     assert "sample_sampler" in unsupported_keys(imported(sample_sampler="no-such-sampler"))
+
+
+def test_masked_loss_and_alpha_mask_map_to_the_same_fields():
+    result = imported(masked_loss=True, alpha_mask=True)
+    assert (result["config"]["masked_loss"], result["config"]["alpha_mask"]) == (True, True)
+    assert not {"masked_loss", "alpha_mask"} & unsupported_keys(result)
+    TrainingConfig(**result["config"])
+    off = imported(masked_loss=False, alpha_mask=...)
+    assert off["config"]["masked_loss"] is False and "alpha_mask" not in off["config"]
+
+
+def test_lycoris_types_map_to_network_type_and_their_options():
+    loha = imported(LoRA_type="LyCORIS/LoHa", conv_dim=4, conv_alpha=2, factor=-1)
+    assert (loha["config"]["network_type"], loha["config"]["conv_dim"], loha["config"]["conv_alpha"]) == (
+        "loha",
+        4,
+        2.0,
+    )
+    assert "factor" in ignored(loha) and "lokr_factor" not in loha["config"]
+    lokr = imported(LoRA_type="LyCORIS/LoKr", factor=8, conv_dim=0)
+    assert (lokr["config"]["network_type"], lokr["config"]["lokr_factor"]) == ("lokr", 8)
+    assert "conv_dim" not in lokr["config"]
+    dora = imported(LoRA_type="LyCORIS/LoCon", dora_wd=True, network_dim=8, network_alpha=8, conv_dim=0)
+    assert (dora["config"]["network_type"], dora["config"]["dora_wd"]) == ("lora", True)
+    TrainingConfig.model_validate({**dora["config"], "base_model": "sd15"})
+    for key, value in (("use_tucker", True), ("use_scalar", True), ("LyCORIS_preset", "attn-only")):
+        assert key in unsupported_keys(imported(LoRA_type="LyCORIS/LoHa", **{key: value}))
+    assert "use_tucker" in ignored(imported(LoRA_type="LyCORIS/LoHa", use_tucker=False))
+    # DoRA with alpha != dim would load differently in A1111 and ComfyUI: refused, not silently changed
+    mismatched = imported(LoRA_type="LyCORIS/LoCon", dora_wd=True, network_dim=8, network_alpha=4, conv_dim=0)
+    assert "dora_wd" not in mismatched["config"] or mismatched["unsupported"]
+    for other in ("LyCORIS/iA3", "LyCORIS/GLoRA", "LyCORIS/Native Fine-Tuning", "LyCORIS/BOFT"):
+        assert "LoRA_type" in unsupported_keys(imported(LoRA_type=other))

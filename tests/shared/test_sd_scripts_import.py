@@ -180,9 +180,11 @@ def test_differing_subset_values_and_other_networks_are_refused_by_key():
     refused = unsupported(result)
     assert "datasets.0.subsets.1.flip_aug" in refused and "general.flip_aug" in refused
     assert "differ" in refused["general.flip_aug"]["reason"]
-    lycoris = run('network_module = "lycoris.kohya"\nnetwork_args = ["algo=locon", "conv_dim=8"]\n')
-    assert {"network_module", "network_args.algo", "network_args.conv_dim"} <= set(unsupported(lycoris))
-    assert "conv_dim" not in lycoris["config"]
+    lycoris = run('network_module = "lycoris.kohya"\nnetwork_args = ["algo=ia3", "conv_dim=8"]\n')
+    assert {"network_args.algo", "network_args.conv_dim"} <= set(unsupported(lycoris))
+    assert "conv_dim" not in lycoris["config"] and "network_type" not in lycoris["config"]
+    dylora = run('network_module = "networks.dylora"\nnetwork_args = ["unit=4"]\n')
+    assert {"network_module", "network_args.unit"} <= set(unsupported(dylora))
     other = run('max_train_steps = 2000\noptimizer_type = "DAdaptAdam"\nlr_scheduler = "constant"\n'
                 'lr_warmup_steps = 10\nmultires_noise_iterations = 6\nnot_an_option = 1\n')  # fmt: skip
     refused = unsupported(other)
@@ -234,3 +236,58 @@ def test_wrong_types_and_malformed_toml_are_422s_naming_the_file_and_key(config,
     assert error.status_code == 422
     assert error.details["fields"][0]["field"] == field
     assert words in error.details["fields"][0]["message"]
+
+
+def test_masked_loss_and_alpha_mask_are_mapped_not_refused():
+    config = SD15_LORA_TOML + "\nmasked_loss = true\nalpha_mask = true\n"
+    result = run(config, script="train_network")
+    assert (result["config"]["masked_loss"], result["config"]["alpha_mask"]) == (True, True)
+    assert {"masked_loss", "alpha_mask"} <= set(mapped(result)) and not unsupported(result)
+    TrainingConfig(**result["config"])
+    # the dataset TOML's subset alpha_mask (sd-scripts' per-subset switch) maps too
+    dataset = SINGLE_SUBSET_TOML.replace("[[datasets.subsets]]", "[[datasets.subsets]]\nalpha_mask = true", 1)
+    assert run(SD15_LORA_TOML, dataset, "train_network")["config"]["alpha_mask"] is True
+    # a mask folder (conditioning_data_dir) is refused, with where the masks go instead
+    folder = SINGLE_SUBSET_TOML.replace(
+        "[[datasets.subsets]]", '[[datasets.subsets]]\nconditioning_data_dir = "/masks"', 1
+    )
+    refused = unsupported(run(SD15_LORA_TOML, folder, "train_network"))
+    assert any("NAME_mask.png" in u["reason"] for u in refused.values())
+
+
+def _lycoris(args: str, dim: int = 8, alpha: float = 8) -> dict[str, Any]:
+    return run(
+        f'network_module = "lycoris.kohya"\nnetwork_dim = {dim}\nnetwork_alpha = {alpha}\n'
+        f"network_args = {args}\n"
+    )
+
+
+def test_lycoris_algos_and_their_args_map_to_the_network_fields():
+    loha = _lycoris('["algo=loha", "conv_dim=4", "conv_alpha=1"]')
+    config = loha["config"]
+    assert (config["network_type"], config["conv_dim"], config["conv_alpha"]) == ("loha", 4, 1.0)
+    assert not unsupported(loha) and "network_module" in mapped(loha)
+    lokr = _lycoris('["algo=lokr", "factor=8", "dora_wd=True", "wd_on_output=False"]')
+    config = lokr["config"]
+    assert (config["network_type"], config["lokr_factor"], config["dora_wd"]) == ("lokr", 8, True)
+    TrainingConfig.model_validate({**config, "base_model": "sd15"})
+    balanced = _lycoris('["algo=lokr", "factor=-1"]')["config"]
+    assert balanced["network_type"] == "lokr" and "lokr_factor" not in balanced
+    # LyCORIS' lora / locon (and no algo: its default) write Kohya's LoRA keys: lorabake's LoRA / LoCon
+    for args in ('["algo=locon", "conv_dim=8", "conv_alpha=4"]', '["conv_dim=8", "conv_alpha=4"]'):
+        config = _lycoris(args)["config"]
+        assert (config["network_type"], config["conv_dim"], config["conv_alpha"]) == ("lora", 8, 4.0)
+    assert _lycoris('["algo=lora", "dora_wd=True"]')["config"]["dora_wd"] is True
+
+
+def test_lycoris_options_lorabake_does_not_have_are_refused_by_name():
+    for algo in ("ia3", "glora", "full", "dylora", "boft", "diag-oft"):
+        result = _lycoris(f'["algo={algo}"]')
+        assert "network_args.algo" in unsupported(result) and "network_type" not in result["config"]
+    refused = unsupported(_lycoris('["algo=loha", "use_tucker=True", "preset=attn-mlp", "bogus=1"]'))
+    assert {"network_args.use_tucker", "network_args.preset", "network_args.bogus"} <= set(refused)
+    off = _lycoris('["algo=loha", "use_tucker=False", "preset=full", "rank_dropout=0"]')
+    assert not unsupported(off)
+    # DoRA needs alpha = dim (A1111 and ComfyUI scale it differently otherwise): the value is refused
+    assert unsupported(_lycoris('["algo=lora", "dora_wd=True"]', dim=8, alpha=4))
+    assert "network_args.factor" not in unsupported(_lycoris('["algo=loha", "factor=4"]'))

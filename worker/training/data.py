@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from shared.config.buckets import Assignment, BucketSelector, BucketSettings, Size
 from shared.config.plan import epoch_samples
-from shared.datasets.images import upright_size
+from shared.datasets.images import check_mask_size, upright_size
 from shared.datasets.layout import DatasetLayout, ImageEntry, Subset
 from worker.training.captions import CaptionOptions, process_caption
 
@@ -131,6 +132,85 @@ def load_training_image(path: Path, resolution: int) -> torch.Tensor:
     image = load_image(path)
     assignment = BucketSelector(BucketSettings(resolution=resolution, enable_bucket=False)).select(image.size)
     return image_to_tensor(fit_to_bucket(image, assignment, name=path.name))
+
+
+# --- loss masks (masked_loss / alpha_mask) ------------------------------------------------------------------
+# As sd-scripts: a mask file's R channel, or the image's alpha, over 255 is the loss weight (white/opaque 1,
+# black/transparent 0, grey in between); it goes through the image's resize, crop and flip, is reduced to
+# latent size by area averaging, and multiplies the per-element loss before its mean.
+
+
+def load_mask(mask_path: Path | None, image_path: Path, *, alpha: bool) -> Image.Image | None:
+    """The loss-weight image ("L", upright, the image's size) of one image: its mask file if given, else its
+    alpha channel when `alpha` (opaque where it has none), else None (the image trains unmasked)."""
+    if mask_path is not None:
+        with Image.open(mask_path) as img:
+            mask = ImageOps.exif_transpose(img).convert("RGB").getchannel("R")  # sd-scripts: the R channel
+        with Image.open(image_path) as img:
+            size = ImageOps.exif_transpose(img).size
+        if mask.size != size:
+            check_mask_size(mask_path.name, mask.size, size)  # same aspect ratio, else a DatasetError
+            # like an image's own resize: area averaging when shrinking, Lanczos when growing
+            shrinking = mask.width >= size[0] and mask.height >= size[1]
+            mask = mask.resize(size, Image.Resampling.BOX if shrinking else Image.Resampling.LANCZOS)
+        return mask
+    if alpha:
+        with Image.open(image_path) as img:
+            # convert("RGBA") gives palette transparency an alpha, and 255 to images without one
+            return ImageOps.exif_transpose(img).convert("RGBA").getchannel("A")
+    return None
+
+
+def mask_to_latent(
+    mask: Image.Image, assignment: Assignment, latent_size: tuple[int, int], *, name: str = "mask"
+) -> torch.Tensor:
+    """[1, h, w] float32 weights in [0, 1] at latent_size (h, w): the mask fitted to the bucket as its image
+    is (fit_to_bucket: same resize and crop), then averaged over the pixels of each latent pixel (8x8 for
+    SD's VAE; sd-scripts: interpolate(mode="area") to the loss's size)."""
+    fitted = fit_to_bucket(mask, assignment, name=name)
+    pixels = torch.from_numpy(np.array(fitted, dtype=np.float32)).div_(255.0)[None, None]
+    return F.interpolate(pixels, size=tuple(latent_size), mode="area")[0]
+
+
+def cache_loss_masks(
+    dataset_dir: Path,
+    latents: BucketLatents,
+    image_paths: Sequence[str],
+    assignments: Mapping[str, Assignment],
+    mask_paths: Mapping[str, str | None],
+    *,
+    alpha: bool,
+) -> list[torch.Tensor] | None:
+    """Per bucket [n, 1, h, w] weights in the rows of `latents` (ones for an image without a mask), on the
+    latents' device; None when no image has a mask, so training is exactly unmasked. Flipped samples use
+    the mask mirrored (BucketLatents.mask_rows), as sd-scripts flips it with the image."""
+    dataset_dir = Path(dataset_dir)
+    masks = [torch.ones((t.shape[0], 1, *t.shape[2:]), dtype=torch.float32) for t in latents.latents]
+    found = False
+    for index, rel in enumerate(image_paths):
+        mask_rel = mask_paths.get(rel)
+        mask = load_mask(dataset_dir / mask_rel if mask_rel else None, dataset_dir / rel, alpha=alpha)
+        if mask is None:
+            continue
+        found = True
+        bucket, row = latents.image_bucket[index], latents.image_row[index]
+        masks[bucket][row] = mask_to_latent(
+            mask, assignments[rel], masks[bucket].shape[2:], name=mask_rel or rel
+        )
+    if not found:
+        return None
+    device = latents.latents[0].device
+    return [m.to(device) for m in masks]
+
+
+def mask_rows(
+    masks: list[torch.Tensor], bucket: int, rows: torch.Tensor, flipped: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[B, 1, h, w] loss weights of rows of one bucket, mirrored where `flipped` (the latents are too)."""
+    weights = masks[bucket][rows]
+    if flipped is None:
+        return weights
+    return torch.where(flipped.view(-1, 1, 1, 1), torch.flip(weights, dims=[3]), weights)
 
 
 # --- latents ------------------------------------------------------------------------------------------------

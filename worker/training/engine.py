@@ -24,7 +24,17 @@ from shared.config.buckets import BucketSettings, assign_buckets, sdxl_size_cond
 from shared.config.plan import TrainingPlan, compute_plan
 from shared.config.spec import TrainingConfig
 from shared.datasets.layout import scan_dataset_dir
-from worker.training import checkpoints, conditioning, data, export, network, optim, sampling, text
+from worker.training import (
+    checkpoints,
+    conditioning,
+    data,
+    export,
+    lycoris_network,
+    network,
+    optim,
+    sampling,
+    text,
+)
 from worker.training import noise as noise_options
 from worker.training.captions import CaptionOptions, with_affixes
 from worker.training.errors import TrainingSetupError
@@ -88,6 +98,7 @@ class TrainResult:
     pipeline: DiffusionPipeline  # the trained in-memory pipeline (SD/SDXL), adapters attached, in eval mode
     family: str = "sd1"  # the base model's family: "sd1", "sd2" or "sdxl"
     v_parameterization: bool = False  # trained on v targets (pipeline.scheduler says the same)
+    lycoris: torch.nn.Module | None = None  # the LyCORIS network (LoHa/LoKr/DoRA), hooked into the pipeline
 
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -174,6 +185,7 @@ class _Batches:
     pooled: torch.Tensor | None = None  # SDXL: per item pooled text embeds, when the encoders are frozen
     time_ids: torch.Tensor | None = None  # SDXL: per item (orig h, w, crop top, left, target h, w), float32
     time_ids_flipped: torch.Tensor | None = None  # SDXL with flip_aug: the same for the mirrored image
+    masks: list[torch.Tensor] | None = None  # masked_loss/alpha_mask: per bucket [n, 1, h, w] loss weights
 
 
 def _encode_text(
@@ -288,7 +300,10 @@ class _LossFn:
                 noisy.to(self.weight_dtype), timesteps, hidden, added_cond_kwargs=added, return_dict=False
             )[0]
         # Kohya: float32 MSE, mean per sample, times the sample's weight (prior_loss_weight for reg), mean.
-        per_sample = F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3))
+        per_element = F.mse_loss(pred.float(), target, reduction="none")
+        if b.masks is not None:  # sd-scripts' apply_masked_loss: weights before the mean over all elements
+            per_element = per_element * data.mask_rows(b.masks, batch.bucket, b.item_row[items], flipped)
+        per_sample = per_element.mean(dim=(1, 2, 3))
         if self.min_snr_gamma is not None:  # Kohya's apply_snr_weight, after the sample weights
             per_sample = per_sample * noise_options.min_snr_weight(
                 timesteps, self.all_snr, self.min_snr_gamma, v_prediction=self.schedule.v_prediction
@@ -316,28 +331,50 @@ class _Rate:
 # --- the run ------------------------------------------------------------------------------------------------
 
 
+def _add_lycoris(
+    pipe: DiffusionPipeline, config: TrainingConfig
+) -> tuple[lycoris_network.LycorisNetwork, list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """LoHa / LoKr / DoRA: LyCORIS modules on the same targets; (network, U-Net params, encoder params)."""
+    net = lycoris_network.add_lycoris(
+        pipe.unet,
+        _text_encoders(pipe) if config.trains_text_encoder else [],  # SDXL: both encoders or neither
+        lycoris_network.LycorisSettings.from_config(config),
+        target=config.network_target,
+    )
+    unet_params, te_params = [], []
+    for name, p in net.named_parameters():
+        (unet_params if name.startswith(export.UNET_PREFIX) else te_params).append(p)
+    return net, unet_params, te_params
+
+
 def _add_network(
     pipe: DiffusionPipeline, config: TrainingConfig, seed: int, device: torch.device
-) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter], torch.dtype]:
+) -> tuple[
+    list[torch.nn.Parameter], list[torch.nn.Parameter], torch.dtype, lycoris_network.LycorisNetwork | None
+]:
     unet, vae, text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
     for model in (unet, vae, text_encoder):
         model.requires_grad_(False)  # only the LoRA weights add_lora creates will train
     torch.manual_seed(seed)  # the LoRA init draws from the global RNG
-    unet_params, te_params = network.add_lora(
-        unet,
-        text_encoder if config.trains_text_encoder else None,
-        rank=config.network_dim,
-        alpha=config.network_alpha,
-        target=config.network_target,
-        conv_rank=config.conv_dim,
-        conv_alpha=config.conv_alpha,
-    )
+    lycoris: lycoris_network.LycorisNetwork | None = None
+    if config.uses_lycoris:
+        lycoris, unet_params, te_params = _add_lycoris(pipe, config)
+    else:
+        unet_params, te_params = network.add_lora(
+            unet,
+            text_encoder if config.trains_text_encoder else None,
+            rank=config.network_dim,
+            alpha=config.network_alpha,
+            target=config.network_target,
+            conv_rank=config.conv_dim,
+            conv_alpha=config.conv_alpha,
+        )
     text_encoders = [text_encoder]
     text_encoder_2 = getattr(pipe, "text_encoder_2", None)
     if text_encoder_2 is not None:  # SDXL: both encoders get LoRA (lora_te1_/lora_te2_) or neither does
         text_encoders.append(text_encoder_2)
         text_encoder_2.requires_grad_(False)
-        if config.trains_text_encoder:
+        if config.trains_text_encoder and lycoris is None:
             te2_params = network.add_text_encoder_lora(
                 text_encoder_2,
                 rank=config.network_dim,
@@ -352,6 +389,8 @@ def _add_network(
     for model, dtype in placements:
         # dtype only when it changes: diffusers warns on every .to(dtype) of a model.
         model.to(device, **({"dtype": dtype} if model.dtype != dtype else {}))
+    if lycoris is not None:
+        lycoris.to(device)  # not a child of the models it is hooked into: moved on its own, kept float32
     for p in (*unet_params, *te_params):
         p.data = p.data.float()
     if config.gradient_checkpointing:
@@ -360,7 +399,7 @@ def _add_network(
             # Non-reentrant: the reentrant variant drops the gradients of LoRA weights behind frozen inputs.
             for te in text_encoders:
                 te.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    return unet_params, te_params, weight_dtype
+    return unet_params, te_params, weight_dtype, lycoris
 
 
 def _prepare_batches(
@@ -390,6 +429,12 @@ def _prepare_batches(
         image_sizes=image_sizes,
         disk_cache=disk_cache,
     )  # kept float32: noise, noisy latents and targets are formed in fp32, only the UNet input is cast
+    masks = None
+    if config.uses_loss_masks:  # computed from the files each run: the latent cache does not depend on them
+        mask_paths = {e.path: e.mask_path for s, e in table.items if config.masked_loss and not s.is_reg}
+        masks = data.cache_loss_masks(
+            dataset_dir, latents, table.image_paths, assignments, mask_paths, alpha=config.alpha_mask
+        )
     caption_options = CaptionOptions.from_config(config)
     varies = caption_options.varies  # then each batch brings this step's captions, tokenised per step
     captions = tuple(with_affixes(c, caption_options) for c in table.captions)
@@ -429,6 +474,7 @@ def _prepare_batches(
         pooled=pooled,
         time_ids=time_ids,
         time_ids_flipped=time_ids_flipped,
+        masks=masks,
     )
 
 
@@ -485,7 +531,7 @@ def train_lora(
     base_hashes = _base_model_hashes(resolved.path, hash_cache)  # once per model file: cached (model_hashes)
     text.check_options(config, family, pipe.text_encoder)
     v_parameterization = _set_prediction_type(pipe, config.v_parameterization)
-    unet_params, te_params, weight_dtype = _add_network(pipe, config, seed, accelerator.device)
+    unet_params, te_params, weight_dtype, lycoris = _add_network(pipe, config, seed, accelerator.device)
     optimizer = optim.build_optimizer(config, unet_params, te_params)
     lr_scheduler = optim.build_lr_scheduler(config, optimizer, plan.total_steps)
     optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
@@ -526,6 +572,8 @@ def train_lora(
     pipe.unet.train()
     for te in _text_encoders(pipe):
         te.train(train_te)
+    if lycoris is not None:
+        lycoris.train()
     loss_fn = _LossFn(pipe, batches, accelerator, weight_dtype, seed, config=config)
     params = [*unet_params, *te_params]
     accum = config.gradient_accumulation_steps
@@ -538,13 +586,22 @@ def train_lora(
         out_dir=out_dir,
         hooks=hooks,
         save_file=lambda name, epoch, step, is_final: _save(
-            pipe, config, out_dir, run_metadata, epoch=epoch, step=step, is_final=is_final, name=name
+            pipe,
+            config,
+            out_dir,
+            run_metadata,
+            epoch=epoch,
+            step=step,
+            is_final=is_final,
+            name=name,
+            lycoris=lycoris,
         ),
         train_state=checkpoints.TrainState(
             models={
                 "unet": pipe.unet,
                 "text_encoder": pipe.text_encoder,
                 "text_encoder_2": getattr(pipe, "text_encoder_2", None),
+                "lycoris": lycoris,  # LoHa/LoKr/DoRA: its modules hook into the models but are not theirs
             },
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
@@ -595,6 +652,8 @@ def train_lora(
     pipe.unet.eval()
     for te in _text_encoders(pipe):
         te.eval()
+    if lycoris is not None:
+        lycoris.eval()
     return TrainResult(
         files=files,
         seed=seed,
@@ -603,6 +662,7 @@ def train_lora(
         pipeline=pipe,
         family=family,
         v_parameterization=v_parameterization,
+        lycoris=lycoris,
     )
 
 
@@ -678,8 +738,19 @@ def _save(
     step: int,
     is_final: bool,
     name: str | None = None,  # default: the epoch file's name
+    lycoris: lycoris_network.LycorisNetwork | None = None,
 ) -> SavedLora:
     path = out_dir / (name or export.lora_file_name(config.output_name, epoch, is_final=is_final))
+    metadata = export.file_metadata(run_metadata, epoch=epoch, step=step, finished_at=time.time())
+    if lycoris is not None:  # LoHa / LoKr / DoRA: LyCORIS' keys, ss_network_module lycoris.kohya
+        lycoris_network.save_lycoris(
+            lycoris,
+            path,
+            settings=lycoris_network.LycorisSettings.from_config(config),
+            save_dtype=export.SAVE_DTYPES[config.save_precision],
+            metadata=metadata,
+        )
+        return SavedLora(path=path, epoch=epoch, step=step, is_final=is_final)
     train_te = config.trains_text_encoder
     export.save_kohya_lora(
         pipe.unet,
@@ -689,6 +760,6 @@ def _save(
         network_alpha=config.network_alpha,
         conv_alpha=(config.conv_alpha or 1.0) if config.conv_dim else None,  # Kohya's conv_alpha default: 1
         save_dtype=export.SAVE_DTYPES[config.save_precision],
-        metadata=export.file_metadata(run_metadata, epoch=epoch, step=step, finished_at=time.time()),
+        metadata=metadata,
     )
     return SavedLora(path=path, epoch=epoch, step=step, is_final=is_final)

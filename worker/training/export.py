@@ -57,6 +57,28 @@ def _te_module_path(name: str) -> str:
     return name if name.startswith(TE_ROOT) else TE_ROOT + name
 
 
+def named_models(
+    unet: torch.nn.Module,
+    text_encoder: torch.nn.Module | None,
+    *,
+    text_encoder_2: torch.nn.Module | None = None,
+) -> list[tuple[str, torch.nn.Module, Callable[[str], str]]]:
+    """(key prefix, model, module path -> the path Kohya names) for the U-Net and the given text encoders:
+    the naming rules of kohya_modules, shared with LyCORIS networks (worker/training/lycoris_network.py)."""
+    config = getattr(unet, "config", {})
+    sai = SaiNames(config) if is_sdxl_unet(config) else None
+    models: list[tuple[str, torch.nn.Module, Callable[[str], str]]] = [
+        (UNET_PREFIX, unet, sai.to_sai if sai is not None else _same)
+    ]
+    if text_encoder_2 is not None:
+        for prefix, encoder in ((TE1_PREFIX, text_encoder), (TE2_PREFIX, text_encoder_2)):
+            if encoder is not None:
+                models.append((prefix, encoder, _te_module_path))
+    elif text_encoder is not None:
+        models.append((TE_PREFIX, text_encoder, _te_module_path))
+    return models
+
+
 def kohya_modules(
     unet: torch.nn.Module,
     text_encoder: torch.nn.Module | None,
@@ -71,20 +93,9 @@ def kohya_modules(
     U-Net (text_time conditioning) is named in the SAI layout, as sd-scripts' SDXL trainer names it
     (A1111 and Forge look SDXL keys up in that layout); SD1.x/2.x U-Nets keep their diffusers paths.
     """
-    config = getattr(unet, "config", {})
-    sai = SaiNames(config) if is_sdxl_unet(config) else None
-    models: list[tuple[str, torch.nn.Module, Callable[[str], str]]] = [
-        (UNET_PREFIX, unet, sai.to_sai if sai is not None else _same)
-    ]
-    if text_encoder_2 is not None:
-        for prefix, encoder in ((TE1_PREFIX, text_encoder), (TE2_PREFIX, text_encoder_2)):
-            if encoder is not None:
-                models.append((prefix, encoder, _te_module_path))
-    elif text_encoder is not None:
-        models.append((TE_PREFIX, text_encoder, _te_module_path))
     named: list[tuple[str, LoraLayer]] = []
     seen: set[str] = set()
-    for prefix, model, module_path in models:
+    for prefix, model, module_path in named_models(unet, text_encoder, text_encoder_2=text_encoder_2):
         for name, layer in lora_layers(model):
             key = kohya_name(prefix, module_path(name))
             if key in seen:  # two modules under one name would load as one: never write that

@@ -209,7 +209,8 @@ def training_metadata(
     triggers = trigger_words(config, layout)
     values: dict[str, object] = {
         "ss_session_id": new_session_id() if session_id is None else session_id,
-        "ss_network_module": "networks.lora",
+        # LoHa / LoKr / DoRA: LyCORIS' module; its ss_network_args are written with the file (lycoris_network)
+        "ss_network_module": "lycoris.kohya" if config.uses_lycoris else "networks.lora",
         "ss_network_dim": config.network_dim,
         "ss_network_alpha": float(config.network_alpha),
         "ss_base_model_version": base_model_version(family, v_parameterization),
@@ -354,7 +355,7 @@ def option_metadata(config: TrainingConfig) -> dict[str, str]:
     ):
         values["ss_lr_scheduler"] = f"adafactor:{config.unet_lr}"  # Kohya's get_optimizer renames it so
     out = {k: str(v) for k, v in values.items()}
-    if config.conv_dim is not None:
+    if config.conv_dim is not None and not config.uses_lycoris:
         conv_alpha = config.conv_alpha if config.conv_alpha is not None else 1.0
         out["ss_network_args"] = json.dumps({"conv_dim": str(config.conv_dim), "conv_alpha": str(conv_alpha)})
     return out
