@@ -2,7 +2,9 @@
 enter the key, upload a Kohya zip (straight to storage, with a progress bar), read the intake report, fix a
 caption and drop a tag, start training from a preset with the live plan, watch the progress bar move and the
 loss chart grow from the event stream, see a sample, download an epoch file and check its sha256, then the
-job and dataset lists with a status filter. A screenshot of each page lands in the test's tmp_path."""
+job and dataset lists with a status filter; on the finished job, compare its epochs (the grid, a cell full
+size, an epoch's file from its row) and draw a `<lora:...>` preview (and see an unknown LoRA named next to
+the prompt). A screenshot of each page lands in the test's tmp_path."""
 
 from __future__ import annotations
 
@@ -248,13 +250,85 @@ def test_upload_review_train_watch_and_download_in_chromium(
             assert hashlib.sha256(saved.read_bytes()).hexdigest() == lora["sha256"]
             shot(page, shots, "07-job-done")
 
+            # -- compare epochs from the page: a tiny grid (64 px cells, 2 steps, weights 0 and 1)
+            expect(page.get_by_label("Prompts (one per line, Kohya flags allowed)")).to_have_value(
+                "lisabp woman --w 64 --h 64 --s 2 --d 1"
+            )  # the job's sample prompts, as the API defaults them
+            weights = page.get_by_label("LoRA weights (columns)")
+            expect(weights).to_have_value("0, 0.5, 0.75, 1")
+            expect(page.get_by_label("Epoch 1", exact=True)).to_be_checked()
+            expect(page.get_by_label("Epoch 2 (final)")).to_be_checked()
+            weights.fill("0, 1")
+            for field, value in {"steps": "2", "width": "64", "height": "64"}.items():
+                page.locator(f"#compare-{field}").fill(value)
+            page.get_by_role("button", name="Compare epochs").click()
+            expect(page.get_by_role("button", name="Comparison running…")).to_be_disabled()
+            expect(page.get_by_test_id("comparison-status")).to_have_text("succeeded", timeout=120_000)
+            listed = httpx.get(f"{url}/v1/jobs", headers=headers, params={"limit": 100}).json()["items"]
+            compare_job = next(j for j in listed if j["kind"] == "compare")
+            assert compare_job["config"]["source_job_id"] == job_id
+            assert compare_job["config"]["weights"] == [0.0, 1.0]
+            compare_files = httpx.get(f"{url}/v1/jobs/{compare_job['id']}/artifacts", headers=headers).json()
+            grid_meta = next(a for a in compare_files if a["kind"] == "grid")["meta"]
+            assert (grid_meta["cell_width"], grid_meta["cell_height"]) == (64, 64)
+            assert len(grid_meta["rows"]) == 2 and len(grid_meta["columns"]) == 2
+            grid = page.get_by_role("img", name=re.compile(r"^Comparison grid for .lisabp woman"))
+            expect(grid).to_be_visible()
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=grid.element_handle())
+            assert grid.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [
+                grid_meta["left"] + 64 * 2,
+                grid_meta["top"] + 64 * 2,
+            ]
+            expect(page.get_by_role("button", name="Compare epochs")).to_be_enabled()
+            # each epoch row offers its file, so the best one is picked from the grid
+            with page.expect_download() as download:
+                page.get_by_role("button", name="Download epoch 1 (lisa_web-000001.safetensors)").click()
+            assert download.value.suggested_filename == "lisa_web-000001.safetensors"
+            shot(page, shots, "12-compare")
+            cell = page.get_by_role("button", name="Open epoch 2, weight 1, seed 1")
+            cell.click()
+            dialog = page.get_by_role("dialog", name="Epoch 2, weight 1")
+            expect(dialog).to_be_visible()
+            expect(dialog).to_contain_text("<lora:lisa_web:1>")
+            full = dialog.get_by_role("img")
+            expect(full).to_be_visible()
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=full.element_handle())
+            assert full.evaluate("img => img.naturalWidth") == 64
+            shot(page, shots, "12b-compare-cell")
+            page.keyboard.press("Escape")
+            expect(dialog).to_be_hidden()
+            expect(cell).to_be_focused()
+
+            # -- a preview with a <lora:...> tag, then an unknown LoRA named next to the prompt
+            prompt = page.get_by_label("Prompt", exact=True)
+            expect(prompt).to_have_value("<lora:lisa_web:1> lisabp woman")
+            prompt.fill("lisabp woman, red dress <lora:lisa_web-000001:0.8>")
+            for field, value in {"seed": "5", "steps": "2", "width": "64", "height": "64"}.items():
+                page.locator(f"#preview-{field}").fill(value)
+            page.get_by_role("button", name="Draw preview").click()
+            expect(page.get_by_test_id("preview-status")).to_have_text("succeeded", timeout=90_000)
+            preview = page.get_by_role("img", name=re.compile(r"^Preview: lisabp woman"))
+            expect(preview).to_be_visible()
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=preview.element_handle())
+            assert preview.evaluate("img => img.naturalWidth") == 64
+            preview.scroll_into_view_if_needed()
+            shot(page, shots, "13-preview")
+            prompt.fill("<lora:no_such_lora:1> lisabp woman")
+            page.get_by_role("button", name="Draw preview").click()
+            prompt_error = page.locator("#preview-prompt-error")
+            expect(prompt_error).to_contain_text("No LoRA file named “no_such_lora”")
+            expect(prompt).to_have_attribute("aria-invalid", "true")
+            expect(prompt).to_have_attribute("aria-describedby", "preview-prompt-error")
+            prompt.scroll_into_view_if_needed()
+            shot(page, shots, "14-preview-error")
+
             # -- the lists, newest first, with the status filter
             page.get_by_role("link", name="Jobs", exact=True).click()
-            expect(page.get_by_role("link", name="lisa_web")).to_be_visible()
+            expect(page.get_by_role("link", name="lisa_web", exact=True)).to_be_visible()
             page.get_by_label("Status", exact=True).select_option("failed")
             expect(page.get_by_text("No jobs with status failed yet.")).to_be_visible()
             page.get_by_label("Status", exact=True).select_option("succeeded")
-            expect(page.get_by_role("link", name="lisa_web")).to_be_visible()
+            expect(page.get_by_role("link", name="lisa_web", exact=True)).to_be_visible()
             shot(page, shots, "08-jobs")
             page.get_by_role("link", name="Datasets").click()
             expect(page.get_by_role("link", name="lisa v1")).to_be_visible()

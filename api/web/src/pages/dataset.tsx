@@ -28,6 +28,11 @@ function IntakeReport({ dataset }: { dataset: Dataset }) {
         <span class="badge badge-succeeded">{counts["accepted"] ?? 0} accepted</span>{" "}
         <span class="badge badge-preparing">{counts["converted"] ?? 0} converted</span>{" "}
         <span class="badge badge-failed">{counts["rejected"] ?? 0} rejected</span>{" "}
+        {counts["mask"] ? (
+          <>
+            <span class="badge badge-file-mask">{counts["mask"]} loss mask(s)</span>{" "}
+          </>
+        ) : null}
         <span class="muted">
           · {dataset.images} training images, {dataset.reg_images} regularization · {formatBytes(dataset.bytes)} ·
           uploaded {formatTime(dataset.created_at)}
@@ -70,6 +75,7 @@ function IntakeReport({ dataset }: { dataset: Dataset }) {
           <option value="accepted">accepted</option>
           <option value="converted">converted</option>
           <option value="rejected">rejected</option>
+          {counts["mask"] ? <option value="mask">loss masks</option> : null}
         </select>
       </div>
       <table class="list compact">
@@ -315,9 +321,9 @@ export function DatasetPage({ id }: { id: string }) {
           body: { expected_revision: current, ...body } as Schemas["CaptionEdit"],
         }),
       );
-      setNotice(`${what}: revision ${result.revision}, ${result.changed} caption(s) changed.`);
       setViewRevision(null);
-      await load(null);
+      await load(null); // the page holds the new revision before it says so: a next edit expects it
+      setNotice(`${what}: revision ${result.revision}, ${result.changed} caption(s) changed.`);
     } catch (e) {
       setEditError(e);
     }

@@ -13,6 +13,7 @@ import {
 } from "../api";
 import { AuthImage, ErrorNote, LossChart, ProgressBar, Section, StatusBadge } from "../components";
 import { href } from "../router";
+import { CompareSection, ComparisonJobView, epochFiles, PreviewSection } from "./previews";
 
 type LivePoint = { step: number; loss: number };
 
@@ -80,6 +81,33 @@ function Artifacts({ job, artifacts }: { job: Job; artifacts: Artifact[] }) {
       ) : (
         <p class="muted">{TERMINAL.includes(job.status) ? "No files were saved." : "Each saved epoch's file appears here as soon as it is uploaded."}</p>
       )}
+    </Section>
+  );
+}
+
+export function jobTitle(job: Job): string {
+  const name = String((job.config as Record<string, unknown>)["output_name"] ?? "");
+  if (job.kind === "train") return name || "lora";
+  if (job.kind === "compare") return `${name || "lora"} comparison`;
+  if (job.kind === "generate") return "preview";
+  return `${job.kind} job`;
+}
+
+function Images({ artifacts }: { artifacts: Artifact[] }) {
+  const images = artifacts.filter((a) => a.kind === "image");
+  if (!images.length) return null;
+  return (
+    <Section title="Image" id="images">
+      <ul class="sample-grid">
+        {images.map((a) => (
+          <li>
+            <figure>
+              <AuthImage path={a.download_url} alt={`image ${a.name}`} />
+              <figcaption class="small">{String((a.meta ?? {})["prompt"] ?? a.name)}</figcaption>
+            </figure>
+          </li>
+        ))}
+      </ul>
     </Section>
   );
 }
@@ -182,7 +210,6 @@ export function JobPage({ id }: { id: string }) {
 
   if (!job) return error ? <ErrorNote error={error} /> : <p aria-live="polite">Loading job…</p>;
   const p = job.progress;
-  const config = job.config as Record<string, unknown>;
   const finished = TERMINAL.includes(job.status);
   const plan = job.plan as { steps_per_epoch?: number; total_steps?: number; saved_epochs?: number[] };
 
@@ -190,7 +217,7 @@ export function JobPage({ id }: { id: string }) {
     <>
       <div class="page-head">
         <h1>
-          {job.kind === "train" ? String(config["output_name"] ?? "lora") : `${job.kind} job`} <span class="muted mono small">{job.id}</span>
+          {jobTitle(job)} <span class="muted mono small">{job.id}</span>
         </h1>
         {!finished && (
           <button
@@ -277,6 +304,14 @@ export function JobPage({ id }: { id: string }) {
       )}
       <Artifacts job={job} artifacts={artifacts} />
       <Samples artifacts={artifacts} />
+      {job.kind === "train" && finished && epochFiles(job, artifacts).size > 0 && (
+        <>
+          <CompareSection job={job} artifacts={artifacts} />
+          <PreviewSection job={job} artifacts={artifacts} />
+        </>
+      )}
+      {job.kind === "compare" && finished && <ComparisonJobView id={job.id} />}
+      {job.kind === "generate" && <Images artifacts={artifacts} />}
       <details class="card">
         <summary>Config</summary>
         <pre class="config">{JSON.stringify(job.config, null, 2)}</pre>

@@ -2,6 +2,7 @@ import { useEffect, useState } from "preact/hooks";
 import { api, formatTime, JOB_STATUSES, type Job, type JobStatus, unwrap } from "../api";
 import { ErrorNote, ProgressBar, StatusBadge } from "../components";
 import { href } from "../router";
+import { jobTitle } from "./job";
 
 export function JobsPage() {
   const [status, setStatus] = useState<JobStatus | "">("");
@@ -69,7 +70,7 @@ export function JobsPage() {
             <tr>
               <td>
                 <a href={href({ page: "job", id: job.id })}>
-                  {String((job.config as Record<string, unknown>)["output_name"] ?? job.id.slice(0, 8))}
+                  {job.kind === "train" || job.kind === "caption" ? String((job.config as Record<string, unknown>)["output_name"] ?? job.id.slice(0, 8)) : jobTitle(job)}
                 </a>{" "}
                 <span class="muted mono">{job.id.slice(0, 8)}</span>
               </td>
