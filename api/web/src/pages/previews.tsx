@@ -117,6 +117,81 @@ function numberOrNull(text: string): number | null {
   return Number.isFinite(n) ? n : Number.NaN;
 }
 
+// ---------------------------------------------------------------- the render settings both forms take
+
+type RenderSettings = { seed: string; steps: string; cfg: string; width: string; height: string };
+const NO_RENDER_SETTINGS: RenderSettings = { seed: "", steps: "", cfg: "", width: "", height: "" };
+
+/** Puts the filled-in settings into the request body (blank: the API's default); an error naming the field
+ * when one is not a number. A comparison takes a list of seeds (`seeds`), a generation one `seed`. */
+function addRenderSettings(body: Dict, s: RenderSettings, seedField: "seed" | "seeds"): ApiError | null {
+  const numbers: [string, string, string][] = [
+    [seedField, s.seed, "seed"],
+    ["steps", s.steps, "steps"],
+    ["cfg_scale", s.cfg, "CFG scale"],
+    ["width", s.width, "width"],
+    ["height", s.height, "height"],
+  ];
+  for (const [field, text, label] of numbers) {
+    const n = numberOrNull(text);
+    if (Number.isNaN(n)) return new ApiError(0, "invalid_number", `${label} is a number`, { field });
+    if (n !== null) body[field] = field === "seeds" ? [n] : n;
+  }
+  return null;
+}
+
+function RenderFields({
+  prefix,
+  value,
+  onChange,
+  byField,
+  seedField,
+  seedPlaceholder,
+  sizePlaceholder,
+}: {
+  prefix: string;
+  value: RenderSettings;
+  onChange: (value: RenderSettings) => void;
+  byField: Record<string, string | undefined>;
+  seedField: "seed" | "seeds";
+  seedPlaceholder: string;
+  sizePlaceholder: string;
+}) {
+  const size = byField["width"] ?? byField["height"];
+  const on = (key: keyof RenderSettings) => (e: { currentTarget: HTMLInputElement }) =>
+    onChange({ ...value, [key]: e.currentTarget.value });
+  return (
+    <>
+      <div class="fields compact-fields">
+        <div class="field">
+          <label for={`${prefix}-seed`}>Seed</label>
+          <input id={`${prefix}-seed`} type="number" min={0} placeholder={seedPlaceholder} value={value.seed} onInput={on("seed")} {...invalid(`${prefix}-seed`, byField[seedField])} />
+          <FieldError id={`${prefix}-seed-error`} text={byField[seedField]} />
+        </div>
+        <div class="field">
+          <label for={`${prefix}-steps`}>Steps</label>
+          <input id={`${prefix}-steps`} type="number" min={1} max={150} placeholder="30" value={value.steps} onInput={on("steps")} {...invalid(`${prefix}-steps`, byField["steps"])} />
+          <FieldError id={`${prefix}-steps-error`} text={byField["steps"]} />
+        </div>
+        <div class="field">
+          <label for={`${prefix}-cfg`}>CFG scale</label>
+          <input id={`${prefix}-cfg`} type="number" min={0} max={30} step={0.5} placeholder="7.5" value={value.cfg} onInput={on("cfg")} {...invalid(`${prefix}-cfg`, byField["cfg_scale"])} />
+          <FieldError id={`${prefix}-cfg-error`} text={byField["cfg_scale"]} />
+        </div>
+        <div class="field">
+          <label for={`${prefix}-width`}>Width (px)</label>
+          <input id={`${prefix}-width`} type="number" min={64} max={2048} step={8} placeholder={sizePlaceholder} value={value.width} onInput={on("width")} {...invalid(`${prefix}-width`, size)} />
+        </div>
+        <div class="field">
+          <label for={`${prefix}-height`}>Height (px)</label>
+          <input id={`${prefix}-height`} type="number" min={64} max={2048} step={8} placeholder={sizePlaceholder} value={value.height} onInput={on("height")} {...invalid(`${prefix}-width`, size)} />
+        </div>
+      </div>
+      <FieldError id={`${prefix}-width-error`} text={size} />
+    </>
+  );
+}
+
 // ---------------------------------------------------------------- a running job's line
 
 function RunningJob({ followed, label, onCancelError }: { followed: Followed; label: string; onCancelError: (e: unknown) => void }) {
@@ -433,11 +508,7 @@ export function CompareSection({ job, artifacts }: { job: Job; artifacts: Artifa
   const [negative, setNegative] = useState("");
   const [weights, setWeights] = useState(DEFAULT_WEIGHTS);
   const [epochs, setEpochs] = useState<Set<number>>(() => new Set(files.keys()));
-  const [seed, setSeed] = useState("");
-  const [steps, setSteps] = useState("");
-  const [cfg, setCfg] = useState("");
-  const [width, setWidth] = useState("");
-  const [height, setHeight] = useState("");
+  const [render, setRender] = useState<RenderSettings>(NO_RENDER_SETTINGS);
   const [error, setError] = useState<unknown>(null);
   const [cancelError, setCancelError] = useState<unknown>(null);
   const [posting, setPosting] = useState(false);
@@ -467,7 +538,6 @@ export function CompareSection({ job, artifacts }: { job: Job; artifacts: Artifa
 
   const running = posting || (followed.job !== null && !TERMINAL.includes(followed.job.status));
   const { byField, rest } = fieldErrors(error, COMPARE_FIELDS, (e) => e.message);
-  const size = byField["width"] ?? byField["height"];
 
   async function submit(e: Event) {
     e.preventDefault();
@@ -487,20 +557,10 @@ export function CompareSection({ job, artifacts }: { job: Job; artifacts: Artifa
       return;
     }
     body["epochs"] = [...epochs].sort((a, b) => a - b);
-    const numbers: [string, string, string][] = [
-      ["seeds", seed, "seed"],
-      ["steps", steps, "steps"],
-      ["cfg_scale", cfg, "CFG scale"],
-      ["width", width, "width"],
-      ["height", height, "height"],
-    ];
-    for (const [field, text, label] of numbers) {
-      const n = numberOrNull(text);
-      if (Number.isNaN(n)) {
-        setError(new ApiError(0, "invalid_number", `${label} is a number`, { field }));
-        return;
-      }
-      if (n !== null) body[field] = field === "seeds" ? [n] : n;
+    const bad = addRenderSettings(body, render, "seeds");
+    if (bad) {
+      setError(bad);
+      return;
     }
     setPosting(true);
     try {
@@ -565,32 +625,15 @@ export function CompareSection({ job, artifacts }: { job: Job; artifacts: Artifa
             <FieldError id="compare-epochs-error" text={byField["epochs"]} />
           </div>
         </div>
-        <div class="fields compact-fields">
-          <div class="field">
-            <label for="compare-seed">Seed</label>
-            <input id="compare-seed" type="number" min={0} placeholder="the sample's" value={seed} onInput={(e) => setSeed(e.currentTarget.value)} {...invalid("compare-seed", byField["seeds"])} />
-            <FieldError id="compare-seed-error" text={byField["seeds"]} />
-          </div>
-          <div class="field">
-            <label for="compare-steps">Steps</label>
-            <input id="compare-steps" type="number" min={1} max={150} placeholder="30" value={steps} onInput={(e) => setSteps(e.currentTarget.value)} {...invalid("compare-steps", byField["steps"])} />
-            <FieldError id="compare-steps-error" text={byField["steps"]} />
-          </div>
-          <div class="field">
-            <label for="compare-cfg">CFG scale</label>
-            <input id="compare-cfg" type="number" min={0} max={30} step={0.5} placeholder="7.5" value={cfg} onInput={(e) => setCfg(e.currentTarget.value)} {...invalid("compare-cfg", byField["cfg_scale"])} />
-            <FieldError id="compare-cfg-error" text={byField["cfg_scale"]} />
-          </div>
-          <div class="field">
-            <label for="compare-width">Width (px)</label>
-            <input id="compare-width" type="number" min={64} max={2048} step={8} placeholder="512" value={width} onInput={(e) => setWidth(e.currentTarget.value)} {...invalid("compare-width", size)} />
-          </div>
-          <div class="field">
-            <label for="compare-height">Height (px)</label>
-            <input id="compare-height" type="number" min={64} max={2048} step={8} placeholder="512" value={height} onInput={(e) => setHeight(e.currentTarget.value)} {...invalid("compare-width", size)} />
-          </div>
-        </div>
-        <FieldError id="compare-width-error" text={size} />
+        <RenderFields
+          prefix="compare"
+          value={render}
+          onChange={setRender}
+          byField={byField}
+          seedField="seeds"
+          seedPlaceholder="the sample's"
+          sizePlaceholder="512"
+        />
         {rest && <ErrorNote error={rest} />}
         <button type="submit" disabled={running}>
           {posting ? "Starting…" : running ? "Comparison running…" : "Compare epochs"}
@@ -627,11 +670,7 @@ export function PreviewSection({ job, artifacts }: { job: Job; artifacts: Artifa
     [final ? `<lora:${fileStem(final)}:1>` : "", triggerClass(job)].filter(Boolean).join(" "),
   );
   const [negative, setNegative] = useState("");
-  const [seed, setSeed] = useState("");
-  const [steps, setSteps] = useState("");
-  const [cfg, setCfg] = useState("");
-  const [width, setWidth] = useState("");
-  const [height, setHeight] = useState("");
+  const [render, setRender] = useState<RenderSettings>(NO_RENDER_SETTINGS);
   const [error, setError] = useState<unknown>(null);
   const [cancelError, setCancelError] = useState<unknown>(null);
   const [posting, setPosting] = useState(false);
@@ -639,7 +678,6 @@ export function PreviewSection({ job, artifacts }: { job: Job; artifacts: Artifa
   const followed = useFollowedJob(current);
   const running = posting || (followed.job !== null && !TERMINAL.includes(followed.job.status));
   const { byField, rest } = fieldErrors(error, PREVIEW_FIELDS, generationWords);
-  const size = byField["width"] ?? byField["height"];
   const image = followed.artifacts.find((a) => a.kind === "image");
   const meta = (image?.meta ?? {}) as Dict;
 
@@ -648,20 +686,10 @@ export function PreviewSection({ job, artifacts }: { job: Job; artifacts: Artifa
     setError(null);
     const body: Dict = { base_model: baseModel, prompt };
     if (negative.trim()) body["negative_prompt"] = negative.trim();
-    const numbers: [string, string, string][] = [
-      ["seed", seed, "seed"],
-      ["steps", steps, "steps"],
-      ["cfg_scale", cfg, "CFG scale"],
-      ["width", width, "width"],
-      ["height", height, "height"],
-    ];
-    for (const [field, text, label] of numbers) {
-      const n = numberOrNull(text);
-      if (Number.isNaN(n)) {
-        setError(new ApiError(0, "invalid_number", `${label} is a number`, { field }));
-        return;
-      }
-      if (n !== null) body[field] = n;
+    const bad = addRenderSettings(body, render, "seed");
+    if (bad) {
+      setError(bad);
+      return;
     }
     setPosting(true);
     try {
@@ -694,32 +722,15 @@ export function PreviewSection({ job, artifacts }: { job: Job; artifacts: Artifa
         <label for="preview-negative">Negative prompt (optional)</label>
         <input id="preview-negative" type="text" value={negative} onInput={(e) => setNegative(e.currentTarget.value)} {...invalid("preview-negative", byField["negative_prompt"])} />
         <FieldError id="preview-negative-error" text={byField["negative_prompt"]} />
-        <div class="fields compact-fields">
-          <div class="field">
-            <label for="preview-seed">Seed</label>
-            <input id="preview-seed" type="number" min={0} placeholder="random" value={seed} onInput={(e) => setSeed(e.currentTarget.value)} {...invalid("preview-seed", byField["seed"])} />
-            <FieldError id="preview-seed-error" text={byField["seed"]} />
-          </div>
-          <div class="field">
-            <label for="preview-steps">Steps</label>
-            <input id="preview-steps" type="number" min={1} max={150} placeholder="30" value={steps} onInput={(e) => setSteps(e.currentTarget.value)} {...invalid("preview-steps", byField["steps"])} />
-            <FieldError id="preview-steps-error" text={byField["steps"]} />
-          </div>
-          <div class="field">
-            <label for="preview-cfg">CFG scale</label>
-            <input id="preview-cfg" type="number" min={0} max={30} step={0.5} placeholder="7.5" value={cfg} onInput={(e) => setCfg(e.currentTarget.value)} {...invalid("preview-cfg", byField["cfg_scale"])} />
-            <FieldError id="preview-cfg-error" text={byField["cfg_scale"]} />
-          </div>
-          <div class="field">
-            <label for="preview-width">Width (px)</label>
-            <input id="preview-width" type="number" min={64} max={2048} step={8} placeholder="model's" value={width} onInput={(e) => setWidth(e.currentTarget.value)} {...invalid("preview-width", size)} />
-          </div>
-          <div class="field">
-            <label for="preview-height">Height (px)</label>
-            <input id="preview-height" type="number" min={64} max={2048} step={8} placeholder="model's" value={height} onInput={(e) => setHeight(e.currentTarget.value)} {...invalid("preview-width", size)} />
-          </div>
-        </div>
-        <FieldError id="preview-width-error" text={size} />
+        <RenderFields
+          prefix="preview"
+          value={render}
+          onChange={setRender}
+          byField={byField}
+          seedField="seed"
+          seedPlaceholder="random"
+          sizePlaceholder="model's"
+        />
         {rest && <ErrorNote error={rest} />}
         <button type="submit" disabled={running || !baseModel}>
           {posting ? "Starting…" : running ? "Preview running…" : "Draw preview"}
