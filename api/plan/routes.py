@@ -299,18 +299,21 @@ _SD_SCRIPTS_BODY = {
                 "schema": {
                     "type": "object",
                     "additionalProperties": False,
+                    # null is taken as left out, so each field documents it
                     "properties": {
                         "config_toml": {
-                            "type": "string",
+                            "anyOf": [{"type": "string"}, {"type": "null"}],
                             "description": "the training TOML's text (train_network.py --config_file)",
                         },
                         "dataset_toml": {
-                            "type": "string",
+                            "anyOf": [{"type": "string"}, {"type": "null"}],
                             "description": "the dataset TOML's text (--dataset_config)",
                         },
                         "script": {
-                            "type": "string",
-                            "enum": list(SCRIPTS),
+                            "anyOf": [
+                                {"type": "string", "enum": [*SCRIPTS, *(f"{s}.py" for s in SCRIPTS)]},
+                                {"type": "null"},
+                            ],
                             "description": "the script the files are for; sdxl_train_network sets SDXL",
                         },
                     },

@@ -425,7 +425,7 @@ def import_sd_scripts_config(
     says which script they were for, which is how sd-scripts tells SDXL apart (no key says it)."""
     if config_toml is None and dataset_toml is None:
         raise _bad(CONFIG_FILE, "give config_toml, dataset_toml or both")
-    script = script.removesuffix(".py") if script else None
+    script = script.removesuffix(".py") if script is not None else None  # "" is no script: refused
     if script is not None and script not in SCRIPTS:
         raise _bad("script", f"expected one of {', '.join(SCRIPTS)}, got {script!r}")
     args, replaced = (

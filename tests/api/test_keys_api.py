@@ -20,6 +20,7 @@ OPEN_TO_ANY_KEY = {
     ("GET", "/v1/presets"),
     ("GET", "/v1/presets/{name}"),
     ("POST", "/v1/configs/kohya"),
+    ("POST", "/v1/configs/sd-scripts"),
     ("GET", "/v1/keys"),
     ("GET", "/v1/keys/{key_id}"),
     ("DELETE", "/v1/keys/{key_id}"),
@@ -68,8 +69,14 @@ def test_every_v1_route_needs_a_scope_unless_it_is_the_same_for_every_key(client
             else:
                 assert scope in SCOPES, (method, route.path)
                 resource = route.path.split("/")[2]
-                # a plan is a dry-run job; an upload is where a dataset's zip goes on its way in
-                expected = {"plan": "jobs", "queue": "jobs", "uploads": "datasets"}.get(resource, resource)
+                # a plan is a dry-run job, a generation a job of its own; an upload is where a dataset's zip
+                # goes on its way in
+                expected = {
+                    "plan": "jobs",
+                    "queue": "jobs",
+                    "generations": "jobs",
+                    "uploads": "datasets",
+                }.get(resource, resource)
                 assert scope.split(":")[0] == expected, (method, route.path, scope)
                 reads = method == "GET" or (method, route.path) in READS_BY_POST
                 assert scope.endswith(":read") == reads, (method, route.path, scope)
