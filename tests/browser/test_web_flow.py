@@ -309,7 +309,9 @@ def test_upload_review_train_watch_and_download_in_chromium(
             expect(page.get_by_test_id("preview-status")).to_have_text("succeeded", timeout=90_000)
             preview = page.get_by_role("img", name=re.compile(r"^Preview: lisabp woman"))
             expect(preview).to_be_visible()
-            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=preview.element_handle())
+            page.wait_for_function(
+                "img => img.complete && img.naturalWidth > 0", arg=preview.element_handle()
+            )
             assert preview.evaluate("img => img.naturalWidth") == 64
             preview.scroll_into_view_if_needed()
             shot(page, shots, "13-preview")
