@@ -507,7 +507,10 @@ export function CompareSection({ job, artifacts }: { job: Job; artifacts: Artifa
   const [prompts, setPrompts] = useState(() => defaultPrompts(job));
   const [negative, setNegative] = useState("");
   const [weights, setWeights] = useState(DEFAULT_WEIGHTS);
-  const [epochs, setEpochs] = useState<Set<number>>(() => new Set(files.keys()));
+  // the epochs left out, not those chosen: every saved epoch is in by default, including files listed
+  // after this form first drew (the job's artifacts can arrive after its final status)
+  const [leftOut, setLeftOut] = useState<Set<number>>(() => new Set());
+  const epochs = new Set([...files.keys()].filter((epoch) => !leftOut.has(epoch)));
   const [render, setRender] = useState<RenderSettings>(NO_RENDER_SETTINGS);
   const [error, setError] = useState<unknown>(null);
   const [cancelError, setCancelError] = useState<unknown>(null);
@@ -611,10 +614,10 @@ export function CompareSection({ job, artifacts }: { job: Job; artifacts: Artifa
                     type="checkbox"
                     checked={epochs.has(epoch)}
                     onChange={(e) => {
-                      const next = new Set(epochs);
-                      if (e.currentTarget.checked) next.add(epoch);
-                      else next.delete(epoch);
-                      setEpochs(next);
+                      const next = new Set(leftOut);
+                      if (e.currentTarget.checked) next.delete(epoch);
+                      else next.add(epoch);
+                      setLeftOut(next);
                     }}
                   />
                   Epoch {epoch}
@@ -666,9 +669,10 @@ export function PreviewSection({ job, artifacts }: { job: Job; artifacts: Artifa
   const files = epochFiles(job, artifacts);
   const final = [...files.values()].find((a) => a.is_final) ?? [...files.values()].pop();
   const baseModel = String((job.config as Dict)["base_model"] ?? "");
-  const [prompt, setPrompt] = useState(() =>
-    [final ? `<lora:${fileStem(final)}:1>` : "", triggerClass(job)].filter(Boolean).join(" "),
-  );
+  // the default follows the job's files until the user types (the final file can be listed after the
+  // job's final status, when this form has already drawn)
+  const [typed, setPrompt] = useState<string | null>(null);
+  const prompt = typed ?? [final ? `<lora:${fileStem(final)}:1>` : "", triggerClass(job)].filter(Boolean).join(" ");
   const [negative, setNegative] = useState("");
   const [render, setRender] = useState<RenderSettings>(NO_RENDER_SETTINGS);
   const [error, setError] = useState<unknown>(null);
