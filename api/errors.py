@@ -88,12 +88,17 @@ def validate_json_model(model: type[M], raw: object, field: str, code: str) -> M
             f"{field} must be a JSON object", code=code, details={"field": field}, status_code=422
         )
     refuse_nul(raw, field, code)
+    return validated(model, raw, field, code, prefix=f"{field}.")
+
+
+def validated(model: type[M], data: dict, what: str, code: str, prefix: str = "") -> M:
+    """`data` as `model`; a failure is a 422 `code` listing each field at fault (`prefix` + its path)."""
     try:
-        return model.model_validate(raw)
+        return model.model_validate(data)
     except ValidationError as exc:
-        fields = field_errors(exc, prefix=f"{field}.")
+        fields = field_errors(exc, prefix=prefix)
         raise LorabakeError(
-            f"invalid {field}: {describe_fields(fields)}",
+            f"invalid {what}: {describe_fields(fields)}",
             code=code,
             details={"fields": fields},
             status_code=422,

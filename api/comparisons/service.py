@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy.orm import Session, selectinload
 
 from api.comparisons.schemas import DEFAULT_WEIGHTS, ComparisonRequest
-from api.errors import describe_fields, field_errors
+from api.errors import validated
 from api.generations.loras import training_family
 from api.jobs.submission import queue_job
 from api.queue.service import base_model_queue
@@ -162,16 +161,7 @@ def comparison_spec(session: Session, job: Job, body: ComparisonRequest) -> Comp
         "prediction_type": _prediction_type(job.config),
         "mixed_precision": str(job.config.get("mixed_precision", "no")),
     }
-    try:
-        spec = ComparisonSpec.model_validate(fields)
-    except ValidationError as exc:
-        at_fault = field_errors(exc)
-        raise LorabakeError(
-            f"invalid comparison: {describe_fields(at_fault)}",
-            code="invalid_comparison",
-            details={"fields": at_fault},
-            status_code=422,
-        ) from exc
+    spec = validated(ComparisonSpec, fields, "comparison", "invalid_comparison")
     if spec.images > MAX_IMAGES:
         raise LorabakeError(
             f"this comparison makes {spec.images} images (prompts x seeds x epochs x weights); "

@@ -9,9 +9,7 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
-from pydantic import ValidationError
-
-from api.errors import describe_fields, field_errors
+from api.errors import validated
 from api.generations.loras import catalogue_family, resolve_loras
 from api.generations.schemas import GenerationRequest
 from api.jobs.submission import queue_job
@@ -86,16 +84,7 @@ def merged_settings(body: GenerationRequest, line: GenerationLine, family: str |
 
 def generation_spec(**fields: Any) -> GenerationSpec:
     """The spec, each bound checked once more on the merged values (a flag's --s 500 is over 150)."""
-    try:
-        return GenerationSpec.model_validate(fields)
-    except ValidationError as exc:
-        fields_at_fault = field_errors(exc)
-        raise LorabakeError(
-            f"invalid generation: {describe_fields(fields_at_fault)}",
-            code="invalid_generation",
-            details={"fields": fields_at_fault},
-            status_code=422,
-        ) from exc
+    return validated(GenerationSpec, fields, "generation", "invalid_generation")
 
 
 def submit_generation(
