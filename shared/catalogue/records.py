@@ -16,8 +16,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from shared.catalogue.families import HUB_REPO_ID, path_problem
+from shared.catalogue.last_report import last_report, report_note
 from shared.catalogue.scan import ModelEntry
-from shared.db.models import BaseModelRecord, WorkerModel, WorkerProcess, as_utc, utcnow
+from shared.db.models import BaseModelRecord, ModelReport, WorkerModel, WorkerProcess, as_utc, utcnow
 from shared.errors import LorabakeError
 
 MAX_CLOSE_MATCHES = 5
@@ -51,6 +52,11 @@ def record_models(session: Session, worker_id: str, entries: Iterable[ModelEntry
         if gone:
             session.execute(delete(BaseModelRecord).where(BaseModelRecord.name.in_(gone)))
     session.add_all(WorkerModel(worker_id=worker_id, name=name) for name in sorted(names - had))
+    report = session.get(ModelReport, worker_id)
+    if report is None:
+        session.add(ModelReport(worker_id=worker_id, reported_at=now))
+    else:
+        report.reported_at = now
     session.commit()
 
 
@@ -59,6 +65,7 @@ def forget_worker_models(session: Session, worker_ids: Iterable[str]) -> None:
     ids = list(worker_ids)
     if ids:
         session.execute(delete(WorkerModel).where(WorkerModel.worker_id.in_(ids)))
+        session.execute(delete(ModelReport).where(ModelReport.worker_id.in_(ids)))
 
 
 def forget_unseen_models(session: Session, older_than: timedelta) -> None:
@@ -138,13 +145,17 @@ def check_base_model(session: Session, name: str, retention: timedelta, allow_do
         )
     )
     close = difflib.get_close_matches(name, names, n=MAX_CLOSE_MATCHES, cutoff=0.5)
-    if not names:
-        hint = "no worker has reported any base model yet (start a worker with models in its models folder)"
-    elif close:
-        hint = "did you mean " + ", ".join(repr(c) for c in close) + "?"
-    else:
-        hint = "GET /v1/models lists the ones this deployment has"
+    report = last_report(session)
+    hints = [report_note(report)]  # what the reports say and when the last one came, never a guess
+    if close:
+        hints.append("did you mean " + ", ".join(repr(c) for c in close) + "?")
+    elif names:
+        hints.append("GET /v1/models lists the ones this deployment has")
     raise UnknownBaseModel(
-        f"config.base_model {name!r} is not a base model this deployment has; {hint}",
-        details={"field": "config.base_model", "close_matches": close},
+        f"config.base_model {name!r} is not a base model this deployment has; " + "; ".join(hints),
+        details={
+            "field": "config.base_model",
+            "close_matches": close,
+            "last_report_seconds_ago": None if report is None else round(report.seconds_ago, 1),
+        },
     )

@@ -1,5 +1,6 @@
-"""A worker's report of what base models it has: at start, then every `model_scan_seconds` (which also
-keeps the models' last_seen_at fresh for the catalogue's retention)."""
+"""A worker's report of what base models it has: at start, within seconds of a change in its models folder
+(a watch polled by the duties loop), and every `model_scan_seconds` (which also keeps the models' last_seen_at
+fresh for the catalogue's retention, and catches what the watch does not see: the Hugging Face cache)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalogue.records import record_models
 from shared.catalogue.scan import ModelEntry, ModelScanner
+from shared.catalogue.watch import FolderWatch
 from shared.outages import is_outage
 from shared.settings import Settings
 
@@ -20,6 +22,7 @@ class ModelReporter:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], worker_id: str) -> None:
         assert settings.models_dir is not None
         self.scanner = ModelScanner(settings.models_dir)
+        self.watch = FolderWatch(settings.models_dir)
         self.sessions = sessions
         self.worker_id = worker_id
         self.every = settings.model_scan_seconds
@@ -28,6 +31,7 @@ class ModelReporter:
 
     def report_now(self) -> bool:
         """Scan and write; False (logged) when the database cannot be reached."""
+        self.watch.mark_reported()
         entries = self.scanner.scan()
         try:
             with self.sessions() as session:
@@ -41,8 +45,9 @@ class ModelReporter:
         return True
 
     def maybe_report(self) -> None:
+        """Called every second or so: reports when the folder changed, or when the periodic report is due."""
         now = time.monotonic()
-        if now >= self._next:
+        if now >= self._next or self.watch.changed():
             self._next = now + (self.every if self.report_now() else min(self.every, 5.0))
 
 

@@ -207,6 +207,16 @@ class WorkerModel(Base):
     name: Mapped[str] = mapped_column(String(500), primary_key=True, index=True)
 
 
+class ModelReport(Base):
+    """When each worker last reported its base models (with none, no other row would say it did), so a
+    refusal can tell what is true: "the last report came 3 s ago and listed none"."""
+
+    __tablename__ = "model_reports"
+
+    worker_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    reported_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ServiceLock(Base):
     """A named lock with an expiry, so that one process at a time runs a periodic duty (the reconciler)
     on Postgres and SQLite alike."""

@@ -20,10 +20,13 @@ from shared.catalogue.records import (
     list_models,
     record_models,
 )
+from shared.catalogue.reporting import ModelReporter
 from shared.catalogue.scan import ModelEntry, ModelScanner
-from shared.db.models import BaseModelRecord
+from shared.catalogue.watch import FolderWatch
+from shared.db.models import BaseModelRecord, ModelReport
 from shared.db.session import session_factory
 from shared.jobs.workers import forget_worker, record_heartbeat
+from shared.settings import Settings
 from tests.support import services
 
 WEEK = timedelta(days=7)
@@ -207,3 +210,71 @@ def test_models_outlive_their_workers_until_the_retention_ends(sessions):
 def test_an_empty_catalogue_says_no_worker_has_reported(sessions):
     with sessions() as session, pytest.raises(UnknownBaseModel, match="no worker has reported"):
         check_base_model(session, "anything", WEEK, allow_downloads=False)
+
+
+def refusal(sessions, name: str = "tiny-new") -> UnknownBaseModel:  # noqa: ANN001
+    with sessions() as session, pytest.raises(UnknownBaseModel) as caught:
+        check_base_model(session, name, WEEK, allow_downloads=False)
+    return caught.value
+
+
+def test_a_refusal_says_when_a_worker_last_reported_and_what_it_listed(sessions):
+    with sessions() as session:
+        record_models(session, "a:1", [])  # a running worker with an empty models folder
+    error = refusal(sessions)
+    assert "no worker has reported" not in error.message  # one has: the issue's untrue message
+    assert "a worker reported its base models 0 s ago, listing none" in error.message
+    assert 0 <= error.details["last_report_seconds_ago"] < 5
+
+    with sessions() as session:
+        record_models(session, "b:1", [entry("tiny-sd15")])
+        row = session.get(ModelReport, "b:1")
+        row.reported_at = row.reported_at - timedelta(minutes=5)
+        session.commit()
+    error = refusal(sessions, "tiny-sd16")  # a:1's report is the newest: what it listed is what is shown
+    assert "the last of 2 workers reported its base models 0 s ago, listing none" in error.message
+    assert error.message.endswith("did you mean 'tiny-sd15'?")
+
+    with sessions() as session:
+        forget_worker(session, "a:1")  # gone: its report goes with it
+    error = refusal(sessions, "tiny-sd16")
+    assert "a worker reported its base models 5 min ago, listing 'tiny-sd15'" in error.message
+    assert 299 <= error.details["last_report_seconds_ago"] < 310
+
+
+def save_model(folder: Path) -> None:
+    pipeline_folder(folder, "StableDiffusionPipeline", {"cross_attention_dim": 768})
+
+
+def test_the_watch_sees_a_new_model_once_it_holds_still(tmp_path: Path):
+    root = tmp_path / "models"
+    save_model(root / "old")
+    (root / "xl").mkdir()
+    watch = FolderWatch(root)
+    watch.mark_reported()
+    assert not watch.changed() and not watch.changed()
+    save_model(root / "xl" / "new")  # one folder down, as the scan looks
+    assert not watch.changed()  # changed, but maybe still being written
+    assert watch.changed()  # held still for one poll: report
+    watch.mark_reported()
+    assert not watch.changed()
+    (root / "xl" / "new" / "unet" / "config.json").write_text("{}")  # rewritten, at the deepest level
+    assert not watch.changed() and watch.changed()
+    watch.mark_reported()
+    (root / ".partial").write_text("hidden: not a model")
+    assert not watch.changed() and not watch.changed()
+
+
+def test_a_worker_reports_a_new_model_at_its_next_poll_not_its_next_scan(sessions, tmp_path: Path):
+    root = tmp_path / "models"
+    root.mkdir()
+    settings = Settings(data_dir=tmp_path, models_dir=root, model_scan_seconds=3600)
+    reporter = ModelReporter(settings, sessions, "a:1")
+    reporter.maybe_report()  # the first report, at start
+    assert names(sessions) == set()
+    save_model(root / "tiny-new")
+    for _ in range(2):  # the duties loop polls every second: a change, then the same again
+        reporter.maybe_report()
+    assert names(sessions) == {"tiny-new"}
+    with sessions() as session:
+        check_base_model(session, "tiny-new", WEEK, allow_downloads=False)
