@@ -250,6 +250,14 @@ def test_uploads_document_their_multipart_and_their_json_body(
     assert form["properties"][model_field]["type"] == "string"
 
 
+def test_a_dry_run_documents_its_config_as_training_config(document: dict[str, Any]) -> None:
+    (body,) = _body(document, "/v1/plan").values()
+    assert set(body["properties"]) == {"config", "dataset_id", "counts"} and body["required"] == ["config"]
+    schemas = document["components"]["schemas"]
+    assert _schema(document, body["properties"]["config"]) == schemas["TrainingConfig"]
+    assert _schema(document, body["properties"]["counts"]) == schemas["DatasetCounts"]
+
+
 def test_training_config_is_documented_field_by_field(document: dict[str, Any]) -> None:
     config = document["components"]["schemas"]["TrainingConfig"]
     assert set(config["properties"]) == set(TrainingConfig.model_fields)

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from api.datasets.service import DatasetOptions
+from api.errors import validated
 from api.jobs.schemas import WEBHOOK_FIELDS, WebhookEventsField, WebhookField
 from shared.config.captioning import CaptionConfig
 from shared.db.models import Dataset, DatasetImage
@@ -128,5 +129,8 @@ class CaptionJobRequest(CaptionConfig):
     webhook_events: WebhookEventsField = None
 
     def caption_config(self) -> CaptionConfig:
-        """The config alone: what the job records and the worker reads."""
-        return CaptionConfig.model_validate(self.model_dump(exclude=WEBHOOK_FIELDS))
+        """The config alone: what the job records and the worker reads. Built again from the request's
+        fields, so any check that fails here is a 422 naming the field, never a 500."""
+        return validated(
+            CaptionConfig, self.model_dump(exclude=WEBHOOK_FIELDS), "caption config", "validation_error"
+        )

@@ -15,6 +15,7 @@ from api.deps import JobsRead, Owner, State
 from api.errors import validate_json_model
 from api.jobs.submission import dataset_job_config, parse_config
 from api.models.service import base_model_note, require_known_base_model
+from api.openapi_doc import schema_ref
 from api.schemas import error_responses
 from api.state import AppState
 from api.uploads import read_json_object
@@ -96,23 +97,18 @@ class KohyaImportOut(BaseModel):
     notes: list[str]
 
 
+# For the OpenAPI document only: the route reads its body itself (config errors name `config.<field>`).
+class PlanJsonBody(BaseModel):
+    """POST /v1/plan: the config, and the images as one of `dataset_id`, `counts`."""
+
+    model_config = ConfigDict(extra="forbid")
+    config: TrainingConfig = Field(description="the training config, as for POST /v1/jobs (or its JSON text)")
+    dataset_id: str | None = Field(None, description="a stored dataset of yours")
+    counts: DatasetCounts | None = Field(None, description="subsets and their image counts")
+
+
 _PLAN_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["config"],
-                    "properties": {
-                        "config": {"type": "object", "description": "TrainingConfig, as for POST /v1/jobs"},
-                        "dataset_id": {"type": "string", "description": "a stored dataset of yours"},
-                        "counts": {"type": "object", "description": "subsets and their image counts"},
-                    },
-                }
-            }
-        },
-    }
+    "requestBody": {"required": True, "content": {"application/json": {"schema": schema_ref(PlanJsonBody)}}}
 }
 
 

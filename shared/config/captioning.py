@@ -75,7 +75,12 @@ class CaptionConfig(BaseModel):
         description="Minimum caption length in tokens, BLIP's 4-token prompt included (guide: 25-30).",
     )
     max_length: int = Field(
-        75, ge=5, le=512, description="Maximum caption length in tokens, prompt included."
+        75,
+        ge=5,
+        le=512,
+        # checked against min_length when left at its default too (min_length 306 alone is refused)
+        validate_default=True,
+        description="Maximum caption length in tokens, prompt included.",
     )
     top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling's top_p (beam_search off only).")
     batch_size: int = Field(1, ge=1, le=64, description="Images per inference batch (BLIP and WD14).")
@@ -162,5 +167,5 @@ class CaptionConfig(BaseModel):
     def _not_below_min(cls, value: int, info: ValidationInfo) -> int:
         minimum = info.data.get("min_length")  # validated before max_length (field order)
         if minimum is not None and value < minimum:
-            raise ValueError(f"must be at least min_length ({minimum})")
+            raise ValueError(f"must be at least min_length ({minimum}); it is {value}")
         return value

@@ -15,6 +15,7 @@ from typing import BinaryIO
 
 from PIL import ExifTags, Image, ImageOps
 
+from shared.datasets.pixels import to_8bit
 from shared.errors import DatasetError
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
@@ -172,7 +173,7 @@ def _decode(img: Image.Image, name: str) -> None:
 def _for_png(img: Image.Image) -> Image.Image:
     if img.mode in _PNG_MODES:
         return img
-    return img.convert("RGBA" if "A" in img.getbands() else "RGB")
+    return to_8bit(img)  # alpha kept; the shared conversion, so a WEBP's pixels are those the trainer reads
 
 
 # Magic numbers of image types people upload but the trainer does not take.

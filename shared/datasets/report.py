@@ -26,6 +26,7 @@ from shared.datasets.layout import (
     is_junk,
     is_mask_name,
 )
+from shared.datasets.pixels import has_transparency, reduced_bit_depth, to_rgb
 from shared.datasets.zipsafe import ZipLimits, inspect_zip
 from shared.errors import DatasetError
 
@@ -80,9 +81,10 @@ def conversions_needed(img: Image.Image) -> list[str]:
         notes.append("webp converted to png")
     if img.mode == "CMYK":
         notes.append("cmyk converted to rgb")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        notes.append("16-bit reduced to 8-bit")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    depth = reduced_bit_depth(img)  # before getexif below, which may load the pixels (and drop the tiles)
+    if depth:
+        notes.append(f"{depth} reduced to 8-bit")
+    if has_transparency(img):
         notes.append("transparency flattened")
     orientation = img.getexif().get(0x0112, 1)
     if orientation not in (1, None):
@@ -91,7 +93,7 @@ def conversions_needed(img: Image.Image) -> list[str]:
 
 
 def make_thumbnail(img: Image.Image) -> bytes:
-    thumb = ImageOps.exif_transpose(img).convert("RGB")
+    thumb = to_rgb(ImageOps.exif_transpose(img))  # the trainer's pixels (worker.training.data.load_image)
     thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     buf = io.BytesIO()
     thumb.save(buf, format="JPEG", quality=85)

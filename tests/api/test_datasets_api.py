@@ -174,6 +174,22 @@ def test_unknown_dataset_id_is_422_naming_the_field(client, headers):
     assert response.status_code == 422 and response.json()["error"]["details"]["field"] == "dataset_id"
 
 
+def test_caption_lengths_out_of_order_are_a_422_naming_the_field(client, headers):
+    """min_length above the default max_length was a 500 (issue 15): refused while the body is read,
+    before the dataset is looked up, so any id shows it."""
+    for body in ({"min_length": 306}, {"min_length": 306, "max_length": 75}):
+        response = client.post(
+            "/v1/datasets/any-id/caption", headers=headers, json={"method": "blip", **body}
+        )
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["details"]["fields"] == [
+            {"field": "max_length", "message": "Value error, must be at least min_length (306); it is 75"}
+        ]
+    ordered = {"method": "blip", "min_length": 30, "max_length": 30}
+    assert client.post("/v1/datasets/any-id/caption", headers=headers, json=ordered).status_code == 404
+
+
 def test_flat_dataset_fixes_repeats_for_its_jobs(client, headers, tmp_path):
     flat = {f"{i}.png": image_bytes((i * 40, 0, 0)) for i in range(3)}
     dataset = upload(

@@ -174,6 +174,12 @@ def test_422s_name_the_field_and_store_nothing(client, headers, pg_url, tmp_path
     clash = post({"config": {**base, "preset": "character", "model_family": "sdxl", "max_bucket_reso": 768},
                   "counts": LISA})  # fmt: skip
     assert clash.status_code == 422 and "max_bucket_reso" in clash.json()["error"]["message"]
+    # a caption config's lengths out of order, max_length left at its default (issue 15: it was accepted)
+    captioning = post(
+        {"config": {**base, "captioning": {"method": "blip", "min_length": 306}}, "counts": LISA}
+    )
+    assert captioning.status_code == 422 and fields(captioning) == ["config.captioning.max_length"]
+    assert "min_length (306)" in captioning.json()["error"]["message"]
     not_json = client.post("/v1/plan", headers={**headers, "content-type": "application/json"}, content=b"{")
     assert not_json.status_code == 422 and fields(not_json) == ["body"]
     assert client.post("/v1/plan", json={"config": base, "counts": LISA}).status_code == 401

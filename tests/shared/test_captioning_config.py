@@ -54,6 +54,7 @@ def test_round_trips_through_json():
         ({"min_length": -1}, "min_length"),
         ({"max_length": 4}, "max_length"),
         ({"min_length": 30, "max_length": 20}, "max_length"),
+        ({"min_length": 306}, "max_length"),  # above the default max_length (75): checked too (issue 15)
         ({"top_p": 0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
         ({"batch_size": 0}, "batch_size"),

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from shared.config.captioning import CaptionConfig
+from shared.datasets.pixels import to_8bit
 from worker.captioning import CaptionModelUnavailable, resolve_caption_model
 
 MODEL_FILE = "model.onnx"
@@ -73,8 +74,10 @@ def read_tags(path: Path) -> list[Wd14Tag]:
 
 
 def flatten_on_white(image: Image.Image) -> Image.Image:
-    """RGB; transparent pixels are composited over white (Kohya's tagger and BLIP's processor do the same)."""
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+    """RGB; transparent pixels are composited over white (Kohya's tagger and BLIP's processor do the same).
+    Through the shared 8-bit conversion, so a 16-bit or CMYK image is tagged as it trains."""
+    image = to_8bit(image)
+    if image.mode in ("RGBA", "LA"):
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))

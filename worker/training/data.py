@@ -26,6 +26,7 @@ from shared.config.buckets import Assignment, BucketSelector, BucketSettings, Si
 from shared.config.plan import epoch_samples
 from shared.datasets.images import check_mask_size, upright_size
 from shared.datasets.layout import DatasetLayout, ImageEntry, Subset
+from shared.datasets.pixels import alpha_channel, to_rgb
 from worker.training.captions import CaptionOptions, process_caption
 
 PRIOR_LOSS_WEIGHT = 1.0  # Kohya's --prior_loss_weight default: the loss weight of regularization samples
@@ -88,7 +89,8 @@ def load_image(path: Path) -> Image.Image:
     """RGB, upright: phone photos store rotation in EXIF (Kohya does not turn them; we do, and bucket by the
     upright size, which is also what the API plans with)."""
     with Image.open(path) as img:
-        return ImageOps.exif_transpose(img).convert("RGB")
+        # not a plain convert("RGB"): that clips 16-bit images to white (shared.datasets.pixels)
+        return to_rgb(ImageOps.exif_transpose(img))
 
 
 def read_image_sizes(dataset_dir: Path, layout: DatasetLayout) -> dict[str, Size]:
@@ -145,7 +147,7 @@ def load_mask(mask_path: Path | None, image_path: Path, *, alpha: bool) -> Image
     alpha channel when `alpha` (opaque where it has none), else None (the image trains unmasked)."""
     if mask_path is not None:
         with Image.open(mask_path) as img:
-            mask = ImageOps.exif_transpose(img).convert("RGB").getchannel("R")  # sd-scripts: the R channel
+            mask = to_rgb(ImageOps.exif_transpose(img)).getchannel("R")  # sd-scripts: the R channel
         with Image.open(image_path) as img:
             size = ImageOps.exif_transpose(img).size
         if mask.size != size:
@@ -156,8 +158,8 @@ def load_mask(mask_path: Path | None, image_path: Path, *, alpha: bool) -> Image
         return mask
     if alpha:
         with Image.open(image_path) as img:
-            # convert("RGBA") gives palette transparency an alpha, and 255 to images without one
-            return ImageOps.exif_transpose(img).convert("RGBA").getchannel("A")
+            # palette and colour-key (tRNS) transparency count as alpha; 255 for images without one
+            return alpha_channel(ImageOps.exif_transpose(img))
     return None
 
 
