@@ -7,16 +7,19 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from shared.catalogue.families import ModelFamily
 from shared.catalogue.records import CatalogueModel
 
 
 class ModelOut(BaseModel):
     name: str = Field(description="what config.base_model takes")
-    family: Literal["sd1", "sd2", "sdxl"] | None = Field(
-        description="SD1.x, SD2.x or SDXL base; null for a .ckpt, whose family is read when a job loads it"
+    family: ModelFamily | None = Field(
+        description="SD1.x, SD2.x, SDXL base or FLUX.1 (flux1); null for a .ckpt, whose family is read when "
+        "a job loads it"
     )
     prediction_type: str | None = Field(
-        description="epsilon or v_prediction, from the model's scheduler config; null when unknown"
+        description="epsilon or v_prediction, from the model's scheduler config; null when unknown and for "
+        "FLUX.1 (flow matching)"
     )
     kind: Literal["diffusers", "single_file"]
     source: Literal["local", "hub_cache"] = Field(

@@ -1,4 +1,5 @@
-"""Which Stable Diffusion family a base model is, read from its configs or key names, without torch.
+"""Which family a base model is (SD1.x, SD2.x, SDXL, FLUX.1), read from its configs or key names, without
+torch. The FLUX.1 rules are in flux.py.
 
 The worker (loading a model) and the catalogue scan (listing models for the API, which has no torch) use
 these same rules, so what GET /v1/models says is what training finds.
@@ -14,17 +15,26 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
 
-ModelFamily = Literal["sd1", "sd2", "sdxl"]
-FAMILIES: tuple[ModelFamily, ...] = ("sd1", "sd2", "sdxl")
-FAMILY_LABELS: dict[str, str] = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+from shared.catalogue.flux import (
+    FLUX_PIPELINE_CLASS,
+    describe_flux_keys,
+    flux_pipeline_problem,
+    flux_variant_from_keys,
+)
+
+ModelFamily = Literal["sd1", "sd2", "sdxl", "flux1"]
+FAMILIES: tuple[ModelFamily, ...] = ("sd1", "sd2", "sdxl", "flux1")
+FAMILY_LABELS: dict[str, str] = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "flux1": "FLUX.1"}
 # The diffusers pipeline class each family loads as (model_index.json's `_class_name`).
 FAMILY_PIPELINE_CLASSES: dict[str, str] = {
     "sd1": "StableDiffusionPipeline",
     "sd2": "StableDiffusionPipeline",
     "sdxl": "StableDiffusionXLPipeline",
+    "flux1": FLUX_PIPELINE_CLASS,
 }
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 # The shared config folder per family for single files without a <stem>.config/ (see config_candidates).
+# The SD families only: model_loading reads membership here as "loads single files through an SD config".
 SHARED_CONFIGS: dict[str, Path] = {
     "sd1": Path("configs") / "sd15",
     "sd2": Path("configs") / "sd2",
@@ -41,21 +51,36 @@ MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the format's own limit
 
 
 class UnsupportedPipeline(ValueError):
-    """A diffusers folder holding a pipeline other than SD1.x/SD2.x/SDXL base."""
+    """A diffusers folder holding a pipeline other than SD1.x/SD2.x/SDXL base or FLUX.1 dev/schnell."""
 
 
-def family_from_pipeline_configs(model_index: Mapping, unet_config: Mapping) -> ModelFamily:
+def family_from_pipeline_configs(
+    model_index: Mapping, unet_config: Mapping, transformer_config: Mapping | None = None
+) -> ModelFamily:
     """Family of a diffusers pipeline folder: model_index.json's ``_class_name`` (StableDiffusionXLPipeline
-    -> sdxl), then the UNet config: SD2.x has cross_attention_dim 1024 and Linear proj_in/proj_out
-    (``use_linear_projection``), SD1.x 768 and 1x1 convs. Other pipeline classes raise
-    UnsupportedPipeline."""
+    -> sdxl, FluxPipeline -> flux1), then the UNet config: SD2.x has cross_attention_dim 1024 and Linear
+    proj_in/proj_out (``use_linear_projection``), SD1.x 768 and 1x1 convs. Other pipeline classes raise
+    UnsupportedPipeline, the FLUX.1 ones that are not trainable yet (Fill, Depth/Canny, Kontext, Redux)
+    by name.
+
+    FLUX.1 is checked in ``transformer_config`` (transformer/config.json, ``{}`` when missing): in_channels
+    64 (Fill has 384, Depth/Canny 128); :func:`shared.catalogue.flux.flux_variant_from_config` gives dev or
+    schnell. None (the caller did not read it): a FluxPipeline is taken by its class name alone.
+    """
     class_name = model_index.get("_class_name")
     if class_name == FAMILY_PIPELINE_CLASSES["sdxl"]:
         return "sdxl"
+    if class_name == FLUX_PIPELINE_CLASS and transformer_config is None:
+        return "flux1"
+    flux_problem = flux_pipeline_problem(class_name, transformer_config or {})
+    if flux_problem is not None:
+        raise UnsupportedPipeline(f"holds a {flux_problem}")
+    if class_name == FLUX_PIPELINE_CLASS:
+        return "flux1"
     if class_name != FAMILY_PIPELINE_CLASSES["sd1"]:
         raise UnsupportedPipeline(
-            f"holds a {class_name}; supported are StableDiffusionPipeline (SD1.x, SD2.x) and "
-            "StableDiffusionXLPipeline (SDXL base)"
+            f"holds a {class_name}; supported are StableDiffusionPipeline (SD1.x, SD2.x), "
+            "StableDiffusionXLPipeline (SDXL base) and FluxPipeline (FLUX.1 dev, schnell)"
         )
     cross_attention = unet_config.get("cross_attention_dim")
     if cross_attention == SD2_CROSS_ATTENTION_DIM or unet_config.get("use_linear_projection"):
@@ -64,17 +89,22 @@ def family_from_pipeline_configs(model_index: Mapping, unet_config: Mapping) -> 
 
 
 def family_from_keys(shapes: Mapping[str, tuple[int, ...]]) -> ModelFamily | None:
-    """Family of an original-layout (A1111/SAI) single-file checkpoint from its key names and shapes.
+    """Family of an original-layout (A1111/SAI/BFL) single-file checkpoint from its key names and shapes.
 
+    - FLUX.1 dev or schnell: a transformer in BFL's layout (``double_blocks.N...``, ``img_in.weight`` reading
+      64 channels), bare or under ComfyUI's ``model.diffusion_model.``
+      (:func:`shared.catalogue.flux.flux_variant_from_keys` tells dev from schnell);
     - SDXL base: a second text encoder, ``conditioner.embedders.1.`` (OpenCLIP bigG);
     - SD2.x: the OpenCLIP ViT-H text encoder ``cond_stage_model.model.``, or a UNet whose cross-attention
       reads 1024-wide states, or Linear (2-D) ``proj_in`` weights (SD1.x has 1x1 convs);
     - SD1.x: any other ``model.diffusion_model.`` UNet.
 
-    None when it is none of these (SDXL refiner, SD3, Flux, an inpainting/depth UNet whose conv_in does not
-    read 4 latent channels, a VAE or LoRA file, ...; :func:`describe_checkpoint` says which). The prediction
-    type is mostly not in the weights: see :func:`single_file_variant`.
+    None when it is none of these (SDXL refiner, SD3, FLUX.1 Fill/Depth/Canny, FLUX.2, an inpainting/depth
+    UNet whose conv_in does not read 4 latent channels, a VAE or LoRA file, ...; :func:`describe_checkpoint`
+    says which). The prediction type is mostly not in the weights: see :func:`single_file_variant`.
     """
+    if flux_variant_from_keys(shapes) is not None:
+        return "flux1"
     if _unet_in_channels(shapes) not in (None, LATENT_CHANNELS):
         return None  # inpainting (9), depth (5), x4 upscaler (7): another task than text-to-image
     if any(_NOT_AN_SD_UNET.search(k) for k in shapes):
@@ -124,17 +154,23 @@ def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 def config_candidates(model_file: Path, models_dir: Path, family: ModelFamily) -> list[Path]:
     """Where a single-file checkpoint's diffusers config folder may be, first match wins:
     ``<stem>.config/`` next to the file, ``<stem>.config/`` at the top of models_dir, then the family's
-    shared folder under models_dir (``configs/sd15/``, ``configs/sd2/``, ``configs/sdxl/``)."""
+    shared folder under models_dir (``configs/sd15/``, ``configs/sd2/``, ``configs/sdxl/``; FLUX.1 has
+    none)."""
     stem_dir = model_file.stem + ".config"
-    candidates = [model_file.parent / stem_dir, models_dir / stem_dir, models_dir / SHARED_CONFIGS[family]]
+    candidates = [model_file.parent / stem_dir, models_dir / stem_dir]
+    if family in SHARED_CONFIGS:
+        candidates.append(models_dir / SHARED_CONFIGS[family])
     return list(dict.fromkeys(candidates))  # a file at the top of models_dir: its two first are one
 
 
 def read_prediction_type(pipeline_folder: Path) -> str | None:
-    """The scheduler config's prediction_type (epsilon / v_prediction), None when it cannot be read."""
+    """The scheduler config's prediction_type (epsilon / v_prediction), None when it cannot be read or the
+    scheduler is a flow-matching one (FLUX), which has no prediction type."""
     try:
         scheduler = json.loads((pipeline_folder / "scheduler" / "scheduler_config.json").read_text("utf-8"))
     except (OSError, ValueError):
+        return None
+    if isinstance(scheduler, dict) and str(scheduler.get("_class_name", "")).startswith("FlowMatch"):
         return None
     value = scheduler.get("prediction_type", "epsilon") if isinstance(scheduler, dict) else None
     return value if isinstance(value, str) else None
@@ -173,8 +209,8 @@ _VAE = "first_stage_model."
 
 
 class UnsupportedCheckpoint(ValueError):
-    """A single file that is no SD1.x / SD2.x / SDXL base text-to-image checkpoint; the message says what
-    it looks like."""
+    """A single file that is no SD1.x / SD2.x / SDXL base text-to-image checkpoint (or, for now, a FLUX.1
+    one: no shipped config yet); the message says what it looks like."""
 
 
 @dataclass(frozen=True)
@@ -195,8 +231,12 @@ def _unet_in_channels(shapes: Mapping[str, tuple[int, ...]]) -> int | None:
 
 def describe_checkpoint(shapes: Mapping[str, tuple[int, ...]]) -> str:
     """What a file that is not an SD1.x/SD2.x/SDXL base checkpoint looks like, from its key names, for an
-    error message ("an SDXL refiner", "an inpainting UNet (9 input channels)", ...)."""
+    error message ("an SDXL refiner", "an inpainting UNet (9 input channels)", "a FLUX.1 Fill checkpoint",
+    ...)."""
     keys = list(shapes)
+    flux_variant = flux_variant_from_keys(shapes)
+    if flux_variant is not None:
+        return f"a FLUX.1 {flux_variant} checkpoint"
     in_channels = _unet_in_channels(shapes)
     if in_channels not in (None, LATENT_CHANNELS):
         kind = {9: "an inpainting", 5: "a depth-conditioned", 7: "an upscaler"}.get(in_channels, "a")
@@ -208,6 +248,9 @@ def describe_checkpoint(shapes: Mapping[str, tuple[int, ...]]) -> str:
         return "a LoRA (or LyCORIS) file, not a base model"
     if any(re.search(r"(^|\.)joint_blocks\.", k) for k in keys):
         return "a Stable Diffusion 3 checkpoint (not supported)"
+    flux = describe_flux_keys(shapes)
+    if flux is not None:
+        return flux
     if any(_NOT_AN_SD_UNET.search(k) for k in keys):
         return "a Flux checkpoint (not supported)"
     if any(k.startswith("edm_") for k in keys):
@@ -217,6 +260,8 @@ def describe_checkpoint(shapes: Mapping[str, tuple[int, ...]]) -> str:
     ):
         return "an SDXL refiner (only SDXL base checkpoints are supported)"
     if not any(k.startswith(_LDM_UNET) for k in keys):
+        if any(k.startswith("encoder.block.") for k in keys):
+            return "a T5 text encoder (FLUX.1's t5xxl), not a base model"
         if any(k.startswith(("encoder.", "decoder.", _VAE)) for k in keys):
             return "a VAE, not a full checkpoint"
         return "no Stable Diffusion UNet (model.diffusion_model.*)"
@@ -240,6 +285,8 @@ def single_file_variant(
     family = family_from_keys(shapes)
     if family is None:
         raise UnsupportedCheckpoint(describe_checkpoint(shapes))
+    if family == "flux1":  # no shipped FLUX.1 config: an SD-style single-file load must not be tried
+        raise UnsupportedCheckpoint(f"{describe_checkpoint(shapes)}, not trainable from a single file yet")
     missing = [p for p in (*_TEXT_ENCODERS[family], _VAE) if not any(k.startswith(p) for k in shapes)]
     if missing:
         raise UnsupportedCheckpoint(

@@ -1,8 +1,8 @@
 """What base models a worker can train on: the models folder and the Hugging Face cache, read without torch.
 
 Listed, with the name `base_model` takes:
-- a diffusers folder (model_index.json of an SD1.x/SD2.x/SDXL pipeline), at the top of the models folder or
-  one folder down (`models/sdxl/my-model/`);
+- a diffusers folder (model_index.json of an SD1.x/SD2.x/SDXL or FLUX.1 pipeline), at the top of the models
+  folder or one folder down (`models/sdxl/my-model/`);
 - a single-file checkpoint (`.safetensors`, read from its header; `.ckpt`, whose family is only known
   when a job loads it, since reading its keys means unpickling);
 - a hub repo in the Hugging Face cache whose snapshot is a diffusers pipeline (what a hub id loads
@@ -68,12 +68,13 @@ def _folder_bytes(folder: Path) -> int:
 
 
 def pipeline_entry(folder: Path, name: str, source: Literal["local", "hub_cache"]) -> ModelEntry | None:
-    """A diffusers folder as an entry, None when it is not an SD1.x/SD2.x/SDXL pipeline."""
+    """A diffusers folder as an entry, None when it is not an SD1.x/SD2.x/SDXL or FLUX.1 pipeline."""
     model_index = _read_json(folder / "model_index.json")
     if not model_index:
         return None
+    unet, transformer = (_read_json(folder / part / "config.json") for part in ("unet", "transformer"))
     try:
-        family = family_from_pipeline_configs(model_index, _read_json(folder / "unet" / "config.json"))
+        family = family_from_pipeline_configs(model_index, unet, transformer)
     except UnsupportedPipeline:
         return None
     prediction = read_prediction_type(folder)
