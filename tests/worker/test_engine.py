@@ -525,7 +525,7 @@ def test_images_are_upright_rgb_short_side_resized_and_center_cropped(tmp_path):
 def test_noise_schedule_matches_diffusers(tmp_path):
     from diffusers import DDPMScheduler
 
-    from worker.training.engine import NoiseSchedule
+    from worker.training.families.sd import NoiseSchedule
 
     gen = torch.Generator().manual_seed(0)
     latents, noise = torch.randn(3, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen)
