@@ -1,6 +1,6 @@
-"""GPU training speed and memory at real SD1.5 and SDXL sizes (random weights: speed does not depend on
-them), plus the CUDA-only correctness checks the CPU suite cannot make: bf16 and fp16 mixed precision,
-AdamW8bit, SDPA attention. Run on a GPU machine:
+"""GPU training speed and memory at real SD1.5, SDXL and FLUX.1 dev sizes (random weights: speed does not
+depend on them), plus the CUDA-only correctness checks the CPU suite cannot make: bf16 and fp16 mixed
+precision, AdamW8bit, SDPA attention. Run on a GPU machine:
 
     HF_HUB_OFFLINE=1 python bench/gpu_train.py [--steps 20] [--out results.json]
 
@@ -95,6 +95,70 @@ def real_sdxl(root: Path) -> Path:
     return root / "sdxl"
 
 
+def real_flux1(root: Path) -> Path:
+    """FLUX.1 dev's transformer (11.9B: 19 double + 38 single blocks, width 3072), CLIP-L and the 16-channel
+    VAE at their real sizes, random weights built on the GPU in bf16 (no download). T5-XXL keeps its width
+    (4096, what the transformer reads) but one layer: its outputs are cached before training, so its depth
+    changes neither the step time nor the training's VRAM."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    from worker.devtools.tiny_flux import DEV_SCHEDULER, build_tiny_t5_tokenizer
+    from worker.devtools.tiny_models import build_tiny_clip_tokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer, tokenizer_2 = build_tiny_clip_tokenizer(), build_tiny_t5_tokenizer()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            transformer = FluxTransformer2DModel(guidance_embeds=True)  # diffusers' defaults are FLUX.1's
+            t5 = T5EncoderModel(
+                T5Config(
+                    vocab_size=len(tokenizer_2),
+                    d_model=4096,
+                    d_kv=64,
+                    d_ff=10240,
+                    num_layers=1,
+                    num_heads=64,
+                    feed_forward_proj="gated-gelu",
+                    is_encoder_decoder=False,
+                    pad_token_id=0,
+                    eos_token_id=1,
+                )
+            )
+            clip = CLIPTextModel(_clip(tokenizer, hidden=768, layers=12, heads=12, act="quick_gelu"))
+            vae = AutoencoderKL(
+                block_out_channels=(128, 256, 512, 512),
+                down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4,
+                layers_per_block=2,
+                latent_channels=16,
+                sample_size=1024,
+                scaling_factor=0.3611,
+                shift_factor=0.1159,
+                use_quant_conv=False,
+                use_post_quant_conv=False,
+            )
+    finally:
+        torch.set_default_dtype(previous)
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**DEV_SCHEDULER),
+        vae=vae.float(),
+        text_encoder=clip,
+        tokenizer=tokenizer,
+        text_encoder_2=t5,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+    pipe.save_pretrained(root / "flux1", safe_serialization=True)
+    del pipe, transformer
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return root / "flux1"
+
+
 def _clip(tokenizer, *, hidden: int, layers: int, heads: int, act: str, projection_dim: int | None = None):  # noqa: ANN001, ANN202
     from transformers import CLIPTextConfig
 
@@ -175,6 +239,7 @@ def run(
         gradient_checkpointing=checkpointing,
         save_every_n_epochs=None,
         seed=1,
+        **({"t5xxl_max_token_length": 512} if base.startswith("flux") else {}),
     )
     stamps: list[float] = []
     losses: list[float] = []
@@ -193,8 +258,8 @@ def run(
             config, data, Path(out), models_dir=models, hooks=EngineHooks(on_progress=on_progress)
         )
     intervals = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][WARMUP:]
-    unet = result.pipeline.unet
-    processors = sorted({type(p).__name__ for p in unet.attn_processors.values()})
+    denoiser = getattr(result.pipeline, "unet", None) or result.pipeline.transformer
+    processors = sorted({type(p).__name__ for p in denoiser.attn_processors.values()})
     row = {
         "run": name,
         "resolution": resolution,
@@ -219,7 +284,7 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: check the script")
-    parser.add_argument("--only", choices=["sd15", "sdxl"], help="one family")
+    parser.add_argument("--only", choices=["sd15", "sdxl", "flux1"], help="one family")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     import torch
@@ -238,12 +303,14 @@ def main() -> None:
                 print("bitsandbytes missing: AdamW8bit not checked", flush=True)
         plans = []
         if args.smoke:
+            from worker.devtools.tiny_flux import save_tiny_flux
             from worker.devtools.tiny_models import save_tiny_sd15, save_tiny_sdxl
 
             save_tiny_sd15(root / "sd15")
             save_tiny_sdxl(root / "sdxl")
+            save_tiny_flux(root / "flux1")
             data = make_dataset(root, 64)
-            for fam in ("sd15", "sdxl"):
+            for fam in ("sd15", "sdxl", "flux1"):
                 plans.append((f"{fam} smoke", fam, data, 64, 2, "no", False, "AdamW"))
         else:
             if args.only in (None, "sd15"):
@@ -262,6 +329,14 @@ def main() -> None:
                 plans += [
                     ("sdxl 1024 b1 gc", "sdxl", d1024, 1024, 1, "bf16", True, eight_bit),
                     ("sdxl 1024 b1", "sdxl", d1024, 1024, 1, "bf16", False, eight_bit),
+                ]
+            if args.only in (None, "flux1"):
+                real_flux1(root)
+                d512 = root / "data512" if (root / "data512").exists() else make_dataset(root, 512)
+                d1024 = root / "data1024" if (root / "data1024").exists() else make_dataset(root, 1024)
+                plans += [  # FLUX.1 dev, rank 16, gradient checkpointing (sd-scripts' FLUX advice)
+                    ("flux1 512 b1 gc", "flux1", d512, 512, 1, "bf16", True, eight_bit),
+                    ("flux1 1024 b1 gc", "flux1", d1024, 1024, 1, "bf16", True, eight_bit),
                 ]
         for name, base, data, res, batch, precision, gc, opt in plans:
             try:

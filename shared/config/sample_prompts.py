@@ -99,6 +99,7 @@ class SamplePrompt(BaseModel):
     cfg_scale: float = DEFAULT_CFG
     steps: int = DEFAULT_STEPS
     sampler: str | None = None
+    guidance_scale: float | None = None  # --g: FLUX.1 dev's distilled guidance (sd-scripts' flag)
 
 
 _FLAG = re.compile(r"^(\S+)(?:\s+(.*))?$", re.DOTALL)
@@ -110,6 +111,7 @@ FLAGS = {
     "h": "height",
     "d": "seed",
     "l": "CFG scale",
+    "g": "guidance scale",
     "s": "sampling steps",
     "ss": "sampler",
 }
@@ -170,6 +172,10 @@ def _parse(text: str) -> SamplePrompt:
             if cfg > MAX_CFG:
                 raise ValueError(f"--l (CFG scale) must be 0..{MAX_CFG:g}, got {value}")
             fields["cfg_scale"] = cfg
+        elif flag == "g":
+            if not _FLOAT.match(value) or float(value) > MAX_CFG:
+                raise ValueError(f"--g (guidance scale) needs a number 0..{MAX_CFG:g}, got {value!r}")
+            fields["guidance_scale"] = float(value)
         else:  # ss
             try:
                 fields["sampler"] = normalize_sampler(value)
@@ -206,5 +212,7 @@ def a1111_parameters(
         "Size": f"{prompt.width}x{prompt.height}",
         **(extra or {}),
     }
+    if prompt.guidance_scale is not None:  # Forge's name for FLUX's distilled guidance
+        settings["Distilled CFG Scale"] = f"{prompt.guidance_scale:g}"
     lines.append(", ".join(f"{k}: {v}" for k, v in settings.items()))
     return "\n".join(lines)

@@ -9,7 +9,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from shared.config.captioning import CaptionConfig
 from shared.config.sample_prompts import DEFAULT_SAMPLER, normalize_sampler, parse_prompt_line
@@ -20,7 +29,9 @@ LrScheduler = Literal[
 ]
 MixedPrecision = Literal["no", "fp16", "bf16"]
 SavePrecision = Literal["fp16", "bf16", "float"]
-ModelFamily = Literal["auto", "sd1", "sd2", "sdxl"]
+ModelFamily = Literal["auto", "sd1", "sd2", "sdxl", "flux1"]
+TimestepSampling = Literal["sigma", "uniform", "sigmoid", "shift", "flux_shift"]
+WeightingScheme = Literal["none", "logit_normal", "mode"]
 # lora also covers LoCon (conv_dim); loha / lokr are LyCORIS algorithms (network_args algo=...).
 NetworkType = Literal["lora", "loha", "lokr"]
 
@@ -103,7 +114,8 @@ class TrainingConfig(BaseModel):
         description="A diffusers folder or single .safetensors/.ckpt in the models directory, or a hub id.",
     )
     model_family: ModelFamily = Field(
-        "auto", description="SD1.x, SD2.x or SDXL base; 'auto' detects it from the base model's config/keys."
+        "auto",
+        description="SD1.x, SD2.x, SDXL or FLUX.1 base; 'auto' detects it from the base model's config/keys.",
     )
     v_parameterization: bool | None = Field(
         None,
@@ -162,6 +174,49 @@ class TrainingConfig(BaseModel):
         None, ge=-1, le=1, description="Adds this x |latent channel mean| to noise_offset (needs it)."
     )
     min_snr_gamma: float | None = Field(None, gt=0, le=100, description="Min-SNR loss weighting (5 typical).")
+    # --- flow-matching families (FLUX.1): sd-scripts' flux_train_network.py names, defaults as it advises
+    guidance_scale: float | None = Field(
+        None, ge=0, le=100, description="FLUX.1 dev's guidance embedding during training (default 1.0)."
+    )
+    timestep_sampling: TimestepSampling | None = Field(
+        None, description="How sigmas are drawn (default shift, as sd-scripts advises for FLUX.1)."
+    )
+    sigmoid_scale: float | None = Field(None, gt=0, le=100, description="Scale of sigmoid/shift draws (1).")
+    discrete_flow_shift: float | None = Field(
+        None, gt=0, le=100, description="Shift of 'shift' / 'sigma' sampling (default 3.1582)."
+    )
+    weighting_scheme: WeightingScheme | None = Field(
+        None, description="Density of 'sigma' sampling: none (uniform), logit_normal or mode (SD3's)."
+    )
+    logit_mean: float | None = Field(None, ge=-10, le=10, description="logit_normal mean (default 0).")
+    logit_std: float | None = Field(None, gt=0, le=10, description="logit_normal std (default 1).")
+    mode_scale: float | None = Field(None, ge=0, le=10, description="'mode' weighting scale (default 1.29).")
+    model_prediction_type: Literal["raw"] | None = Field(
+        None, description="What the model's output is trained as: raw (the velocity), sd-scripts' advice."
+    )
+    t5xxl_max_token_length: int | None = Field(
+        None, ge=8, le=512, description="T5 tokens per caption (default 512 for dev, 256 for schnell)."
+    )
+    apply_t5_attn_mask: bool | None = Field(
+        None, description="Mask T5's padding tokens in the encoder output and the joint attention (def. off)."
+    )
+    network_train_unet_only: bool | None = Field(
+        None,
+        description="Train the denoiser only; FLUX.1 defaults to true (CLIP-L LoRA only when false), SD to "
+        "text_encoder_lr > 0 deciding.",
+    )
+    train_double_block_indices: str | None = Field(
+        None, max_length=200, description="FLUX double blocks that get LoRA: all, none or '0,1,5-10'."
+    )
+    train_single_block_indices: str | None = Field(
+        None, max_length=400, description="FLUX single blocks that get LoRA: all, none or '0-5,20'."
+    )
+    include_patterns: list[str] | None = Field(
+        None, max_length=32, description="Regexes of Kohya module names to add to the targets (sd-scripts)."
+    )
+    exclude_patterns: list[str] | None = Field(
+        None, max_length=32, description="Regexes of Kohya module names to leave out (sd-scripts)."
+    )
     # --- network ---
     network_target: Literal["all_linear", "attention"] = Field(
         "all_linear",
@@ -398,6 +453,28 @@ class TrainingConfig(BaseModel):
                     f"dora_wd needs conv_alpha equal to conv_dim ({conv_alpha} != {self.conv_dim})"
                 )
 
+    @model_validator(mode="after")
+    def _family_fields(self) -> TrainingConfig:
+        # An explicit family is checked here; "auto" is checked where the family is known (the API's
+        # catalogue, the worker's detection) with the same rules (shared/config/family_options.py).
+        from shared.config.family_options import family_conflicts
+
+        if self.model_family != "auto":
+            conflicts = family_conflicts(self, self.model_family)
+            if conflicts:  # one error per field, at that field (a 422 names config.<field>)
+                raise ValidationError.from_exception_data(
+                    type(self).__name__,
+                    [
+                        InitErrorDetails(
+                            type=PydanticCustomError("family_field", "{why}", {"why": why}),
+                            loc=(field,),
+                            input=getattr(self, field),
+                        )
+                        for field, why in conflicts
+                    ],
+                )
+        return self
+
     @property
     def uses_lycoris(self) -> bool:
         """Trained with LyCORIS (LoHa, LoKr, or DoRA on LoRA/LoCon) rather than PEFT's LoRA."""
@@ -405,7 +482,7 @@ class TrainingConfig(BaseModel):
 
     @property
     def trains_text_encoder(self) -> bool:
-        return self.text_encoder_lr > 0
+        return self.text_encoder_lr > 0 and self.network_train_unet_only is not True
 
     @property
     def uses_loss_masks(self) -> bool:

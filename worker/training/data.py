@@ -305,7 +305,7 @@ def cache_latents(
     batch_size: int = 4,
 ) -> BucketLatents:
     """Encode each image once at its bucket (and once mirrored with flip_aug, as Kohya's cache_batch_latents
-    does); latents end on the VAE's device, times scaling_factor.
+    does); latents end on the VAE's device, minus shift_factor (VAEs that have one) times scaling_factor.
 
     Like Kohya this keeps one latent_dist sample per image (and orientation), reused every epoch and repeat.
     The samples are drawn from `generator` (CPU) in a fixed order (bucket, image, orientation), so they do
@@ -322,6 +322,7 @@ def cache_latents(
         image_row.append(len(members[bucket]))
         members[bucket].append(index)
     orientations = (False, True) if flip_aug else (False,)
+    shift = getattr(vae.config, "shift_factor", None)
     per_orientation: dict[bool, list[torch.Tensor]] = {o: [] for o in orientations}
     for indices in members:
         chunks: dict[bool, list[torch.Tensor]] = {o: [] for o in orientations}
@@ -333,9 +334,10 @@ def cache_latents(
             for flipped in orientations:
                 chunks[flipped].append(_sample(params[flipped], generator, chunk))
         for flipped in orientations:
-            per_orientation[flipped].append(
-                torch.cat(chunks[flipped]).mul_(vae.config.scaling_factor).to(vae.device)
-            )
+            latents = torch.cat(chunks[flipped])
+            if shift is not None:  # FLUX-style VAEs: (z - shift_factor) * scaling_factor
+                latents = latents.sub_(shift)
+            per_orientation[flipped].append(latents.mul_(vae.config.scaling_factor).to(vae.device))
     return BucketLatents(
         sizes=sizes,
         latents=per_orientation[False],

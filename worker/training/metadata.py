@@ -284,6 +284,8 @@ def base_model_version(family: str, v_parameterization: bool) -> str:
     """Kohya's ss_base_model_version: sd_v1 / sd_v2 (+ "_v" when v-parameterized), sdxl_base_v1-0."""
     if family == "sdxl":
         return "sdxl_base_v1-0"
+    if family not in ("sd1", "sd2"):
+        return family  # flux1, as sd-scripts' flux trainer writes it
     return ("sd_v2" if family == "sd2" else "sd_v1") + ("_v" if v_parameterization else "")
 
 
@@ -302,7 +304,7 @@ def modelspec_metadata(
     if family == "sd2":
         arch = "stable-diffusion-v2-768-v" if v_parameterization else "stable-diffusion-v2-512"
     else:
-        arch = _ARCHITECTURES[family]
+        arch = _ARCHITECTURES.get(family, family)  # other families lay their own over it (families/)
     meta = {
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
         "modelspec.architecture": f"{arch}/lora",

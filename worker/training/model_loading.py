@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from shared.catalogue.families import (
     FAMILY_LABELS,
     HUB_REPO_ID,
+    SHARED_CONFIGS,
     SINGLE_FILE_SUFFIXES,
     ModelFamily,
     SingleFileVariant,
@@ -49,6 +50,7 @@ FAMILY_PIPELINES: dict[str, type[DiffusionPipeline]] = {
     "sd1": StableDiffusionPipeline,
     "sd2": StableDiffusionPipeline,
     "sdxl": StableDiffusionXLPipeline,
+    "flux1": FluxPipeline,  # loaded by worker/training/families/flux.py
 }
 
 
@@ -362,8 +364,10 @@ def detect_folder_family(resolved: ResolvedModel, folder: Path) -> ModelFamily:
     model_index = _read_json(resolved, folder / "model_index.json")
     unet_config = folder / "unet" / "config.json"
     unet = _read_json(resolved, unet_config) if unet_config.is_file() else {}
+    transformer_config = folder / "transformer" / "config.json"
+    transformer = _read_json(resolved, transformer_config) if transformer_config.is_file() else None
     try:
-        return family_from_pipeline_configs(model_index, unet)
+        return family_from_pipeline_configs(model_index, unet, transformer)
     except UnsupportedPipeline as exc:
         raise BaseModelError(resolved.ref, f"{shown(folder, resolved.models_dir)} {exc}") from exc
 
@@ -419,7 +423,7 @@ def resolve_family(resolved: ResolvedModel, requested: str = "auto") -> ModelFam
         raise BaseModelError(resolved.ref, f"unknown model family {requested!r}")
     else:
         family = requested  # type: ignore[assignment]
-    if resolved.kind == "single_file":
+    if resolved.kind == "single_file" and family in SHARED_CONFIGS:  # the SD families' config folders
         single_file_config(resolved, family)
     return family
 

@@ -142,6 +142,26 @@ def _write_png(image: Image.Image, path: Path, parameters: str, record: dict[str
     os.replace(partial, path)  # complete when announced
 
 
+def _draw_sd(
+    pipe: Any,
+    prompt: SamplePrompt,
+    generator: torch.Generator,
+    autocast: Callable[[], AbstractContextManager[Any]],
+) -> Image.Image:
+    with autocast():
+        latents = pipe(
+            prompt=prompt.prompt,
+            negative_prompt=prompt.negative_prompt,  # "" is encoded, as Kohya and A1111 do
+            width=prompt.width,
+            height=prompt.height,
+            num_inference_steps=prompt.steps,
+            guidance_scale=prompt.cfg_scale,
+            generator=generator,
+            output_type="latent",
+        ).images
+    return _decode(pipe, latents)[0]
+
+
 def generate_samples(
     pipe: Any,
     prompts: Sequence[SamplePrompt],
@@ -157,8 +177,11 @@ def generate_samples(
     prediction_type: str | None = None,
     on_sample: Callable[[SavedSample], None] | None = None,
     extra_parameters: dict[str, object] | None = None,
+    draw: Callable[[SamplePrompt, torch.Generator], Image.Image] | None = None,
 ) -> list[SavedSample]:
-    """One image per prompt into out_dir; on_sample is called after each file is completely written."""
+    """One image per prompt into out_dir; on_sample is called after each file is completely written.
+    draw: the family's own way to draw one image (FLUX: cached prompt embeddings, its own scheduler);
+    default: the pipeline called with the sampler's scheduler, decoded as the SD families decode."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
@@ -175,21 +198,14 @@ def generate_samples(
             for index, prompt in enumerate(prompts):
                 sampler = normalize_sampler(prompt.sampler or default_sampler)
                 seed = prompt.seed if prompt.seed is not None else derive_seed(run_seed, index)
-                pipe.scheduler = build_scheduler(original_scheduler.config, sampler, prediction_type)
                 # A CPU generator: the same seed gives the same starting noise on any device.
                 generator = torch.Generator("cpu").manual_seed(seed)
-                with autocast():
-                    latents = pipe(
-                        prompt=prompt.prompt,
-                        negative_prompt=prompt.negative_prompt,  # "" is encoded, as Kohya and A1111 do
-                        width=prompt.width,
-                        height=prompt.height,
-                        num_inference_steps=prompt.steps,
-                        guidance_scale=prompt.cfg_scale,
-                        generator=generator,
-                        output_type="latent",
-                    ).images
-                image = _decode(pipe, latents)[0]
+                if draw is not None:
+                    with autocast():
+                        image = draw(prompt, generator)
+                else:
+                    pipe.scheduler = build_scheduler(original_scheduler.config, sampler, prediction_type)
+                    image = _draw_sd(pipe, prompt, generator, autocast)
                 sample = SavedSample(
                     path=out_dir
                     / sample_file_name(

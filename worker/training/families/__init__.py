@@ -18,11 +18,18 @@ def _load_sd(resolved: ResolvedModel, family: str, config: TrainingConfig) -> Fa
     return SDModel.load(resolved, family, config)
 
 
+def _load_flux(resolved: ResolvedModel, family: str, config: TrainingConfig) -> FamilyModel:
+    from worker.training.families.flux import FluxModel
+
+    return FluxModel.load(resolved, family, config)
+
+
 # family (shared/catalogue/families.py's names) -> loader of that family's FamilyModel
 LOADERS: dict[str, Callable[[ResolvedModel, str, TrainingConfig], FamilyModel]] = {
     "sd1": _load_sd,
     "sd2": _load_sd,
     "sdxl": _load_sd,
+    "flux1": _load_flux,
 }
 
 

@@ -1,0 +1,117 @@
+"""Which config fields mean something for which model family: a field that does nothing for the family is a
+422 naming it, never silently ignored. One table, read by the config's own check (an explicit
+model_family), the API (a family from the catalogue) and the worker (the detected family)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.errors import LorabakeError
+
+FLOW_FAMILIES = frozenset({"flux1"})
+# Pixels every training side must be a multiple of: the VAE's factor 8, and for FLUX.1 its 2x2 packing of
+# the latents on top (diffusers' FluxPipeline asks for multiples of vae_scale_factor * 2 as well).
+SD_SIZE_MULTIPLE = 8
+SIZE_MULTIPLES: dict[str, int] = {"flux1": 16}
+
+# Fields of the DDPM / CLIP-token families that a rectified-flow family cannot honour, and why.
+NOT_FOR_FLOW: dict[str, str] = {
+    "v_parameterization": "a flow-matching model predicts the velocity; there is no v/epsilon choice",
+    "min_snr_gamma": "Min-SNR weighting is defined for DDPM noise schedules, not flow matching",
+    "noise_offset": "offset noise is a DDPM-schedule remedy that sd-scripts does not apply to FLUX",
+    "adaptive_noise_scale": "offset noise is a DDPM-schedule remedy that sd-scripts does not apply to FLUX",
+    "clip_skip": "FLUX uses CLIP-L's pooled output only, so there is no layer to skip",
+    "max_token_length": "FLUX captions are T5 tokens: use t5xxl_max_token_length",
+    "conv_dim": "FLUX's transformer blocks have no 3x3 convolutions (LoCon)",
+    "conv_alpha": "FLUX's transformer blocks have no 3x3 convolutions (LoCon)",
+}
+# Fields only a flow-matching family reads.
+FLOW_ONLY: tuple[str, ...] = (
+    "guidance_scale",
+    "timestep_sampling",
+    "sigmoid_scale",
+    "discrete_flow_shift",
+    "weighting_scheme",
+    "logit_mean",
+    "logit_std",
+    "mode_scale",
+    "model_prediction_type",
+    "t5xxl_max_token_length",
+    "apply_t5_attn_mask",
+    "train_double_block_indices",
+    "train_single_block_indices",
+    "include_patterns",
+    "exclude_patterns",
+)
+
+
+def size_multiple(family: str | None) -> int:
+    """The multiple of pixels a training image's sides (resolution, bucket steps) need for `family`."""
+    return SIZE_MULTIPLES.get(family or "", SD_SIZE_MULTIPLE)
+
+
+def size_conflicts(config: Any, family: str) -> list[tuple[str, str]]:
+    """resolution / bucket_reso_steps that would make buckets the family's latents cannot hold. Buckets
+    are multiples of bucket_reso_steps (or resolution x resolution without bucketing), so these two decide."""
+    multiple = size_multiple(family)
+    fields = ["resolution"] + (["bucket_reso_steps"] if config.enable_bucket else [])
+    return [
+        (field, f"must be a multiple of {multiple} px for {family} ({getattr(config, field)} is not)")
+        for field in fields
+        if getattr(config, field) % multiple
+    ]
+
+
+def family_conflicts(config: Any, family: str) -> list[tuple[str, str]]:
+    """(field, why) for each field set in `config` that the family cannot use; empty when all apply."""
+    set_fields = config.model_fields_set
+    out: list[tuple[str, str]] = size_conflicts(config, family)
+    if family in FLOW_FAMILIES:
+        for field, why in NOT_FOR_FLOW.items():
+            if field in set_fields and getattr(config, field) not in (None, False):
+                out.append((field, f"does not apply to {family}: {why}"))
+        if config.network_type != "lora" or config.dora_wd:
+            out.append(("network_type", f"{family} trains LoRA only for now (LoHa/LoKr/DoRA: SD families)"))
+        if config.network_target != "all_linear" and "network_target" in set_fields:
+            out.append(("network_target", f"{family} targets are chosen by the block indices and patterns"))
+        return out
+    for field in FLOW_ONLY:
+        if getattr(config, field, None) is not None:
+            out.append((field, f"applies to flow-matching families (FLUX.1) only, not {family}"))
+    return out
+
+
+def _refusal(message: str, fields: list[dict[str, str]], **details: Any) -> LorabakeError:
+    return LorabakeError(
+        message, code="invalid_config", details={"fields": fields, **details}, status_code=422
+    )
+
+
+def checked_family(config: Any, catalogue_family: str | None) -> str | None:
+    """The family a job trains for: its explicit model_family, else the catalogue's for its base model (None
+    when neither says; the worker checks once it has read the model). A 422 naming config.model_family when
+    the two disagree, or config.<field> for each field the catalogue's family cannot use (an explicit
+    family's fields are the config's own check)."""
+    explicit = None if config.model_family == "auto" else config.model_family
+    if explicit is not None and catalogue_family is not None and explicit != catalogue_family:
+        why = (
+            f"is {explicit} but {config.base_model!r} is a {catalogue_family} model (GET /v1/models); "
+            "leave model_family at auto"
+        )
+        raise _refusal(
+            f"config.model_family {why}",
+            [{"field": "config.model_family", "message": why}],
+            catalogue_family=catalogue_family,
+        )
+    if explicit is not None or catalogue_family is None:
+        return explicit
+    conflicts = family_conflicts(config, catalogue_family)
+    if conflicts:
+        fields = [{"field": f"config.{field}", "message": why} for field, why in conflicts]
+        raise _refusal(
+            f"{config.base_model!r} is a {catalogue_family} model: "
+            + "; ".join(f"{f['field']} {f['message']}" for f in fields),
+            fields,
+            catalogue_family=catalogue_family,
+        )
+    return catalogue_family
