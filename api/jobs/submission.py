@@ -49,10 +49,11 @@ def submit_job(
     api_key_id: str | None = None,
     queue: str | None = None,
 ) -> Job:
-    require_known_base_model(state, config)
+    family = require_known_base_model(state, config)
     queue = job_queue(state, config, queue)
     report = inspect_dataset_zip(upload.path, config, state.settings.zip_limits)
-    run = plan_run(config, report.layout, report.image_sizes, report)  # preset, buckets by probed sizes
+    # preset (for the family), buckets by probed sizes
+    run = plan_run(config, report.layout, report.image_sizes, report, family)
 
     job_id = new_id()
     dataset_key = f"jobs/{job_id}/dataset.zip"
@@ -99,7 +100,7 @@ def submit_dataset_job(
     queue: str | None = None,
 ) -> Job:
     """A training job on a stored dataset, pinned to its current caption revision."""
-    require_known_base_model(state, config)
+    family = require_known_base_model(state, config)
     queue = job_queue(state, config, queue)
     with state.sessions() as session:
         try:
@@ -113,7 +114,7 @@ def submit_dataset_job(
             ) from exc
         layout = dataset_layout(dataset)
         config = dataset_job_config(config, layout)
-        run = plan_run(config, layout, image_sizes(dataset), dataset.report)  # upright, as probed
+        run = plan_run(config, layout, image_sizes(dataset), dataset.report, family)  # upright, as probed
         job_id = new_id()
         captions_key = store_caption_snapshot(state, job_id, dataset)
         job = Job(

@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 from api.state import AppState
-from shared.catalogue.records import CatalogueModel, UnknownBaseModel, check_base_model, list_models
+from shared.catalogue.records import (
+    CatalogueModel,
+    UnknownBaseModel,
+    catalogue_family,
+    check_base_model,
+    list_models,
+)
+from shared.config.family_options import checked_family
 from shared.config.spec import TrainingConfig
 
 
@@ -19,10 +26,14 @@ def catalogue(state: AppState) -> list[CatalogueModel]:
         return list_models(session, _retention(state), alive_within)
 
 
-def require_known_base_model(state: AppState, config: TrainingConfig) -> None:
-    """422 naming config.base_model (with close names) before anything of a job is stored."""
+def require_known_base_model(state: AppState, config: TrainingConfig) -> str | None:
+    """422 naming config.base_model (with close names) before anything of a job is stored; then the family
+    the job trains for (explicit, else the catalogue's; None when neither says), with a 422 naming
+    config.model_family or config.<field> when the config does not fit the catalogue's family."""
     with state.sessions() as session:
         check_base_model(session, config.base_model, _retention(state), state.settings.allow_model_downloads)
+        family = catalogue_family(session, config.base_model, _retention(state))
+    return checked_family(config, family)
 
 
 def base_model_note(state: AppState, name: str) -> str | None:

@@ -19,6 +19,8 @@ from api.openapi_doc import schema_ref
 from api.schemas import error_responses
 from api.state import AppState
 from api.uploads import read_json_object
+from shared.catalogue.families import ModelFamily
+from shared.config.family_options import size_multiple
 from shared.config.kohya_import import import_kohya_config
 from shared.config.presets import PlannedRun, checkpoint_schedule, plan_run
 from shared.config.sd_scripts_import import SCRIPTS, import_sd_scripts_config
@@ -82,6 +84,14 @@ class CheckpointOut(BaseModel):
 class PlanOut(BaseModel):
     source: str  # "dataset" or "counts"
     layout: str  # "kohya" or "flat"
+    family: ModelFamily | None = Field(
+        description="the family the job trains for: config.model_family, else the catalogue's for its "
+        "base_model; null when neither says (a .ckpt, a hub id not in the catalogue)"
+    )
+    size_multiple: int = Field(
+        description="pixels that resolution and bucket_reso_steps must be a multiple of for that family "
+        "(16 for flux1: VAE factor 8 x 2x2 latent packing; 8 otherwise)"
+    )
     config: dict[str, Any]  # after the preset: what POST /v1/jobs would store
     plan: dict[str, Any]  # what POST /v1/jobs would store (warnings included)
     checkpoints: list[CheckpointOut]
@@ -196,7 +206,9 @@ def folder_parts(folder: str) -> tuple[int, str] | None:
 # --- the dry run -------------------------------------------------------------------------------------------
 
 
-def _dataset_run(state: AppState, owner: str, config: TrainingConfig, dataset_id: str) -> PlannedRun:
+def _dataset_run(
+    state: AppState, owner: str, config: TrainingConfig, dataset_id: str, family: str | None
+) -> PlannedRun:
     """As submit_dataset_job plans it: the stored layout, flat options from the upload, stored sizes."""
     with state.sessions() as session:
         try:
@@ -205,14 +217,16 @@ def _dataset_run(state: AppState, owner: str, config: TrainingConfig, dataset_id
             raise _unprocessable(f"no dataset {dataset_id}", "dataset_id", code="unknown_dataset") from exc
         layout = dataset_layout(dataset)
         config = dataset_job_config(config, layout)
-        return plan_run(config, layout, image_sizes(dataset), dataset.report)
+        return plan_run(config, layout, image_sizes(dataset), dataset.report, family)
 
 
-def _plan_out(source: str, run: PlannedRun) -> PlanOut:
+def _plan_out(source: str, run: PlannedRun, family: str | None) -> PlanOut:
     schedule = list(checkpoint_schedule(run.config, run.plan))
     return PlanOut(
         source=source,
         layout=run.layout.kind,
+        family=family,  # type: ignore[arg-type]
+        size_multiple=size_multiple(family),
         config=run.config.model_dump(mode="json"),
         plan=run.plan_json(),
         checkpoints=[CheckpointOut(**c) for c in islice(schedule, MAX_CHECKPOINTS)],
@@ -228,24 +242,24 @@ async def dry_run(request: Request, owner: JobsRead, state: State) -> PlanOut:
     """What a job would do, without storing or queueing anything: `config` (as for POST /v1/jobs) with a
     stored `dataset_id` or `counts` ({"subsets": [{"folder": "img/6_lisabp woman", "images": 34}]}).
     Returns the config after its preset, the plan (per subset, buckets when sizes are known), the LoRA files
-    that will be saved with their steps, and warnings."""
+    that will be saved with their steps, warnings, and the family it trains for with its size multiple."""
     body = await read_json_object(request)
     unknown = sorted(set(body) - {"config", "dataset_id", "counts"})
     if unknown:
         raise _unprocessable(f"unknown field {unknown[0]!r}", unknown[0])
     config = parse_config(body.get("config"))
-    await run_in_threadpool(require_known_base_model, state, config)
+    family = await run_in_threadpool(require_known_base_model, state, config)
     dataset_id, counts = body.get("dataset_id"), body.get("counts")
     if (dataset_id is None) == (counts is None):
         raise _unprocessable("give either dataset_id or counts", "dataset_id", code="missing_field")
     if dataset_id is not None:
         if not isinstance(dataset_id, str) or not dataset_id:
             raise _unprocessable("dataset_id must be a dataset's id (a string)", "dataset_id")
-        run = await run_in_threadpool(_dataset_run, state, owner, config, dataset_id)
-        return _plan_out("dataset", run)
+        run = await run_in_threadpool(_dataset_run, state, owner, config, dataset_id, family)
+        return _plan_out("dataset", run, family)
     layout, sizes = counts_layout(parse_counts(counts))
-    run = await run_in_threadpool(plan_run, config, layout, sizes)
-    return _plan_out("counts", run)
+    run = await run_in_threadpool(plan_run, config, layout, sizes, None, family)
+    return _plan_out("counts", run, family)
 
 
 _KOHYA_BODY = {
@@ -310,7 +324,8 @@ _SD_SCRIPTS_BODY = {
                                 {"type": "string", "enum": [*SCRIPTS, *(f"{s}.py" for s in SCRIPTS)]},
                                 {"type": "null"},
                             ],
-                            "description": "the script the files are for; sdxl_train_network sets SDXL",
+                            "description": "the script the files are for: sdxl_train_network sets SDXL, "
+                            "flux_train_network FLUX.1",
                         },
                     },
                 }
@@ -342,7 +357,8 @@ def sd_scripts_body(body: dict[str, Any]) -> tuple[str | None, str | None, str |
 )
 async def import_sd_scripts(request: Request, owner: Owner, state: State) -> KohyaImportOut:
     """Read sd-scripts' own TOML files: `config_toml` (the training TOML of --config_file) and/or
-    `dataset_toml` (--dataset_config), and `script` (train_network or sdxl_train_network). The answer is as
+    `dataset_toml` (--dataset_config), and `script` (train_network, sdxl_train_network or flux_train_network;
+    without it, network_module networks.lora_flux or a FLUX model file means FLUX.1). The answer is as
     for a kohya_ss config: `config`, `mapped`, `ignored`, `unsupported` and `notes` (which say which zip
     folder each dataset subset's images go in). Malformed TOML, or a value of the wrong type, is a 422 naming
     the file and the line or key."""

@@ -9,11 +9,16 @@ from pydantic import BaseModel, Field
 
 from api.deps import Owner
 from api.schemas import error_responses
-from shared.config.presets import COMPUTED_FIELDS, PRESETS, Preset
+from shared.config.presets import FAMILY_VALUES, PRESETS, Preset, computed_fields
 from shared.errors import NotFoundError
 
 router = APIRouter(prefix="/v1/presets", tags=["presets"])
 _ERRORS = error_responses(401, 404, 422, 503)
+
+
+class FamilyPresetOut(BaseModel):
+    values: dict[str, Any] = Field(description="fields set to these values, unless the config sets them")
+    computed: dict[str, str] = Field(description="fields filled from the dataset and the config, and how")
 
 
 class PresetOut(BaseModel):
@@ -21,6 +26,10 @@ class PresetOut(BaseModel):
     description: str
     values: dict[str, Any] = Field(description="fields set to these values, unless the config sets them")
     computed: dict[str, str] = Field(description="fields filled from the dataset and the config, and how")
+    families: dict[str, FamilyPresetOut] = Field(
+        description="what the preset does instead on a base of these families (flux1: the FLUX.1 trainers' "
+        "values), by config.model_family or, with auto, the base model's family in GET /v1/models"
+    )
 
     @classmethod
     def of(cls, preset: Preset) -> PresetOut:
@@ -28,7 +37,11 @@ class PresetOut(BaseModel):
             name=preset.name,
             description=preset.description,
             values=preset.fixed_values(),
-            computed=dict(COMPUTED_FIELDS),
+            computed=computed_fields(),
+            families={
+                family: FamilyPresetOut(values=preset.fixed_values(family), computed=computed_fields(family))
+                for family in FAMILY_VALUES
+            },
         )
 
 

@@ -110,7 +110,7 @@ class Event(_Model):
 
 class QueueCounts(_Model):
     queued: int = 0  # waiting to start
-    running: int = 0  # preparing, training or uploading
+    running: int = 0  # preparing, training, rendering or uploading
 
 
 class NamedQueue(_Model):
@@ -268,7 +268,7 @@ class BaseModelInfo(_Model):
     """A base model the workers reported (`config.base_model` takes its `name`)."""
 
     name: str
-    family: str | None = None  # sd1, sd2, sdxl
+    family: str | None = None  # sd1, sd2, sdxl, flux1; None for a .ckpt (read when a job loads it)
     prediction_type: str | None = None
     kind: str = ""  # diffusers, single_file
     source: str = ""  # local, hub_cache
@@ -325,6 +325,8 @@ class Checkpoint(_Model):
 class Plan(_Model):
     source: str = ""
     layout: str = ""
+    family: str | None = None  # sd1, sd2, sdxl, flux1: what the job trains for; None when not known yet
+    size_multiple: int = 8  # resolution / bucket_reso_steps must be multiples of it (16 for flux1)
     config: dict[str, Any] = {}
     plan: dict[str, Any] = {}
     checkpoints: list[Checkpoint] = []
@@ -332,11 +334,17 @@ class Plan(_Model):
     warnings: list[dict[str, Any]] = []
 
 
+class PresetValues(_Model):
+    values: dict[str, Any] = {}
+    computed: dict[str, str] = {}
+
+
 class Preset(_Model):
     name: str
     description: str = ""
     values: dict[str, Any] = {}
     computed: dict[str, str] = {}
+    families: dict[str, PresetValues] = {}  # what it sets instead on a base of these families (flux1)
 
 
 class KohyaImport(_Model):

@@ -117,6 +117,16 @@ def list_models(session: Session, retention: timedelta, alive_within_seconds: fl
     ]
 
 
+def catalogue_family(session: Session, name: str, retention: timedelta) -> str | None:
+    """The family workers reported for `name`; None when it is not listed or its family is read only when a
+    job loads it (a .ckpt)."""
+    return session.scalar(
+        select(BaseModelRecord.family).where(
+            BaseModelRecord.name == name, BaseModelRecord.last_seen_at >= utcnow() - retention
+        )
+    )
+
+
 class UnknownBaseModel(LorabakeError):
     status_code = 422
     code = "unknown_base_model"

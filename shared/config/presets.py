@@ -11,6 +11,9 @@ explicitly always wins. The numbers and why they were chosen: docs/presets.md. P
   guide's own example is 34 images x 6 repeats x 10 epochs = 2040), never above 3500 where avoidable.
 - save every epoch, save precision fp16, 512 px (1024 for an SDXL base), cosine schedule.
 - learning rates: 1e-4 per sample of the effective batch (batch x accumulation) for AdamW/AdamW8bit.
+
+On a FLUX.1 base (the config's model_family, else the catalogue's) the values are the FLUX trainers' instead
+(shared/config/flux_presets.py); repeats and epochs are chosen the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from shared.config.flux_presets import FLUX_COMPUTED, FLUX_LR, FLUX_VALUES
 from shared.config.plan import TrainingPlan, compute_plan
 from shared.config.spec import TrainingConfig
 from shared.datasets.layout import DatasetLayout
@@ -48,8 +52,11 @@ class Preset:
     subject: bool  # the guide's "subjects" (characters, people, objects, poses...) as opposed to styles
     description: str
 
-    def fixed_values(self) -> dict[str, Any]:
-        """The fields this preset sets to the same value whatever the dataset (unless the client set them)."""
+    def fixed_values(self, family: str | None = None) -> dict[str, Any]:
+        """The fields this preset sets to the same value whatever the dataset (unless the client set them),
+        for a base of `family` (None: not known, the SD values)."""
+        if family in FAMILY_VALUES:
+            return dict(FAMILY_VALUES[family])
         return {
             "network_dim": self.rank,
             "network_alpha": self.alpha,
@@ -93,6 +100,16 @@ COMPUTED_FIELDS: dict[str, str] = {
     "repeats": f"flat datasets only: the fewest that make one epoch at least {EPOCH_LOW} steps",
     "epochs": f"the count whose total is nearest {TARGET_STEPS} steps within {STEPS_LOW}-{STEPS_HIGH}",
 }
+# Families whose presets set other values than the guide's (resolution among them), and what they compute.
+FAMILY_VALUES: dict[str, dict[str, Any]] = {"flux1": FLUX_VALUES}
+FAMILY_COMPUTED: dict[str, dict[str, str]] = {
+    "flux1": {**{k: v for k, v in COMPUTED_FIELDS.items() if k in ("repeats", "epochs")}, **FLUX_COMPUTED}
+}
+
+
+def computed_fields(family: str | None = None) -> dict[str, str]:
+    """The fields a preset fills from the dataset and the config on a base of `family`, and how."""
+    return dict(FAMILY_COMPUTED.get(family or "", COMPUTED_FIELDS))
 
 
 # --- applying a preset -------------------------------------------------------------------------------------
@@ -164,33 +181,43 @@ def _validated(config: TrainingConfig, values: dict[str, Any]) -> TrainingConfig
         ) from exc
 
 
+def _preset_values(preset: Preset, config: TrainingConfig, family: str | None) -> dict[str, Any]:
+    """Every value the preset would set, before the client's own fields are kept."""
+    values = preset.fixed_values(family)
+    if family in FAMILY_VALUES:
+        if config.optimizer in SCALED_LR_OPTIMIZERS:
+            values["unet_lr"] = FLUX_LR  # FLUX.1: one rate, not scaled by the batch (flux_presets.py)
+        return values
+    # SD: 1024 only for an explicit sdxl, as before the catalogue's family reached presets
+    values["resolution"] = 1024 if config.model_family == "sdxl" else 512
+    if config.optimizer in SCALED_LR_OPTIMIZERS:
+        lr = scaled_learning_rate(config.batch_size, config.gradient_accumulation_steps)
+        values["unet_lr"] = lr
+        values["text_encoder_lr"] = lr  # the guide: all three learning rates get the same value
+    return values
+
+
 def apply_preset(
     config: TrainingConfig,
     layout: DatasetLayout,
     image_sizes: Mapping[str, tuple[int, int]] | None = None,
+    family: str | None = None,
 ) -> TrainingConfig:
     """The config with the preset's values in every field the client did not set; unchanged without one.
 
     `layout` is the dataset as read with `config` (for a flat layout, with `config.repeats`); the steps are
-    counted by `compute_plan`, bucketed when `image_sizes` are given. Re-applying is a no-op.
+    counted by `compute_plan`, bucketed when `image_sizes` are given. `family`: the base model's family when
+    model_family is "auto" (the catalogue's; None when unknown). Re-applying is a no-op.
     """
     if config.preset is None:
         return config
-    preset = PRESETS[config.preset]
+    family = family if config.model_family == "auto" else config.model_family
     explicit = config.model_fields_set
-    values: dict[str, Any] = {}
-
-    def put(name: str, value: Any) -> None:
-        if name not in explicit:
-            values[name] = value
-
-    for name, value in preset.fixed_values().items():
-        put(name, value)
-    put("resolution", 1024 if config.model_family == "sdxl" else 512)
-    if config.optimizer in SCALED_LR_OPTIMIZERS:
-        lr = scaled_learning_rate(config.batch_size, config.gradient_accumulation_steps)
-        put("unet_lr", lr)
-        put("text_encoder_lr", lr)  # the guide: all three learning rates get the same value
+    values = {
+        name: value
+        for name, value in _preset_values(PRESETS[config.preset], config, family).items()
+        if name not in explicit
+    }
     shaped = _validated(config, values)  # the bucket settings and batch the steps are counted with
 
     if layout.kind == "flat" and "repeats" not in explicit:
@@ -379,9 +406,11 @@ def plan_run(
     layout: DatasetLayout,
     image_sizes: Mapping[str, tuple[int, int]] | None = None,
     report: Any = None,
+    family: str | None = None,
 ) -> PlannedRun:
-    """Preset applied, layout re-read with its repeats, plan computed, warnings listed."""
-    config = apply_preset(config, layout, image_sizes)
+    """Preset applied (for `family`, as apply_preset takes it), layout re-read with its repeats, plan
+    computed, warnings listed."""
+    config = apply_preset(config, layout, image_sizes, family)
     layout = with_flat_repeats(layout, config.repeats)
     plan = compute_plan(layout, config, image_sizes)
     return PlannedRun(config, layout, plan, plan_warnings(config, plan, layout, report))

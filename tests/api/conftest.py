@@ -44,3 +44,33 @@ def key(pg_url) -> str:
 @pytest.fixture
 def headers(key) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+# Base models the session's catalogue does not get from the tiny models on disk, recorded as a worker holding
+# them would report them (the API reads only the catalogue): a FLUX.1 dev single file and an SDXL one.
+FLUX_MODEL = "flux1-dev.safetensors"
+SDXL_MODEL = "sdxl/sd_xl_base_1.0.safetensors"
+
+
+@pytest.fixture(scope="session")
+def catalogue_extras(pg_url) -> dict[str, str]:
+    from shared.catalogue.records import record_models
+    from shared.catalogue.scan import ModelEntry
+
+    entries = [
+        ModelEntry(FLUX_MODEL, "flux1", None, "single_file", "local", 23_802_932_552),
+        ModelEntry(SDXL_MODEL, "sdxl", "epsilon", "single_file", "local", 6_938_078_334),
+    ]
+    with session_scope(pg_url) as session:
+        record_models(session, "tests:catalogue-extras", entries)
+    return {"flux1": FLUX_MODEL, "sdxl": SDXL_MODEL}
+
+
+@pytest.fixture
+def flux_model(catalogue_extras) -> str:
+    return catalogue_extras["flux1"]
+
+
+@pytest.fixture
+def sdxl_model(catalogue_extras) -> str:
+    return catalogue_extras["sdxl"]

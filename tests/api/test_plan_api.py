@@ -14,8 +14,14 @@ from shared.db.keys import create_api_key
 from shared.db.models import Job
 from shared.db.session import session_scope
 from tests.support.datasets import flat_entries, kohya_entries, write_zip
-from tests.support.kohya_configs import guide_character_config
-from tests.support.sd_scripts_configs import DATASET_TOML, SD15_LORA_TOML, SDXL_LOCON_TOML
+from tests.support.kohya_configs import flux_preset_config, guide_character_config
+from tests.support.sd_scripts_configs import (
+    DATASET_TOML,
+    FLUX_DATASET_TOML,
+    FLUX_DOCS_TOML,
+    SD15_LORA_TOML,
+    SDXL_LOCON_TOML,
+)
 from tests.support.stack import bucket_keys
 
 LISA = {"subsets": [{"folder": "img/6_lisabp woman", "images": 34}]}
@@ -141,7 +147,9 @@ def test_job_upload_applies_the_preset_and_stores_warnings(client, headers, tmp_
     assert {w["code"] for w in job["plan"]["warnings"]} == {"bf16_gpu"}
 
 
-def test_422s_name_the_field_and_store_nothing(client, headers, pg_url, tmp_path, s3_server, bucket):
+def test_422s_name_the_field_and_store_nothing(
+    client, headers, pg_url, tmp_path, s3_server, bucket, sdxl_model
+):
     jobs_before = job_count(pg_url)
     base = {"base_model": "tiny-sd15"}
 
@@ -171,8 +179,9 @@ def test_422s_name_the_field_and_store_nothing(client, headers, pg_url, tmp_path
     assert unknown.json()["error"]["code"] == "unknown_dataset" and fields(unknown) == ["dataset_id"]
     extra = post({"config": base, "counts": LISA, "dataset": "x"})
     assert fields(extra) == ["dataset"]
-    clash = post({"config": {**base, "preset": "character", "model_family": "sdxl", "max_bucket_reso": 768},
-                  "counts": LISA})  # fmt: skip
+    # the preset's 1024 for SDXL (an explicit model_family must be the catalogue's: an SDXL model here)
+    sdxl = {"base_model": sdxl_model, "model_family": "sdxl"}
+    clash = post({"config": {**sdxl, "preset": "character", "max_bucket_reso": 768}, "counts": LISA})
     assert clash.status_code == 422 and "max_bucket_reso" in clash.json()["error"]["message"]
     # a caption config's lengths out of order, max_length left at its default (issue 15: it was accepted)
     captioning = post(
@@ -249,3 +258,26 @@ def test_sd_scripts_import_endpoint_feeds_a_dry_run(client, headers):
     assert refused({"config_toml": 3}) == ["config_toml"]
     assert refused({"config_toml": "", "script": "train_db"}) == ["script"]
     assert client.post("/v1/configs/sd-scripts", json={}).status_code == 401
+
+
+def test_flux_imports_refuse_by_key_and_the_refused_values_are_422s_naming_the_field(client, headers):
+    body = {"config_toml": FLUX_DOCS_TOML, "dataset_toml": FLUX_DATASET_TOML, "script": "flux_train_network"}
+    response = client.post("/v1/configs/sd-scripts", headers=headers, json=body)
+    assert response.status_code == 200, response.text
+    imported = response.json()
+    config = imported["config"]
+    assert config["model_family"] == "flux1" and config["timestep_sampling"] == "flux_shift"
+    assert {u["key"] for u in imported["unsupported"]} == {"blocks_to_swap"}
+
+    kohya = client.post("/v1/configs/kohya", headers=headers, json=flux_preset_config())
+    assert kohya.status_code == 200, kohya.text
+    assert kohya.json()["config"]["model_family"] == "flux1"
+    assert {u["key"] for u in kohya.json()["unsupported"]} == {"fp8_base", "full_bf16", "max_train_steps"}
+
+    # what the importers refuse or set aside, sent as the config itself, is a 422 naming the field
+    counts = {"subsets": [{"folder": "img/10_ohwx woman", "images": 20}]}
+    for field, value in (("model_prediction_type", "sigma_scaled"), ("noise_offset", 0.05)):
+        refused = client.post(
+            "/v1/plan", headers=headers, json={"config": {**config, field: value}, "counts": counts}
+        )
+        assert refused.status_code == 422 and fields(refused) == [f"config.{field}"], refused.text

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from shared.config.family_options import family_conflicts
+from shared.config.flux_presets import FLUX_VALUES
 from shared.config.plan import compute_plan
 from shared.config.presets import (
     EPOCH_HIGH,
@@ -152,6 +154,45 @@ def test_preset_values_that_clash_with_explicit_fields_are_422s_naming_the_field
     assert caught.value.status_code == 422
     assert caught.value.details["fields"][0]["field"] == "config"
     assert "max_bucket_reso" in caught.value.details["fields"][0]["message"]
+
+
+# --- FLUX.1: the FLUX trainers' values (shared/config/flux_presets.py) ------------------------------------
+
+
+DEFAULT = {name: f.default for name, f in TrainingConfig.model_fields.items()}
+
+
+@pytest.mark.parametrize("preset", ["character", "style", "concept"])
+@pytest.mark.parametrize("layout", [lisa_layout(), flat_layout(20)])
+def test_a_flux1_preset_sets_the_anchors_values_and_fits_flux1(preset, layout):
+    # the family from the catalogue (model_family auto) or from the config: the same values
+    for run in (
+        plan_run(config(preset=preset), layout, family="flux1"),
+        plan_run(config(preset=preset, model_family="flux1"), layout),
+    ):
+        c = run.config
+        assert {k: getattr(c, k) for k in FLUX_VALUES} == FLUX_VALUES
+        assert (c.resolution, c.network_dim, c.network_alpha, c.unet_lr) == (1024, 16, 16.0, 1e-4)
+        assert c.text_encoder_lr == DEFAULT["text_encoder_lr"]  # CLIP-L is not trained
+        flux = TrainingConfig.model_validate({**c.model_dump(mode="json"), "model_family": "flux1"})
+        assert family_conflicts(c, "flux1") == family_conflicts(flux, "flux1") == []
+        assert STEPS_LOW <= run.plan.total_steps <= STEPS_HIGH  # ai-toolkit's 2000 steps, as for SD
+
+
+def test_a_flux1_preset_keeps_what_the_client_set_and_sd_is_unchanged():
+    mine = config(preset="style", network_dim=32, discrete_flow_shift=1.0, batch_size=2)
+    c = plan_run(mine, lisa_layout(), family="flux1").config
+    assert (c.network_dim, c.discrete_flow_shift, c.unet_lr) == (32, 1.0, 1e-4)  # not scaled by the batch
+    lion = plan_run(config(preset="style", optimizer="Lion"), lisa_layout(), family="flux1").config
+    assert lion.unet_lr == DEFAULT["unet_lr"]  # Lion has its own scale
+    # an SD family (given, or from the catalogue) gets the guide's values as before
+    for family in (None, "sd1", "sdxl"):
+        sd = plan_run(config(preset="character"), lisa_layout(), family=family).config
+        assert (sd.resolution, sd.network_dim) == (512, 128)
+        assert sd.guidance_scale is None and sd.timestep_sampling is None
+    # an explicit family wins over the one passed in
+    sdxl = plan_run(config(preset="character", model_family="sdxl"), lisa_layout(), family="flux1").config
+    assert (sdxl.resolution, sdxl.guidance_scale) == (1024, None)
 
 
 # --- warnings -----------------------------------------------------------------------------------------------
