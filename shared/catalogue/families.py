@@ -209,8 +209,9 @@ _VAE = "first_stage_model."
 
 
 class UnsupportedCheckpoint(ValueError):
-    """A single file that is no SD1.x / SD2.x / SDXL base text-to-image checkpoint (or, for now, a FLUX.1
-    one: no shipped config yet); the message says what it looks like."""
+    """A single file that is no SD1.x / SD2.x / SDXL base text-to-image checkpoint for single_file_variant
+    (FLUX.1 files load through worker/training/flux_single_file.py instead); the message says what it looks
+    like."""
 
 
 @dataclass(frozen=True)

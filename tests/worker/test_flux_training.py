@@ -269,3 +269,24 @@ def test_pack_is_diffusers_layout():
     assert torch.equal(unpack(pack(latents), 6, 4), latents)
     ids = FluxPipeline._prepare_latent_image_ids(2, 3, 2, "cpu", torch.float32)
     assert torch.equal(image_ids(6, 4, torch.device("cpu")), ids)
+
+
+def test_a_downloaded_flux1_dev_file_with_comfyui_companions_trains(dataset: Path, tmp_path: Path):
+    """The issue's user: flux1-dev.safetensors, ae, clip_l and t5xxl_fp16 as ComfyUI lays them out (tokenizers
+    and the tiny architecture configs in configs/flux1/): "base_model": "flux1-dev.safetensors" trains and its
+    file equals the one trained on the same weights as a diffusers folder."""
+    from worker.devtools.flux_single_file import save_comfyui_flux, save_flux_config_folder
+    from worker.devtools.tiny_flux import build_tiny_flux_pipeline
+
+    pipe = build_tiny_flux_pipeline()
+    models = tmp_path / "models"
+    save_comfyui_flux(pipe, models)
+    save_flux_config_folder(pipe, models / "configs" / "flux1")
+    pipe.save_pretrained(models / "tiny-flux-dev")
+    single, _ = _train(_config("flux1-dev.safetensors", epochs=1), dataset, models, tmp_path / "single")
+    folder, _ = _train(_config("tiny-flux-dev", epochs=1), dataset, models, tmp_path / "folder")
+    assert single.family == "flux1" and read_metadata(single.files[-1].path)["modelspec.architecture"] == (
+        "flux-1-dev/lora"
+    )
+    a, b = load_file(single.files[-1].path), load_file(folder.files[-1].path)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

@@ -425,6 +425,10 @@ def resolve_family(resolved: ResolvedModel, requested: str = "auto") -> ModelFam
         family = requested  # type: ignore[assignment]
     if resolved.kind == "single_file" and family in SHARED_CONFIGS:  # the SD families' config folders
         single_file_config(resolved, family)
+    elif resolved.kind == "single_file" and family == "flux1":  # its companion files, configs, tokenizers
+        from worker.training.flux_single_file import locate_flux_single_file  # it imports this module
+
+        locate_flux_single_file(resolved)
     return family
 
 

@@ -478,16 +478,14 @@ class FlowLoss:
 
 
 def load_flux_pipeline(resolved: ResolvedModel, dtype: torch.dtype = torch.float32) -> Any:
-    """A FLUX.1 diffusers folder (or cached hub snapshot), offline: the VAE in float32, the rest in dtype
-    (add_network places them on the device)."""
+    """A FLUX.1 diffusers folder (or cached hub snapshot), or BFL's single file with its companions, offline:
+    the VAE in float32, the rest in dtype (add_network places them on the device)."""
     from diffusers import FluxPipeline
 
-    if resolved.kind != "diffusers":
-        raise BaseModelError(
-            resolved.ref,
-            f"{shown(resolved.path, resolved.models_dir)}: FLUX.1 single files are not loadable yet; use the "
-            "diffusers folder (black-forest-labs/FLUX.1-dev in the Hugging Face cache)",
-        )
+    if resolved.kind != "diffusers":  # BFL's flux1-dev.safetensors with ComfyUI's companion files
+        from worker.training.flux_single_file import load_flux_single_file
+
+        return load_flux_single_file(resolved, dtype=dtype)
     try:
         return FluxPipeline.from_pretrained(
             resolved.path, dtype={"default": dtype, "vae": torch.float32}, local_files_only=True
