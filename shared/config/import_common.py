@@ -241,7 +241,7 @@ class Reader:
     """The file's keys and where each went; a key is `done` once it is mapped, ignored or unsupported."""
 
     def __init__(self, data: dict[str, Any], error_code: str = "invalid_kohya_config") -> None:
-        self.data = data
+        self.data = dict(data)  # a copy: set_aside removes keys from it
         self.error_code = error_code
         self.done: set[str] = set()
         self.config: dict[str, Any] = {}
@@ -265,6 +265,12 @@ class Reader:
         if key in self.data and key not in self.done:
             self.done.add(key)
             self.result.ignored.append({"key": key, "reason": reason})
+
+    def set_aside(self, key: str, reason: str) -> None:
+        """Ignore the key and hide it from the rules that run after (another family's rules would read it)."""
+        if key in self.data and key not in self.done:
+            self.ignore(key, reason)
+            del self.data[key]
 
     def unsupported(self, key: str, value: Any, reason: str) -> None:
         # "optimizer_args.d_coef" accounts for optimizer_args; a dotted key of the file (a dataset TOML's
@@ -466,7 +472,7 @@ def _switched_off(value: Any) -> bool:
     return is_off(value) or (isinstance(value, str) and value.strip().lower() in ("false", "none"))
 
 
-def _drop(r: Reader, key: str, value: Any, reason: str) -> None:
+def drop(r: Reader, key: str, value: Any, reason: str) -> None:
     """Ignore a file key, or note a network_args entry (it has no key of its own in the file)."""
     if r.has(key):
         r.ignore(key, reason)
@@ -503,9 +509,9 @@ def put_lycoris_option(r: Reader, key: str, name: str, value: Any, network_type:
             r.unsupported(key, value, str(exc))
             return
         if network_type != "lokr":
-            _drop(r, key, value, "factor is read by LoKr only")
+            drop(r, key, value, "factor is read by LoKr only")
         elif factor is None or factor == -1:
-            _drop(r, key, value, "-1: LyCORIS' balanced split, lorabake's default (lokr_factor unset)")
+            drop(r, key, value, "-1: LyCORIS' balanced split, lorabake's default (lokr_factor unset)")
         else:
             r.put("lokr_factor", factor, key if r.has(key) else key.split(".", 1)[0])
     elif name == "dora_wd":
@@ -514,18 +520,18 @@ def put_lycoris_option(r: Reader, key: str, name: str, value: Any, network_type:
         except ValueError as exc:
             r.unsupported(key, value, str(exc))
     elif name == "wd_on_output":
-        _drop(
+        drop(
             r, key, value, "lorabake's DoRA normalises per input channel (wd_on_output=False), the layout "
             "A1111 and ComfyUI both load as trained",
         )  # fmt: skip
     elif name == "preset" or name == "LyCORIS_preset":
         if str(value).strip().lower() == "full" or is_blank(value):
-            _drop(r, key, value, "lorabake trains Kohya's module set (network_target), not LyCORIS presets")
+            drop(r, key, value, "lorabake trains Kohya's module set (network_target), not LyCORIS presets")
         else:
             r.unsupported(key, value, "LyCORIS presets other than 'full' choose other modules to train")
     elif name in LYCORIS_OFF_OPTIONS:
         if _switched_off(value):
-            _drop(r, key, value, "off, as lorabake trains LyCORIS networks")
+            drop(r, key, value, "off, as lorabake trains LyCORIS networks")
         else:
             r.unsupported(key, value, f"the LyCORIS option {name} is not one lorabake has")
     else:

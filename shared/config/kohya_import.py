@@ -6,14 +6,16 @@ Every key of the file ends up in exactly one place:
 - `ignored`: keys with no effect here (paths, UI and machine settings, options that are off), with why;
 - `unsupported`: values we cannot train with the same meaning, with the value and why. Nothing is dropped
   silently and no value is bent into something else.
-The returned config validates as a TrainingConfig once `base_model` is present (it is filled from
-pretrained_model_name_or_path when the file names one). Pure: no torch.
+A FLUX.1 config (flux1_checkbox; kohya_ss then runs flux_train_network.py) has its FLUX keys read by
+flux_import.py. The returned config validates as a TrainingConfig once `base_model` is present (it is filled
+from pretrained_model_name_or_path when the file names one). Pure: no torch.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from shared.config.flux_import import import_flux_keys
 from shared.config.import_common import (
     DATA_FIELDS,
     MISSING,
@@ -57,23 +59,30 @@ _LYCORIS_KEYS = {"LyCORIS_preset", "factor", "bypass_mode", "dora_wd", "use_cp",
 # kohya_ss's LyCORIS LoRA types lorabake trains -> LyCORIS' algo (the others are refused by name).
 _LYCORIS_TYPES = {"LyCORIS/LoHa": "loha", "LyCORIS/LoKr": "lokr", "LyCORIS/LoCon": "locon"}
 _NOT_LYCORIS_ALGO_KEYS = {"train_on_input", "unit"}  # (IA)^3's and DyLoRA's: ignored below for these types
+_PRECISION_REASONS = {
+    "full_fp16": "lorabake keeps the trained LoRA weights in fp32 (mixed precision)",
+    "full_bf16": "lorabake keeps the trained LoRA weights in fp32 (mixed precision)",
+    "fp8_base": "training on an fp8 copy of the base model is not supported yet",
+}
 
 
 def import_kohya_config(data: dict[str, Any]) -> KohyaImport:
     """Reads a kohya_ss GUI LoRA configuration (the JSON its "Save" writes)."""
     r = Reader(data)
-    _model(r)
+    flux = _model(r)
     _resolution(r)
     _length(r)
     _learning_rates(r)
+    if flux and "text_encoder_lr" in r.config:  # kohya_ss: --network_train_unet_only when the TE rate is 0
+        r.put("network_train_unet_only", r.config["text_encoder_lr"] == 0, r.source["text_encoder_lr"])
     _scheduler(r)
     _optimizer(r)
-    _network(r)
+    _network(r, flux)
     _noise(r)
     _precision_and_saving(r)
     _data(r)
     _sampling(r)
-    _rest(r)
+    _rest(r, flux)
     validate(r)
     if any(u["key"] == "optimizer" for u in r.result.unsupported):
         r.note(
@@ -88,13 +97,24 @@ def _set(value: Any) -> bool:
     return value is not MISSING and value is not None and value != 0
 
 
-def _model(r: Reader) -> None:
+def _model(r: Reader) -> bool:
+    """base_model and model_family; True for FLUX.1 (kohya_ss runs flux_train_network.py for it)."""
     put_base_model(r, "pretrained_model_name_or_path")
-
+    sdxl_checked = r.get("sdxl") in (True, "true", "True")  # kohya_ss picks sdxl_train_network.py first
+    flux = r.has("flux1_checkbox") and not is_off(r.get("flux1_checkbox")) and not sdxl_checked
     for key in _FAMILY_CHECKBOXES:
-        if r.has(key) and not is_off(r.get(key)):
-            r.unsupported(key, r.get(key), "lorabake trains SD1.x, SD2.x and SDXL LoRAs only")
-        r.ignore(key, "off: this is an SD1.x/SD2.x/SDXL config")
+        if flux and key == "flux1_checkbox":
+            r.put("model_family", "flux1", key)
+        elif r.has(key) and not is_off(r.get(key)):
+            why = "lorabake trains SD1.x, SD2.x, SDXL and FLUX.1 LoRAs only"
+            if key == "flux1_checkbox":
+                why = "sdxl is checked too, so kohya_ss runs sdxl_train_network.py"
+            r.unsupported(key, r.get(key), why)
+        r.ignore(key, "off")
+    if flux:
+        import_flux_keys(r, kohya=True)  # sets aside v2, v_parameterization and the other SD-only keys
+        r.used("sdxl", "model_family")
+        return True
     v2 = r.read("v2", boolean)
     sdxl = r.read("sdxl", boolean)
     if sdxl is True:
@@ -111,6 +131,7 @@ def _model(r: Reader) -> None:
         r.used("sdxl", "model_family")
     # unchecked: sd-scripts trains on the noise (epsilon) target, which False means here too
     r.direct("v_parameterization", "v_parameterization", boolean)
+    return False
 
 
 def _resolution(r: Reader) -> None:
@@ -263,12 +284,12 @@ def _optimizer(r: Reader) -> None:
     put_optimizer_args(r, "optimizer_args", optimizer)
 
 
-def _network(r: Reader) -> None:
+def _network(r: Reader, flux: bool) -> None:
     r.direct("network_dim", "network_dim", integer)
     r.direct("network_alpha", "network_alpha", number)
     lora_type = r.get("LoRA_type", "Standard")
-    lycoris_algo = _LYCORIS_TYPES.get(lora_type)
-    if lora_type == "Kohya LoCon" or lycoris_algo is not None:
+    lycoris_algo = None if flux else _LYCORIS_TYPES.get(lora_type)
+    if not flux and (lora_type == "Kohya LoCon" or lycoris_algo is not None):
         network_type = "lora"
         if lycoris_algo is not None:  # kohya_ss passes algo=<...> to lycoris.kohya for these types
             network_type = put_lycoris_algo(r, "LoRA_type", lycoris_algo) or "lora"
@@ -286,8 +307,15 @@ def _network(r: Reader) -> None:
                 if r.has(key):
                     put_lycoris_option(r, key, key, r.get(key), network_type)
     else:
-        if lora_type == "Standard":
+        if lora_type == ("Flux1" if flux else "Standard"):
             r.used("LoRA_type")
+        elif flux:
+            r.unsupported(
+                "LoRA_type",
+                lora_type,
+                "lorabake trains FLUX.1 as LoRA_type 'Flux1' (networks.lora_flux); kohya_ss itself refuses "
+                "FLUX.1 with 'Standard' or LoCon, and OFT and LyCORIS are not trained on FLUX.1",
+            )
         else:
             r.unsupported(
                 "LoRA_type",
@@ -330,10 +358,8 @@ def _precision_and_saving(r: Reader) -> None:
     r.direct("mixed_precision", "mixed_precision", text)
     r.direct("save_precision", "save_precision", text)
     for key in ("full_fp16", "full_bf16", "fp8_base"):
-        if r.has(key) and not is_off(r.get(key)):
-            r.unsupported(
-                key, r.get(key), "lorabake keeps the trained LoRA weights in fp32 (mixed precision)"
-            )
+        if r.has(key) and not is_off(r.get(key)) and key not in r.done:  # FLUX's fp8_base: flux_import
+            r.unsupported(key, r.get(key), _PRECISION_REASONS[key])
         r.ignore(key, "off")
     for key in ("save_every_n_epochs", "save_every_n_steps", "save_last_n_epochs", "save_last_n_steps"):
         r.optional(key, key)
@@ -409,16 +435,21 @@ def _sampling(r: Reader) -> None:
     r.ignore("sample_prompts", "empty")
 
 
-def _rest(r: Reader) -> None:
+def _rest(r: Reader, flux: bool) -> None:
     for key, reason in _ALWAYS_IGNORED.items():
         r.ignore(key, reason)
     loss = str(r.get("loss_type", "l2")).lower()
+    other_family = (
+        "an SD3/other-model option; kohya_ss does not pass it for FLUX.1"
+        if flux
+        else "a FLUX.1/SD3/other-model option; not used for SD1.x/SD2.x/SDXL"
+    )
     for key in list(r.data):
         if key in r.done:
             continue
         value = r.data[key]
         if key.startswith(OTHER_FAMILY_PREFIXES) or key in OTHER_FAMILY_KEYS:
-            r.ignore(key, "a FLUX.1/SD3/other-model option; not used for SD1.x/SD2.x/SDXL")
+            r.ignore(key, other_family)
         elif key == "additional_parameters" and not is_off(value):
             r.unsupported(key, value, "extra sd-scripts command-line flags cannot be passed through")
         elif key == "resume" and not is_off(value):

@@ -20,6 +20,14 @@ import re
 import tomllib
 from typing import Any
 
+from shared.config.flux_import import (
+    DIFFERING_DEFAULTS,
+    FLUX_SCRIPT,
+    LORA_FLUX,
+    import_flux_keys,
+    names_flux_model,
+    put_lora_flux_args,
+)
 from shared.config.import_common import (
     DATA_FIELDS,
     MISSING,
@@ -50,7 +58,7 @@ CONFIG_FILE = "config_toml"
 LYCORIS_MODULE = "lycoris.kohya"  # LyCORIS' sd-scripts network module
 DATASET_FILE = "dataset_toml"
 ERROR_CODE = "invalid_sd_scripts_config"
-SCRIPTS = ("train_network", "sdxl_train_network")
+SCRIPTS = ("train_network", "sdxl_train_network", FLUX_SCRIPT)
 DEFAULT_LEARNING_RATE = 2e-6  # sd-scripts' --learning_rate default
 
 PATH_REASON, OUTPUT_PATH_REASON, MACHINE_REASON, TRACKING_REASON = reasons("sd-scripts")
@@ -106,6 +114,15 @@ _STR = frozenset(
     dataset_class conditioning_data_dir training_comment"""
     )
 )
+# flux_train_network.py's own options (flux_train_utils.add_flux_train_arguments, add_dit_training_arguments,
+# --split_mode): type-checked always, known only to a FLUX import (flux_import.py reads them).
+_FLUX_KINDS = {"clip_l": "str", "t5xxl": "str", "ae": "str", "controlnet_model_name_or_path": "str",
+               "model_type": "str", "timestep_sampling": "str", "model_prediction_type": "str",
+               "weighting_scheme": "str", "guidance_scale": "float", "sigmoid_scale": "float",
+               "discrete_flow_shift": "float", "logit_mean": "float", "logit_std": "float",
+               "mode_scale": "float", "t5xxl_max_token_length": "int", "blocks_to_swap": "int",
+               "apply_t5_attn_mask": "bool", "split_mode": "bool",
+               "cpu_offload_checkpointing": "bool"}  # fmt: skip
 # nargs="*" options: a list of "key=value" strings (or one string with spaces)
 _ARGS_LIST = frozenset({"optimizer_args", "lr_scheduler_args", "network_args", "base_weights"})
 
@@ -180,8 +197,8 @@ _OFF_ONLY: dict[str, tuple[Any, str]] = {
     "save_n_epoch_ratio": (None, "saving by epoch ratio (use save_every_n_epochs)"),
     "full_fp16": (False, "lorabake keeps the trained LoRA weights in fp32 (mixed precision)"),
     "full_bf16": (False, "lorabake keeps the trained LoRA weights in fp32 (mixed precision)"),
-    "fp8_base": (False, "an fp8 base model"),
-    "fp8_base_unet": (False, "an fp8 base model"),
+    "fp8_base": (False, "training on an fp8 copy of the base model (not supported yet)"),
+    "fp8_base_unet": (False, "training on an fp8 copy of the base model (not supported yet)"),
     "vae": (None, "a separate VAE; the base model's VAE is used"),
     "resume": (None, "an sd-scripts state folder; lorabake resumes its own jobs"),
     "initial_epoch": (None, "starting at a later epoch; lorabake resumes its own jobs"),
@@ -335,9 +352,8 @@ def _arg_kind(key: str) -> str | None:
         return "str"
     if key in _ARGS_LIST:
         return "args"
-    return {"text_encoder_lr": "lrs", "resolution": "str_or_int", "base_weights_multiplier": "floats"}.get(
-        key
-    )
+    kinds = {"text_encoder_lr": "lrs", "resolution": "str_or_int", "base_weights_multiplier": "floats"}
+    return kinds.get(key) or _FLUX_KINDS.get(key)
 
 
 def flatten_config(doc: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
@@ -421,8 +437,9 @@ def _table(
 def import_sd_scripts_config(
     config_toml: str | None, dataset_toml: str | None = None, script: str | None = None
 ) -> ImportResult:
-    """Reads sd-scripts' training TOML and/or dataset TOML; `script` (train_network / sdxl_train_network)
-    says which script they were for, which is how sd-scripts tells SDXL apart (no key says it)."""
+    """Reads sd-scripts' training TOML and/or dataset TOML; `script` (train_network / sdxl_train_network /
+    flux_train_network) says which script they were for, which is how sd-scripts tells SDXL apart (no key says
+    it). FLUX.1 is also read from network_module networks.lora_flux or a FLUX model file's name."""
     if config_toml is None and dataset_toml is None:
         raise _bad(CONFIG_FILE, "give config_toml, dataset_toml or both")
     script = script.removesuffix(".py") if script is not None else None  # "" is no script: refused
@@ -447,28 +464,50 @@ def import_sd_scripts_config(
             "dataset_config", r.get("dataset_config"), "send the dataset TOML's text as dataset_toml"
         )
     r.ignore("dataset_config", "the dataset TOML is given as dataset_toml")
+    flux = config_toml is not None and _is_flux(r, script)
     if config_toml is not None:  # a dataset TOML alone says nothing of the model, rates or length
-        _model(r, script)
+        if flux:
+            import_flux_keys(r, kohya=False)  # sets aside the SD-only keys flux_train_network.py ignores
+        _model(r, script, flux)
         _length(r)
-        _learning_rates(r)
+        _learning_rates(r, flux)
         _scheduler(r)
         _optimizer(r)
-        _network(r)
+        _network(r, flux)
     _noise_and_loss(r)
     _saving(r)
     _data(r)
     _sampling(r)
-    _rest(r, set(args))
-    _sd_defaults(r, _SD_DEFAULTS if config_toml is not None else _SD_DATASET_DEFAULTS)
+    _rest(r, set(args), f"{FLUX_SCRIPT if flux else 'train_network'}.py")
+    defaults = _SD_DEFAULTS if config_toml is not None else _SD_DATASET_DEFAULTS
+    if flux:  # no v_parameterization for a flow model; FLUX's own defaults where they differ from ours
+        defaults = {**{k: v for k, v in defaults.items() if k != "v_parameterization"}, **DIFFERING_DEFAULTS}
+    _sd_defaults(r, defaults)
     validate(r)
     return r.result
 
 
-def _model(r: Reader, script: str | None) -> None:
+def _is_flux(r: Reader, script: str | None) -> bool:
+    """FLUX.1: the script says so, or (no script) network_module lora_flux or a FLUX model file's name."""
+    if script is not None:
+        return script == FLUX_SCRIPT
+    return r.get("network_module") == LORA_FLUX or names_flux_model(r.get("pretrained_model_name_or_path"))
+
+
+def _model(r: Reader, script: str | None, flux: bool) -> None:
     if r.has("pretrained_model_name_or_path"):
         put_base_model(r, "pretrained_model_name_or_path")
     else:
         r.note("base_model: the files name no pretrained_model_name_or_path; set base_model")
+    if flux:
+        source = "script" if script is not None else "network_module"
+        if script is None and r.get("network_module") != LORA_FLUX:
+            source = "pretrained_model_name_or_path"
+            r.note("model_family flux1: the model file's name says FLUX (give script flux_train_network)")
+        r.config["model_family"] = "flux1"
+        r.source["model_family"] = source
+        r.used(source, "model_family")
+        return
     v2 = r.get("v2") is True
     if script == "sdxl_train_network":
         family = "sdxl"
@@ -508,17 +547,19 @@ def _length(r: Reader) -> None:
         )
 
 
-def _learning_rates(r: Reader) -> None:
+def _learning_rates(r: Reader, flux: bool) -> None:
     base = r.get("learning_rate", DEFAULT_LEARNING_RATE)
     unet = r.get("unet_lr")
     te = r.get("text_encoder_lr")
     if isinstance(te, list):  # one per text encoder (SDXL has two); sd-scripts uses the first for both
-        if len(set(te)) > 1:
+        if len(set(te)) > 1 and not flux:  # FLUX: [CLIP-L, T5-XXL], T5's used only with train_t5xxl
             r.unsupported(
                 "text_encoder_lr", te, "one rate per text encoder; lorabake has one text_encoder_lr"
             )
             te = MISSING
         else:
+            if len(set(te)) > 1:
+                r.note(f"text_encoder_lr {te}: the first is CLIP-L's; T5-XXL's is read only with train_t5xxl")
             te = te[0] if te else None
     unet_rate = unet if unet is not None else base
     if unet_rate == 0:
@@ -535,6 +576,8 @@ def _learning_rates(r: Reader) -> None:
     elif te is not MISSING:
         source = "text_encoder_lr" if te is not None else "learning_rate"
         r.put("text_encoder_lr", float(te if te is not None else base), source)
+    if flux and r.has("network_train_unet_only"):  # FLUX's field: lorabake's default differs (true)
+        r.put("network_train_unet_only", r.get("network_train_unet_only"), "network_train_unet_only")
     r.ignore("network_train_unet_only", "false: the text encoder is trained too")
     if unet is not None and (te is not None or r.get("network_train_unet_only") is True):
         r.ignore("learning_rate", "unet_lr/text_encoder_lr are set, so sd-scripts does not use learning_rate")
@@ -593,21 +636,21 @@ def _optimizer(r: Reader) -> None:
     put_optimizer_args(r, "optimizer_args", optimizer)
 
 
-def _network(r: Reader) -> None:
+def _network(r: Reader, flux: bool) -> None:
     module = r.get("network_module")
-    lora = module in (None, "networks.lora")
-    lycoris = module == LYCORIS_MODULE
+    lora_flux = flux and module in (None, LORA_FLUX)
+    lora = not flux and module in (None, "networks.lora")
+    lycoris = not flux and module == LYCORIS_MODULE
     if module is None:
-        r.note("no network_module: train_network.py needs one; lorabake trains networks.lora (Kohya's LoRA)")
-    elif lora or lycoris:
+        r.note(
+            f"no network_module: {FLUX_SCRIPT}.py needs one; lorabake trains {LORA_FLUX}'s modules"
+            if flux
+            else "no network_module: train_network.py needs one; lorabake trains networks.lora (Kohya's LoRA)"
+        )
+    elif lora or lycoris or lora_flux:
         r.used("network_module")
     else:
-        r.unsupported(
-            "network_module",
-            module,
-            "lorabake trains Kohya's LoRA (networks.lora, with conv_dim for LoCon) and LyCORIS' "
-            "(lycoris.kohya: loha, lokr, lora/locon, DoRA); DyLoRA, OFT and other networks are not trained",
-        )
+        r.unsupported("network_module", module, _network_module_reason(module, flux))
     r.direct("network_dim", "network_dim", integer)
     r.direct("network_alpha", "network_alpha", number)
     raw = r.get("network_args")
@@ -623,6 +666,9 @@ def _network(r: Reader) -> None:
                 r.unsupported("network_args", token, f"{token!r} is not key=value")
             else:
                 args[name] = value
+    if lora_flux:
+        put_lora_flux_args(r, args, r.get("network_dim", 4))  # lora_flux's default rank is 4 too
+        return
     network_type = "lora"
     if lycoris:  # LyCORIS' algo first: the other arguments depend on it
         found = put_lycoris_algo(r, "network_args.algo", args.pop("algo", None))
@@ -644,6 +690,20 @@ def _network(r: Reader) -> None:
             r.unsupported(f"network_args.{name}", value, "a networks.lora option lorabake does not have")
     if lycoris and args:
         r.used("network_args", "network_type")  # read whole, even where each entry was only a note
+
+
+def _network_module_reason(module: str, flux: bool) -> str:
+    if flux:
+        return (
+            f"FLUX.1 LoRAs are {LORA_FLUX}'s (what lorabake trains on FLUX.1); networks.lora finds no FLUX "
+            "modules, and LyCORIS and OFT are not trained on FLUX.1"
+        )
+    if module == LORA_FLUX:
+        return f"FLUX.1's network: give script {FLUX_SCRIPT}, the script that trains it"
+    return (
+        "lorabake trains Kohya's LoRA (networks.lora, with conv_dim for LoCon) and LyCORIS' "
+        "(lycoris.kohya: loha, lokr, lora/locon, DoRA); DyLoRA, OFT and other networks are not trained"
+    )
 
 
 def _conv_arg(r: Reader, name: str, value: str) -> None:
@@ -742,10 +802,12 @@ def _sampling(r: Reader) -> None:
     r.ignore("sample_prompts", "empty")
 
 
-def _rest(r: Reader, args: set[str]) -> None:
+def _rest(r: Reader, args: set[str], script: str) -> None:
     for key, reason in _SD_IGNORED.items():
         r.ignore(key, reason)
     for key, (off, what) in _OFF_ONLY.items():
+        if key in r.done:  # FLUX's fp8 switches: flux_import
+            continue
         value = r.get(key)
         if r.has(key) and not (is_off(value) or value == off):
             r.unsupported(key, value, f"not supported by lorabake: {what}")
@@ -757,7 +819,7 @@ def _rest(r: Reader, args: set[str]) -> None:
         if key.startswith(_METADATA_PREFIX):
             r.ignore(key, "model-card metadata of sd-scripts (modelspec); lorabake writes its own metadata")
         elif key not in _KNOWN:
-            r.unsupported(key, value, "not an option of sd-scripts' train_network.py (it would go unused)")
+            r.unsupported(key, value, f"not an option of sd-scripts' {script} (it would go unused)")
         elif is_off(value):
             r.ignore(key, "off or empty: nothing to carry over")
         else:

@@ -212,10 +212,14 @@ class TrainingConfig(BaseModel):
         None, max_length=400, description="FLUX single blocks that get LoRA: all, none or '0-5,20'."
     )
     include_patterns: list[str] | None = Field(
-        None, max_length=32, description="Regexes of Kohya module names to add to the targets (sd-scripts)."
+        None,
+        max_length=32,
+        description="Regexes full-matched on BFL module paths (double_blocks.0.img_mod.lin): brought back.",
     )
     exclude_patterns: list[str] | None = Field(
-        None, max_length=32, description="Regexes of Kohya module names to leave out (sd-scripts)."
+        None,
+        max_length=32,
+        description="Regexes full-matched on BFL module paths (single_blocks.3.linear2): left out.",
     )
     # --- network ---
     network_target: Literal["all_linear", "attention"] = Field(

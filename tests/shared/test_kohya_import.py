@@ -6,7 +6,7 @@ from typing import Any
 
 from shared.config.kohya_import import import_kohya_config, parse_optimizer_args
 from shared.config.spec import TrainingConfig
-from tests.support.kohya_configs import guide_character_config
+from tests.support.kohya_configs import flux_preset_config, guide_character_config
 
 
 def imported(**changes: Any) -> dict[str, Any]:
@@ -161,7 +161,10 @@ def test_model_family_lora_type_and_base_model_forms():
     missing = imported(pretrained_model_name_or_path="")
     assert "base_model" not in missing["config"] and any("base_model" in n for n in missing["notes"])
     TrainingConfig.model_validate({**missing["config"], "base_model": "sd15"})  # valid once it is filled
-    assert "flux1_checkbox" in unsupported_keys(imported(flux1_checkbox=True))
+    # FLUX.1 comes from flux1_checkbox (test_flux_* below); with sdxl checked too kohya_ss runs SDXL's script
+    both = imported(flux1_checkbox=True, sdxl=True, max_resolution="1024,1024")
+    assert "flux1_checkbox" in unsupported_keys(both) and both["config"]["model_family"] == "sdxl"
+    assert "sd3_checkbox" in unsupported_keys(imported(sd3_checkbox=True))
 
 
 def test_values_our_config_refuses_become_unsupported_not_dropped():
@@ -235,3 +238,101 @@ def test_lycoris_types_map_to_network_type_and_their_options():
     assert "dora_wd" not in mismatched["config"] or mismatched["unsupported"]
     for other in ("LyCORIS/iA3", "LyCORIS/GLoRA", "LyCORIS/Native Fine-Tuning", "LyCORIS/BOFT"):
         assert "LoRA_type" in unsupported_keys(imported(LoRA_type=other))
+
+
+def flux(**changes: Any) -> dict[str, Any]:
+    data = flux_preset_config()
+    data.update(changes)
+    return import_kohya_config(data).to_dict()
+
+
+def test_the_flux_preset_maps_to_a_flux_config_with_every_key_accounted_for():
+    data = flux_preset_config()
+    result = import_kohya_config(data).to_dict()
+    config = result["config"]
+    assert config["model_family"] == "flux1" and config["base_model"] == "flux1-dev.safetensors"
+    assert (config["guidance_scale"], config["timestep_sampling"], config["discrete_flow_shift"]) == (
+        1.0,
+        "sigmoid",
+        3.0,
+    )
+    assert (config["model_prediction_type"], config["t5xxl_max_token_length"]) == ("raw", 512)
+    assert config["apply_t5_attn_mask"] is True
+    # text_encoder_lr 0: kohya_ss passes --network_train_unet_only, lorabake's FLUX field
+    assert (config["unet_lr"], config["text_encoder_lr"]) == (3e-4, 0)
+    assert config["network_train_unet_only"] is True
+    assert (config["train_double_block_indices"], config["train_single_block_indices"]) == ("all", "all")
+    assert (config["network_dim"], config["network_alpha"], config["epochs"]) == (16, 16, 1)
+    # the preset's fp8 / full-bf16 training and its 1000-step limit are what lorabake cannot train as such
+    assert unsupported_keys(result) == {"fp8_base", "full_bf16", "max_train_steps"}
+    TrainingConfig.model_validate(config)
+
+    mapped = {m["key"] for m in result["mapped"]}
+    dropped = ignored(result)
+    refused = {u["key"].split(".")[0] for u in result["unsupported"]}
+    assert mapped | set(dropped) | refused == set(data)
+    assert not set(dropped) & (mapped | refused)
+    # what flux_train_network.py does not read is ignored, not carried into the config (a 422 for FLUX.1)
+    for key in ("min_snr_gamma", "noise_offset", "clip_skip", "max_token_length", "v_parameterization"):
+        assert "flux_train_network.py does not read it" in dropped[key] and key not in config
+    for key in ("clip_l", "t5xxl", "ae"):
+        assert "beside the model in the models folder" in dropped[key]
+    assert "caches" in dropped["flux1_cache_text_encoder_outputs"]
+    assert "fused" in dropped["split_qkv"] and "only with split_mode" in dropped["train_blocks"]
+    assert "SD3" in dropped["weighting_scheme"]  # kohya_ss passes it for SD3 only
+    assert any("t5xxl_fp16.safetensors" in n for n in result["notes"])
+
+
+def test_flux_gui_fields_map_as_lora_gui_passes_them_or_are_refused_by_key():
+    ranks = flux(img_mod_dim="0", txt_mod_dim="0", single_mod_dim="16", train_double_block_indices="0-3,18")
+    config = ranks["config"]
+    assert config["exclude_patterns"] == [
+        r"double_blocks\.\d+\.img_mod\..+",
+        r"double_blocks\.\d+\.txt_mod\..+",
+    ]
+    assert config["train_double_block_indices"] == "0-3,18" and "single_mod_dim" in ignored(ranks)
+    TrainingConfig.model_validate(config)
+    refused = flux(
+        img_attn_dim="8",
+        in_dims="[4,2,2,2,4]",
+        train_single_block_indices="0-40",
+        train_t5xxl=True,
+        split_mode=True,
+        blocks_to_swap=18,
+        fp8_base_unet=True,
+        cpu_offload_checkpointing=True,
+        model_type="chroma",
+        model_prediction_type="sigma_scaled",
+        timestep_sampling="lognorm",
+        train_lora_ggpo=True,
+    )
+    assert {
+        "img_attn_dim",
+        "in_dims",
+        "train_single_block_indices",
+        "train_t5xxl",
+        "split_mode",
+        "blocks_to_swap",
+        "fp8_base_unet",
+        "model_type",
+        "model_prediction_type",
+        "timestep_sampling",
+        "train_lora_ggpo",
+    } <= unsupported_keys(refused)
+    assert "cpu_offload_checkpointing" in ignored(refused)  # same result, only memory
+    assert "model_prediction_type" not in refused["config"]
+    for lora_type in ("Flux1 OFT", "Standard", "LyCORIS/LoKr"):
+        assert "LoRA_type" in unsupported_keys(flux(LoRA_type=lora_type))
+
+
+def test_flux_off_values_are_sd_scripts_defaults_and_the_text_encoder_rate_decides_clip_l():
+    # kohya_ss passes no 0: sd-scripts then trains its defaults (guidance 3.5, shift 3.0)
+    zero = flux(guidance_scale=0, discrete_flow_shift=0, t5xxl_max_token_length=0)
+    assert (zero["config"]["guidance_scale"], zero["config"]["discrete_flow_shift"]) == (3.5, 3.0)
+    assert zero["config"]["t5xxl_max_token_length"] is None
+    assert any("guidance_scale 0" in n and "3.5" in n for n in zero["notes"])
+    clip = flux(text_encoder_lr=1e-5)["config"]  # a CLIP-L rate: kohya_ss trains CLIP-L's LoRA too
+    assert (clip["text_encoder_lr"], clip["network_train_unet_only"]) == (1e-5, False)
+    prompt = "saruman, photorealistic --w 1024 --h 1024 --d 42 --s 20 --g 3.5"
+    assert flux(sample_prompts=prompt)["config"]["sample_prompts"] == [prompt]  # --g: FLUX's guidance
+    assert "sample_prompts" in unsupported_keys(flux(sample_prompts="x --g lots"))

@@ -13,6 +13,8 @@ from shared.config.spec import TrainingConfig
 from shared.errors import LorabakeError
 from tests.support.sd_scripts_configs import (
     DATASET_TOML,
+    FLUX_DATASET_TOML,
+    FLUX_DOCS_TOML,
     SD15_LORA_TOML,
     SDXL_LOCON_TOML,
     SINGLE_SUBSET_TOML,
@@ -227,6 +229,8 @@ def test_replaced_section_values_and_text_encoder_lr_lists():
         (None, "[[datasets]]\nresolution = [512]\n", "dataset_toml.datasets.0.resolution", "[width, height]"),
         ("network_dim = 32\nnetwork_alpha = \n", None, "config_toml", "line 2"),
         (None, "[general\n", "dataset_toml", "line 1"),
+        ('guidance_scale = "1.0"\n', None, "config_toml.guidance_scale", "expected a number"),
+        ("apply_t5_attn_mask = 1\n", None, "config_toml.apply_t5_attn_mask", "true or false"),
     ],
 )
 def test_wrong_types_and_malformed_toml_are_422s_naming_the_file_and_key(config, dataset, field, words):
@@ -291,3 +295,110 @@ def test_lycoris_options_lorabake_does_not_have_are_refused_by_name():
     # DoRA needs alpha = dim (A1111 and ComfyUI scale it differently otherwise): the value is refused
     assert unsupported(_lycoris('["algo=lora", "dora_wd=True"]', dim=8, alpha=4))
     assert "network_args.factor" not in unsupported(_lycoris('["algo=loha", "factor=4"]'))
+
+
+def test_the_flux_docs_command_maps_to_a_flux_config():
+    result = run(
+        FLUX_DOCS_TOML, FLUX_DATASET_TOML
+    )  # no script: network_module networks.lora_flux says FLUX.1
+    config = result["config"]
+    assert config["model_family"] == "flux1" and config["base_model"] == "flux1-dev.safetensors"
+    assert mapped(result)["network_module"] == ["model_family"]
+    assert (config["guidance_scale"], config["timestep_sampling"], config["model_prediction_type"]) == (
+        1.0,
+        "flux_shift",
+        "raw",
+    )
+    assert (config["network_dim"], config["network_alpha"], config["unet_lr"]) == (16, 1.0, 1e-4)
+    assert (config["optimizer"], config["mixed_precision"], config["epochs"]) == ("AdamW8bit", "fp16", 10)
+    # left out, so sd-scripts' defaults: CLIP-L is trained too (at learning_rate), shift 3.0
+    assert (config["network_train_unet_only"], config["text_encoder_lr"]) == (False, 1e-4)
+    assert config["discrete_flow_shift"] == 3.0
+    assert (config["resolution"], config["batch_size"], config["flip_aug"]) == (1024, 2, True)
+    # block swapping changes what memory the run needs: refused, by key
+    assert set(unsupported(result)) == {"blocks_to_swap"}
+    reasons = ignored(result)
+    for key in ("clip_l", "t5xxl", "ae"):
+        assert "beside the model in the models folder" in reasons[key]
+    assert "caches" in reasons["cache_text_encoder_outputs"]
+    assert "SDPA" in reasons["sdpa"]
+    TrainingConfig.model_validate(config)
+    flat, _ = flatten_config(tomllib.loads(FLUX_DOCS_TOML))
+    assert accounted(result) == set(flat) | dataset_paths(FLUX_DATASET_TOML)
+    assert run(FLUX_DOCS_TOML, FLUX_DATASET_TOML, "flux_train_network.py")["config"] == config
+
+
+def _flux(toml: str) -> dict[str, Any]:
+    model = 'pretrained_model_name_or_path = "flux1-dev.safetensors"\nmodel_prediction_type = "raw"\n'
+    return run(model + toml, script="flux_train_network")
+
+
+def test_flux_network_args_map_to_blocks_and_patterns_or_are_refused_by_name():
+    args = (
+        '["train_double_block_indices=0-5,18", "train_single_block_indices=none", "split_qkv=True", '
+        '"img_mod_dim=0", "single_dim=16", "train_t5xxl=False", "verbose=True", "conv_dim=4"]'
+    )
+    result = _flux(f"network_dim = 16\nnetwork_args = {args}\n")
+    config = result["config"]
+    assert (config["train_double_block_indices"], config["train_single_block_indices"]) == ("0-5,18", "none")
+    assert config["exclude_patterns"] == [r"double_blocks\.\d+\.img_mod\..+"]
+    assert "conv_dim" not in config and not unsupported(result)
+    notes = "\n".join(result["notes"])
+    assert "split_qkv=True: lorabake trains q, k and v" in notes and "single_dim=16" in notes
+    TrainingConfig.model_validate(config)
+    single = _flux('network_args = ["train_blocks=single", "train_double_block_indices=0-3"]\n')["config"]
+    assert single["train_double_block_indices"] == "none"  # train_blocks=single trains no double block
+    refused = unsupported(
+        _flux(
+            'network_dim = 16\nnetwork_args = ["train_t5xxl=True", "in_dims=[4,2,2,2,4]", "img_attn_dim=8", '
+            '"train_single_block_indices=0-40", "ggpo_sigma=0.03", "network_reg_dims=img_attn=8", '
+            '"train_blocks=both", "rank_dropout=0.1", "bogus=1"]\n'
+        )
+    )
+    names = ("train_t5xxl", "in_dims", "img_attn_dim", "train_single_block_indices", "ggpo_sigma",
+             "network_reg_dims", "train_blocks", "rank_dropout", "bogus")  # fmt: skip
+    assert {f"network_args.{n}" for n in names} == set(refused)
+
+
+def test_flux_options_keep_sd_scripts_meanings():
+    result = _flux(
+        'weighting_scheme = "cosmap"\ntimestep_sampling = "sigma"\ntext_encoder_lr = [1e-5, 5e-6]\n'
+        "noise_offset = 0.1\nmin_snr_gamma = 5\nclip_skip = 2\nv_parameterization = true\n"
+        "network_train_unet_only = true\nt5xxl_max_token_length = 256\napply_t5_attn_mask = true\n"
+    )
+    config = result["config"]
+    # cosmap weights the loss only with sigma_scaled: with raw, sd-scripts trains exactly 'none'
+    assert (config["weighting_scheme"], config["timestep_sampling"]) == ("none", "sigma")
+    assert (config["network_train_unet_only"], config["text_encoder_lr"]) == (True, 0)
+    assert (config["t5xxl_max_token_length"], config["apply_t5_attn_mask"]) == (256, True)
+    assert config["guidance_scale"] == 3.5  # not in the file: sd-scripts' default, not lorabake's 1.0
+    for key in ("noise_offset", "min_snr_gamma", "clip_skip", "v_parameterization"):
+        assert key not in config and "flux_train_network.py does not read it" in ignored(result)[key]
+    assert not unsupported(result)
+    TrainingConfig.model_validate(config)
+    refused = unsupported(
+        run(
+            'network_module = "networks.lora_flux"\nmodel_prediction_type = "sigma_scaled"\n'
+            'weighting_scheme = "sigma_sqrt"\nfp8_base = true\nsplit_mode = true\nmodel_type = "chroma"\n'
+            'controlnet_model_name_or_path = "cn.safetensors"\n'
+        )
+    )
+    assert {"model_prediction_type", "weighting_scheme", "fp8_base", "split_mode", "model_type",
+            "controlnet_model_name_or_path"} == set(refused)  # fmt: skip
+    # left out, model_prediction_type is sd-scripts' sigma_scaled, which lorabake does not train
+    default = unsupported(run('network_module = "networks.lora_flux"\n'))["model_prediction_type"]
+    assert default["value"] == "sigma_scaled" and "not in the file" in default["reason"]
+
+
+def test_the_flux_family_comes_from_the_script_the_module_or_the_model_file():
+    by_name = run(
+        'pretrained_model_name_or_path = "/m/flux1-schnell.safetensors"\nnetwork_module = "networks.lora"\n'
+    )
+    assert by_name["config"]["model_family"] == "flux1" and "network_module" in unsupported(by_name)
+    sd = run(
+        'pretrained_model_name_or_path = "sd15"\nnetwork_module = "networks.lora_flux"\n',
+        script="train_network",
+    )
+    assert sd["config"]["model_family"] == "sd1" and "network_module" in unsupported(sd)
+    # FLUX options in an SD script's file are not its options
+    assert "guidance_scale" in unsupported(run("guidance_scale = 1.0\n", script="train_network"))

@@ -144,3 +144,53 @@ batch_size = 2
   class_tokens = "zkz dog"
   flip_aug = true
 """
+
+# FLUX.1 dev: the command of sd-scripts' docs/flux_train_network.md ("4. Running the Training",
+# kohya-ss/sd-scripts 48d368f) as a --config_file TOML, its placeholder paths filled in.
+FLUX_DOCS_TOML = """\
+pretrained_model_name_or_path = "/models/flux1-dev.safetensors"
+clip_l = "/models/clip_l.safetensors"
+t5xxl = "/models/t5xxl_fp16.safetensors"
+ae = "/models/ae.safetensors"
+dataset_config = "my_flux_dataset_config.toml"
+output_dir = "/data/flux/out"
+output_name = "my_flux_lora"
+save_model_as = "safetensors"
+network_module = "networks.lora_flux"
+network_dim = 16
+network_alpha = 1
+learning_rate = 1e-4
+optimizer_type = "AdamW8bit"
+lr_scheduler = "constant"
+sdpa = true
+max_train_epochs = 10
+save_every_n_epochs = 1
+mixed_precision = "fp16"
+gradient_checkpointing = true
+guidance_scale = 1.0
+timestep_sampling = "flux_shift"
+model_prediction_type = "raw"
+blocks_to_swap = 18
+cache_text_encoder_outputs = true
+cache_latents = true
+"""
+
+# The docs' dataset example (6.7) with one resolution.
+FLUX_DATASET_TOML = """\
+[general]
+flip_aug = true
+color_aug = false
+keep_tokens_separator= "|||"
+shuffle_caption = false
+caption_tag_dropout_rate = 0
+caption_extension = ".txt"
+
+[[datasets]]
+batch_size = 2
+enable_bucket = true
+resolution = [1024, 1024]
+
+  [[datasets.subsets]]
+  image_dir = "path/to/image/directory"
+  num_repeats = 1
+"""
