@@ -316,14 +316,26 @@ def train(
 @main.command("tiny-model")
 @click.argument("name", default="tiny-sd15")
 @click.option("--with-captioners", is_flag=True, help="Also write tiny-blip and tiny-wd14 captioners.")
-def tiny_model(name: str, with_captioners: bool) -> None:
-    """Write a tiny random SD1.5-shaped model into the models folder, to try the service without a GPU
-    (its LoRAs and samples are noise: it shows the flow, not quality)."""
-    from worker.devtools.tiny_models import save_tiny_sd15
-
+@click.option(
+    "--family",
+    type=click.Choice(["sd1", "flux1-dev", "flux1-schnell"]),
+    default="sd1",
+    show_default=True,
+    help="The shape: SD1.5, or FLUX.1 dev / schnell (T5 + CLIP-L, 16-channel VAE, flow matching).",
+)
+def tiny_model(name: str, with_captioners: bool, family: str) -> None:
+    """Write a tiny random model (SD1.5-shaped, or FLUX.1-shaped with --family) into the models folder, to
+    try the service without a GPU (its LoRAs and samples are noise: it shows the flow, not quality)."""
     settings = get_settings()
     assert settings.models_dir is not None
-    target = save_tiny_sd15(settings.models_dir / name)
+    if family.startswith("flux1"):
+        from worker.devtools.tiny_flux import save_tiny_flux
+
+        target = save_tiny_flux(settings.models_dir / name, guidance_embeds=family == "flux1-dev")
+    else:
+        from worker.devtools.tiny_models import save_tiny_sd15
+
+        target = save_tiny_sd15(settings.models_dir / name)
     click.echo(f'wrote {target}; use "base_model": "{name}"')
     if with_captioners:
         from worker.devtools.tiny_captioners import save_tiny_blip, save_tiny_wd14

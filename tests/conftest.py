@@ -61,10 +61,11 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny SD1.5 base models: a diffusers folder `tiny-sd15` and a single file `tiny-sd15-single.safetensors`
-    whose configs come from `configs/sd15` (the shared SD1.x config folder, weights left out); tiny
-    captioners `tiny-blip` (BLIP) and `tiny-wd14` (an ONNX tagger)."""
+    whose configs come from `configs/sd15` (the shared SD1.x config folder, weights left out); a tiny FLUX.1
+    dev diffusers folder `tiny-flux`; tiny captioners `tiny-blip` (BLIP) and `tiny-wd14` (an ONNX tagger)."""
     from worker.devtools.single_file import save_sd15_single_file
     from worker.devtools.tiny_captioners import save_tiny_blip, save_tiny_wd14
+    from worker.devtools.tiny_flux import save_tiny_flux
     from worker.devtools.tiny_models import build_tiny_sd15_pipeline, save_tiny_sd15
 
     root = tmp_path_factory.mktemp("models")
@@ -72,6 +73,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_sd15_single_file(build_tiny_sd15_pipeline(), root / "tiny-sd15-single.safetensors")
     save_tiny_blip(root / "tiny-blip")
     save_tiny_wd14(root / "tiny-wd14")
+    save_tiny_flux(root / "tiny-flux")
     shutil.copytree(
         root / "tiny-sd15", root / "configs" / "sd15", ignore=shutil.ignore_patterns("*.safetensors")
     )

@@ -433,3 +433,18 @@ def test_exclude_and_include_patterns_fullmatch_sd_scripts_module_paths(base):
     ) == flux_names.flux_lora_target_paths(base, train_double_block_indices="1")
     with pytest.raises(ValueError, match="exclude_patterns"):
         flux_names.flux_lora_target_paths(base, exclude_patterns=["(unclosed"])
+
+
+def test_flux1_dev_names_are_keys_comfyuis_loader_maps(flux1_dev):
+    """ComfyUI's model_lora_keys_unet maps `lora_unet_` + every `diffusion_model.<BFL path>.weight` of the
+    loaded FLUX model with '.' -> '_' (comfy/lora.py, its generic branch for every model); Forge's loader
+    reuses it. So each name we write must be one of those, or ComfyUI drops the module."""
+    from worker.training.flux_bfl_keys import bfl_tensors
+
+    comfy_names = {
+        "lora_unet_" + t.bfl.removesuffix(".weight").replace(".", "_")
+        for t in bfl_tensors(19, 38, guidance=True)
+        if t.bfl.endswith(".weight")
+    }
+    names = flux_names.kohya_flux_module_names(flux1_dev)
+    assert set(names) <= comfy_names, sorted(set(names) - comfy_names)[:5]
