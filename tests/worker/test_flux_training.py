@@ -158,6 +158,10 @@ def test_samples_are_drawn_with_kohya_names(dev_run):
     first, second = (np.asarray(Image.open(s.path)) for s in samples)
     assert first.shape == (64, 64, 3) and not np.array_equal(first, second)
     assert samples[0].sampler == "euler" and samples[0].seed == 5
+    assert samples[0].meta()["guidance_scale"] == 3.5 and samples[0].meta()["cfg_scale"] == 1.0
+    with Image.open(samples[0].path) as png:  # Forge's name for the distilled guidance, as A1111 PNG Info
+        assert "CFG scale: 1, " in png.text["parameters"]
+        assert "Distilled CFG Scale: 3.5" in png.text["parameters"]
 
 
 def test_schnell_trains_without_guidance(models: Path, dataset: Path, tmp_path: Path):

@@ -51,10 +51,13 @@ class SavedSample:
     cfg: float
     steps: int
     sampler: str
+    guidance_scale: float | None = None  # FLUX.1's distilled guidance (--g); None for the SD families
 
     def meta(self) -> dict[str, Any]:
         """What a client needs to reproduce the image (stored as the artifact's meta)."""
+        extra = {"guidance_scale": self.guidance_scale} if self.guidance_scale is not None else {}
         return {
+            **extra,
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt,
             "seed": self.seed,
@@ -222,6 +225,7 @@ def generate_samples(
                     cfg=prompt.cfg_scale,
                     steps=prompt.steps,
                     sampler=sampler,
+                    guidance_scale=prompt.guidance_scale,
                 )
                 parameters = a1111_parameters(
                     prompt,

@@ -354,7 +354,7 @@ class FluxModel:
         encode = {"max_tokens": self.max_tokens(config), "t5_mask": bool(config.apply_t5_attn_mask)}
         sampling.generate_samples(
             self.pipeline,
-            sampling.prompts_of(config),
+            [flux_prompt(p) for p in sampling.prompts_of(config)],
             out_dir / "sample",
             output_name=config.output_name,
             epoch=epoch,
@@ -380,6 +380,8 @@ class FluxModel:
                 pipe, [prompt.prompt], max_tokens=max_tokens, t5_mask=t5_mask, device=pipe.transformer.device
             )
         guidance = prompt.guidance_scale if prompt.guidance_scale is not None else DEFAULT_SAMPLE_GUIDANCE
+        if self.variant == "schnell":
+            guidance = 0.0  # no guidance embedding: the pipeline ignores it
         dtype = self.transformer.dtype
         return pipe(
             prompt_embeds=text.t5.to(dtype),
@@ -392,6 +394,13 @@ class FluxModel:
             max_sequence_length=max_tokens,
             output_type="pil",
         ).images[0]
+
+
+def flux_prompt(prompt: SamplePrompt) -> SamplePrompt:
+    """The prompt as FLUX draws it, so the PNG's parameters and the sample's meta say what was used: the
+    distilled guidance (--g, 3.5 unless given) and no classifier-free guidance (CFG scale 1)."""
+    guidance = prompt.guidance_scale if prompt.guidance_scale is not None else DEFAULT_SAMPLE_GUIDANCE
+    return prompt.model_copy(update={"guidance_scale": guidance, "cfg_scale": 1.0, "negative_prompt": ""})
 
 
 def _row(text: TextConditioning, i: int) -> TextConditioning:
