@@ -305,4 +305,6 @@ def test_files_with_earlier_diffusers_names_still_read(trained_tiny, tmp_path):
     old_path = tmp_path / "old.safetensors"
     save_file(old, str(old_path))
     assert all(k.split(".")[0] in reader for k in old if k.startswith("lora_unet_"))
-    torch.testing.assert_close(_unet_out(_loaded(old_path)), _unet_out(_loaded(path)), atol=1e-6, rtol=0)
+    # The same LoRA either way: equal up to float32 noise (the two loads sum in different orders; 1.2e-6 was
+    # seen on a clean CI run), far below the LoRA's own effect (> 1e-2, test above).
+    torch.testing.assert_close(_unet_out(_loaded(old_path)), _unet_out(_loaded(path)), atol=1e-5, rtol=0)
