@@ -33,8 +33,10 @@ def _distinct(values: list[T] | None) -> list[T] | None:
 class ComparisonRequest(BaseModel):
     """Every field is optional. Left out: the training job's sample prompts (else its `trigger class`),
     weights 0, 0.5, 0.75, 1, every saved epoch, each prompt's own seed (its `--d`, else the seed its
-    training samples used), and each prompt line's flags, else Kohya's sample defaults and the job's
-    `sample_sampler`. A field given here applies to every prompt, over the line's flag."""
+    training samples used), and each prompt's settings: for one of the job's sample prompts, those its
+    training samples were drawn with (its flags, else Kohya's sample defaults and the job's
+    `sample_sampler`); for any other line, its flags, else the job's training resolution and its first
+    sample prompt's settings. A field given here applies to every prompt, over the line's flag."""
 
     model_config = ConfigDict(extra="forbid")
 

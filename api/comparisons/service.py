@@ -17,8 +17,14 @@ from api.jobs.submission import queue_job
 from api.queue.service import base_model_queue
 from api.state import AppState
 from api.webhooks.service import JobWebhook
-from shared.config.lora_tags import has_lora_tag
-from shared.config.previews import MAX_IMAGES, ComparisonSpec, LoraRef
+from shared.config.lora_tags import has_lora_tag, line_flags
+from shared.config.previews import (
+    MAX_IMAGES,
+    ComparisonSpec,
+    LoraRef,
+    sample_lines,
+    training_render_defaults,
+)
 from shared.config.sample_prompts import DEFAULT_SAMPLER, SamplePrompt, derive_seed, parse_prompt_line
 from shared.db.keys import Identity
 from shared.db.models import Artifact, Job, JobKind, is_object_id, new_id
@@ -106,15 +112,39 @@ def _parsed_line(line: str, index: int) -> SamplePrompt:
     return parsed
 
 
-def comparison_prompts(job: Job, body: ComparisonRequest, lines: list[str]) -> list[dict[str, Any]]:
-    """Each prompt's settings: the body's field, else its line's flag (or Kohya's default), as a dict for
+# a prompt setting -> the Kohya flag that sets it on a line
+SETTING_FLAGS = {"sampler": "ss", "steps": "s", "cfg_scale": "l", "width": "w", "height": "h"}
+
+
+def line_settings(job: Job, line: str, parsed: SamplePrompt, family: str | None) -> dict[str, Any]:
+    """A line's sampler, steps, CFG and size. One of the job's own sample prompts: exactly what its training
+    samples were drawn with (its flags, else Kohya's defaults), so a weight-1 cell is the training's sample.
+    Any other line (typed, or `trigger class`): its flags, else the job's training resolution and sample
+    settings (shared.config.previews.training_render_defaults), not the base model's 512 and 30 steps."""
+    own = {
+        "sampler": parsed.sampler or str(job.config.get("sample_sampler") or DEFAULT_SAMPLER),
+        "steps": parsed.steps,
+        "cfg_scale": parsed.cfg_scale,
+        "width": parsed.width,
+        "height": parsed.height,
+    }
+    if line.strip() in {s.strip() for s in sample_lines(job.config)}:
+        return own
+    flags, defaults = line_flags(line), training_render_defaults(job.config, family)
+    return {k: own[k] if SETTING_FLAGS[k] in flags else defaults[k] for k in own}
+
+
+def comparison_prompts(
+    job: Job, body: ComparisonRequest, lines: list[str], family: str | None
+) -> list[dict[str, Any]]:
+    """Each prompt's settings: the body's field, else its line's (line_settings), as a dict for
     ComparisonSpec (which checks the bounds on the merged values)."""
     run_seed = job.seed or 0
-    default_sampler = str(job.config.get("sample_sampler") or DEFAULT_SAMPLER)
     prompts = []
     for index, line in enumerate(lines):
         parsed = _parsed_line(line, index)
         own_seed = parsed.seed if parsed.seed is not None else derive_seed(run_seed, index)
+        settings = line_settings(job, line, parsed, family)
         prompts.append(
             {
                 "prompt": parsed.prompt,
@@ -122,11 +152,11 @@ def comparison_prompts(job: Job, body: ComparisonRequest, lines: list[str]) -> l
                 if body.negative_prompt is not None
                 else parsed.negative_prompt,
                 "seeds": body.seeds or [own_seed],  # the seed its training samples used
-                "sampler": body.sampler or parsed.sampler or default_sampler,
-                "steps": body.steps or parsed.steps,
-                "cfg_scale": body.cfg_scale if body.cfg_scale is not None else parsed.cfg_scale,
-                "width": body.width or parsed.width,
-                "height": body.height or parsed.height,
+                "sampler": body.sampler or settings["sampler"],
+                "steps": body.steps or settings["steps"],
+                "cfg_scale": body.cfg_scale if body.cfg_scale is not None else settings["cfg_scale"],
+                "width": body.width or settings["width"],
+                "height": body.height or settings["height"],
             }
         )
     return prompts
@@ -141,12 +171,13 @@ def comparison_spec(session: Session, job: Job, body: ComparisonRequest) -> Comp
     saved = saved_epochs(job)
     epochs = chosen_epochs(saved, body.epochs)
     lines = body.prompts if body.prompts is not None else default_prompt_lines(job)
+    family = training_family(session, job.config)
     fields = {
         "source_job_id": job.id,
         "base_model": str(job.config.get("base_model", "")),
-        "family": training_family(session, job.config),
+        "family": family,
         "output_name": str(job.config.get("output_name", "lora")),
-        "prompts": comparison_prompts(job, body, lines),
+        "prompts": comparison_prompts(job, body, lines, family),
         "epochs": [
             LoraRef(
                 name=saved[e].name.removesuffix(".safetensors"),
@@ -189,4 +220,5 @@ def submit_comparison(
         dataset_key="",  # a comparison reads no dataset
     )
     plan = {"images": spec.images, "grids": len(spec.prompts), "source_job_id": source.id}
-    return queue_job(state, job, spec.model_dump(mode="json"), plan, spec.images, 0, None, webhook)
+    steps = spec.denoising_steps  # the job's progress counts denoising steps, as the worker reports them
+    return queue_job(state, job, spec.model_dump(mode="json"), plan, steps, 0, None, webhook)

@@ -10,8 +10,10 @@ from shared.config.previews import MAX_PROMPT, Cfg, Sampler, Seed, Size, Steps
 
 class GenerationRequest(BaseModel):
     """One preview image. Any field left out may come from the prompt's Kohya flags (`--n --w --h --d --l
-    --s --ss`); a field given both ways is a 422. Otherwise: Kohya's sample defaults (30 steps, CFG 7.5,
-    ddim), the family's size (512, SDXL 1024), a random seed (recorded on the job)."""
+    --s --ss`); a field given both ways is a 422. Otherwise, with a `<lora:...>` tag: the first LoRA's
+    training job's resolution and its first sample prompt's steps, CFG and sampler; without one: Kohya's
+    sample defaults (30 steps, CFG 7.5, ddim) at the family's size (512, SDXL 1024). The seed: random
+    (recorded on the job)."""
 
     model_config = ConfigDict(extra="forbid")
 

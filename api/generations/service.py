@@ -9,6 +9,8 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from api.errors import validated
 from api.generations.loras import catalogue_family, resolve_loras
 from api.generations.schemas import GenerationRequest
@@ -18,7 +20,7 @@ from api.state import AppState
 from api.webhooks.service import JobWebhook
 from shared.catalogue.records import UnknownBaseModel, check_base_model
 from shared.config.lora_tags import GenerationLine, parse_generation_line
-from shared.config.previews import FAMILY_SIZES, GenerationSpec
+from shared.config.previews import FAMILY_SIZES, GenerationSpec, LoraRef, training_render_defaults
 from shared.config.sample_prompts import MAX_SEED
 from shared.db.keys import Identity
 from shared.db.models import Job, JobKind, new_id
@@ -58,8 +60,18 @@ def parse_prompt(text: str) -> GenerationLine:
         ) from exc
 
 
-def merged_settings(body: GenerationRequest, line: GenerationLine, family: str | None) -> dict[str, Any]:
-    """Each setting from the body or the prompt's flag (both: a 422 naming the field), else its default."""
+def lora_job_defaults(session: Session, loras: list[LoraRef], family: str | None) -> dict[str, Any]:
+    """The settings a preview of the prompt's first LoRA draws with when asked nothing: its training job's
+    resolution and sample settings (none without a LoRA: the family's size and Kohya's defaults)."""
+    job = session.get(Job, loras[0].job_id) if loras else None
+    return {} if job is None else training_render_defaults(job.config, family)
+
+
+def merged_settings(
+    body: GenerationRequest, line: GenerationLine, family: str | None, defaults: dict[str, Any]
+) -> dict[str, Any]:
+    """Each setting from the body or the prompt's flag (both: a 422 naming the field), else `defaults`
+    (lora_job_defaults), else its own default."""
     values: dict[str, Any] = {}
     for field, (flag, attribute) in FLAG_OF.items():
         given = getattr(body, field)
@@ -74,6 +86,8 @@ def merged_settings(body: GenerationRequest, line: GenerationLine, family: str |
             values[field] = given
         elif flag in line.flags:
             values[field] = getattr(line.settings, attribute)
+        elif field in defaults:
+            values[field] = defaults[field]
     size = FAMILY_SIZES.get(family or "", 512)
     values.setdefault("width", size)
     values.setdefault("height", size)
@@ -95,13 +109,14 @@ def submit_generation(
     with state.sessions() as session:
         family = catalogue_family(session, body.base_model)
         loras = resolve_loras(session, caller.owner, line.loras, family, body.base_model)
+        defaults = lora_job_defaults(session, loras, family)
     spec = generation_spec(
         base_model=body.base_model,
         family=family,
         prompt=line.settings.prompt,
         prompt_line=body.prompt,
         loras=[lora.model_dump() for lora in loras],
-        **merged_settings(body, line, family),
+        **merged_settings(body, line, family, defaults),
     )
     queue = base_model_queue(state, body.base_model, family, body.queue)
     job = Job(
@@ -112,4 +127,5 @@ def submit_generation(
         queue=queue,
         dataset_key="",  # a generation reads no dataset
     )
-    return queue_job(state, job, spec.model_dump(mode="json"), {"images": 1}, 1, 0, spec.seed, webhook)
+    steps = spec.denoising_steps  # the job's progress counts denoising steps, as the worker reports them
+    return queue_job(state, job, spec.model_dump(mode="json"), {"images": 1}, steps, 0, spec.seed, webhook)

@@ -23,7 +23,7 @@ _ERRORS = error_responses(401, 403, 503)
 
 class QueueCounts(BaseModel):
     queued: int = Field(description="jobs waiting to start")
-    running: int = Field(description="jobs a worker has (preparing, training, uploading)")
+    running: int = Field(description="jobs a worker has (preparing, training, rendering, uploading)")
 
 
 class NamedQueue(BaseModel):

@@ -8,7 +8,8 @@ steps, CFG 30), sizes a multiple of 8 (the VAE's factor), as Kohya and A1111 rou
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -16,9 +17,12 @@ from shared.config.lora_tags import MAX_WEIGHT
 from shared.config.sample_prompts import (
     DEFAULT_CFG,
     DEFAULT_SAMPLER,
+    DEFAULT_SIZE,
     DEFAULT_STEPS,
     MAX_SEED,
+    SamplePrompt,
     normalize_sampler,
+    parse_prompt_lines,
 )
 
 MAX_STEPS = 150
@@ -64,6 +68,33 @@ class RenderSettings(BaseModel):
     height: Size = 512
 
 
+def sample_lines(config: Mapping[str, Any]) -> list[str]:
+    """A training config's `sample_prompts` as lines (a stored config holds a list; a string is split)."""
+    raw = config.get("sample_prompts") or []
+    return raw.splitlines() if isinstance(raw, str) else [str(line) for line in raw]
+
+
+def training_render_defaults(config: Mapping[str, Any], family: str | None) -> dict[str, Any]:
+    """What a preview of a training job's LoRA draws when asked nothing: the size it trained at (its
+    `resolution`; a config without one: the family's), and the settings of its first sample prompt (its
+    --s, --l and --ss, else Kohya's defaults and the job's `sample_sampler`), within a preview's bounds.
+    Not the base model's 512 and 30 steps: a LoRA trained small on a CPU is previewed as it was trained."""
+    resolution = config.get("resolution")
+    size = resolution if type(resolution) is int else FAMILY_SIZES.get(family or "", DEFAULT_SIZE)
+    try:
+        prompts = parse_prompt_lines(sample_lines(config))
+    except ValueError:  # the API refused such lines at submission; an older row still draws
+        prompts = []
+    first = prompts[0] if prompts else SamplePrompt(prompt="")
+    return {
+        "width": size,  # TrainingConfig bounds it as a preview's size is bounded
+        "height": size,
+        "steps": min(first.steps, MAX_STEPS),
+        "cfg_scale": min(first.cfg_scale, MAX_CFG),
+        "sampler": first.sampler or normalize_sampler(str(config.get("sample_sampler") or DEFAULT_SAMPLER)),
+    }
+
+
 class LoraRef(BaseModel):
     """One LoRA artifact a job applies, resolved by the API from a tag or a training job's epoch."""
 
@@ -88,6 +119,11 @@ class GenerationSpec(RenderSettings):
     prompt_line: str  # as sent
     seed: Seed
     loras: list[LoraRef] = []
+
+    @property
+    def denoising_steps(self) -> int:
+        """The job's progress total: its progress counts denoising steps, not images."""
+        return self.steps
 
 
 class ComparisonPrompt(RenderSettings):
@@ -116,3 +152,10 @@ class ComparisonSpec(BaseModel):
     @property
     def images(self) -> int:
         return sum(len(p.seeds) for p in self.prompts) * len(self.epochs) * len(self.weights)
+
+    @property
+    def denoising_steps(self) -> int:
+        """The job's progress total: the steps of every image it draws. A weight-0 cell is drawn once per
+        prompt and seed (the base model's) and shared by every epoch's row, so it counts once."""
+        drawn = len(self.epochs) * sum(1 for w in self.weights if w != 0) + (0 in self.weights)
+        return sum(len(p.seeds) * p.steps * drawn for p in self.prompts)

@@ -49,6 +49,7 @@ class JobStatus(StrEnum):
     queued = "queued"
     preparing = "preparing"  # fetching, extracting and checking the dataset, loading the model
     training = "training"
+    rendering = "rendering"  # a generation or comparison drawing its images (not training anything)
     uploading = "uploading"  # last files going to storage
     succeeded = "succeeded"
     failed = "failed"

@@ -41,4 +41,4 @@ def request_cancel(session: Session, job: Job) -> None:
         add_event(session, job.id, "cancel_requested", {})
 
 
-RUNNING = (JobStatus.preparing, JobStatus.training, JobStatus.uploading)
+RUNNING = (JobStatus.preparing, JobStatus.training, JobStatus.rendering, JobStatus.uploading)

@@ -1,5 +1,6 @@
 """POST /v1/jobs/{id}/comparisons against real Postgres, Redis and S3 (no worker consumes here): defaults
-from the training job, its saved epochs, refusals that store nothing, ownership."""
+from the training job (its sample prompts as trained, other prompts at its resolution and sample settings),
+its saved epochs, progress counted in denoising steps, refusals that store nothing, ownership."""
 
 from __future__ import annotations
 
@@ -82,8 +83,9 @@ def test_defaults_are_the_jobs_sample_prompts_every_saved_epoch_and_four_weights
     # no --d: the seed its training samples used (the prompt's index among the parsed lines)
     assert blue["seeds"] == [derive_seed(42, 1)] and blue["sampler"] == "euler"
     assert (blue["width"], blue["steps"], blue["cfg_scale"]) == (512, 30, 7.5)  # Kohya's defaults
-    assert job["progress"]["total_steps"] == job["plan"]["images"] == 2 * 3 * 4
     assert job["plan"] == {"images": 24, "grids": 2, "source_job_id": source}
+    # denoising steps: each prompt's 3 epochs x 3 weights, plus its weight-0 cell drawn once, at its steps
+    assert job["progress"]["total_steps"] == (3 * 3 + 1) * (4 + 30)
 
 
 def test_body_fields_apply_to_every_prompt(client, headers, key, pg_url):
@@ -110,7 +112,8 @@ def test_body_fields_apply_to_every_prompt(client, headers, key, pg_url):
             "dpm++_2m_karras",
         )
         assert (prompt["steps"], prompt["cfg_scale"], prompt["width"], prompt["height"]) == (3, 4.0, 64, 512)
-    assert response.json()["progress"]["total_steps"] == 2 * 2 * 2 * 2
+    # 2 prompts x 2 seeds x 2 epochs x 2 weights (no weight 0), 3 denoising steps each
+    assert response.json()["progress"]["total_steps"] == 2 * 2 * 2 * 2 * 3
 
 
 def test_without_sample_prompts_the_prompt_is_trigger_and_class(client, headers, key, pg_url):
@@ -118,6 +121,25 @@ def test_without_sample_prompts_the_prompt_is_trigger_and_class(client, headers,
     response = compare(client, headers, source, weights=[1])
     assert response.status_code == 201, response.text
     assert [p["prompt"] for p in response.json()["config"]["prompts"]] == ["sks toy"]
+
+
+def test_other_prompts_follow_the_training_resolution_and_sample_settings(client, headers, key, pg_url):
+    source = training_job(pg_url, owner_of(pg_url, key), resolution=128)
+    own, typed, flagged = PROMPTS[2], "a toy on a shelf", "a toy --w 64 --s 9"
+    response = compare(client, headers, source, prompts=[own, typed, flagged], weights=[1])
+    assert response.status_code == 201, response.text
+    settings = [
+        (p["width"], p["height"], p["steps"], p["cfg_scale"], p["sampler"])
+        for p in response.json()["config"]["prompts"]
+    ]
+    assert settings == [
+        (512, 512, 30, 7.5, "euler"),  # one of its sample prompts: as its training samples were drawn
+        (128, 128, 4, 7.5, "k_euler_a"),  # its resolution, its first sample prompt's --s, its sampler
+        (64, 128, 9, 7.5, "k_euler_a"),  # a line's own flags still win
+    ]
+    without = training_job(pg_url, owner_of(pg_url, key), resolution=192, sample_prompts=[])
+    (prompt,) = compare(client, headers, without, weights=[1]).json()["config"]["prompts"]
+    assert (prompt["prompt"], prompt["width"], prompt["height"], prompt["steps"]) == ("sks toy", 192, 192, 30)
 
 
 def test_a_running_job_with_a_saved_epoch_can_be_compared(client, headers, key, pg_url):

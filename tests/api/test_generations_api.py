@@ -1,5 +1,5 @@
 """POST /v1/generations against real Postgres, Redis and S3 (no worker consumes here): A1111 tags resolved
-to the caller's LoRA files, Kohya flags, refusals that store nothing."""
+to the caller's LoRA files, Kohya flags, defaults from the LoRA's training job, refusals storing nothing."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def test_tags_resolve_to_the_callers_loras_with_summed_and_negative_weights(clie
         "generate",
         "queued",
         7,
-        1,
+        4,  # progress counts denoising steps (--s 4), not images
     )
     config = job["config"]
     assert config["prompt"] == "sks toy , red" and config["prompt_line"] == prompt
@@ -103,6 +103,44 @@ def test_no_tags_is_the_base_model_with_defaults_and_a_recorded_seed(client, hea
     config = response.json()["config"]
     assert config["loras"] == [] and (config["width"], config["height"], config["steps"]) == (512, 512, 30)
     assert isinstance(config["seed"], int) and response.json()["seed"] == config["seed"]
+
+
+def test_defaults_follow_the_loras_training_resolution_and_sample_settings(client, headers, key, pg_url):
+    owner = owner_of(pg_url, key)
+    lora_job(
+        pg_url,
+        owner,
+        ["small"],
+        resolution=128,
+        sample_prompts=["# a comment", "sks toy --s 12 --l 5 --ss euler --w 64", "other --s 40"],
+        sample_sampler="k_euler_a",
+    )
+    response = generate(client, headers, prompt="sks toy <lora:small:0.8>")
+    assert response.status_code == 201, response.text
+    config = response.json()["config"]
+    # the size it trained at (not 512) and its first sample prompt's steps, CFG and sampler
+    assert (config["width"], config["height"], config["steps"], config["cfg_scale"], config["sampler"]) == (
+        128,
+        128,
+        12,
+        5.0,
+        "euler",
+    )
+    assert response.json()["progress"]["total_steps"] == 12
+    # the prompt's flags and the body's fields still win
+    response = generate(client, headers, prompt="sks toy <lora:small> --h 64", steps=3)
+    assert response.status_code == 201, response.text
+    config = response.json()["config"]
+    assert (config["width"], config["height"], config["steps"], config["cfg_scale"]) == (128, 64, 3, 5.0)
+    # no sample prompts: Kohya's sample defaults and the job's sample_sampler, at its resolution
+    lora_job(pg_url, owner, ["plain"], resolution=192, sample_sampler="dpm++_2m_karras")
+    config = generate(client, headers, prompt="x <lora:plain>").json()["config"]
+    assert (config["width"], config["steps"], config["cfg_scale"], config["sampler"]) == (
+        192,
+        30,
+        7.5,
+        "dpm++_2m_karras",
+    )
 
 
 def test_the_newest_job_of_a_name_wins(client, headers, key, pg_url):

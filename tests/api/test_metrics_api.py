@@ -137,6 +137,7 @@ def test_job_counts_durations_workers_and_queue_come_from_the_service_state(make
         "queued": 3,
         "preparing": 1,
         "training": 1,
+        "rendering": 0,
         "uploading": 0,
         "succeeded": 3,
         "failed": 1,

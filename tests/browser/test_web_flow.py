@@ -307,6 +307,8 @@ def test_upload_review_train_watch_and_download_in_chromium(
                 page.locator(f"#preview-{field}").fill(value)
             page.get_by_role("button", name="Draw preview").click()
             expect(page.get_by_test_id("preview-status")).to_have_text("succeeded", timeout=90_000)
+            # progress counts the image's denoising steps, not "0 / 1 images"
+            expect(page.get_by_test_id("preview-progress")).to_contain_text("2 / 2 denoising steps")
             preview = page.get_by_role("img", name=re.compile(r"^Preview: lisabp woman"))
             expect(preview).to_be_visible()
             page.wait_for_function(

@@ -1,6 +1,7 @@
 """Previews on the tiny SD1.5 model: a LoRA file at weight 0 is the base model and at weight 1 the trained
 model, pixel for pixel; a comparison job run through the runner makes every cell and a grid whose cells are
-those images exactly; a generation job applies its LoRAs; a cancel stops between two images.
+those images exactly; a generation job applies its LoRAs; progress counts denoising steps, with an ETA; a
+cancel stops an image between two denoising steps.
 
 One LoRA is trained for the module (2 epochs, text encoder too, full-precision files, samples every epoch
 from the in-memory trained pipeline): those samples are "the trained model's image" the previews must equal.
@@ -31,6 +32,7 @@ from tests.worker.test_training_options import BASE, make_dataset
 from worker.jobs.runner import ClaimedRun, JobRunner
 from worker.previews.grid import draw_grid
 from worker.previews.loras import LoraFile, applied_loras
+from worker.previews.progress import DenoisingProgress
 from worker.previews.render import ImageSettings, Renderer
 from worker.training.engine import train_lora
 from worker.training.model_loading import load_pipeline, resolve_base_model
@@ -219,13 +221,20 @@ def test_comparison_job_makes_every_cell_and_a_grid_per_prompt(runner, trained, 
         # the API's own defaults: the job's sample prompts, their seeds, every saved epoch
         spec = comparison_spec(session, source_job, ComparisonRequest(weights=[0, 0.5, 1]))
     assert [p.seeds for p in spec.prompts] == [[5], [derive_seed(trained.result.seed, 1)]]
-    job_id = queued_job(pg_url, owner, JobKind.compare, spec.model_dump(mode="json"), spec.images)
+    # progress counts denoising steps: 2 prompts x (2 epochs x 2 weights + the shared weight-0 cell) x 3
+    assert spec.denoising_steps == 2 * (2 * 2 + 1) * STEPS
+    job_id = queued_job(pg_url, owner, JobKind.compare, spec.model_dump(mode="json"), spec.denoising_steps)
 
     runner.run(job_id)
 
     job, artifacts, events = finished(pg_url, job_id)
     assert job.status == JobStatus.succeeded, job.error_message
-    assert (job.step, job.total_steps) == (12, 12)  # 2 prompts x 2 epochs x 3 weights x 1 seed
+    assert (job.step, job.total_steps) == (30, 30)
+    statuses = [e.data["status"] for e in events if e.type == "status"]
+    assert "rendering" in statuses and "training" not in statuses  # a preview trains nothing
+    progress = [e.data for e in events if e.type == "progress"]
+    assert progress and progress[-1]["step"] == 30 and progress[-1]["eta_seconds"] == 0
+    assert all(p["total_steps"] == 30 and p["steps_per_second"] > 0 for p in progress if p["step"])
     images = {a.name: a for a in artifacts if a.kind == "image"}
     grids = sorted((a for a in artifacts if a.kind == "grid"), key=lambda a: a.name)
     assert len(images) == 12 and [g.name for g in grids] == ["toy_grid_p00.png", "toy_grid_p01.png"]
@@ -321,20 +330,44 @@ def test_generation_of_a_deleted_lora_fails_with_its_reason(runner, pg_url):
     assert (job.status, job.error_code, artifacts) == (JobStatus.failed, "lora_unavailable", [])
 
 
-def test_a_cancel_stops_between_two_images(runner, trained, pg_url, monkeypatch):
+def test_a_cancel_stops_an_image_between_two_denoising_steps(runner, trained, pg_url, monkeypatch):
     owner = f"t-{uuid.uuid4().hex[:6]}"
     source = training_job(runner, trained, pg_url, owner)
     with session_scope(pg_url) as session:
         spec = comparison_spec(session, session.get(Job, source), ComparisonRequest(weights=[1], epochs=[2]))
-    job_id = queued_job(pg_url, owner, JobKind.compare, spec.model_dump(mode="json"), spec.images)
-    calls = {"n": 0}
+    assert spec.images == 2 and spec.denoising_steps == 2 * STEPS
+    job_id = queued_job(pg_url, owner, JobKind.compare, spec.model_dump(mode="json"), spec.denoising_steps)
+    seen: list[int] = []  # the job's progress after each denoising step
+    at = DenoisingProgress.at
 
-    def stop_after_one_image(self) -> bool:  # noqa: ANN001
-        calls["n"] += 1
-        return calls["n"] > 1  # the first image is drawn, the second is not
+    def record(self, steps: int, index: int, of: int) -> None:  # noqa: ANN001
+        at(self, steps, index, of)
+        seen.append(self.step)
 
-    monkeypatch.setattr(ClaimedRun, "must_stop", stop_after_one_image)
+    monkeypatch.setattr(DenoisingProgress, "at", record)
+    # the cancel arrives once the second image has taken its first denoising step
+    monkeypatch.setattr(ClaimedRun, "must_stop", lambda self: bool(seen) and seen[-1] > STEPS)
     runner.run(job_id)
     job, artifacts, _ = finished(pg_url, job_id)
     assert job.status == JobStatus.canceled
+    assert seen == [1, 2, 3, 4]  # the second image stopped after one of its three steps
+    assert (job.step, job.total_steps) == (STEPS + 1, 2 * STEPS)
     assert [a.kind for a in artifacts] == ["image"]  # what was drawn before the cancel stays
+
+
+def test_progress_counts_denoising_steps_with_a_rate_and_an_eta():
+    now = [100.0]
+    reports: list[dict] = []
+    progress = DenoisingProgress(2 * 30, reports.append, clock=lambda: now[0])
+    progress.begin()
+    assert reports[-1] == {"step": 0, "total_steps": 60, "steps_per_second": None, "eta_seconds": None}
+    now[0] += 5.0
+    progress.at(30, 10, 30)
+    assert reports[-1] == {"step": 10, "total_steps": 60, "steps_per_second": 2.0, "eta_seconds": 25.0}
+    progress.finished(30)
+    progress.begin()
+    now[0] += 5.0
+    progress.at(30, 30, 59)  # a second-order sampler: 59 scheduler steps for 30 denoising steps
+    assert reports[-1]["step"] == 30 + 15 and reports[-1]["eta_seconds"] == pytest.approx(15 / 4.5)
+    progress.finished(30)
+    assert reports[-1]["step"] == 60 and reports[-1]["eta_seconds"] == 0

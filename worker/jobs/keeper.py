@@ -150,7 +150,8 @@ class JobKeeper:
                             _apply_progress(job, progress)
                     for type_, data in events:
                         add_event(session, self.lease.job_id, type_, data)
-                    if progress is not None and "epoch" in progress:  # training, not captioning
+                    # training (epochs) and previews (an ETA), not captioning's bare image counts
+                    if progress is not None and progress.keys() & {"epoch", "eta_seconds"}:
                         add_event(session, self.lease.job_id, "progress", progress)
             except LeaseLost:
                 self.lease_lost = True

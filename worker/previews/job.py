@@ -1,6 +1,8 @@
 """Runs `generate` and `compare` jobs under the runner's lease, keeper and publisher (worker/jobs/runner.py):
-fetch the LoRA files, load the base model once, draw each image (progress after each, a cancel honoured
-between two), publish each as an `image` artifact and, for a comparison, one `grid` per prompt.
+fetch the LoRA files, load the base model once, draw each image, publish each as an `image` artifact and,
+for a comparison, one `grid` per prompt. Progress counts denoising steps (worker/previews/progress.py) and a
+cancel is honoured between two of them, as training honours it between two steps: an image of a slow
+model stops within a step, and the worker is free for the next job.
 
 A comparison loads each epoch's LoRA once and changes only its multiplier between weights. Weight 0 adds
 exactly nothing (tests/worker/test_previews.py pins it), so its cells are drawn once from the base model,
@@ -23,6 +25,7 @@ from shared.errors import LorabakeError
 from shared.retrying import OutageOutlasted
 from worker.previews.grid import draw_grid
 from worker.previews.loras import AppliedLoras, LoraFile, applied_loras, short_hash
+from worker.previews.progress import DenoisingProgress
 from worker.previews.render import ImageSettings, Renderer, parameters_text, write_png
 from worker.training.engine import TrainingCanceled, make_accelerator, resolve_device
 from worker.training.model_loading import load_pipeline, resolve_base_model, resolve_family
@@ -35,20 +38,22 @@ if TYPE_CHECKING:
 
 def run_preview_job(run: ClaimedRun) -> None:
     """Raises TrainingCanceled on a cancel (the runner records it) and LorabakeError for the job's faults."""
-    job = PreviewRun(run)
     if run.job.kind == JobKind.generate:
-        seed = job.generate(GenerationSpec.model_validate(run.job.config))
-        job.succeed(seed=seed)
+        generation = GenerationSpec.model_validate(run.job.config)
+        job = PreviewRun(run, generation.denoising_steps)
+        job.succeed(seed=job.generate(generation))
     else:
-        job.compare(ComparisonSpec.model_validate(run.job.config))
+        comparison = ComparisonSpec.model_validate(run.job.config)
+        job = PreviewRun(run, comparison.denoising_steps)
+        job.compare(comparison)
         job.succeed()
 
 
 class PreviewRun:
-    def __init__(self, run: ClaimedRun) -> None:
+    def __init__(self, run: ClaimedRun, total_steps: int) -> None:
         self.run = run
         self.out = run.workdir / "images"
-        self.done = 0
+        self.progress = DenoisingProgress(total_steps, run.keeper.report_progress)
 
     # -- plumbing -----------------------------------------------------------------------------------------
     def fetch_lora(self, ref: LoraRef) -> Path:
@@ -89,19 +94,29 @@ class PreviewRun:
         autocast: Callable[[], AbstractContextManager[Any]] = make_accelerator(
             mixed_precision, device
         ).autocast
-        self.run.keeper.add_event("stage", {"stage": "generating"})
-        self.run.keeper.set_status(JobStatus.training)
+        self.run.keeper.add_event("stage", {"stage": "rendering"})
+        self.run.keeper.set_status(JobStatus.rendering)
         return Renderer(pipe, prediction_type=prediction_type, autocast=autocast)
 
     def check_cancel(self) -> None:
         if self.run.must_stop():
-            raise TrainingCanceled(self.done, [])
+            raise TrainingCanceled(self.progress.step, [])
 
-    def publish(self, path: Path, total: int, **details: Any) -> None:
+    def render(self, renderer: Renderer, settings: ImageSettings) -> Image.Image:
+        """One image, its progress counted and a cancel checked between two denoising steps."""
+
+        def between_steps(index: int, of: int) -> None:
+            self.progress.at(settings.steps, index, of)
+            self.check_cancel()  # raised inside the pipeline's loop: the image stops here
+
+        self.check_cancel()
+        self.progress.begin()
+        image = renderer.render(settings, on_step=between_steps)
+        self.progress.finished(settings.steps)
+        return image
+
+    def publish(self, path: Path, **details: Any) -> None:
         self.run.publisher.publish(path, content_type="image/png", **details)
-        if details.get("kind") == "image":
-            self.done += 1
-            self.run.keeper.report_progress({"step": self.done, "total_steps": total})
 
     def succeed(self, **fields: Any) -> None:
         self.run.publisher.drain()  # the job ends only once every image is in storage and listed
@@ -122,15 +137,14 @@ class PreviewRun:
             width=spec.width,
             height=spec.height,
         )
-        self.check_cancel()
         with applied_loras(renderer.pipe, files):
-            image = renderer.render(settings)
+            image = self.render(renderer, settings)
         hashes = {f.name: short_hash(f.path, r.sha256) for f, r in zip(files, spec.loras, strict=True)}
         weights = [(f.name, f.te_weight, f.unet_weight) for f in files]
         parameters = parameters_text(settings, model=spec.base_model, loras=weights, hashes=hashes)
         meta = {**settings.meta(), "loras": [r.model_dump(mode="json") for r in spec.loras]}
         path = write_png(image, self.out / f"preview-{spec.seed}.png", parameters, meta)
-        self.publish(path, 1, kind="image", meta=meta)
+        self.publish(path, kind="image", meta=meta)
         return spec.seed
 
     # -- compare ------------------------------------------------------------------------------------------
@@ -171,7 +185,7 @@ class PreviewRun:
         seed: int,
         base_cells: dict[tuple[int, int], Path],
     ) -> Path:
-        self.check_cancel()
+        self.check_cancel()  # also before a weight-0 cell that is copied, not drawn
         settings = ImageSettings(
             prompt=prompt.prompt,
             negative_prompt=prompt.negative_prompt,
@@ -186,7 +200,7 @@ class PreviewRun:
             image = Image.open(base_cells[(index, seed)])
             image.load()
         else:
-            image = renderer.render(settings)
+            image = self.render(renderer, settings)
         epoch = ref.epoch or 0
         parameters = parameters_text(
             settings,
@@ -208,7 +222,7 @@ class PreviewRun:
         path = write_png(image, self.out / name, parameters, meta)
         if weight == 0:
             base_cells.setdefault((index, seed), path)
-        self.publish(path, spec.images, kind="image", epoch=epoch, meta=meta)
+        self.publish(path, kind="image", epoch=epoch, meta=meta)
         return path
 
     def grid(
@@ -236,7 +250,7 @@ class PreviewRun:
         }
         text = f"{prompt.prompt}\nX/Y plot: weights {', '.join(column_labels)}; rows {', '.join(row_labels)}"
         path = write_png(grid, self.out / f"{spec.output_name}_grid_p{index:02d}.png", text, meta)
-        self.publish(path, spec.images, kind="grid", meta=meta)
+        self.publish(path, kind="grid", meta=meta)
 
 
 def _generation_precision() -> str:

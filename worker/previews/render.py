@@ -1,7 +1,10 @@
 """One image from a loaded pipeline, drawn exactly as the training engine draws its sample images
 (worker/training/sampling.py): the sampler's scheduler built from the model's own scheduler config, a CPU
 generator seeded with the image's seed, the latents decoded by the VAE in its own dtype, so a LoRA at
-weight 1 reproduces the training's sample of the same prompt and seed. PNGs carry A1111's `parameters`."""
+weight 1 reproduces the training's sample of the same prompt and seed. PNGs carry A1111's `parameters`.
+
+`on_step` runs between two denoising steps (diffusers' `callback_on_step_end`): the job counts its progress
+there, and a cancel raised there stops the image at once, as training stops between two steps."""
 
 from __future__ import annotations
 
@@ -56,8 +59,18 @@ class Renderer:
             if isinstance(module, torch.nn.Module):
                 module.eval()
 
-    def render(self, settings: ImageSettings) -> Image.Image:
+    def render(
+        self, settings: ImageSettings, on_step: Callable[[int, int], None] | None = None
+    ) -> Image.Image:
+        """`on_step(done, of)` after each of the pipeline's `of` scheduler steps; whatever it raises stops
+        the image (the scheduler and RNG are restored all the same)."""
         pipe = self.pipe
+
+        def step_end(pipeline: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if on_step is not None:
+                on_step(index + 1, getattr(pipeline, "num_timesteps", None) or settings.steps)
+            return tensors
+
         devices = [pipe.device] if pipe.device.type == "cuda" else []
         pipe.scheduler = build_scheduler(self.base_scheduler.config, settings.sampler, self.prediction_type)
         try:
@@ -73,6 +86,7 @@ class Renderer:
                         guidance_scale=settings.cfg_scale,
                         generator=generator,
                         output_type="latent",
+                        callback_on_step_end=step_end if on_step is not None else None,
                     ).images
                 return _decode(pipe, latents)[0]
         finally:

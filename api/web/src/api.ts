@@ -237,6 +237,7 @@ export const JOB_STATUSES: readonly JobStatus[] = [
   "queued",
   "preparing",
   "training",
+  "rendering",
   "uploading",
   "succeeded",
   "failed",

@@ -2,7 +2,7 @@
 // and "Preview" (POST /v1/generations: one image from a prompt with <lora:NAME:WEIGHT> tags) sections, each
 // following the job it starts from the event stream, with its own cancel button.
 import { useEffect, useRef, useState } from "preact/hooks";
-import { api, ApiError, type Artifact, asApiError, downloadFile, fetchBlob, formatTime, type Job, TERMINAL, unwrap } from "../api";
+import { api, ApiError, type Artifact, asApiError, downloadFile, fetchBlob, formatDuration, formatTime, type Job, TERMINAL, unwrap } from "../api";
 import { AuthImage, ErrorNote, ProgressBar, Section, StatusBadge } from "../components";
 import { type Followed, useFollowedJob } from "../follow";
 import { href } from "../router";
@@ -170,12 +170,12 @@ function RenderFields({
         </div>
         <div class="field">
           <label for={`${prefix}-steps`}>Steps</label>
-          <input id={`${prefix}-steps`} type="number" min={1} max={150} placeholder="30" value={value.steps} onInput={on("steps")} {...invalid(`${prefix}-steps`, byField["steps"])} />
+          <input id={`${prefix}-steps`} type="number" min={1} max={150} placeholder="sample's" value={value.steps} onInput={on("steps")} {...invalid(`${prefix}-steps`, byField["steps"])} />
           <FieldError id={`${prefix}-steps-error`} text={byField["steps"]} />
         </div>
         <div class="field">
           <label for={`${prefix}-cfg`}>CFG scale</label>
-          <input id={`${prefix}-cfg`} type="number" min={0} max={30} step={0.5} placeholder="7.5" value={value.cfg} onInput={on("cfg")} {...invalid(`${prefix}-cfg`, byField["cfg_scale"])} />
+          <input id={`${prefix}-cfg`} type="number" min={0} max={30} step={0.5} placeholder="sample's" value={value.cfg} onInput={on("cfg")} {...invalid(`${prefix}-cfg`, byField["cfg_scale"])} />
           <FieldError id={`${prefix}-cfg-error`} text={byField["cfg_scale"]} />
         </div>
         <div class="field">
@@ -207,8 +207,9 @@ function RunningJob({ followed, label, onCancelError }: { followed: Followed; la
         <span data-testid={`${label.split(" ")[0]!.toLowerCase()}-status`}>
           <StatusBadge status={job.status} />
         </span>
-        <span class="small muted">
-          {job.progress.step} / {job.progress.total_steps} images
+        <span class="small muted" data-testid={`${label.split(" ")[0]!.toLowerCase()}-progress`}>
+          {job.progress.step} / {job.progress.total_steps} denoising steps
+          {!finished && job.progress.eta_seconds != null ? ` · ETA ${formatDuration(job.progress.eta_seconds)}` : ""}
           {job.queue_position ? ` · position ${job.queue_position} in the queue` : ""}
         </span>
         {!finished && (
@@ -635,7 +636,7 @@ export function CompareSection({ job, artifacts }: { job: Job; artifacts: Artifa
           byField={byField}
           seedField="seeds"
           seedPlaceholder="the sample's"
-          sizePlaceholder="512"
+          sizePlaceholder="sample's"
         />
         {rest && <ErrorNote error={rest} />}
         <button type="submit" disabled={running}>
@@ -669,6 +670,8 @@ export function PreviewSection({ job, artifacts }: { job: Job; artifacts: Artifa
   const files = epochFiles(job, artifacts);
   const final = [...files.values()].find((a) => a.is_final) ?? [...files.values()].pop();
   const baseModel = String((job.config as Dict)["base_model"] ?? "");
+  // blank settings are the API's defaults: with this job's LoRA, its training size and sample settings
+  const resolution = (job.config as Dict)["resolution"];
   // the default follows the job's files until the user types (the final file can be listed after the
   // job's final status, when this form has already drawn)
   const [typed, setPrompt] = useState<string | null>(null);
@@ -711,7 +714,8 @@ export function PreviewSection({ job, artifacts }: { job: Job; artifacts: Artifa
       <p class="muted small">
         One image from <code>{baseModel}</code> with any of your LoRA files, as in A1111: put{" "}
         <code>&lt;lora:NAME:WEIGHT&gt;</code> tags anywhere in the prompt (NAME: a file name from a job&apos;s Files
-        list, without <code>.safetensors</code>).
+        list, without <code>.safetensors</code>). Left blank, a setting is the prompt&apos;s flag, else the first
+        LoRA&apos;s training size and sample settings.
       </p>
       <form class="preview-form" onSubmit={submit} noValidate>
         <label for="preview-prompt">Prompt</label>
@@ -733,7 +737,7 @@ export function PreviewSection({ job, artifacts }: { job: Job; artifacts: Artifa
           byField={byField}
           seedField="seed"
           seedPlaceholder="random"
-          sizePlaceholder="model's"
+          sizePlaceholder={typeof resolution === "number" ? String(resolution) : "training's"}
         />
         {rest && <ErrorNote error={rest} />}
         <button type="submit" disabled={running || !baseModel}>
