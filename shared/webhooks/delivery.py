@@ -5,10 +5,11 @@ Postgres, so processes running passes at once never send one twice at the same t
 thread pool and records each answer. At-least-once: a process that dies mid-send leaves the claim to
 lapse and the delivery is sent again, with the same `webhook-id`.
 
-Order: a job's events reach an endpoint in the order they happened. A delivery waits while an older one
-for the same endpoint and job is still pending (being retried), so a receiver that was down gets them in
-order once it is back; other jobs and other endpoints are not held up by it. One endpoint's slow answers
-take one pool thread each for at most `webhook_timeout_seconds`.
+Order: none is promised. Each delivery is attempted as soon as it is due, whatever became of the
+endpoint's earlier ones: waiting behind a failed one held every later event of that endpoint until its
+retry (5 min after a second failure). Receivers order a job's events by the payload's `sequence`. One
+endpoint gets at most PER_ENDPOINT attempts at once from a process, so a slow receiver is not flooded
+and takes one pool thread each for at most `webhook_timeout_seconds`.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import httpx
-from sqlalchemy import and_, exists, select
-from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy import case, func, literal, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import (
     WebhookAttempt,
@@ -42,6 +43,7 @@ log = logging.getLogger("lorabake.webhooks")
 CLAIM_SECONDS = 120.0  # longer than one attempt can take
 MAX_ANSWER_BYTES = 64 * 1024  # what is read of a receiver's answer (kept: its first 200 characters)
 USER_AGENT = "lorabake-webhooks/1"
+PER_ENDPOINT = 2  # attempts in flight to one endpoint, per process
 
 
 @dataclass(frozen=True)
@@ -71,27 +73,39 @@ def _signing_secrets(secret: str | None, previous: str | None, previous_until: d
     return found
 
 
-def claim_due(session: Session, limit: int, skip_endpoints: Collection[str] = ()) -> list[Outgoing]:
-    """Due deliveries whose older siblings (same endpoint and job) are done; claimed. Commits."""
+def claim_due(
+    session: Session, limit: int, in_flight: Mapping[str, int] | None = None, per_endpoint: int = PER_ENDPOINT
+) -> list[Outgoing]:
+    """The longest-due deliveries, at most `per_endpoint` less `in_flight` of any one endpoint; claimed.
+    Commits."""
     now = utcnow()
-    older = aliased(WebhookDelivery)
+    in_flight = in_flight or {}
+    due = (WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+    when = (WebhookDelivery.next_attempt_at, WebhookDelivery.event_id)
+    # ranked within each endpoint, so one endpoint's backlog cannot fill the batch and starve the others
+    ranked = (
+        select(
+            WebhookDelivery.id,
+            WebhookDelivery.endpoint_id,
+            func.row_number().over(partition_by=WebhookDelivery.endpoint_id, order_by=when).label("rank"),
+        )
+        .where(*due)
+        .subquery()
+    )
+    room = (
+        case(
+            {e: per_endpoint - n for e, n in in_flight.items()},
+            value=ranked.c.endpoint_id,
+            else_=per_endpoint,
+        )
+        if in_flight
+        else literal(per_endpoint)
+    )
     rows = list(
         session.scalars(
             select(WebhookDelivery)
-            .where(
-                WebhookDelivery.status == "pending",
-                WebhookDelivery.next_attempt_at <= now,
-                WebhookDelivery.endpoint_id.not_in(skip_endpoints),
-                ~exists().where(
-                    and_(
-                        older.endpoint_id == WebhookDelivery.endpoint_id,
-                        older.job_id == WebhookDelivery.job_id,
-                        older.status == "pending",
-                        older.event_id < WebhookDelivery.event_id,
-                    )
-                ),
-            )
-            .order_by(WebhookDelivery.event_id)
+            .where(WebhookDelivery.id.in_(select(ranked.c.id).where(ranked.c.rank <= room)), *due)
+            .order_by(*when, WebhookDelivery.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
@@ -192,8 +206,6 @@ class Deliverer:
     """Keeps up to `concurrency` attempts in flight, at most PER_ENDPOINT of them to any one endpoint, so
     a dead or slow receiver holds two threads for at most a timeout each and nobody else waits for it."""
 
-    PER_ENDPOINT = 2
-
     def __init__(
         self,
         sessions: sessionmaker[Session],
@@ -214,11 +226,11 @@ class Deliverer:
         """Claims what the free threads can take and starts it; returns how many it started."""
         with self._lock:
             free = self.concurrency - sum(self._in_flight.values())
-            busy = {e for e, n in self._in_flight.items() if n >= self.PER_ENDPOINT}
+            in_flight = dict(self._in_flight)
         if free <= 0:
             return 0
         with self.sessions() as session:
-            batch = claim_due(session, limit=free, skip_endpoints=busy)
+            batch = claim_due(session, limit=free, in_flight=in_flight)
         for item in batch:
             with self._lock:
                 self._in_flight[item.endpoint_id] = self._in_flight.get(item.endpoint_id, 0) + 1

@@ -44,8 +44,9 @@ class WebhookDispatcher:
         self._thread = threading.Thread(target=self._loop, name="webhooks", daemon=True)
 
     def _holds_fan_out(self) -> bool:
-        """One process fans out at a time, so a job's events become deliveries in their order (delivery
-        itself runs everywhere). The lock is renewed when a third of its time is left."""
+        """One process fans out at a time, so the progress throttle (a check, then an insert) sees every
+        delivery made before it (delivery itself runs everywhere). The lock is renewed when a third of its
+        time is left."""
         now = time.monotonic()
         if now < self._lock_renew_at:
             return True

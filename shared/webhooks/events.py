@@ -11,8 +11,10 @@ event:
 | progress (throttled to one per `webhook_progress_seconds` per job and endpoint) | `job.progress` |
 | artifact (a saved epoch's LoRA file, a sample image, captions) | `job.artifact` |
 
-The payload is `{"type", "timestamp", "data": {"job": <GET /v1/jobs/{id}>, "event": <the event's data as
-the /events stream sends it>, "artifact": <for job.artifact: the file, with a presigned `storage_url`>}}`.
+The payload is `{"type", "timestamp", "sequence", "data": {"job": <GET /v1/jobs/{id}>, "event": <the
+event's data as the /events stream sends it>, "artifact": <for job.artifact: the file, with a presigned
+`storage_url`>}}`. `sequence` is the job event's id (the `id:` of the /events stream): it grows with each of
+the job's events, so receivers order by it, since deliveries do not wait for each other (delivery.py).
 """
 
 from __future__ import annotations
@@ -55,4 +57,4 @@ def payload(
                 **ArtifactOut.of(artifact).model_dump(mode="json"),
                 "storage_url": storage_url,
             }
-    return {"type": event_type, "timestamp": timestamp, "data": data}
+    return {"type": event_type, "timestamp": timestamp, "sequence": event.id, "data": data}
