@@ -27,7 +27,7 @@ Optimizer = Literal["AdamW", "AdamW8bit", "Lion", "Prodigy", "Adafactor"]
 LrScheduler = Literal[
     "constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial"
 ]
-MixedPrecision = Literal["no", "fp16", "bf16"]
+MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 SavePrecision = Literal["fp16", "bf16", "float"]
 ModelFamily = Literal["auto", "sd1", "sd2", "sdxl", "flux1"]
 TimestepSampling = Literal["sigma", "uniform", "sigmoid", "shift", "flux_shift"]
@@ -148,7 +148,11 @@ class TrainingConfig(BaseModel):
         description='Extra optimizer keyword arguments, e.g. {"weight_decay": 0.1, "betas": [0.9, 0.99]}.',
     )
     max_grad_norm: float = Field(1.0, ge=0, description="0 disables gradient clipping.")
-    mixed_precision: MixedPrecision = "bf16"
+    mixed_precision: MixedPrecision = Field(
+        "auto",
+        description="auto: what the worker that runs the job does best (bf16 on Ampere or newer GPUs, fp16 "
+        "on older ones, no on a CPU), recorded in the files; or Kohya's no / fp16 / bf16.",
+    )
     save_precision: SavePrecision = "fp16"
     save_every_n_epochs: int | None = Field(
         1, ge=1, le=1000, description="Save a LoRA every N epochs; the last epoch is always saved."

@@ -106,6 +106,16 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
+def resolve_precision(mixed_precision: str, device: torch.device) -> str:
+    """The job's mixed precision, with "auto" made concrete for this worker: bf16 where the GPU runs it
+    natively, fp16 on older GPUs, no on a CPU (bf16 autocast on a CPU is slower than float32 there)."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    if device.type != "cuda":
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+
+
 def check_precision(mixed_precision: str, device: torch.device) -> None:
     if mixed_precision == "fp16" and device.type == "cpu":
         raise TrainingSetupError(
@@ -122,6 +132,7 @@ def check_precision(mixed_precision: str, device: torch.device) -> None:
 
 
 def make_accelerator(mixed_precision: str, device: torch.device) -> Accelerator:
+    mixed_precision = resolve_precision(mixed_precision, device)  # previews pass a job's "auto" on
     # Accelerate keeps its state in a process-wide singleton that refuses a different precision later; a
     # worker process runs many jobs, so start each run from a clean state.
     AcceleratorState._reset_state(reset_partial_state=True)
@@ -180,6 +191,8 @@ def train_lora(
     hooks = hooks or EngineHooks()
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     dev = resolve_device(device)
+    if config.mixed_precision == "auto":  # from here on the run (files, resume state) has a concrete one
+        config = config.model_copy(update={"mixed_precision": resolve_precision("auto", dev)})
     check_precision(config.mixed_precision, dev)
     optim.check_optimizer_available(config)
     sampling.check_samplers_available(config)
