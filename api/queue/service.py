@@ -4,8 +4,11 @@ Position is the job's place in the order the scheduler starts jobs in (shared/jo
 priority, owners taking turns, per-key caps), behind the jobs already sent to workers. The estimate
 assumes each worker takes one job at a time: a free worker starts it now; otherwise each running job's
 end (its own ETA) starts the next job in line, and past those, each round of workers takes a typical run
-(the median of the last successful runs). Unknown (null) while no worker is alive, or when it depends on
-a typical run and nothing has run yet.
+(the median of the last successful runs). A running job's remaining time counts down from when its ETA was
+written (or, before it has one, from its start against a typical run), so the estimate moves with time even
+between progress reports. Unknown (null, not shown) while no worker is alive, when it depends on a typical
+run and nothing has run yet, or when a job ahead has overrun what was expected of it by more than
+OVERDUE_SECONDS (a stalled job says nothing about when it ends).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import case, func, or_, select
@@ -42,6 +47,28 @@ TYPICAL_RUNS = 20  # successful runs the typical run time is the median of
 TYPICAL_TTL_SECONDS = 30.0
 CAPACITY_TTL_SECONDS = 2.0
 LINE_TTL_SECONDS = 30.0  # at most this stale when only a key's limits changed
+OVERDUE_SECONDS = 60.0  # past its expected end by more than this, a running job's end is unknown
+
+
+@dataclass(frozen=True)
+class Running:
+    eta_seconds: float | None  # remaining seconds when the job last reported progress
+    eta_at: datetime | None  # when that was
+    started_at: datetime | None
+
+
+def remaining_seconds(job: Running, typical: float | None, now: datetime) -> float | None:
+    """Seconds until a running job ends, counted down from its last ETA (or from its start against a
+    typical run); None when unknown or overdue by more than OVERDUE_SECONDS."""
+    if job.eta_seconds is not None and job.eta_at is not None:
+        left = job.eta_seconds - (now - as_utc(job.eta_at)).total_seconds()
+    elif typical is not None and job.started_at is not None:
+        left = typical - (now - as_utc(job.started_at)).total_seconds()
+    else:
+        return None
+    if left < -OVERDUE_SECONDS:
+        return None
+    return max(left, 0.0)
 
 
 def line_version(session: Session, settings: Settings, queue: str) -> tuple:
@@ -95,7 +122,7 @@ class QueueStanding:
         self.sessions = sessions
         self.settings = settings
         self._typical: tuple[float, float | None] = (-TYPICAL_TTL_SECONDS, None)  # (computed at, seconds)
-        self._capacity: dict[str, tuple[float, int, list[float | None]]] = {}  # queue -> (at, workers, etas)
+        self._capacity: dict[str, tuple[float, int, list[Running]]] = {}  # queue -> (at, workers, running)
         # queue -> (computed at, line_version, job id -> place)
         self._lines: dict[str, tuple[float, tuple, dict[str, int]]] = {}
         self._lock = threading.Lock()
@@ -119,8 +146,8 @@ class QueueStanding:
             self._typical = (time.monotonic(), value)
         return value
 
-    def _queue_capacity(self, session: Session, queue: str | None) -> tuple[int, list[float | None]]:
-        """(live workers serving the queue, ETAs of the jobs running from it)."""
+    def _queue_capacity(self, session: Session, queue: str | None) -> tuple[int, list[Running]]:
+        """(live workers serving the queue, the jobs running from it)."""
         name = queue or self.settings.queue_name
         with self._lock:
             cached = self._capacity.get(name)
@@ -128,10 +155,15 @@ class QueueStanding:
             return cached[1], cached[2]
         workers = sum(1 for served in served_queue_lists(session, self.settings) if name in served)
         in_queue = Job.queue.in_([name]) if queue is not None else Job.queue.is_(None) | (Job.queue == name)
-        etas = list(session.scalars(select(Job.eta_seconds).where(Job.status.in_(list(RUNNING)), in_queue)))
+        rows = session.execute(
+            select(Job.eta_seconds, Job.eta_at, Job.started_at).where(
+                Job.status.in_(list(RUNNING)), in_queue
+            )
+        ).all()
+        running = [Running(eta, at, started) for eta, at, started in rows]
         with self._lock:
-            self._capacity[name] = (time.monotonic(), workers, etas)
-        return workers, etas
+            self._capacity[name] = (time.monotonic(), workers, running)
+        return workers, running
 
     def _place(self, session: Session, job_id: str, queue: str) -> int:
         """Jobs ahead of this one. The line is recomputed only when its version changed (or it is old)."""
@@ -151,10 +183,11 @@ class QueueStanding:
             ahead = self._place(session, job_id, queue or self.settings.queue_name)
             workers, running = self._queue_capacity(session, queue)
             typical = self._typical_run(session)
-        # a job that has no ETA yet (still preparing) is taken to need a typical run
-        etas = [eta if eta is not None else typical for eta in running]
+        # a job that has no ETA yet (still preparing) is taken to need a typical run from its start
+        now = datetime.now(UTC)
+        etas = [remaining_seconds(job, typical, now) for job in running]
         known = [eta for eta in etas if eta is not None]
-        if len(known) < len(etas):  # no typical run to stand in for a missing ETA: only a free worker is sure
+        if len(known) < len(etas):  # a job ahead whose end is unknown: only a free worker is sure
             starts = 0.0 if ahead < max(0, workers - len(etas)) else None
         else:
             starts = estimate(ahead, workers, known, typical)

@@ -117,6 +117,9 @@ class Job(Base):
     loss: Mapped[float | None] = mapped_column(Float, default=None)
     steps_per_second: Mapped[float | None] = mapped_column(Float, default=None)
     eta_seconds: Mapped[float | None] = mapped_column(Float, default=None)
+    # when eta_seconds was written: the queue's estimates count down from it (updated_at also moves with
+    # every lease renewal, so it cannot date an ETA)
+    eta_at: Mapped[datetime | None] = mapped_column(default=None)
 
     seed: Mapped[int | None] = mapped_column(BigInteger, default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -149,3 +149,23 @@ def test_jobs_go_to_their_familys_queue_or_the_one_they_name(env, pg_url, redis_
         assert position == 1  # alone in its queue, whatever waits in the others
     with sessions() as session:
         forget_worker(session, wid)
+
+
+def test_a_start_estimate_counts_down_between_progress_reports():
+    """The CLI showed "starts in ~1m57s" for 7 minutes: a running job's ETA is dated, so the estimate of the
+    jobs behind it moves with the clock, and a job overdue by more than a minute makes it unknown."""
+    from datetime import UTC, datetime, timedelta
+
+    from api.queue.service import OVERDUE_SECONDS, Running, estimate, remaining_seconds
+
+    now = datetime.now(UTC)
+    reported = Running(eta_seconds=117.0, eta_at=now - timedelta(seconds=60), started_at=now)
+    assert remaining_seconds(reported, None, now) == 57.0
+    assert estimate(0, 1, [remaining_seconds(reported, None, now + timedelta(seconds=30))], None) == 27.0
+    preparing = Running(eta_seconds=None, eta_at=None, started_at=now - timedelta(seconds=100))
+    assert remaining_seconds(preparing, 300.0, now) == 200.0  # a typical run, from its start
+    assert remaining_seconds(preparing, None, now) is None
+    stalled = Running(eta_seconds=10.0, eta_at=now - timedelta(seconds=20 + OVERDUE_SECONDS), started_at=now)
+    assert remaining_seconds(stalled, 300.0, now) is None  # overdue: its end is unknown, so not shown
+    late = Running(eta_seconds=10.0, eta_at=now - timedelta(seconds=20), started_at=now)
+    assert remaining_seconds(late, None, now) == 0.0  # a little late: any moment now

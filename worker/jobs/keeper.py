@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from shared.db.models import Job, JobStatus
+from shared.db.models import Job, JobStatus, utcnow
 from shared.jobs.leases import JobLease, LeaseLost
 from shared.jobs.state import add_event, set_status
 from shared.outages import is_outage
@@ -168,3 +168,5 @@ class JobKeeper:
 def _apply_progress(job: Job, columns: dict[str, Any]) -> None:
     for name, value in columns.items():
         setattr(job, name, value)
+    if "eta_seconds" in columns:  # the queue's start estimates count down from here
+        job.eta_at = utcnow()
