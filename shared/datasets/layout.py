@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from shared.datasets.problems import Problems
 from shared.errors import DatasetError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp"})
@@ -109,44 +110,88 @@ def detect_layout(
     `trigger` and `class_token` (which the Kohya layout ignores: its folder names win).
     One wrapper folder shared by every image is looked through; paths in the result stay real paths.
     An image's caption is the same-stem file with `caption_extension`, else `.txt`, else `.caption`.
+    Every problem found is raised at once (shared.datasets.problems).
     """
+    problems = Problems()
+    layout = read_layout(
+        files,
+        problems,
+        default_repeats=default_repeats,
+        trigger=trigger,
+        class_token=class_token,
+        caption_extension=caption_extension,
+    )
+    problems.raise_any()
+    assert layout is not None  # read_layout gives None only with a problem
+    return layout
+
+
+def read_layout(
+    files: Iterable[str],
+    problems: Problems,
+    *,
+    default_repeats: int = 1,
+    trigger: str | None = None,
+    class_token: str | None = None,
+    caption_extension: str = ".txt",
+) -> DatasetLayout | None:
+    """`detect_layout` that adds what is wrong to `problems` and returns the layout of the images that are
+    not at fault, so they can be checked too; None when none is left. "No images" is a problem only when
+    nothing else is (a zip whose images all failed some rule is told that rule)."""
     if not 1 <= default_repeats <= MAX_REPEATS:
         raise ValueError(f"default_repeats must be 1..{MAX_REPEATS}")
-    images, captions, masks = _classify(files, caption_extension)
+    images, captions, masks = _classify(files, caption_extension, problems)
     if not images:
-        raise DatasetError(f"The dataset contains no training images ({_ACCEPTED}).", code="no_images")
+        _no_images(problems, f"The dataset contains no training images ({_ACCEPTED}).")
+        return None
     prefix = _wrapper_prefix(images)
     caption_of = _caption_index(captions, caption_extension)
     mask_of = _mask_index(masks, images)
 
     groups: dict[tuple[str, str], list[str]] = {}  # (folder under prefix, origin) -> image paths
     strays: list[str] = []
+    misplaced = False
     for path in images:
-        where = _subset_folder(path[len(prefix) :], path)
+        try:
+            where = _subset_folder(path[len(prefix) :], path)
+        except DatasetError as exc:
+            problems.add(exc)
+            misplaced = True
+            continue
         if where is None:
             strays.append(path)
         else:
             groups.setdefault(where, []).append(path)
 
     if not groups:
-        entries = tuple(_entry(p, caption_of, mask_of) for p in images)
+        if misplaced:
+            return None
+        entries = tuple(_entry(p, caption_of, mask_of) for p in strays)
         flat = Subset(prefix.rstrip("/"), default_repeats, trigger, class_token, False, entries)
         return DatasetLayout("flat", (flat,), *_unused_masks(masks, (flat,)))
-    if strays:
-        raise _mixed(strays[0], "is not inside an `N_trigger class` folder while other images are")
-    _check_single_train_root(groups)
+    for stray in strays:
+        problems.add(_mixed(stray, "is not inside an `N_trigger class` folder while other images are"))
+    _drop_root_folders_beside_img(groups, problems)
 
-    subsets = [
-        _kohya_subset(prefix + folder, origin == REG_ROOT, paths, caption_of, mask_of)
-        for (folder, origin), paths in groups.items()
-    ]
+    subsets: list[Subset] = []
+    for (folder, origin), paths in groups.items():
+        try:
+            subsets.append(_kohya_subset(prefix + folder, origin == REG_ROOT, paths, caption_of, mask_of))
+        except DatasetError as exc:
+            problems.add(exc)
     subsets.sort(key=lambda s: s.folder)
     if not any(not s.is_reg for s in subsets):
-        raise DatasetError(
+        _no_images(
+            problems,
             f"Only regularization images were found; put training images in `{TRAIN_ROOT}/N_trigger class/`.",
-            code="no_images",
         )
+        return None
     return DatasetLayout("kohya", tuple(subsets), *_unused_masks(masks, tuple(subsets)))
+
+
+def _no_images(problems: Problems, message: str) -> None:
+    if not problems:
+        problems.add(DatasetError(message, code="no_images"))
 
 
 def scan_dataset_dir(
@@ -186,9 +231,10 @@ def is_mask_name(path: str) -> bool:
 
 
 def _classify(
-    files: Iterable[str], caption_extension: str = ".txt"
+    files: Iterable[str], caption_extension: str, problems: Problems
 ) -> tuple[list[str], list[str], list[str]]:
-    """Sorted image, caption and mask paths; junk and unrelated files dropped, unsupported images refused."""
+    """Sorted image, caption and mask paths; junk and unrelated files dropped, unsupported images added to
+    `problems`."""
     images: list[str] = []
     captions: list[str] = []
     masks: list[str] = []
@@ -204,10 +250,12 @@ def _classify(
         elif ext in caption_exts:
             captions.append(path)
         elif ext in REJECTED_IMAGE_EXTENSIONS:
-            raise DatasetError(
-                f"{path!r}: {ext} images are not supported; accepted types are {_ACCEPTED}.",
-                code="unsupported_image_type",
-                entry=path,
+            problems.add(
+                DatasetError(
+                    f"{path!r}: {ext} images are not supported; accepted types are {_ACCEPTED}.",
+                    code="unsupported_image_type",
+                    entry=path,
+                )
             )
     return images, captions, masks
 
@@ -247,12 +295,16 @@ def _subset_folder(rel: str, path: str) -> tuple[str, str] | None:
     return None
 
 
-def _check_single_train_root(groups: dict[tuple[str, str], list[str]]) -> None:
-    """Training folders live either under `img/` or at the root, not both: one of them is a mistake."""
+def _drop_root_folders_beside_img(groups: dict[tuple[str, str], list[str]], problems: Problems) -> None:
+    """Training folders live either under `img/` or at the root, not both: one of them is a mistake. Each
+    root folder is a problem (named by its first image) and left out of `groups`."""
     origins = {origin for _, origin in groups}
     if TRAIN_ROOT in origins and "root" in origins:
-        stray = min(p for (_, origin), paths in groups.items() if origin == "root" for p in paths)
-        raise _mixed(stray, f"sits in an `N_` folder at the root while others are under `{TRAIN_ROOT}/`")
+        for key in sorted(k for k in groups if k[1] == "root"):
+            stray = min(groups.pop(key))
+            problems.add(
+                _mixed(stray, f"sits in an `N_` folder at the root while others are under `{TRAIN_ROOT}/`")
+            )
 
 
 def _mixed(path: str, why: str) -> DatasetError:

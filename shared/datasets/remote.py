@@ -20,7 +20,15 @@ from urllib.parse import unquote
 import httpx
 
 from shared.errors import LorabakeError, PayloadTooLargeError
-from shared.net.public_http import BlockedAddress, TooLarge, UnsafeURL, capped_bytes, check_url, public_client
+from shared.net.public_http import (
+    BlockedAddress,
+    TooLarge,
+    UnsafeURL,
+    capped_bytes,
+    check_url,
+    private_host_refused,
+    public_client,
+)
 
 
 @dataclass(frozen=True)
@@ -131,10 +139,7 @@ def fetch_zip(url: str, directory: Path, limits: FetchLimits, field: str = "data
         raise UnsafeURL(message, details={"field": field}) from exc
     except httpx.TransportError as exc:
         if isinstance(exc.__cause__, BlockedAddress) or isinstance(exc.__context__, BlockedAddress):
-            raise UnsafeURL(
-                f"{field} leads to an address that is not public; only public hosts are called",
-                details={"field": field},
-            ) from exc
+            raise private_host_refused(field, "leads to an address that is not public") from exc
         raise _refused(f"{field}: cannot fetch it: {exc}", "dataset_url_unreachable", field) from exc
     except httpx.HTTPError as exc:  # the rest of what a server can make httpx raise (a body it cannot decode)
         raise _refused(f"{field}: cannot read its answer: {exc}", "dataset_url_failed", field) from exc

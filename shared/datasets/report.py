@@ -1,8 +1,9 @@
 """What a stored dataset holds and what a Kohya user should know about it.
 
 Reads an uploaded zip once (after zipsafe and the layout rules have passed): each image is accepted,
-converted (how), or rejected (why: corrupt, unsupported, too small/large, duplicate content), its caption
-is read, a thumbnail made, and the warnings a Kohya user would want are listed.
+converted (how), or rejected (why: unsupported, too small/large, duplicate content), its caption is read,
+a thumbnail made, and the warnings a Kohya user would want are listed. An image that does not decode
+refuses the whole zip, as on the job upload, with every other problem the zip has.
 """
 
 from __future__ import annotations
@@ -22,17 +23,21 @@ from shared.datasets.layout import (
     DatasetLayout,
     ImageEntry,
     Subset,
-    detect_layout,
     is_junk,
     is_mask_name,
+    read_layout,
 )
 from shared.datasets.pixels import has_transparency, reduced_bit_depth, to_rgb
-from shared.datasets.zipsafe import ZipLimits, inspect_zip
+from shared.datasets.problems import UNSAFE_TO_READ, Problems
+from shared.datasets.zipsafe import ZipLimits, read_member, scan_zip
 from shared.errors import DatasetError
 
 THUMBNAIL_SIDE = 256
 FEW_IMAGES = 10  # the guide: "as few as 10 images"
 SMALL_SIDE = 512  # SD1.5's training resolution; images far below it train blurry
+# A training image that does not decode refuses the zip on this route as on the job upload (docs/datasets.md):
+# it is damage to fix, not a choice to review. Other rejections (type, size, duplicate) are per file here.
+REFUSED_IMAGE_CODES = frozenset({"corrupt_image", "corrupt_entry"})
 
 
 @dataclass
@@ -103,10 +108,13 @@ def make_thumbnail(img: Image.Image) -> bytes:
 def _analyze_image(
     archive: zipfile.ZipFile, entry: ImageEntry, subset: Subset, limits: ZipLimits, seen: dict[str, str]
 ) -> tuple[FileOutcome, AnalyzedImage | None]:
-    data = archive.read(entry.path)
+    """The image's outcome; a damaged one raises (REFUSED_IMAGE_CODES), as the job upload refuses it."""
+    data = read_member(archive, entry.path)
     try:
         info = probe_image(io.BytesIO(data), entry.path, limits.max_image_pixels)
     except DatasetError as exc:
+        if exc.code in REFUSED_IMAGE_CODES:
+            raise
         return FileOutcome(entry.path, "rejected", exc.code, exc.message), None
     digest = hashlib.sha256(data).hexdigest()
     if digest in seen:
@@ -117,7 +125,7 @@ def _analyze_image(
     with Image.open(io.BytesIO(data)) as img:
         notes = conversions_needed(img)
         thumbnail = make_thumbnail(img)
-    caption = read_caption_text(archive.read(entry.caption_path)) if entry.caption_path else None
+    caption = read_caption_text(read_member(archive, entry.caption_path)) if entry.caption_path else None
     outcome = FileOutcome(entry.path, "converted" if notes else "accepted", conversions=notes)
     image = AnalyzedImage(
         entry.path,
@@ -139,7 +147,7 @@ def _analyze_mask(
     assert entry.mask_path is not None
     name = entry.mask_path
     try:
-        info = probe_image(io.BytesIO(archive.read(name)), name, limits.max_image_pixels)
+        info = probe_image(io.BytesIO(read_member(archive, name)), name, limits.max_image_pixels)
         resizes = check_mask_size(name, info.upright_size, (image.width, image.height))
     except DatasetError as exc:
         return FileOutcome(name, "rejected", exc.code, exc.message)
@@ -167,7 +175,10 @@ def analyze_dataset_zip(
     trigger: str | None = None,
     class_token: str | None = None,
 ) -> DatasetAnalysis:
-    members = inspect_zip(path, limits)
+    problems = Problems()
+    members = scan_zip(path, limits, problems)
+    if problems.has(*UNSAFE_TO_READ):
+        problems.raise_any()
     # Unsupported image types are reported per file here, where the one-shot job upload refuses the zip.
     files: list[FileOutcome] = [
         FileOutcome(m, "rejected", "unsupported_image_type", "accepted types: png, jpg/jpeg, webp")
@@ -175,12 +186,16 @@ def analyze_dataset_zip(
         if not is_junk(m) and Path(m).suffix.lower() in REJECTED_IMAGE_EXTENSIONS
     ]
     rejected_names = {f.path for f in files}
-    layout = detect_layout(
+    layout = read_layout(
         [m for m in members if m not in rejected_names],
+        problems,
         default_repeats=default_repeats,
         trigger=trigger,
         class_token=class_token,
     )
+    if layout is None:
+        problems.raise_any()
+    assert layout is not None
     images: list[AnalyzedImage] = []
     kept_subsets: list[Subset] = []
     seen: dict[str, str] = {}
@@ -188,7 +203,11 @@ def analyze_dataset_zip(
         for subset in layout.subsets:
             kept: list[ImageEntry] = []
             for entry in subset.images:
-                outcome, image = _analyze_image(archive, entry, subset, limits, seen)
+                try:
+                    outcome, image = _analyze_image(archive, entry, subset, limits, seen)
+                except DatasetError as exc:  # refuses the zip: looking on for more of them
+                    problems.add(exc)
+                    continue
                 files.append(outcome)
                 if image is None and entry.mask_path is not None:
                     files.append(
@@ -212,6 +231,7 @@ def analyze_dataset_zip(
                         tuple(kept),
                     )
                 )
+    problems.raise_any()
     files.extend(_unused_mask_outcomes(layout))
     accepted = DatasetLayout(layout.kind, tuple(kept_subsets), layout.orphan_masks, layout.reg_masks)
     if not accepted.train_subsets:
@@ -273,6 +293,20 @@ def dataset_warnings(
                 }
             )
     warnings.extend(_mask_warnings(files))
+    rejected = [
+        f.path
+        for f in files
+        if f.status == "rejected" and f.reason != "duplicate_image" and not is_mask_name(f.path)
+    ]
+    if rejected:
+        warnings.append(
+            {
+                "code": "images_rejected",
+                "count": len(rejected),
+                "examples": rejected[:5],
+                "message": f"{len(rejected)} images were rejected and are not trained on (see files for why)",
+            }
+        )
     duplicates = [f.path for f in files if f.reason == "duplicate_image"]
     if duplicates:
         warnings.append(

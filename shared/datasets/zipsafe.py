@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from shared.datasets.layout import is_junk
+from shared.datasets.problems import Problems
 from shared.errors import DatasetError
 
 KiB = 1024
@@ -34,6 +35,8 @@ _SUPPORTED_METHODS = frozenset(
     {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 )
 _MAX_NAME_BYTES = 255  # one path component, as most filesystems allow
+# What zipfile raises reading a member whose data is damaged (bad CRC, truncated or invalid stream).
+_READ_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError)
 
 
 @dataclass(frozen=True)
@@ -50,10 +53,19 @@ def inspect_zip(path: Path, limits: ZipLimits) -> list[str]:
 
     Names come back exactly as stored (they must be canonical: no `.` or empty parts); folders and junk
     (`__MACOSX/`, `.DS_Store`, hidden files, see `dataset_layout.is_junk`) are left out, and `extract_zip`
-    skips them too.
+    skips them too. Every problem found is raised at once (shared.datasets.problems).
     """
+    problems = Problems()
+    names = scan_zip(path, limits, problems)
+    problems.raise_any()
+    return names
+
+
+def scan_zip(path: Path, limits: ZipLimits, problems: Problems) -> list[str]:
+    """`inspect_zip` that adds what is wrong to `problems` and returns the names of the entries that passed,
+    so the caller can go on checking them. An archive that cannot be listed at all still raises."""
     with _open_zip(path, limits) as zf:
-        return [name for name, _ in _validate(zf, limits)]
+        return [name for name, _ in _validate(zf, limits, problems)]
 
 
 def extract_zip(path: Path, dest: Path, limits: ZipLimits) -> list[str]:
@@ -65,8 +77,11 @@ def extract_zip(path: Path, dest: Path, limits: ZipLimits) -> list[str]:
     root = dest.resolve()
     written_total = 0
     names: list[str] = []
+    problems = Problems()
     with _open_zip(path, limits) as zf:
-        for name, info in _validate(zf, limits):
+        kept = _validate(zf, limits, problems)
+        problems.raise_any()
+        for name, info in kept:
             budget = min(limits.max_entry_uncompressed, limits.max_total_uncompressed - written_total)
             written_total += _extract_member(zf, info, name, _target(root, name), budget, limits)
             names.append(name)
@@ -109,8 +124,11 @@ def _too_many(count: int, limits: ZipLimits) -> DatasetError:
     )
 
 
-def _validate(zf: zipfile.ZipFile, limits: ZipLimits) -> list[tuple[str, zipfile.ZipInfo]]:
-    """Check every entry; return `(name, info)` for the regular, non-junk files to extract."""
+def _validate(
+    zf: zipfile.ZipFile, limits: ZipLimits, problems: Problems
+) -> list[tuple[str, zipfile.ZipInfo]]:
+    """Check every entry, adding each one's first problem to `problems`; return `(name, info)` for the
+    regular, non-junk files that passed. Past the total size limit the rest is not looked at (a bomb)."""
     infos = zf.infolist()
     if len(infos) > limits.max_entries:
         raise _too_many(len(infos), limits)
@@ -120,26 +138,28 @@ def _validate(zf: zipfile.ZipFile, limits: ZipLimits) -> list[tuple[str, zipfile
     total = compressed = 0
     for info in infos:
         raw = info.orig_filename  # zipfile cuts `filename` at a NUL; the original keeps it for us to see
-        name = _safe_name(raw)
-        _check_entry_kind(info, raw)
-        _check_entry_size(info, raw, limits)
-        if info.header_offset in offsets:  # overlapping entries: one compressed blob counted many times
-            raise _bomb(f"{raw!r} shares its data with another entry (overlapping-entry zip bomb).", raw)
-        offsets.add(info.header_offset)
         total += info.file_size
         compressed += info.compress_size
         if total > limits.max_total_uncompressed:
-            raise _bomb(
-                f"The zip unpacks to more than {limits.max_total_uncompressed} bytes (limit), at {raw!r}.",
-                raw,
-            )
-        if raw.endswith("/") or is_junk(name):
+            limit = limits.max_total_uncompressed
+            problems.add(_bomb(f"The zip unpacks to more than {limit} bytes (limit), at {raw!r}.", raw))
+            return kept
+        try:
+            name = _safe_name(raw)
+            _check_entry_kind(info, raw)
+            _check_entry_size(info, raw, limits)
+            if info.header_offset in offsets:  # overlapping entries: one compressed blob counted many times
+                raise _bomb(f"{raw!r} shares its data with another entry (overlapping-entry zip bomb).", raw)
+            offsets.add(info.header_offset)
+            if raw.endswith("/") or is_junk(name):
+                continue
+            _check_unique(name, raw, seen)
+        except DatasetError as exc:
+            problems.add(exc)
             continue
-        _check_unique(name, raw, seen)
         kept.append((name, info))
-    _check_overall_ratio(total, compressed, limits)
-    _check_file_dir_clash(kept)
-    return kept
+    _check_overall_ratio(total, compressed, limits, problems)
+    return _without_file_dir_clashes(kept, problems)
 
 
 def _safe_name(raw: str) -> str:
@@ -199,13 +219,11 @@ def _check_entry_size(info: zipfile.ZipInfo, raw: str, limits: ZipLimits) -> Non
         )
 
 
-def _check_overall_ratio(total: int, compressed: int, limits: ZipLimits) -> None:
+def _check_overall_ratio(total: int, compressed: int, limits: ZipLimits, problems: Problems) -> None:
     ratio = total / max(compressed, 1)
     if total > RATIO_MIN_SIZE and ratio > limits.max_compression_ratio:
-        raise _bomb(
-            f"The zip expands {ratio:.0f}x when unpacked; the limit is {limits.max_compression_ratio:g}x.",
-            None,
-        )
+        limit = limits.max_compression_ratio
+        problems.add(_bomb(f"The zip expands {ratio:.0f}x when unpacked; the limit is {limit:g}x.", None))
 
 
 def _check_unique(name: str, raw: str, seen: dict[str, str]) -> None:
@@ -215,19 +233,26 @@ def _check_unique(name: str, raw: str, seen: dict[str, str]) -> None:
     seen[key] = raw
 
 
-def _check_file_dir_clash(kept: list[tuple[str, zipfile.ZipInfo]]) -> None:
-    """`a` as a file and `a/b` as another file cannot both be extracted."""
+def _without_file_dir_clashes(
+    kept: list[tuple[str, zipfile.ZipInfo]], problems: Problems
+) -> list[tuple[str, zipfile.ZipInfo]]:
+    """`a` as a file and `a/b` as another file cannot both be extracted: each such `a` is a problem."""
     files = {unicodedata.normalize("NFC", name): name for name, _ in kept}
+    clashing: set[str] = set()
     for key, name in files.items():
         parent = key.rpartition("/")[0]
         while parent:
-            if parent in files:
-                raise DatasetError(
-                    f"{files[parent]!r} is both a file and the folder of {name!r}.",
-                    code="duplicate_entry",
-                    entry=files[parent],
+            if parent in files and files[parent] not in clashing:
+                clashing.add(files[parent])
+                problems.add(
+                    DatasetError(
+                        f"{files[parent]!r} is both a file and the folder of {name!r}.",
+                        code="duplicate_entry",
+                        entry=files[parent],
+                    )
                 )
             parent = parent.rpartition("/")[0]
+    return [(name, info) for name, info in kept if name not in clashing]
 
 
 def _bomb(message: str, entry: str | None) -> DatasetError:
@@ -273,13 +298,23 @@ def _chunks(src: BinaryIO, name: str) -> Iterator[bytes]:
     while True:
         try:
             chunk = src.read(_CHUNK)
-        except (zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
-            raise DatasetError(
-                f"{name!r} is damaged in the zip ({exc}).", code="corrupt_entry", entry=name
-            ) from exc
+        except _READ_ERRORS as exc:
+            raise _damaged(name, exc) from exc
         if not chunk:
             return
         yield chunk
+
+
+def read_member(zf: zipfile.ZipFile, name: str) -> bytes:
+    """A member `scan_zip` kept (so within the size limits), whole; damaged data is a `corrupt_entry`."""
+    try:
+        return zf.read(name)
+    except _READ_ERRORS as exc:
+        raise _damaged(name, exc) from exc
+
+
+def _damaged(name: str, exc: BaseException) -> DatasetError:
+    return DatasetError(f"{name!r} is damaged in the zip ({exc}).", code="corrupt_entry", entry=name)
 
 
 def copy_limited(

@@ -24,9 +24,23 @@ from shared.errors import LorabakeError
 _SHARED_SPACE = ipaddress.ip_network("100.64.0.0/10")
 
 
+# The server setting that lets URLs name private hosts; a refusal names it, since that is the fix when the
+# receiver is on the server's own network (a webhook receiver on this machine, a dataset on the LAN).
+ALLOW_PRIVATE_SETTING = "LORABAKE_ALLOW_PRIVATE_URLS"
+
+
 class UnsafeURL(LorabakeError):
     status_code = 422
     code = "unsafe_url"
+
+
+def private_host_refused(field: str, what: str) -> UnsafeURL:
+    """A 422 for a URL refused only because its host is not public: `what` says which, then the way out."""
+    return UnsafeURL(
+        f"{field} {what}; only public hosts are called unless the server sets {ALLOW_PRIVATE_SETTING}=1 "
+        "(for receivers on its own network)",
+        details={"field": field, "setting": ALLOW_PRIVATE_SETTING},
+    )
 
 
 class BlockedAddress(httpcore.ConnectError):
@@ -59,14 +73,9 @@ def check_url(url: str, field: str, *, allow_private: bool = False) -> str:
         except ValueError:
             literal = None
         if literal is not None and not is_public(str(literal)):
-            raise UnsafeURL(
-                f"{field} names a private or reserved address; only public hosts are called",
-                details={"field": field},
-            )
+            raise private_host_refused(field, "names a private or reserved address")
         if parsed.host.lower() == "localhost" or parsed.host.lower().endswith(".localhost"):
-            raise UnsafeURL(
-                f"{field} names this machine; only public hosts are called", details={"field": field}
-            )
+            raise private_host_refused(field, "names this machine")
     return url
 
 

@@ -32,7 +32,6 @@ def cmyk_jpeg() -> bytes:
 def mixed_zip(tmp_path: Path) -> Path:
     entries = kohya_entries(images=4, repeats=3, with_reg=True, webp=True)
     entries["img/3_lisabp woman/dup.png"] = entries["img/3_lisabp woman/001.png"]  # same content twice
-    entries["img/3_lisabp woman/broken.png"] = b"\x89PNG\r\n\x1a\nnot really"
     entries["img/3_lisabp woman/anim.gif"] = b"GIF89a" + b"\0" * 20
     entries["img/3_lisabp woman/cmyk.jpg"] = cmyk_jpeg()
     entries["img/3_lisabp woman/tiny.png"] = image_bytes((1, 1, 1), size=(4, 4))
@@ -47,7 +46,6 @@ def test_upload_reports_every_file_and_warns(client, headers, tmp_path, s3_serve
     files = {f["path"]: f for f in dataset["files"]}
     folder = "img/3_lisabp woman"
     assert files[f"{folder}/dup.png"]["reason"] == "duplicate_image"
-    assert files[f"{folder}/broken.png"]["reason"] == "corrupt_image"
     assert files[f"{folder}/anim.gif"]["reason"] == "unsupported_image_type"
     assert files[f"{folder}/tiny.png"]["reason"] == "image_too_small"
     assert files[f"{folder}/003.webp"]["status"] == "converted"
@@ -57,6 +55,8 @@ def test_upload_reports_every_file_and_warns(client, headers, tmp_path, s3_serve
     assert (dataset["images"], dataset["reg_images"]) == (5, 3)  # 4 + cmyk; reg folder has 3
     codes = {w["code"] for w in dataset["warnings"]}
     assert {"few_images", "captions_missing", "small_images", "duplicates_removed"} <= codes
+    (rejected,) = [w for w in dataset["warnings"] if w["code"] == "images_rejected"]
+    assert sorted(rejected["examples"]) == [f"{folder}/anim.gif", f"{folder}/tiny.png"]
     assert "reg_class_mismatch" not in codes  # reg/1_woman matches "lisabp woman"
     captions = {i["path"]: i["caption"] for i in dataset["image_list"]}
     assert captions[f"{folder}/001.png"] == "lisabp, woman, color 1"
@@ -81,8 +81,8 @@ def test_unsafe_or_empty_zips_are_refused_and_store_nothing(client, headers, tmp
     bad = write_zip(tmp_path / "bad.zip", {"img/2_x y/a.png": image_bytes((1, 2, 3)), "../evil.png": b"x"})
     response = upload(client, headers, bad)
     assert response.status_code == 422 and response.json()["error"]["details"]["entry"] == "../evil.png"
-    only_broken = write_zip(tmp_path / "broken.zip", {"img/2_x y/a.png": b"\x89PNG\r\n\x1a\nbroken"})
-    response = upload(client, headers, only_broken)
+    only_tiny = write_zip(tmp_path / "tiny.zip", {"img/2_x y/a.png": image_bytes((1, 2, 3), size=(4, 4))})
+    response = upload(client, headers, only_tiny)
     assert response.status_code == 422 and response.json()["error"]["code"] == "no_images"
     assert "img/2_x y/a.png" in response.json()["error"]["message"]
     bad_options = upload(client, headers, write_zip(tmp_path / "ok.zip", kohya_entries()), {"repeats": 0})
@@ -90,6 +90,38 @@ def test_unsafe_or_empty_zips_are_refused_and_store_nothing(client, headers, tmp
     assert bad_options.json()["error"]["details"]["fields"][0]["field"] == "options.repeats"
     assert bucket_keys(s3_server, bucket) == []
     assert client.get("/v1/datasets", headers=headers).json()["items"] == []
+
+
+def test_corrupt_images_refuse_the_zip_on_both_routes_naming_every_one(
+    client, headers, tmp_path, pg_url, s3_server, bucket
+):
+    """A corrupt image refuses a dataset upload as it refuses a job upload (issue 15), and both name every
+    corrupt file at once; nothing is stored by either."""
+    folder = "img/2_lisabp woman"
+    entries = kohya_entries(images=3, repeats=2, webp=False)
+    broken = {f"{folder}/broken{i}.png": b"\x89PNG\r\n\x1a\nnot really" for i in range(3)}
+    zip_path = write_zip(tmp_path / "broken.zip", {**entries, **broken})
+    with session_scope(pg_url) as session:
+        jobs_before = session.query(Job).count()
+    stored = upload(client, headers, zip_path)
+    with open(zip_path, "rb") as fh:
+        job = client.post(
+            "/v1/jobs",
+            headers=headers,
+            files={"dataset": (zip_path.name, fh, "application/zip")},
+            data={"config": json.dumps({"base_model": "tiny-sd15", "resolution": 64, "min_bucket_reso": 64})},
+        )
+    for response in (stored, job):
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert (error["code"], error["details"]["entry"]) == ("corrupt_image", f"{folder}/broken0.png")
+        assert [p["file"] for p in error["details"]["problems"]] == sorted(broken)
+        assert all(name in error["message"] for name in broken)
+    assert stored.json()["error"] == job.json()["error"]
+    assert bucket_keys(s3_server, bucket) == []
+    assert client.get("/v1/datasets", headers=headers).json()["items"] == []
+    with session_scope(pg_url) as session:
+        assert session.query(Job).count() == jobs_before
 
 
 def test_caption_edits_are_revisions(client, headers, tmp_path):

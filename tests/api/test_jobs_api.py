@@ -161,6 +161,38 @@ def test_bad_zips_are_4xx_naming_the_entry_and_store_nothing(
     assert bucket_keys(s3_server, bucket) == []
 
 
+def test_a_zip_with_several_problems_names_every_one_and_stores_nothing(
+    client, key, tmp_path, pg_url, s3_server, bucket
+):
+    """Every problem at once (issue 15): the entries, the layout and each image, in one 422 that keeps the
+    first problem's code and entry for clients that read only those."""
+    entries = {
+        "img/2_x y/a.png": image_bytes((1, 2, 3)),
+        "../evil.png": b"x",
+        "img/2_x y/broken.png": b"\x89PNG\r\n\x1a\nbroken",
+        "img/2_x y/tiny.png": image_bytes((1, 2, 3), size=(4, 4)),
+        "img/2_x y/anim.gif": b"GIF89a" + b"\0" * 20,
+        "img/lisabp woman/b.png": image_bytes((4, 5, 6)),
+    }
+    before = job_count(pg_url)
+    response = submit(client, key, write_zip(tmp_path / "many.zip", entries))
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["details"]["entry"]) == ("unsafe_path", "../evil.png")
+    assert [(p["file"], p["code"]) for p in error["details"]["problems"]] == [
+        ("../evil.png", "unsafe_path"),
+        ("img/2_x y/anim.gif", "unsupported_image_type"),
+        ("img/lisabp woman/b.png", "missing_repeats_prefix"),
+        ("img/2_x y/broken.png", "corrupt_image"),
+        ("img/2_x y/tiny.png", "image_too_small"),
+    ]
+    assert error["details"]["more_problems"] == 0
+    assert error["message"].startswith("The zip has 5 problems:")
+    assert all(p["file"] in error["message"] for p in error["details"]["problems"])
+    assert job_count(pg_url) == before
+    assert bucket_keys(s3_server, bucket) == []
+
+
 @pytest.mark.parametrize(
     ("config", "field"),
     [

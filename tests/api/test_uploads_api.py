@@ -445,7 +445,11 @@ def test_dataset_url_on_this_machine_is_refused_unless_allowed(
         response = client.post("/v1/datasets", headers=headers, json={"dataset_url": url})
         assert response.status_code == 422, response.text
         assert error_of(response)["code"] == "unsafe_url"
-        assert error_of(response)["details"]["field"] == "dataset_url"
+        assert error_of(response)["details"] == {
+            "field": "dataset_url",
+            "setting": "LORABAKE_ALLOW_PRIVATE_URLS",
+        }
+        assert "LORABAKE_ALLOW_PRIVATE_URLS" in error_of(response)["message"]
     not_http = client.post(
         "/v1/jobs", headers=headers, json={"dataset_url": "file:///etc/passwd", "config": CONFIG}
     )

@@ -65,16 +65,20 @@ def test_endpoints_are_made_listed_rotated_and_deleted_by_their_owner_only(clien
 
 
 def test_unsafe_or_malformed_endpoints_are_refused_naming_the_field(client, headers):
-    for body, field in [
-        ({"url": "http://127.0.0.1:9000/hook"}, "url"),
-        ({"url": "http://169.254.169.254/latest"}, "url"),
-        ({"url": "http://localhost/hook"}, "url"),
-        ({"url": "ftp://example.com/x"}, "url"),
-        ({"url": "https://example.com/x", "events": ["job.exploded"]}, "events"),
+    for body, field, private in [
+        ({"url": "http://127.0.0.1:9000/hook"}, "url", True),
+        ({"url": "http://169.254.169.254/latest"}, "url", True),
+        ({"url": "http://localhost/hook"}, "url", True),
+        ({"url": "ftp://example.com/x"}, "url", False),
+        ({"url": "https://example.com/x", "events": ["job.exploded"]}, "events", False),
     ]:
         response = client.post("/v1/webhooks", headers=headers, json=body)
         assert response.status_code == 422, (body, response.text)
         assert field_of(response) == field, body
+        # a receiver on this machine or its network is allowed by a setting: the refusal names it
+        error = response.json()["error"]
+        assert ("LORABAKE_ALLOW_PRIVATE_URLS" in error["message"]) is private, error
+        assert error["details"].get("setting") == ("LORABAKE_ALLOW_PRIVATE_URLS" if private else None)
     assert client.get("/v1/webhooks", headers=headers).json()["items"] == []
 
 

@@ -77,8 +77,10 @@ def test_upload_review_train_watch_and_download_in_chromium(
         key = (data / "api-key").read_text().strip()
         headers = {"Authorization": f"Bearer {key}"}
         services.wait_until(lambda: models_listed(url, key), 60, "the worker's report of its models", proc)
-        # a corrupt image among them: rejected with its reason; its 300 KB of noise make the upload last
-        entries = {**kohya_entries(images=4, repeats=4), f"{FOLDER}/broken.png": os.urandom(300_000)}
+        # a GIF among them: rejected with its reason (a corrupt image would refuse the zip, docs/datasets.md);
+        # its 300 KB of noise make the upload last
+        gif = b"GIF89a" + os.urandom(300_000)
+        entries = {**kohya_entries(images=4, repeats=4), f"{FOLDER}/anim.gif": gif}
         zip_path = write_zip(tmp_path / "lisa.zip", entries)
 
         with sync_playwright() as pw:
@@ -138,7 +140,7 @@ def test_upload_review_train_watch_and_download_in_chromium(
             expect(summary).to_contain_text("1 converted")
             expect(summary).to_contain_text("1 rejected")
             expect(
-                page.get_by_role("row", name=re.compile(r"broken\.png rejected corrupt_image"))
+                page.get_by_role("row", name=re.compile(r"anim\.gif rejected unsupported_image_type"))
             ).to_be_visible()
             expect(page.get_by_role("row", name=re.compile(r"003\.webp converted"))).to_be_visible()
             expect(page.get_by_label("Dataset warnings")).to_contain_text("few_images")

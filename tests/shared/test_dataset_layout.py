@@ -394,3 +394,107 @@ def test_masked_loss_without_masks_warns_in_the_plan_and_trains_unmasked(tmp_pat
         no_masks = [w for w in run.warnings if w["code"] == "no_masks"]
         assert bool(no_masks) is warned
         assert all(w["field"] == "config.masked_loss" for w in no_masks)
+
+
+def test_every_layout_problem_is_reported_at_once():
+    files = ["img/6_x y/ok.png", "img/a.png", "img/0_z w/b.png", "c.gif", "img/6_x y/e.TIFF", "img/b.png"]
+    err = _error(files)
+    assert (err.code, err.details["entry"]) == ("unsupported_image_type", "c.gif")  # the first, as before
+    assert [(p["file"], p["code"]) for p in err.details["problems"]] == [
+        ("c.gif", "unsupported_image_type"),
+        ("img/6_x y/e.TIFF", "unsupported_image_type"),
+        ("img/a.png", "missing_repeats_prefix"),
+        ("img/b.png", "missing_repeats_prefix"),
+        ("img/0_z w", "invalid_repeats"),
+    ]
+
+
+def test_every_stray_of_a_mixed_layout_is_named():
+    err = _error(["6_x y/a.png", "stray.png", "zz.png"])
+    assert [p["file"] for p in err.details["problems"]] == ["stray.png", "zz.png"]
+
+
+def _broken_zip(path: Path) -> Path:
+    """Two good images, two that do not decode, and (rejected per file by a stored dataset) a GIF and a
+    4x4 image."""
+    folder = "img/2_x y/"
+    return _zip(
+        path,
+        {
+            folder + "a.png": _png((64, 64), value=(200, 10, 10)),
+            folder + "b.png": b"\x89PNG\r\n\x1a\nnot really",
+            folder + "c.png": _png((64, 64), value=(10, 200, 10))[:60],  # truncated
+            folder + "d.png": _png((64, 64), value=(10, 10, 200)),
+            folder + "anim.gif": b"GIF89a" + b"\0" * 20,
+            folder + "tiny.png": _png((4, 4)),
+        },
+    )
+
+
+def test_both_uploads_refuse_every_corrupt_image_the_same_way(tmp_path: Path):
+    """A corrupt image refuses the zip on both routes (issue 15), each naming every corrupt file; what a
+    stored dataset rejects per file (the GIF, the tiny image) the job upload refuses too, in the same list."""
+    from shared.config.spec import TrainingConfig
+    from shared.datasets.intake import inspect_dataset_zip
+    from shared.datasets.report import analyze_dataset_zip
+    from shared.datasets.zipsafe import ZipLimits
+
+    archive = _broken_zip(tmp_path / "broken.zip")
+    with pytest.raises(DatasetError) as stored:
+        analyze_dataset_zip(archive, ZipLimits())
+    with pytest.raises(DatasetError) as job:
+        inspect_dataset_zip(archive, TrainingConfig(base_model="tiny"), ZipLimits())
+
+    def corrupt(err: DatasetError) -> list[str | None]:
+        return [p["file"] for p in err.details["problems"] if p["code"] == "corrupt_image"]
+
+    assert corrupt(stored.value) == corrupt(job.value) == ["img/2_x y/b.png", "img/2_x y/c.png"]
+    assert (stored.value.code, stored.value.details["entry"]) == ("corrupt_image", "img/2_x y/b.png")
+    assert "img/2_x y/b.png" in stored.value.message and "img/2_x y/c.png" in stored.value.message
+    assert {p["code"] for p in job.value.details["problems"]} == {
+        "corrupt_image",
+        "unsupported_image_type",
+        "image_too_small",
+    }
+
+
+def test_a_stored_dataset_warns_of_the_images_it_rejects(tmp_path: Path):
+    from shared.datasets.report import analyze_dataset_zip
+    from shared.datasets.zipsafe import ZipLimits
+
+    archive = _broken_zip(tmp_path / "broken.zip")
+    fixed = _zip(
+        tmp_path / "fixed.zip",
+        {n: d for n, d in _read_zip(archive).items() if not n.endswith(("b.png", "c.png"))},
+    )
+    analysis = analyze_dataset_zip(fixed, ZipLimits())
+    (warning,) = [w for w in analysis.warnings if w["code"] == "images_rejected"]
+    assert warning["count"] == 2
+    assert sorted(warning["examples"]) == ["img/2_x y/anim.gif", "img/2_x y/tiny.png"]
+
+
+def _read_zip(path: Path) -> dict[str, bytes]:
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def test_an_image_damaged_in_the_zip_is_refused_on_both_routes_not_a_crash(tmp_path: Path):
+    """A stored image whose bytes fail the zip's CRC: zipfile raises BadZipFile, which was a 500."""
+    from shared.config.spec import TrainingConfig
+    from shared.datasets.intake import inspect_dataset_zip
+    from shared.datasets.report import analyze_dataset_zip
+    from shared.datasets.zipsafe import ZipLimits
+
+    archive = _zip(tmp_path / "crc.zip", {"img/1_x/a.png": _png((64, 64)), "img/1_x/b.png": _png((64, 64))})
+    data = bytearray(archive.read_bytes())
+    data[data.index(b"IDAT") + 8] ^= 0xFF  # the first image's pixels, stored uncompressed
+    archive.write_bytes(bytes(data))
+    for inspect in (
+        lambda: analyze_dataset_zip(archive, ZipLimits()),
+        lambda: inspect_dataset_zip(archive, TrainingConfig(base_model="tiny"), ZipLimits()),
+    ):
+        with pytest.raises(DatasetError) as err:
+            inspect()
+        assert (err.value.code, err.value.details["entry"]) == ("corrupt_entry", "img/1_x/a.png")

@@ -37,24 +37,27 @@ def test_which_addresses_are_public(address, public):
 
 
 @pytest.mark.parametrize(
-    "url",
+    ("url", "private"),
     [
-        "ftp://example.com/x",
-        "file:///etc/passwd",
-        "http://",
-        "not a url",
-        "http://user:pw@example.com/",
-        "http://127.0.0.1:8080/hook",
-        "http://[::1]/hook",
-        "http://169.254.169.254/latest/meta-data",
-        "http://localhost/hook",
-        "http://api.localhost/hook",
+        ("ftp://example.com/x", False),
+        ("file:///etc/passwd", False),
+        ("http://", False),
+        ("not a url", False),
+        ("http://user:pw@example.com/", False),
+        ("http://127.0.0.1:8080/hook", True),
+        ("http://[::1]/hook", True),
+        ("http://169.254.169.254/latest/meta-data", True),
+        ("http://localhost/hook", True),
+        ("http://api.localhost/hook", True),
     ],
 )
-def test_unsafe_urls_are_refused_naming_the_field(url):
+def test_unsafe_urls_are_refused_naming_the_field(url, private):
+    """A host refused for not being public names the setting that allows it; other refusals do not."""
     with pytest.raises(UnsafeURL) as err:
         check_url(url, "webhook")
-    assert err.value.details == {"field": "webhook"} and err.value.status_code == 422
+    assert err.value.details["field"] == "webhook" and err.value.status_code == 422
+    assert ("LORABAKE_ALLOW_PRIVATE_URLS" in err.value.message) is private
+    assert err.value.details.get("setting") == ("LORABAKE_ALLOW_PRIVATE_URLS" if private else None)
 
 
 def test_public_urls_pass_and_private_ones_pass_when_allowed():
@@ -99,3 +102,25 @@ def test_allowed_private_targets_are_called_and_bodies_are_capped(local_server):
             assert sum(len(c) for c in capped_bytes(response, 5000)) == 5000
         with client.stream("GET", f"http://127.0.0.1:{local_server}/") as response, pytest.raises(TooLarge):
             list(capped_bytes(response, 4999))
+
+
+def test_a_dataset_url_whose_name_resolves_to_this_machine_names_the_setting(
+    local_server, tmp_path, monkeypatch
+):
+    """Refused where the connection is made (the name passes check_url); the 422 still says how to allow
+    it."""
+    import socket
+
+    from shared.datasets.remote import FetchLimits, fetch_zip
+
+    real = socket.getaddrinfo
+
+    def resolve(host: str, *args: object, **kwargs: object) -> list:
+        return real("127.0.0.1" if host == "data.example.com" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    limits = FetchLimits(max_bytes=10_000, timeout_seconds=5, max_seconds=5)
+    with pytest.raises(UnsafeURL) as err:
+        fetch_zip(f"http://data.example.com:{local_server}/set.zip", tmp_path, limits)
+    assert err.value.details == {"field": "dataset_url", "setting": "LORABAKE_ALLOW_PRIVATE_URLS"}
+    assert "LORABAKE_ALLOW_PRIVATE_URLS" in err.value.message

@@ -232,3 +232,50 @@ def test_extract_refuses_existing_symlink_in_dest(tmp_path: Path):
         extract_zip(path, dest, LIMITS)
     assert exc.value.code == "unsafe_path" and exc.value.details["entry"] == "sub/x.png"
     assert list(outside.iterdir()) == []
+
+
+def test_every_problem_is_reported_at_once_keeping_the_first(tmp_path: Path):
+    """One upload tells every entry at fault (issue 15): the first's code and entry stay where clients read
+    them, the rest are listed in details.problems and spelled out in the message."""
+    link = zipfile.ZipInfo("img/1_a b/link.png")
+    link.external_attr = 0o120777 << 16
+    entries = [
+        ("img/1_a b/ok.png", b"x"),
+        ("../evil.png", b"x"),
+        (link, b"/etc/passwd"),
+        ("img/1_a b/ok.png", b"again"),
+        ("a", b"file"),
+        ("a/b.png", b"under a file"),
+    ]
+    path = _zip(tmp_path / "many.zip", entries)
+    err = _error(path)
+    assert (err.code, err.details["entry"], err.status_code) == ("unsafe_path", "../evil.png", 422)
+    problems = [(p["file"], p["code"]) for p in err.details["problems"]]
+    assert problems == [
+        ("../evil.png", "unsafe_path"),
+        ("img/1_a b/link.png", "symlink_entry"),
+        ("img/1_a b/ok.png", "duplicate_entry"),
+        ("a", "duplicate_entry"),
+    ]
+    assert err.details["more_problems"] == 0
+    assert err.message.startswith("The zip has 4 problems:")
+    assert all(p["problem"] in err.message for p in err.details["problems"])
+    with pytest.raises(DatasetError) as extracted:
+        extract_zip(path, tmp_path / "out", LIMITS)
+    assert len(extracted.value.details["problems"]) == 4
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_problems_are_bounded_saying_how_many_more(tmp_path: Path):
+    path = _zip(tmp_path / "bad.zip", [(f"../{i}.png", b"x") for i in range(120)])
+    err = _error(path)
+    assert len(err.details["problems"]) == 50 and err.details["more_problems"] == 70
+    assert "The zip has 120 problems" in err.message and "and 110 more" in err.message
+    assert "'../10.png'" not in err.message  # the message spells out the first 10 only
+    assert len(err.message) < 2000
+
+
+def test_a_bomb_stops_the_look_at_the_rest(tmp_path: Path):
+    path = _zip(tmp_path / "big.zip", [("../a.png", b"x"), ("b.png", os.urandom(3000)), ("../c.png", b"x")])
+    err = _error(path, ZipLimits(max_total_uncompressed=2000))
+    assert [p["code"] for p in err.details["problems"]] == ["unsafe_path", "zip_bomb"]
