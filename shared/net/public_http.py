@@ -97,7 +97,10 @@ class PublicOnlyBackend(httpcore.NetworkBackend):
         if not self.allow_private:
             blocked = [a for a in addresses if not is_public(a)]
             if blocked:  # all or nothing: a name with one private answer is not called at all
-                raise BlockedAddress(f"{host} resolves to {blocked[0]}, which is not a public address")
+                raise BlockedAddress(
+                    f"{host} resolves to {blocked[0]}, which is not a public address (the server calls it "
+                    f"only with {ALLOW_PRIVATE_SETTING}=1)"
+                )
         return addresses
 
     def connect_tcp(
