@@ -22,7 +22,10 @@ from shared.config.previews import (
     MAX_IMAGES,
     ComparisonSpec,
     LoraRef,
+    flux_render_values,
     sample_lines,
+    size_problem,
+    t5_options,
     training_render_defaults,
 )
 from shared.config.sample_prompts import DEFAULT_SAMPLER, SamplePrompt, derive_seed, parse_prompt_line
@@ -113,7 +116,14 @@ def _parsed_line(line: str, index: int) -> SamplePrompt:
 
 
 # a prompt setting -> the Kohya flag that sets it on a line
-SETTING_FLAGS = {"sampler": "ss", "steps": "s", "cfg_scale": "l", "width": "w", "height": "h"}
+SETTING_FLAGS = {
+    "sampler": "ss",
+    "steps": "s",
+    "cfg_scale": "l",
+    "width": "w",
+    "height": "h",
+    "guidance_scale": "g",
+}
 
 
 def line_settings(job: Job, line: str, parsed: SamplePrompt, family: str | None) -> dict[str, Any]:
@@ -127,6 +137,7 @@ def line_settings(job: Job, line: str, parsed: SamplePrompt, family: str | None)
         "cfg_scale": parsed.cfg_scale,
         "width": parsed.width,
         "height": parsed.height,
+        "guidance_scale": parsed.guidance_scale,
     }
     if line.strip() in {s.strip() for s in sample_lines(job.config)}:
         return own
@@ -157,9 +168,29 @@ def comparison_prompts(
                 "cfg_scale": body.cfg_scale if body.cfg_scale is not None else settings["cfg_scale"],
                 "width": body.width or settings["width"],
                 "height": body.height or settings["height"],
+                "guidance_scale": settings["guidance_scale"],
             }
         )
+        if family == "flux1":
+            prompts[-1] = flux_render_values(prompts[-1])
+            _check_sizes(body, prompts[-1], family, index)
+        else:
+            prompts[-1]["guidance_scale"] = None  # --g is FLUX.1's; an SD image does not use it
     return prompts
+
+
+def _check_sizes(body: ComparisonRequest, prompt: dict[str, Any], family: str, index: int) -> None:
+    """FLUX.1's sides are multiples of 16: a 422 naming the body's field, else the prompt line."""
+    for side in ("width", "height"):
+        problem = size_problem(family, prompt[side])
+        if problem is not None:
+            field = side if getattr(body, side) else f"prompts.{index}"
+            raise LorabakeError(
+                f"{field}: {side} {problem}",
+                code="invalid_comparison",
+                details={"field": field},
+                status_code=422,
+            )
 
 
 def _prediction_type(config: dict[str, Any]) -> str | None:
@@ -191,6 +222,7 @@ def comparison_spec(session: Session, job: Job, body: ComparisonRequest) -> Comp
         "weights": list(body.weights if body.weights is not None else DEFAULT_WEIGHTS),
         "prediction_type": _prediction_type(job.config),
         "mixed_precision": str(job.config.get("mixed_precision", "no")),
+        **(t5_options(job.config) if family == "flux1" else {}),
     }
     spec = validated(ComparisonSpec, fields, "comparison", "invalid_comparison")
     if spec.images > MAX_IMAGES:

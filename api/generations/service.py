@@ -20,7 +20,15 @@ from api.state import AppState
 from api.webhooks.service import JobWebhook
 from shared.catalogue.records import UnknownBaseModel, check_base_model
 from shared.config.lora_tags import GenerationLine, parse_generation_line
-from shared.config.previews import FAMILY_SIZES, GenerationSpec, LoraRef, training_render_defaults
+from shared.config.previews import (
+    FAMILY_SIZES,
+    GenerationSpec,
+    LoraRef,
+    flux_render_values,
+    size_problem,
+    t5_options,
+    training_render_defaults,
+)
 from shared.config.sample_prompts import MAX_SEED
 from shared.db.keys import Identity
 from shared.db.models import Job, JobKind, new_id
@@ -64,7 +72,10 @@ def lora_job_defaults(session: Session, loras: list[LoraRef], family: str | None
     """The settings a preview of the prompt's first LoRA draws with when asked nothing: its training job's
     resolution and sample settings (none without a LoRA: the family's size and Kohya's defaults)."""
     job = session.get(Job, loras[0].job_id) if loras else None
-    return {} if job is None else training_render_defaults(job.config, family)
+    if job is None:
+        return {}
+    flux = t5_options(job.config) if family == "flux1" else {}  # FLUX.1: encode as its samples were
+    return {**training_render_defaults(job.config, family), **flux}
 
 
 def merged_settings(
@@ -93,6 +104,23 @@ def merged_settings(
     values.setdefault("height", size)
     if values.get("seed") is None:
         values["seed"] = secrets.randbelow(MAX_SEED + 1)  # recorded on the job: the image can be redrawn
+    if family == "flux1":
+        return _flux_settings(values, line, defaults)
+    return values
+
+
+def _flux_settings(values: dict[str, Any], line: GenerationLine, defaults: dict[str, Any]) -> dict[str, Any]:
+    """FLUX.1's settings: --g (else the LoRA's training's first sample prompt's, else 3.5) as the
+    distilled guidance, its T5 encoding, no sampler/CFG/negative choice; sides multiples of 16."""
+    guidance = line.settings.guidance_scale if "g" in line.flags else defaults.get("guidance_scale")
+    values = flux_render_values({**values, "guidance_scale": guidance})
+    values.update(t5_options(defaults))  # the LoRA's training's (lora_job_defaults), else the defaults
+    for side in ("width", "height"):
+        problem = size_problem("flux1", values[side])
+        if problem is not None:
+            raise LorabakeError(
+                f"{side} {problem}", code="invalid_generation", details={"field": side}, status_code=422
+            )
     return values
 
 

@@ -3,7 +3,12 @@
 name is resolved and every bound checked, the worker reads it back (worker/previews/).
 
 Both are torch-free so the API can validate them. Bounds are A1111's UI limits where it has them (150
-steps, CFG 30), sizes a multiple of 8 (the VAE's factor), as Kohya and A1111 round them.
+steps, CFG 30), sizes a multiple of 8 (the VAE's factor), as Kohya and A1111 round them; FLUX.1 sizes a
+multiple of 16 (its latents are packed in 2x2 patches).
+
+FLUX.1 draws as its training samples do (worker/training/families/flux.py): its own flow-matching Euler
+scheduler, no negative prompt and no classifier-free guidance, the distilled guidance from `--g` (3.5 unless
+given). A FLUX.1 spec records exactly that (flux_render_values), whatever sampler or CFG was asked for.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from shared.catalogue.families import ModelFamily
+from shared.config.family_options import SD_SIZE_MULTIPLE, SIZE_MULTIPLES
 from shared.config.lora_tags import MAX_WEIGHT
 from shared.config.sample_prompts import (
     DEFAULT_CFG,
@@ -33,7 +40,9 @@ MAX_IMAGES = 256  # images in one comparison
 MAX_WEIGHTS = 8
 MAX_SEEDS = 8
 MAX_PROMPTS = 8
-FAMILY_SIZES = {"sd1": 512, "sd2": 512, "sdxl": 1024}  # a size of nothing asked: the family's own
+FAMILY_SIZES = {"sd1": 512, "sd2": 512, "sdxl": 1024, "flux1": 1024}  # nothing asked: the family's own
+FLUX_SAMPLER = "euler"  # FLUX.1 draws with its own FlowMatchEulerDiscreteScheduler, whatever is asked
+FLUX_GUIDANCE = 3.5  # sd-scripts' --g default for FLUX.1 dev samples
 
 
 def _multiple_of_8(value: int) -> int:
@@ -52,7 +61,7 @@ Cfg = Annotated[float, Field(ge=0.0, le=MAX_CFG)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 Sampler = Annotated[str, AfterValidator(_sampler)]
 Weight = Annotated[float, Field(ge=-MAX_WEIGHT, le=MAX_WEIGHT, allow_inf_nan=False)]
-Family = Literal["sd1", "sd2", "sdxl"]
+Family = ModelFamily  # shared/catalogue/families.py: the one list of families
 
 
 class RenderSettings(BaseModel):
@@ -66,6 +75,28 @@ class RenderSettings(BaseModel):
     cfg_scale: Cfg = DEFAULT_CFG
     width: Size = 512
     height: Size = 512
+    guidance_scale: Cfg | None = None  # FLUX.1's distilled guidance (--g); None for the SD families
+
+
+def flux_render_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Render settings as FLUX.1 draws them (its training samples' flux_prompt): sampler "euler", CFG 1, no
+    negative prompt, the distilled guidance of --g or 3.5."""
+    guidance = values.get("guidance_scale")
+    return {
+        **values,
+        "sampler": FLUX_SAMPLER,
+        "cfg_scale": 1.0,
+        "negative_prompt": "",
+        "guidance_scale": FLUX_GUIDANCE if guidance is None else guidance,
+    }
+
+
+def size_problem(family: str | None, value: int) -> str | None:
+    """Why `value` pixels cannot be a side of the family's image (None: it can)."""
+    multiple = SIZE_MULTIPLES.get(family or "", SD_SIZE_MULTIPLE)
+    if value % multiple:
+        return f"must be a multiple of {multiple} for {family}, got {value} (try {value - value % multiple})"
+    return None
 
 
 def sample_lines(config: Mapping[str, Any]) -> list[str]:
@@ -92,6 +123,15 @@ def training_render_defaults(config: Mapping[str, Any], family: str | None) -> d
         "steps": min(first.steps, MAX_STEPS),
         "cfg_scale": min(first.cfg_scale, MAX_CFG),
         "sampler": first.sampler or normalize_sampler(str(config.get("sample_sampler") or DEFAULT_SAMPLER)),
+        "guidance_scale": first.guidance_scale,
+    }
+
+
+def t5_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A FLUX.1 training's T5 settings, so a preview encodes a prompt as its samples were encoded."""
+    return {
+        "t5xxl_max_token_length": config.get("t5xxl_max_token_length"),
+        "apply_t5_attn_mask": bool(config.get("apply_t5_attn_mask")),
     }
 
 
@@ -119,6 +159,9 @@ class GenerationSpec(RenderSettings):
     prompt_line: str  # as sent
     seed: Seed
     loras: list[LoraRef] = []
+    # FLUX.1's T5 encoding, its first LoRA's training's (None: the variant's default, 512 dev / 256 schnell)
+    t5xxl_max_token_length: int | None = Field(None, ge=8, le=512)
+    apply_t5_attn_mask: bool = False
 
     @property
     def denoising_steps(self) -> int:
@@ -148,6 +191,8 @@ class ComparisonSpec(BaseModel):
     weights: list[Weight] = Field(min_length=1, max_length=MAX_WEIGHTS)
     prediction_type: Literal["epsilon", "v_prediction"] | None = None  # the training's; None: the model's
     mixed_precision: str = "no"  # the training's: its samples were drawn under this autocast
+    t5xxl_max_token_length: int | None = Field(None, ge=8, le=512)  # FLUX.1: the training's T5 encoding
+    apply_t5_attn_mask: bool = False
 
     @property
     def images(self) -> int:

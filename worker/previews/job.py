@@ -4,6 +4,9 @@ for a comparison, one `grid` per prompt. Progress counts denoising steps (worker
 cancel is honoured between two of them, as training honours it between two steps: an image of a slow
 model stops within a step, and the worker is free for the next job.
 
+A FLUX.1 base draws as its training samples do (worker/previews/flux_render.py) in the training's weight
+dtype (FLUX.1 in float32 is 48 GB), its LoRA files read as adapters by worker/previews/flux_loras.py.
+
 A comparison loads each epoch's LoRA once and changes only its multiplier between weights. Weight 0 adds
 exactly nothing (tests/worker/test_previews.py pins it), so its cells are drawn once from the base model,
 with no LoRA loaded, and shared by every epoch's row.
@@ -23,11 +26,14 @@ from shared.config.previews import ComparisonPrompt, ComparisonSpec, GenerationS
 from shared.db.models import Artifact, JobKind, JobStatus
 from shared.errors import LorabakeError
 from shared.retrying import OutageOutlasted
+from worker.previews.flux_render import FluxRenderer, T5Options
 from worker.previews.grid import draw_grid
 from worker.previews.loras import AppliedLoras, LoraFile, applied_loras, short_hash
 from worker.previews.progress import DenoisingProgress
 from worker.previews.render import ImageSettings, Renderer, parameters_text, write_png
 from worker.training.engine import TrainingCanceled, make_accelerator, resolve_device
+from worker.training.families.base import WEIGHT_DTYPES
+from worker.training.families.flux import load_flux_pipeline
 from worker.training.model_loading import load_pipeline, resolve_base_model, resolve_family
 
 if TYPE_CHECKING:
@@ -81,22 +87,33 @@ class PreviewRun:
         return dest
 
     def load(
-        self, base_model: str, family: str | None, mixed_precision: str, prediction_type: str | None = None
+        self,
+        spec: GenerationSpec | ComparisonSpec,
+        mixed_precision: str | None = None,
+        prediction_type: str | None = None,
     ) -> Renderer:
+        """`mixed_precision` None: a generation's (fp16 on a GPU, bf16 for FLUX.1; none on a CPU)."""
         settings = self.run.settings
         self.run.keeper.add_event("stage", {"stage": "loading_model"})
         resolved = resolve_base_model(
-            base_model, settings.models_dir, allow_download=settings.allow_model_downloads
+            spec.base_model, settings.models_dir, allow_download=settings.allow_model_downloads
         )
-        pipe = load_pipeline(resolved, resolve_family(resolved, family or "auto"), dtype=torch.float32)
+        family = resolve_family(resolved, spec.family or "auto")
+        precision = mixed_precision or _generation_precision(family)
+        flux = family == "flux1"
+        if flux:
+            pipe = load_flux_pipeline(resolved, dtype=WEIGHT_DTYPES.get(precision, torch.float32))
+        else:
+            pipe = load_pipeline(resolved, family, dtype=torch.float32)
         device = resolve_device(None)
         pipe.to(device)
-        autocast: Callable[[], AbstractContextManager[Any]] = make_accelerator(
-            mixed_precision, device
-        ).autocast
+        autocast: Callable[[], AbstractContextManager[Any]] = make_accelerator(precision, device).autocast
         self.run.keeper.add_event("stage", {"stage": "rendering"})
         self.run.keeper.set_status(JobStatus.rendering)
-        return Renderer(pipe, prediction_type=prediction_type, autocast=autocast)
+        if flux:
+            t5 = T5Options(spec.t5xxl_max_token_length, spec.apply_t5_attn_mask)
+            return FluxRenderer(pipe, t5=t5, autocast=autocast)
+        return Renderer(pipe, prediction_type=prediction_type, autocast=autocast, family=family)
 
     def check_cancel(self) -> None:
         if self.run.must_stop():
@@ -126,18 +143,21 @@ class PreviewRun:
     # -- generate -----------------------------------------------------------------------------------------
     def generate(self, spec: GenerationSpec) -> int:
         files = [LoraFile(self.fetch_lora(r), r.name, r.te_weight, r.unet_weight) for r in spec.loras]
-        renderer = self.load(spec.base_model, spec.family, _generation_precision())
-        settings = ImageSettings(
-            prompt=spec.prompt,
-            negative_prompt=spec.negative_prompt,
-            seed=spec.seed,
-            sampler=spec.sampler,
-            steps=spec.steps,
-            cfg_scale=spec.cfg_scale,
-            width=spec.width,
-            height=spec.height,
+        renderer = self.load(spec)
+        settings = renderer.effective(
+            ImageSettings(
+                prompt=spec.prompt,
+                negative_prompt=spec.negative_prompt,
+                seed=spec.seed,
+                sampler=spec.sampler,
+                steps=spec.steps,
+                cfg_scale=spec.cfg_scale,
+                width=spec.width,
+                height=spec.height,
+                guidance_scale=spec.guidance_scale,
+            )
         )
-        with applied_loras(renderer.pipe, files):
+        with applied_loras(renderer.pipe, files, renderer.family):
             image = self.render(renderer, settings)
         hashes = {f.name: short_hash(f.path, r.sha256) for f, r in zip(files, spec.loras, strict=True)}
         weights = [(f.name, f.te_weight, f.unet_weight) for f in files]
@@ -150,7 +170,7 @@ class PreviewRun:
     # -- compare ------------------------------------------------------------------------------------------
     def compare(self, spec: ComparisonSpec) -> None:
         files = {ref.epoch: self.fetch_lora(ref) for ref in spec.epochs}
-        renderer = self.load(spec.base_model, spec.family, spec.mixed_precision, spec.prediction_type)
+        renderer = self.load(spec, spec.mixed_precision, spec.prediction_type)
         cells: dict[tuple[int, int, float, int], Path] = {}  # (prompt, epoch, weight, seed) -> its PNG
         base_cells: dict[tuple[int, int], Path] = {}
         for ref in spec.epochs:
@@ -158,7 +178,7 @@ class PreviewRun:
             try:
                 for weight in spec.weights:
                     if weight != 0 and loaded is None:
-                        loaded = AppliedLoras(renderer.pipe)
+                        loaded = AppliedLoras(renderer.pipe, renderer.family)
                         loaded.add(LoraFile(files[ref.epoch], ref.name, 1.0, 1.0))
                     if loaded is not None:
                         loaded.reweight([(weight, weight)])
@@ -186,15 +206,18 @@ class PreviewRun:
         base_cells: dict[tuple[int, int], Path],
     ) -> Path:
         self.check_cancel()  # also before a weight-0 cell that is copied, not drawn
-        settings = ImageSettings(
-            prompt=prompt.prompt,
-            negative_prompt=prompt.negative_prompt,
-            seed=seed,
-            sampler=prompt.sampler,
-            steps=prompt.steps,
-            cfg_scale=prompt.cfg_scale,
-            width=prompt.width,
-            height=prompt.height,
+        settings = renderer.effective(
+            ImageSettings(
+                prompt=prompt.prompt,
+                negative_prompt=prompt.negative_prompt,
+                seed=seed,
+                sampler=prompt.sampler,
+                steps=prompt.steps,
+                cfg_scale=prompt.cfg_scale,
+                width=prompt.width,
+                height=prompt.height,
+                guidance_scale=prompt.guidance_scale,
+            )
         )
         if weight == 0 and (index, seed) in base_cells:
             image = Image.open(base_cells[(index, seed)])
@@ -253,6 +276,9 @@ class PreviewRun:
         self.publish(path, kind="grid", meta=meta)
 
 
-def _generation_precision() -> str:
-    """fp16 autocast on a GPU (the VAE stays float32, as in training); full precision on a CPU."""
-    return "fp16" if torch.cuda.is_available() else "no"
+def _generation_precision(family: str) -> str:
+    """fp16 autocast on a GPU (the VAE stays float32, as in training), bf16 weights for FLUX.1 (as it is
+    trained and shipped); full precision on a CPU."""
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if family == "flux1" else "fp16"

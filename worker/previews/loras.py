@@ -7,6 +7,9 @@ during training (the same PEFT layers, the same alpha / rank), weight 0 adds an 
 adapters add their deltas. `delete_adapters` removes them again: what is left forwards straight to the base
 layers, so the base model's output comes back bit for bit (tests/worker/test_previews.py pins all three).
 Each load gets a fresh adapter name: a name reused after a delete reloaded incompletely in diffusers 0.42.
+FLUX.1 files are read by worker/previews/flux_loras.py into the same kind of adapters. A file whose
+`ss_base_model_version` names another family than the base model's is refused naming both (the API checks
+that too; this catches a job whose families it could not know).
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from diffusers import FluxPipeline
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from shared.errors import LorabakeError
+from worker.previews.flux_loras import load_kohya_flux_lora
 
 DENOISERS = ("unet", "transformer")  # the components a U-Net weight applies to; the rest are text encoders
 _names = itertools.count()
@@ -46,9 +52,40 @@ def short_hash(path: Path, fallback: str) -> str:
     return (metadata.get("sshs_model_hash") or fallback)[:12]
 
 
-def _load(pipe: Any, lora: LoraFile, adapter: str) -> None:
+def lora_family(path: Path) -> str | None:
+    """The family a LoRA file was trained for, from Kohya's ss_base_model_version (None: not written)."""
     try:
+        with safe_open(str(path), framework="pt") as handle:
+            version = (handle.metadata() or {}).get("ss_base_model_version", "")
+    except Exception:  # an unreadable file is reported by the load that follows
+        return None
+    for prefix, family in (("sd_v1", "sd1"), ("sd_v2", "sd2"), ("sdxl", "sdxl"), ("flux1", "flux1")):
+        if version.startswith(prefix):
+            return family
+    return None
+
+
+def _check_family(lora: LoraFile, family: str | None) -> None:
+    theirs = lora_family(lora.path)
+    if family is not None and theirs is not None and theirs != family:
+        raise LorabakeError(
+            f"LoRA {lora.name!r} was trained for {theirs}, but the base model is {family}",
+            code="lora_family_mismatch",
+            details={"name": lora.name, "lora_family": theirs, "base_model_family": family},
+        )
+
+
+def _read(pipe: Any, lora: LoraFile, adapter: str) -> None:
+    if isinstance(pipe, FluxPipeline):
+        load_kohya_flux_lora(pipe, load_file(lora.path), adapter)
+    else:
         pipe.load_lora_weights(str(lora.path.parent), weight_name=lora.path.name, adapter_name=adapter)
+
+
+def _load(pipe: Any, lora: LoraFile, adapter: str, family: str | None) -> None:
+    _check_family(lora, family)
+    try:
+        _read(pipe, lora, adapter)
     except Exception as exc:
         raise LorabakeError(
             f"LoRA {lora.name!r} cannot be applied to this base model ({type(exc).__name__}: {exc})"[:500],
@@ -75,8 +112,9 @@ def _weights(pipe: Any, adapter: str, lora: LoraFile) -> dict[str, float]:
 class AppliedLoras:
     """LoRAs loaded into a pipeline as adapters; their multipliers can change without a reload."""
 
-    def __init__(self, pipe: Any) -> None:
+    def __init__(self, pipe: Any, family: str | None = None) -> None:
         self.pipe = pipe
+        self.family = family  # the base model's; None: not checked here
         self.adapters: list[str] = []
         self.files: list[LoraFile] = []
 
@@ -84,7 +122,7 @@ class AppliedLoras:
         adapter = f"lorabake_{next(_names)}"
         self.adapters.append(adapter)  # before the load: a half-loaded adapter is removed too
         self.files.append(lora)
-        _load(self.pipe, lora, adapter)
+        _load(self.pipe, lora, adapter, self.family)
 
     def reweight(self, weights: Sequence[tuple[float, float]]) -> None:
         """Each LoRA's (text encoder, U-Net) multipliers, in the order they were added."""
@@ -107,10 +145,10 @@ class AppliedLoras:
 
 
 @contextmanager
-def applied_loras(pipe: Any, loras: Sequence[LoraFile]) -> Iterator[AppliedLoras]:
+def applied_loras(pipe: Any, loras: Sequence[LoraFile], family: str | None = None) -> Iterator[AppliedLoras]:
     """The LoRAs applied at their own multipliers (deltas summed) inside the block, removed after it,
     whatever happens in it."""
-    applied = AppliedLoras(pipe)
+    applied = AppliedLoras(pipe, family)
     try:
         for lora in loras:
             applied.add(lora)

@@ -4,7 +4,8 @@ generator seeded with the image's seed, the latents decoded by the VAE in its ow
 weight 1 reproduces the training's sample of the same prompt and seed. PNGs carry A1111's `parameters`.
 
 `on_step` runs between two denoising steps (diffusers' `callback_on_step_end`): the job counts its progress
-there, and a cancel raised there stops the image at once, as training stops between two steps."""
+there, and a cancel raised there stops the image at once, as training stops between two steps. FLUX.1 draws
+through the same interface (worker/previews/flux_render.py)."""
 
 from __future__ import annotations
 
@@ -34,10 +35,29 @@ class ImageSettings:
     cfg_scale: float
     width: int
     height: int
+    guidance_scale: float | None = None  # FLUX.1's distilled guidance; None for the SD families
 
     def meta(self) -> dict[str, Any]:
         """What a client needs to redraw it (the names a training sample's meta uses)."""
-        return asdict(self)
+        meta = asdict(self)
+        if self.guidance_scale is None:
+            del meta["guidance_scale"]
+        return meta
+
+
+StepHook = Callable[[int, int], None]
+
+
+def step_callback(on_step: StepHook | None, steps: int) -> Callable[..., dict[str, Any]] | None:
+    """`on_step(done, of)` as diffusers' callback_on_step_end (None: no callback)."""
+    if on_step is None:
+        return None
+
+    def step_end(pipeline: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        on_step(index + 1, getattr(pipeline, "num_timesteps", None) or steps)
+        return tensors
+
+    return step_end
 
 
 class Renderer:
@@ -49,28 +69,26 @@ class Renderer:
         *,
         prediction_type: str | None = None,
         autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
+        family: str | None = None,
     ) -> None:
         self.pipe = pipe
         self.prediction_type = prediction_type
         self.autocast = autocast
+        self.family = family  # the base model's (a LoRA of another family is refused: loras.py)
         self.base_scheduler = pipe.scheduler
         pipe.set_progress_bar_config(disable=True)
         for module in pipe.components.values():
             if isinstance(module, torch.nn.Module):
                 module.eval()
 
-    def render(
-        self, settings: ImageSettings, on_step: Callable[[int, int], None] | None = None
-    ) -> Image.Image:
+    def effective(self, settings: ImageSettings) -> ImageSettings:
+        """The settings the image is drawn with (what its PNG and meta record)."""
+        return settings
+
+    def render(self, settings: ImageSettings, on_step: StepHook | None = None) -> Image.Image:
         """`on_step(done, of)` after each of the pipeline's `of` scheduler steps; whatever it raises stops
         the image (the scheduler and RNG are restored all the same)."""
         pipe = self.pipe
-
-        def step_end(pipeline: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            if on_step is not None:
-                on_step(index + 1, getattr(pipeline, "num_timesteps", None) or settings.steps)
-            return tensors
-
         devices = [pipe.device] if pipe.device.type == "cuda" else []
         pipe.scheduler = build_scheduler(self.base_scheduler.config, settings.sampler, self.prediction_type)
         try:
@@ -86,7 +104,7 @@ class Renderer:
                         guidance_scale=settings.cfg_scale,
                         generator=generator,
                         output_type="latent",
-                        callback_on_step_end=step_end if on_step is not None else None,
+                        callback_on_step_end=step_callback(on_step, settings.steps),
                     ).images
                 return _decode(pipe, latents)[0]
         finally:
@@ -117,6 +135,7 @@ def parameters_text(
         height=settings.height,
         cfg_scale=settings.cfg_scale,
         steps=settings.steps,
+        guidance_scale=settings.guidance_scale,
     )
     fields: dict[str, object] = {"Model": model}
     if hashes:
