@@ -27,6 +27,7 @@ from PIL import Image
 
 from shared.config.buckets import BucketSettings, assign_buckets
 from shared.config.family_options import family_conflicts
+from shared.config.previews import FLUX_GUIDANCE, FLUX_SAMPLER
 from shared.config.sample_prompts import SamplePrompt
 from shared.config.spec import TrainingConfig
 from worker.training import data, export, flow_matching, flux_names, network, sampling
@@ -38,8 +39,9 @@ from worker.training.model_loading import BaseModelError, ResolvedModel, shown
 CLIP_MAX_LENGTH = 77
 DEV_T5_TOKENS, SCHNELL_T5_TOKENS = 512, 256  # sd-scripts' t5xxl_max_token_length defaults
 DEFAULT_GUIDANCE = 1.0  # training guidance for dev (sd-scripts' docs, ai-toolkit, SimpleTuner, OneTrainer)
-DEFAULT_SAMPLE_GUIDANCE = 3.5  # sd-scripts' --g default when drawing samples
-SAMPLER = "euler"  # FLUX samples use the model's own flow-matching Euler scheduler
+# sd-scripts' --g default when drawing samples, and the model's own flow-matching Euler scheduler: one value
+# for training samples and previews (shared/config/previews.py)
+DEFAULT_SAMPLE_GUIDANCE, SAMPLER = FLUX_GUIDANCE, FLUX_SAMPLER
 ENCODE_CHUNK = 8
 
 
@@ -398,9 +400,11 @@ class FluxModel:
 
 def flux_prompt(prompt: SamplePrompt) -> SamplePrompt:
     """The prompt as FLUX draws it, so the PNG's parameters and the sample's meta say what was used: the
-    distilled guidance (--g, 3.5 unless given) and no classifier-free guidance (CFG scale 1)."""
+    distilled guidance (--g, 3.5 unless given), no classifier-free guidance (CFG scale 1), no negative
+    prompt, and the model's own Euler scheduler whatever --ss said."""
     guidance = prompt.guidance_scale if prompt.guidance_scale is not None else DEFAULT_SAMPLE_GUIDANCE
-    return prompt.model_copy(update={"guidance_scale": guidance, "cfg_scale": 1.0, "negative_prompt": ""})
+    update = {"guidance_scale": guidance, "cfg_scale": 1.0, "negative_prompt": "", "sampler": SAMPLER}
+    return prompt.model_copy(update=update)
 
 
 def _row(text: TextConditioning, i: int) -> TextConditioning:
