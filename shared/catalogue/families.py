@@ -21,10 +21,9 @@ from shared.catalogue.flux import (
     flux_pipeline_problem,
     flux_variant_from_keys,
 )
+from shared.model_families import FAMILIES, TRAITS, ModelFamily  # the one list of families
 
-ModelFamily = Literal["sd1", "sd2", "sdxl", "flux1"]
-FAMILIES: tuple[ModelFamily, ...] = ("sd1", "sd2", "sdxl", "flux1")
-FAMILY_LABELS: dict[str, str] = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "flux1": "FLUX.1"}
+FAMILY_LABELS: dict[str, str] = {family: TRAITS[family].label for family in FAMILIES}
 # The diffusers pipeline class each family loads as (model_index.json's `_class_name`).
 FAMILY_PIPELINE_CLASSES: dict[str, str] = {
     "sd1": "StableDiffusionPipeline",

@@ -31,6 +31,7 @@ from shared.config.sample_prompts import (
     normalize_sampler,
     parse_prompt_lines,
 )
+from shared.model_families import FAMILIES, TRAITS
 
 MAX_STEPS = 150
 MAX_CFG = 30.0
@@ -40,7 +41,7 @@ MAX_IMAGES = 256  # images in one comparison
 MAX_WEIGHTS = 8
 MAX_SEEDS = 8
 MAX_PROMPTS = 8
-FAMILY_SIZES = {"sd1": 512, "sd2": 512, "sdxl": 1024, "flux1": 1024}  # nothing asked: the family's own
+FAMILY_SIZES = {f: TRAITS[f].native_resolution for f in FAMILIES}  # nothing asked: the family's own
 FLUX_SAMPLER = "euler"  # FLUX.1 draws with its own FlowMatchEulerDiscreteScheduler, whatever is asked
 FLUX_GUIDANCE = 3.5  # sd-scripts' --g default for FLUX.1 dev samples
 
@@ -61,7 +62,7 @@ Cfg = Annotated[float, Field(ge=0.0, le=MAX_CFG)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 Sampler = Annotated[str, AfterValidator(_sampler)]
 Weight = Annotated[float, Field(ge=-MAX_WEIGHT, le=MAX_WEIGHT, allow_inf_nan=False)]
-Family = ModelFamily  # shared/catalogue/families.py: the one list of families
+Family = ModelFamily  # shared/model_families.py: the one list of families
 
 
 class RenderSettings(BaseModel):

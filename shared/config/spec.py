@@ -22,6 +22,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from shared.config.captioning import CaptionConfig
 from shared.config.sample_prompts import DEFAULT_SAMPLER, normalize_sampler, parse_prompt_line
+from shared.model_families import ModelFamily as KnownFamily
 
 Optimizer = Literal["AdamW", "AdamW8bit", "Lion", "Prodigy", "Adafactor"]
 LrScheduler = Literal[
@@ -29,7 +30,7 @@ LrScheduler = Literal[
 ]
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 SavePrecision = Literal["fp16", "bf16", "float"]
-ModelFamily = Literal["auto", "sd1", "sd2", "sdxl", "flux1"]
+ModelFamily = Literal["auto"] | KnownFamily  # the families: shared/model_families.py
 TimestepSampling = Literal["sigma", "uniform", "sigmoid", "shift", "flux_shift"]
 WeightingScheme = Literal["none", "logit_normal", "mode"]
 # lora also covers LoCon (conv_dim); loha / lokr are LyCORIS algorithms (network_args algo=...).

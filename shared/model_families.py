@@ -1,0 +1,33 @@
+"""The model families lorabake trains, in one table: the config schema, the catalogue, the plan, presets,
+previews, the API's schemas and the web page (through GET /v1/presets) all read it. Adding a family starts
+with a row here; its detection rules live in shared/catalogue/, its training in worker/training/families/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+ModelFamily = Literal["sd1", "sd2", "sdxl", "flux1"]
+
+
+@dataclass(frozen=True)
+class FamilyTraits:
+    label: str  # how people name it
+    objective: Literal["ddpm", "flow"]  # DDPM noise (epsilon / v) or rectified flow
+    native_resolution: int  # the side it was trained at: presets' and previews' default size
+    size_multiple: int  # image sides must be multiples of this (VAE factor x patch size)
+
+
+TRAITS: dict[ModelFamily, FamilyTraits] = {
+    "sd1": FamilyTraits("SD1.x", "ddpm", 512, 8),
+    "sd2": FamilyTraits("SD2.x", "ddpm", 512, 8),
+    "sdxl": FamilyTraits("SDXL", "ddpm", 1024, 8),
+    "flux1": FamilyTraits("FLUX.1", "flow", 1024, 16),  # 8 x 2x2 packed latents
+}
+FAMILIES: tuple[ModelFamily, ...] = get_args(ModelFamily)
+FLOW_FAMILIES = frozenset(f for f in FAMILIES if TRAITS[f].objective == "flow")
+
+
+def traits(family: str) -> FamilyTraits | None:
+    return TRAITS.get(family)  # type: ignore[call-overload]
