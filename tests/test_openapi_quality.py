@@ -267,7 +267,12 @@ def test_training_config_is_documented_field_by_field(document: dict[str, Any]) 
 def test_a_caption_job_takes_its_config_and_a_webhook(document: dict[str, Any]) -> None:
     (body,) = _body(document, "/v1/datasets/{dataset_id}/caption").values()
     caption = document["components"]["schemas"]["CaptionConfig"]
-    assert set(body["properties"]) == set(caption["properties"]) | {"webhook", "webhook_events"}
+    # model_family: what `method: auto` chooses for (the config the job records has the chosen method)
+    assert set(body["properties"]) == set(caption["properties"]) | {
+        "webhook",
+        "webhook_events",
+        "model_family",
+    }
     assert body["required"] == ["method"]
 
 

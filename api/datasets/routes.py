@@ -27,6 +27,7 @@ from api.datasets.service import (
     create_dataset,
     delete_dataset,
     owned_dataset,
+    revision_origin,
     thumbnail_bytes,
 )
 from api.deps import DatasetJobSubmitter, DatasetsRead, DatasetsWrite, State
@@ -183,15 +184,19 @@ def get_thumbnail(dataset_id: str, image_id: str, owner: DatasetsRead, state: St
 def get_captions(
     dataset_id: str, owner: DatasetsRead, state: State, revision: Annotated[int | None, Query(ge=0)] = None
 ) -> CaptionsOut:
-    """Current captions, or those of an older `revision` (what an earlier job trained on)."""
+    """Current captions, or those of an older `revision` (what an earlier job trained on), with what made
+    that revision (a caption job's revision names its captioner: method, model, options)."""
     with state.sessions() as session:
         dataset = owned_dataset(session, owner, dataset_id)
         wanted = dataset.caption_revision if revision is None else revision
         texts = captions_at(session, dataset, wanted)
+        source, captioner = revision_origin(session, dataset, wanted)
         return CaptionsOut(
             dataset_id=dataset.id,
             revision=wanted,
             captions=[CaptionOut(image_id=i.id, path=i.path, caption=texts[i.id]) for i in dataset.images],
+            source=source,
+            captioner=captioner,
         )
 
 
@@ -237,9 +242,11 @@ async def caption_dataset(
     caller: DatasetJobSubmitter,
     state: State,
 ) -> JobOut:
-    """Caption the dataset's training images with BLIP (photos) or WD14 tags (anime) as a job on the GPU
-    queue; the result becomes the dataset's next caption revision. Follow it at /v1/jobs/{id}, or give it
-    a `webhook` (and `webhook_events`) as POST /v1/jobs takes them."""
+    """Caption the dataset's training images as a job on the GPU queue: BLIP sentences, WD14 tags (anime SD
+    models), or a vision-language model's detailed captions (`florence2`, `qwen_vl`, `joycaption`, for FLUX
+    and the other flow-matching families); `method: auto` with `model_family` takes that family's captioner.
+    The result becomes the dataset's next caption revision. Follow it at /v1/jobs/{id}, or give it a
+    `webhook` (and `webhook_events`) as POST /v1/jobs takes them."""
     webhook = parse_job_webhook(body.webhook, body.webhook_events, state.settings)
     config = body.caption_config()
     job = await run_in_threadpool(

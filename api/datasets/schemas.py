@@ -12,6 +12,7 @@ from api.errors import validated
 from api.jobs.schemas import WEBHOOK_FIELDS, WebhookEventsField, WebhookField
 from shared.config.captioning import CaptionConfig
 from shared.db.models import Dataset, DatasetImage
+from shared.model_families import ModelFamily
 
 
 class DatasetImageOut(BaseModel):
@@ -99,6 +100,14 @@ class CaptionsOut(BaseModel):
     dataset_id: str
     revision: int
     captions: list[CaptionOut]
+    source: str | None = Field(
+        None,
+        description="What made this revision: upload, edit, or the caption method (blip, florence2, ...).",
+    )
+    captioner: dict[str, Any] | None = Field(
+        None,
+        description="For a caption job's revision: its `method`, `model` and every option (`options`).",
+    )
 
 
 class CaptionEditResult(BaseModel):
@@ -125,12 +134,17 @@ class DatasetJsonBody(BaseModel):
 class CaptionJobRequest(CaptionConfig):
     """The caption config, and the job's own webhook as POST /v1/jobs takes it."""
 
+    model_family: ModelFamily | None = Field(
+        None,
+        description="The family the captions are for: `method: auto` takes that family's captioner "
+        "(docs/datasets.md); ignored when a method is named.",
+    )
     webhook: WebhookField = None
     webhook_events: WebhookEventsField = None
 
     def caption_config(self) -> CaptionConfig:
-        """The config alone: what the job records and the worker reads. Built again from the request's
-        fields, so any check that fails here is a 422 naming the field, never a 500."""
-        return validated(
-            CaptionConfig, self.model_dump(exclude=WEBHOOK_FIELDS), "caption config", "validation_error"
-        )
+        """The config alone, `auto` resolved: what the job records and the worker reads. Built again from
+        the request's fields, so any check that fails here is a 422 naming the field, never a 500."""
+        fields = self.model_dump(exclude={*WEBHOOK_FIELDS, "model_family"}, exclude_unset=True)
+        config = validated(CaptionConfig, fields, "caption config", "validation_error")
+        return config.for_family(self.model_family)

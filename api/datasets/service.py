@@ -6,6 +6,7 @@ import io
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, update
@@ -142,6 +143,20 @@ def captions_at(session: Session, dataset: Dataset, revision: int) -> dict[str, 
     )
     current = {image.id: image.caption for image in dataset.images}
     return captions_at_revision(current, revision, ((rev, ch["images"]) for rev, ch in history))
+
+
+def revision_origin(session: Session, dataset: Dataset, revision: int) -> tuple[str, dict[str, Any] | None]:
+    """What made `revision`: its source (`upload` for revision 0) and, for a caption job's, its captioner."""
+    if revision == 0:
+        return "upload", None
+    row = session.execute(
+        select(CaptionRevision.source, CaptionRevision.changes).where(
+            CaptionRevision.dataset_id == dataset.id, CaptionRevision.revision == revision
+        )
+    ).first()
+    if row is None:
+        return "unknown", None
+    return row.source, row.changes.get("captioner")
 
 
 def store_caption_snapshot(state: AppState, job_id: str, dataset: Dataset) -> str:

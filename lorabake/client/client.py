@@ -340,8 +340,9 @@ class LorabakeClient:
         webhook: str | None = None,
         webhook_events: Sequence[str] | None = None,
     ) -> Job:
-        """Queues a caption job (BLIP or WD14: `{"method": "wd14", ...}`); its result is the next revision.
-        `webhook` and `webhook_events` as for `submit_job()`."""
+        """Queues a caption job (`{"method": "wd14", ...}`: blip, wd14, florence2, qwen_vl, joycaption, or
+        auto with `model_family`; docs/datasets.md); its result is the next revision. `webhook` and
+        `webhook_events` as for `submit_job()`."""
         body = {**config, **_webhook_fields(webhook, webhook_events)}
         response = self._api.request("POST", f"/v1/datasets/{dataset_id}/caption", ok=(201,), json=body)
         return self._api.parse(Job, response)

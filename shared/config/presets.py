@@ -408,9 +408,13 @@ def plan_run(
     report: Any = None,
     family: str | None = None,
 ) -> PlannedRun:
-    """Preset applied (for `family`, as apply_preset takes it), layout re-read with its repeats, plan
-    computed, warnings listed."""
+    """Preset applied (for `family`, as apply_preset takes it), `captioning.method: auto` replaced by the
+    family's captioner, layout re-read with its repeats, plan computed, warnings listed."""
     config = apply_preset(config, layout, image_sizes, family)
+    if config.captioning is not None and config.captioning.method == "auto":
+        trained = family if config.model_family == "auto" else config.model_family
+        captioning = config.captioning.for_family(trained, field="config.captioning.method")
+        config = config.model_copy(update={"captioning": captioning})
     layout = with_flat_repeats(layout, config.repeats)
     plan = compute_plan(layout, config, image_sizes)
     return PlannedRun(config, layout, plan, plan_warnings(config, plan, layout, report))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.orm import Session
 
 from shared.datasets.layout import DatasetLayout
@@ -20,8 +22,15 @@ def image_sizes(dataset: Dataset) -> dict[str, tuple[int, int]]:
     return {image.path: (image.width, image.height) for image in dataset.images}
 
 
-def record_captions(session: Session, dataset: Dataset, new_text: dict[str, str | None], source: str) -> int:
-    """Writes changed captions (by image id) as one revision."""
+def record_captions(
+    session: Session,
+    dataset: Dataset,
+    new_text: dict[str, str | None],
+    source: str,
+    captioner: dict[str, Any] | None = None,
+) -> int:
+    """Writes changed captions (by image id) as one revision; a caption job's revision also records the
+    `captioner` that wrote it (method, model, every option)."""
     changes = []
     for image in dataset.images:
         if image.id in new_text and new_text[image.id] != image.caption:
@@ -35,7 +44,7 @@ def record_captions(session: Session, dataset: Dataset, new_text: dict[str, str 
                 dataset_id=dataset.id,
                 revision=dataset.caption_revision,
                 source=source,
-                changes={"images": changes},
+                changes={"images": changes, **({"captioner": captioner} if captioner else {})},
             )
         )
     return len(changes)

@@ -269,3 +269,84 @@ def test_zip_with_wrapper_and_junk_is_read(client, headers, tmp_path):
         archive.writestr("__MACOSX/mydata/._x.png", b"junk")
     dataset = upload(client, headers, path).json()
     assert dataset["images"] == 2 and dataset["subsets"][0]["folder"] == "mydata/img/2_lisabp woman"
+
+
+def test_caption_method_auto_follows_the_family(client, headers, tmp_path):
+    dataset = upload(client, headers, write_zip(tmp_path / "a.zip", kohya_entries(images=2))).json()
+    url = f"/v1/datasets/{dataset['id']}/caption"
+    job = client.post(url, headers=headers, json={"method": "auto", "model_family": "flux1"})
+    assert job.status_code == 201, job.text
+    config = job.json()["config"]
+    assert (config["method"], config["florence2_task"]) == ("florence2", "<DETAILED_CAPTION>")
+    assert "model_family" not in config
+    tags = client.post(url, headers=headers, json={"method": "auto", "model_family": "sdxl"}).json()
+    assert tags["config"]["method"] == "wd14"
+    # no family to choose from, or an option the chosen captioner cannot take: a 422 naming the field
+    for body, field in [
+        ({"method": "auto"}, "method"),
+        ({"method": "auto", "model_family": "flux1", "instruction": "Describe it."}, "instruction"),
+        ({"method": "florence2", "caption_length": 1}, "caption_length"),
+    ]:
+        refused = client.post(url, headers=headers, json=body)
+        assert refused.status_code == 422, refused.text
+        assert [f["field"] for f in refused.json()["error"]["details"]["fields"]] == [field]
+
+
+def test_caption_job_records_its_captioner_and_a_cancel_changes_nothing(
+    client, headers, env, tmp_path, monkeypatch
+):
+    from tests.support.stack import settings_from_env
+    from worker.jobs.runner import ClaimedRun, JobRunner
+
+    entries = {k: v for k, v in kohya_entries(images=3, repeats=2).items() if not k.endswith(".txt")}
+    dataset = upload(client, headers, write_zip(tmp_path / "v.zip", entries)).json()
+    url = f"/v1/datasets/{dataset['id']}"
+    body = {
+        "method": "florence2",
+        "florence2_model": "tiny-florence2",
+        "trigger_placement": "subject",
+        "batch_size": 1,
+    }
+    runner = JobRunner(settings_from_env(env))
+
+    # canceled after the first of three batches: no revision, no caption changed
+    polls = iter([False, True])
+    monkeypatch.setattr(ClaimedRun, "must_stop", lambda self: next(polls, True))
+    canceled = client.post(f"{url}/caption", headers=headers, json=body).json()
+    runner.run(canceled["id"])
+    job = client.get(f"/v1/jobs/{canceled['id']}", headers=headers).json()
+    assert (job["status"], job["caption_revision"]) == ("canceled", None)
+    assert (job["progress"]["step"], job["progress"]["total_steps"]) == (1, 3)  # one image was captioned
+    captions = client.get(f"{url}/captions", headers=headers).json()
+    assert captions["revision"] == 0 and {c["caption"] for c in captions["captions"]} == {None}
+    assert captions["source"] == "upload"
+
+    monkeypatch.setattr(ClaimedRun, "must_stop", lambda self: False)
+    done = client.post(f"{url}/caption", headers=headers, json=body).json()
+    runner.run(done["id"])
+    job = client.get(f"/v1/jobs/{done['id']}", headers=headers).json()
+    assert job["status"] == "succeeded", job["error"]
+    assert job["plan"]["captioner"] == {"method": "florence2", "model": "tiny-florence2"}
+    captions = client.get(f"{url}/captions", headers=headers).json()
+    assert captions["revision"] == 1 and captions["source"] == "florence2"
+    assert {c["caption"] for c in captions["captions"]} == {"lisabp woman in red."}
+    captioner = captions["captioner"]
+    assert (captioner["method"], captioner["model"]) == ("florence2", "tiny-florence2")
+    assert captioner["options"]["trigger_placement"] == "subject"
+    assert captioner["options"]["florence2_task"] == "<DETAILED_CAPTION>"
+
+
+def test_training_captioning_auto_follows_the_base_models_family(client, headers, flux_model):
+    counts = {"subsets": [{"folder": "img/6_lisabp woman", "images": 8}]}
+    auto = {"method": "auto", "trigger_placement": "first"}
+    for base_model, method in [("tiny-sd15", "wd14"), (flux_model, "florence2")]:
+        config = {"base_model": base_model, "resolution": 512, "captioning": auto}
+        planned = client.post("/v1/plan", headers=headers, json={"config": config, "counts": counts})
+        assert planned.status_code == 200, planned.text
+        captioning = planned.json()["config"]["captioning"]
+        assert (captioning["method"], captioning["trigger_placement"]) == (method, "first")
+    unfit = {"base_model": flux_model, "captioning": {**auto, "instruction": "Describe it."}}
+    refused = client.post("/v1/plan", headers=headers, json={"config": unfit, "counts": counts})
+    assert refused.status_code == 422, refused.text
+    fields = [f["field"] for f in refused.json()["error"]["details"]["fields"]]
+    assert fields == ["config.captioning.instruction"]

@@ -1,13 +1,15 @@
-"""Automatic captioning of a dataset's training images: BLIP sentences or WD14 tags (Kohya's two captioners).
+"""Automatic captioning of a dataset's training images: BLIP sentences or WD14 tags (Kohya's two captioners),
+or captions from a vision-language model (Florence-2, Qwen2.5-VL / Qwen3-VL, JoyCaption).
 
 ``runner.caption_dataset`` is the entry point. This package root stays light (no torch, no onnxruntime): it
-holds the errors and the model lookup that both captioners share, so callers can catch the errors cheaply.
+holds the errors and the model lookup that every captioner shares, so callers can catch the errors cheaply.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,14 +25,29 @@ class CaptionModelUnavailable(LorabakeError):
     status_code = 422
     code = "caption_model_unavailable"
 
-    def __init__(self, kind: str, ref: str, reason: str) -> None:
+    def __init__(self, kind: str, ref: str, reason: str, command: str | None = None) -> None:
         self.kind = kind
         self.ref = ref
         self.reason = reason
+        self.command = command
+        details = {"caption_model": ref, "method": kind.lower()}
+        if command:
+            details["download_command"] = command
         super().__init__(
-            f"{kind} captioning model {ref!r} is not available: {reason}",
-            details={"caption_model": ref, "method": kind.lower()},
+            f"{kind} captioning model {ref!r} is not available: {reason}"
+            + (f"; to get it, run on the worker: {command}" if command else ""),
+            details=details,
         )
+
+
+class CaptionSetupError(LorabakeError):
+    """The caption config cannot run on this worker (a precision its device lacks, a missing library)."""
+
+    status_code = 422
+    code = "caption_setup_error"
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message, details={"field": field})
 
 
 class CaptioningCanceled(Exception):
@@ -70,8 +87,35 @@ def resolve_caption_model(
     3. for a hub id: the Hugging Face cache (``cache_dir`` or the default one); with ``allow_download`` the
        files matching ``download_patterns`` are fetched first when missing.
 
-    Raises CaptionModelUnavailable naming every place looked at.
+    Raises CaptionModelUnavailable naming every place looked at and, for a hub id, the ``hf download``
+    command that puts the model where (1) finds it.
     """
+    try:
+        return _resolve(kind, ref, models_dir, required_files, download_patterns, allow_download, cache_dir)
+    except CaptionModelUnavailable as exc:
+        if exc.command is not None or not _HUB_REPO_ID.match(exc.ref):
+            raise
+        command = download_command(exc.ref, Path(models_dir), download_patterns)
+        raise CaptionModelUnavailable(exc.kind, exc.ref, exc.reason, command) from exc.__cause__
+
+
+def download_command(repo: str, models_dir: Path, patterns: Sequence[str]) -> str:
+    """``hf download REPO --include ... --local-dir MODELS/REPO``: the folder resolve_caption_model looks
+    at first, so the default model reference finds it with no config change."""
+    include = " ".join(f"--include {shlex.quote(p)}" for p in patterns)
+    target = shlex.quote(str(Path(models_dir) / repo))
+    return f"hf download {repo} {include} --local-dir {target}".replace("  ", " ")
+
+
+def _resolve(
+    kind: str,
+    ref: str,
+    models_dir: Path,
+    required_files: Sequence[str],
+    download_patterns: Sequence[str],
+    allow_download: bool,
+    cache_dir: Path | None,
+) -> Path:
     models_dir = Path(models_dir)
     ref = ref.strip() if isinstance(ref, str) else ""
     if not ref or "\x00" in ref:

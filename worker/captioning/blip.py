@@ -119,6 +119,9 @@ class BlipCaptioner:
         texts = self.processor.batch_decode(out, skip_special_tokens=True)
         return [strip_prompt(text) for text in texts]
 
+    def release(self) -> None:
+        self.model = self.processor = None
+
 
 def strip_prompt(text: str) -> str:
     """``"a picture of a woman"`` -> ``"a woman"`` (the decoder repeats its prompt; Kohya cuts it off too)."""

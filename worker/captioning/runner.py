@@ -6,15 +6,19 @@ caption files (``stem.txt`` beside each image, as Kohya's captioners do).
 
 from __future__ import annotations
 
+import gc
+import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from PIL import Image, ImageOps
 
 from shared.config.captioning import CaptionConfig
 from shared.datasets.layout import DatasetLayout
-from shared.errors import DatasetError
+from shared.errors import DatasetError, LorabakeError
 from worker.captioning import CaptioningCanceled
+from worker.captioning.trigger import Subject, folder_subjects, place_trigger, subject_for
 
 
 def has_caption(text: str | None) -> bool:
@@ -73,21 +77,28 @@ def add_affixes(body: str, config: CaptionConfig) -> str:
     return " ".join(part for part in (prefix, body, postfix) if part)
 
 
-def merge_blip(existing: str | None, sentence: str, config: CaptionConfig) -> str:
-    """The caption an image gets from a new BLIP sentence; ``append`` adds it after the existing caption."""
+def merge_blip(
+    existing: str | None, sentence: str, config: CaptionConfig, subject: Subject | None = None
+) -> str:
+    """The caption an image gets from a new sentence (BLIP or a vision-language model); ``append`` adds it
+    after the existing caption; the trigger word goes where ``trigger_placement`` says, inside the affixes."""
     sentence = sentence.strip()
+    core = sentence
     if config.existing == "append" and has_caption(existing):
         core = _strip_affixes(_first_line(existing or ""), config)
         parts = _split(core, config.tag_separator)
         if sentence and sentence.lower() not in {p.lower() for p in parts}:
             core = config.tag_separator.join([core, sentence]) if core else sentence
-        return add_affixes(core, config)
-    return add_affixes(sentence, config)
+    placed = place_trigger(core, subject_for(config, subject), config.trigger_placement, config.tag_separator)
+    return add_affixes(placed, config)
 
 
-def merge_tags(existing: str | None, tags: Sequence[str], config: CaptionConfig) -> str:
+def merge_tags(
+    existing: str | None, tags: Sequence[str], config: CaptionConfig, subject: Subject | None = None
+) -> str:
     """The caption an image gets from new WD14 tags; ``append`` adds the tags the caption lacks (Kohya's
-    --append_tags), the trigger word (``trigger_first``) stays first."""
+    --append_tags), the trigger word (``trigger_first``) stays first. A tag list has no article to replace:
+    ``trigger_placement`` puts the trigger first either way."""
     from worker.captioning.wd14 import order_tags, tag_key
 
     tags = list(tags)
@@ -97,6 +108,9 @@ def merge_tags(existing: str | None, tags: Sequence[str], config: CaptionConfig)
         tags = old + [t for t in tags if tag_key(t) not in known]
         if config.trigger_first:
             tags = order_tags(tags, config.model_copy(update={"always_first_tags": []}))
+    trigger = subject_for(config, subject).trigger
+    if config.trigger_placement != "none" and trigger and tag_key(trigger) not in {tag_key(t) for t in tags}:
+        tags.insert(0, trigger)
     return add_affixes(config.tag_separator.join(tags), config)
 
 
@@ -141,43 +155,95 @@ def caption_dataset(
     - ``on_progress(done, total)`` is called with (0, total) and after each batch; ``should_cancel()`` is
       polled before each batch and raises CaptioningCanceled (nothing is returned then).
     - The model is loaded only when there is something to caption; a model that cannot be found or loaded
-      raises CaptionModelUnavailable. Nothing is downloaded unless ``allow_download``.
+      raises CaptionModelUnavailable. Nothing is downloaded unless ``allow_download``. It leaves memory
+      (GPU included) before this returns or raises, so a training run that follows has the card.
+    - ``trigger_placement`` takes each image's trigger and class word from its Kohya folder unless the
+      config names them.
     """
+    if config.method == "auto":
+        # the API replaces `auto` with the family's captioner (CaptionConfig.for_family) before queueing
+        raise LorabakeError(
+            "captioning method 'auto' reached the worker unresolved; name a method",
+            code="invalid_config",
+            details={"field": "method"},
+            status_code=422,
+        )
     targets = images_to_caption(layout, config, existing_captions)
     total = len(targets)
     if on_progress is not None:
         on_progress(0, total)
     if not targets:
         return {}
-    infer, merge = _load_captioner(config, models_dir, allow_download, cache_dir, device)
+    subjects = folder_subjects(layout)
+    try:
+        captioner = _load_captioner(config, models_dir, allow_download, cache_dir, device)
+    except BaseException:
+        free_memory()  # a model loaded before its processor failed is garbage now: free it all the same
+        raise
     results: dict[str, str] = {}
-    for start in range(0, total, config.batch_size):
-        if should_cancel is not None and should_cancel():
-            raise CaptioningCanceled(start, total)
-        batch = targets[start : start + config.batch_size]
-        images = [load_image(dataset_dir, path) for path in batch]
-        for path, generated in zip(batch, infer(images), strict=True):
-            results[path] = merge(existing_captions.get(path), generated, config)
-        if on_progress is not None:
-            on_progress(start + len(batch), total)
+    try:
+        for start in range(0, total, config.batch_size):
+            if should_cancel is not None and should_cancel():
+                raise CaptioningCanceled(start, total)
+            batch = targets[start : start + config.batch_size]
+            images = [load_image(dataset_dir, path) for path in batch]
+            for path, generated in zip(batch, captioner.infer(images), strict=True):
+                results[path] = captioner.merge(
+                    existing_captions.get(path), generated, config, subjects.get(path)
+                )
+            if on_progress is not None:
+                on_progress(start + len(batch), total)
+    finally:
+        captioner.release()
+        del captioner
+        free_memory()
     return results
+
+
+@dataclass
+class LoadedCaptioner:
+    """infer(images) -> sentences or tag lists; merge(existing caption, one of them, config, subject) -> the
+    caption; release() drops the model (the runner then frees the memory)."""
+
+    infer: Callable[[list[Image.Image]], list]
+    merge: Callable[..., str]
+    release: Callable[[], None]
 
 
 def _load_captioner(
     config: CaptionConfig, models_dir: Path, allow_download: bool, cache_dir: Path | None, device: str | None
-) -> tuple[Callable[[list[Image.Image]], list], Callable[[str | None, object, CaptionConfig], str]]:
-    """(infer, merge) for the config's method, the model loaded once: infer(images) -> sentences or tag
-    lists; merge(existing caption, one of them, config) -> the caption."""
+) -> LoadedCaptioner:
+    """The config's captioner, loaded once."""
+    lookup = {"allow_download": allow_download, "cache_dir": cache_dir}
+    if config.method == "wd14":
+        from worker.captioning.wd14 import Wd14Tagger
+
+        tagger = Wd14Tagger.load(config.wd14_model, models_dir, **lookup)
+        return LoadedCaptioner(lambda images: tagger.tag_images(images, config), merge_tags, tagger.release)
     if config.method == "blip":
         from worker.captioning.blip import BlipCaptioner
 
-        blip = BlipCaptioner.load(
-            config.blip_model, models_dir, allow_download=allow_download, cache_dir=cache_dir, device=device
-        )
-        return (lambda images: blip.caption(images, config)), merge_blip
-    from worker.captioning.wd14 import Wd14Tagger
+        model = BlipCaptioner.load(config.blip_model, models_dir, device=device, **lookup)
+    elif config.method == "florence2":
+        from worker.captioning.florence2 import Florence2Captioner
 
-    tagger = Wd14Tagger.load(
-        config.wd14_model, models_dir, allow_download=allow_download, cache_dir=cache_dir
-    )
-    return (lambda images: tagger.tag_images(images, config)), merge_tags
+        model = Florence2Captioner.load(config, models_dir, device=device, **lookup)
+    elif config.method == "qwen_vl":
+        from worker.captioning.qwen_vl import QwenVLCaptioner
+
+        model = QwenVLCaptioner.load(config, models_dir, device=device, **lookup)
+    else:
+        from worker.captioning.joycaption import JoyCaptionCaptioner
+
+        model = JoyCaptionCaptioner.load(config, models_dir, device=device, **lookup)
+    return LoadedCaptioner(lambda images: model.caption(images, config), merge_blip, model.release)
+
+
+def free_memory() -> None:
+    """After a captioner is released: collect it now and hand the GPU's cached blocks back, so a training
+    run in the same worker gets the memory (a 7B VLM and a 12B transformer do not share a 24 GB card).
+    torch is only looked at when a captioner imported it (WD14 runs without it)."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

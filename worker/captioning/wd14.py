@@ -200,6 +200,9 @@ class Wd14Tagger:
     def tag_images(self, images: Sequence[Image.Image], config: CaptionConfig) -> list[list[str]]:
         return [self.select_tags(row, config) for row in self.probabilities(images)]
 
+    def release(self) -> None:
+        self.session = None
+
 
 def order_tags(tags: Sequence[str], config: CaptionConfig) -> list[str]:
     """Trigger word first, then the always-first tags that were found (in the given order), then the rest."""

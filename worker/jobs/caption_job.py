@@ -1,5 +1,6 @@
-"""Runs a caption job: caption a stored dataset's images with BLIP or WD14 and record the result as one
-new caption revision of the dataset (reviewable, and pinned by the training jobs made after it)."""
+"""Runs a caption job: caption a stored dataset's images (BLIP, WD14 or a vision-language model) and record
+the result as one new caption revision of the dataset (reviewable, and pinned by the training jobs made after
+it), with the captioner that wrote it."""
 
 from __future__ import annotations
 
@@ -67,9 +68,14 @@ def run_caption_job(run: ClaimedRun) -> None:
             by_path = {image.path: image.id for image in stored.images}
             # an empty result (no tag passed the thresholds) leaves the folder's `trigger class`
             new_text = {by_path[p]: (c or None) for p, c in captions.items() if p in by_path}
-            changed = record_captions(session, stored, new_text, source=config.method)
+            captioner = config.captioner()
+            changed = record_captions(session, stored, new_text, source=config.method, captioner=captioner)
             row.caption_revision = stored.caption_revision
-            row.plan = {"images": len(captions), "changed": changed}
+            row.plan = {
+                "images": len(captions),
+                "changed": changed,
+                "captioner": {"method": captioner["method"], "model": captioner["model"]},
+            }
             end_job(session, row, JobStatus.succeeded)
 
     runner.retrying("record the captions", record)
