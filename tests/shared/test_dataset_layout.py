@@ -379,6 +379,18 @@ def test_masks_survive_the_worker_folder_and_bad_ones_are_dropped(tmp_path: Path
     assert layout.orphan_masks == ("img/1_x/gone_mask.png",)  # left over, never trained
 
 
+def test_a_stored_datasets_rejected_types_leave_the_worker_folder(tmp_path: Path):
+    """A .gif that the dataset upload listed as rejected is in the stored zip; training from the dataset's
+    snapshot must not trip over it (it refused the whole job with unsupported_image_type)."""
+    from shared.datasets.zipsafe import ZipLimits
+    from worker.jobs.dataset_prep import prepare_dataset_dir
+
+    archive = _zip(tmp_path / "d.zip", {"img/1_x/a.png": _png((64, 48)), "img/1_x/anim.gif": b"GIF89a"})
+    dest = prepare_dataset_dir(archive, tmp_path / "out", ZipLimits(), captions={"img/1_x/a.png": "x"})
+    assert [e.path for s in scan_dataset_dir(dest).subsets for e in s.images] == ["img/1_x/a.png"]
+    assert not (dest / "img/1_x/anim.gif").exists()
+
+
 def test_masked_loss_without_masks_warns_in_the_plan_and_trains_unmasked(tmp_path: Path):
     from shared.config.presets import plan_run
     from shared.config.spec import TrainingConfig

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from shared.datasets.images import check_mask_size, convert_to_trainable, probe_image, upright_size
-from shared.datasets.layout import CAPTION_EXTENSIONS, scan_dataset_dir
+from shared.datasets.layout import CAPTION_EXTENSIONS, REJECTED_IMAGE_EXTENSIONS, scan_dataset_dir
 from shared.datasets.zipsafe import ZipLimits, extract_zip
 from shared.errors import DatasetError
 
@@ -18,6 +18,9 @@ TRAINS_AS_IS = (".png", ".jpg", ".jpeg")
 def apply_captions(root: Path, captions: Mapping[str, str | None]) -> None:
     """Makes the folder hold exactly the snapshot's images with the snapshot's captions: images the dataset
     rejected are removed, a caption becomes `stem.txt`, and None leaves the folder's `trigger class`."""
+    for path in root.rglob("*"):  # types the dataset listed as rejected (a .gif) would refuse the scan
+        if path.is_file() and not path.is_symlink() and path.suffix.lower() in REJECTED_IMAGE_EXTENSIONS:
+            path.unlink()
     for subset in scan_dataset_dir(root).subsets:
         for image in subset.images:
             path = root / image.path
