@@ -9,8 +9,10 @@ from pydantic import BaseModel, Field
 
 from api.deps import Owner
 from api.schemas import error_responses
+from shared.config.family_options import family_fields
 from shared.config.presets import FAMILY_VALUES, PRESETS, Preset, computed_fields
 from shared.errors import NotFoundError
+from shared.model_families import FAMILIES
 
 router = APIRouter(prefix="/v1/presets", tags=["presets"])
 _ERRORS = error_responses(401, 404, 422, 503)
@@ -45,14 +47,53 @@ class PresetOut(BaseModel):
         )
 
 
+class FamilyFieldsOut(BaseModel):
+    label: str = Field(description="the family's name for people, e.g. FLUX.1")
+    fields: list[str] = Field(
+        description="config fields only this family reads, or defaults differently: its own form section, "
+        "in order"
+    )
+    not_applicable: dict[str, str] = Field(
+        description="config fields this family cannot use, and why: setting one is a 422 naming "
+        "config.<field> (POST /v1/plan, POST /v1/jobs)"
+    )
+    defaults: dict[str, str] = Field(
+        description="what each of `fields` trains with on this family when left unset, in words"
+    )
+    notes: dict[str, str] = Field(description="config field -> a line to add to its help on this family")
+    size_multiple: int = Field(
+        description="pixels that resolution and bucket_reso_steps must be a multiple of for this family"
+    )
+
+    @classmethod
+    def of(cls, family: str) -> FamilyFieldsOut:
+        f = family_fields(family)
+        return cls(
+            label=f.label,
+            fields=list(f.fields),
+            not_applicable=f.not_applicable,
+            defaults=f.defaults,
+            notes=f.notes,
+            size_multiple=f.size_multiple,
+        )
+
+
 class PresetList(BaseModel):
     items: list[PresetOut]
+    families: dict[str, FamilyFieldsOut] = Field(
+        description="per model family (GET /v1/models' family): which config fields apply to it, so a form "
+        "shows only those"
+    )
 
 
 @router.get("", response_model=PresetList, responses=_ERRORS, operation_id="list_presets")
 async def list_presets(owner: Owner) -> PresetList:
-    """Every preset. A preset fills only the fields a job's config leaves out: what you set always wins."""
-    return PresetList(items=[PresetOut.of(p) for p in PRESETS.values()])
+    """Every preset, and per model family the config fields that apply to it. A preset fills only the
+    fields a job's config leaves out: what you set always wins."""
+    return PresetList(
+        items=[PresetOut.of(p) for p in PRESETS.values()],
+        families={family: FamilyFieldsOut.of(family) for family in FAMILIES},
+    )
 
 
 @router.get("/{name}", response_model=PresetOut, responses=_ERRORS, operation_id="get_preset")

@@ -4,15 +4,19 @@ model_family), the API (a family from the catalogue) and the worker (the detecte
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import LorabakeError
+from shared.model_families import FAMILIES, FLOW_FAMILIES, TRAITS, traits
 
-FLOW_FAMILIES = frozenset({"flux1"})
 # Pixels every training side must be a multiple of: the VAE's factor 8, and for FLUX.1 its 2x2 packing of
-# the latents on top (diffusers' FluxPipeline asks for multiples of vae_scale_factor * 2 as well).
+# the latents on top (diffusers' FluxPipeline asks for multiples of vae_scale_factor * 2 as well); from the
+# family table (shared/model_families.py), SD's 8 for an unknown family.
 SD_SIZE_MULTIPLE = 8
-SIZE_MULTIPLES: dict[str, int] = {"flux1": 16}
+SIZE_MULTIPLES: dict[str, int] = {
+    f: TRAITS[f].size_multiple for f in FAMILIES if TRAITS[f].size_multiple != SD_SIZE_MULTIPLE
+}
 
 # Fields of the DDPM / CLIP-token families that a rectified-flow family cannot honour, and why.
 NOT_FOR_FLOW: dict[str, str] = {
@@ -24,6 +28,15 @@ NOT_FOR_FLOW: dict[str, str] = {
     "max_token_length": "FLUX captions are T5 tokens: use t5xxl_max_token_length",
     "conv_dim": "FLUX's transformer blocks have no 3x3 convolutions (LoCon)",
     "conv_alpha": "FLUX's transformer blocks have no 3x3 convolutions (LoCon)",
+}
+# The network options a flow family does not take (it trains plain LoRA on targets its own options choose).
+FLOW_LORA_ONLY = "trains LoRA only for now (LoHa/LoKr/DoRA: SD families)"
+FLOW_TARGETS = "targets are chosen by the block indices and patterns"
+NETWORK_NOT_FOR_FLOW: dict[str, str] = {
+    "network_type": FLOW_LORA_ONLY,
+    "lokr_factor": FLOW_LORA_ONLY,
+    "dora_wd": FLOW_LORA_ONLY,
+    "network_target": FLOW_TARGETS,
 }
 # Fields only a flow-matching family reads.
 FLOW_ONLY: tuple[str, ...] = (
@@ -43,6 +56,74 @@ FLOW_ONLY: tuple[str, ...] = (
     "include_patterns",
     "exclude_patterns",
 )
+
+
+# What an unset field of a flow family trains with, in words (the worker's own defaults:
+# worker/training/flow_matching.py TimestepSampling, worker/training/families/flux.py), as sd-scripts'
+# docs/flux_train_network.md advises; GET /v1/presets lists them and the page shows them as placeholders.
+FLOW_DEFAULTS: dict[str, str] = {
+    "guidance_scale": "1.0",  # dev; schnell has no guidance embedding
+    "timestep_sampling": "shift",
+    "sigmoid_scale": "1.0",
+    "discrete_flow_shift": "3.1582",
+    "weighting_scheme": "none",
+    "logit_mean": "0.0",
+    "logit_std": "1.0",
+    "mode_scale": "1.29",
+    "model_prediction_type": "raw",
+    "t5xxl_max_token_length": "512 (dev), 256 (schnell)",
+    "apply_t5_attn_mask": "false",
+    "network_train_unet_only": "true",
+    "train_double_block_indices": "all",
+    "train_single_block_indices": "all",
+}
+# A line added to a field's help on a flow family (the size fields get theirs from size_multiple).
+FLOW_NOTES: dict[str, str] = {
+    "sample_prompts": "FLUX.1: `--g N` sets the distilled guidance a sample is drawn with (3.5 unless given; "
+    "schnell has none); --n and --l are not used.",
+    "text_encoder_lr": "FLUX.1: used only with network_train_unet_only false (a CLIP-L LoRA; T5 stays "
+    "frozen).",
+}
+
+
+@dataclass(frozen=True)
+class FamilyFields:
+    """What a form needs to show only the fields that apply to a family."""
+
+    label: str  # "FLUX.1"
+    fields: tuple[str, ...]  # read by this family only, or defaulted differently for it: its own section
+    not_applicable: dict[str, str]  # field -> why: setting one is a 422 naming config.<field>
+    defaults: dict[str, str]  # what an unset field of `fields` trains with here, in words
+    notes: dict[str, str]  # field -> a line for its help on this family
+    size_multiple: int
+
+
+def family_fields(family: str) -> FamilyFields:
+    """The fields of `family` as a form shows them, from the same tables family_conflicts checks."""
+    known = traits(family)
+    label = known.label if known else family
+    multiple = size_multiple(family)
+    size_note = f"{label}: a multiple of {multiple} px"
+    notes = {"resolution": size_note, "bucket_reso_steps": size_note} if multiple != SD_SIZE_MULTIPLE else {}
+    if family in FLOW_FAMILIES:
+        text = FLOW_ONLY.index("apply_t5_attn_mask") + 1  # the text-encoder options together
+        return FamilyFields(
+            label=label,
+            fields=(*FLOW_ONLY[:text], "network_train_unet_only", *FLOW_ONLY[text:]),
+            not_applicable={**NOT_FOR_FLOW, **NETWORK_NOT_FOR_FLOW},
+            defaults=dict(FLOW_DEFAULTS),
+            notes={**notes, **FLOW_NOTES},
+            size_multiple=multiple,
+        )
+    flow_only = f"applies to flow-matching families (FLUX.1) only, not {family}"
+    return FamilyFields(
+        label=label,
+        fields=(*NOT_FOR_FLOW, *NETWORK_NOT_FOR_FLOW),
+        not_applicable=dict.fromkeys(FLOW_ONLY, flow_only),
+        defaults={},
+        notes=notes,
+        size_multiple=multiple,
+    )
 
 
 def size_multiple(family: str | None) -> int:
@@ -71,9 +152,9 @@ def family_conflicts(config: Any, family: str) -> list[tuple[str, str]]:
             if field in set_fields and getattr(config, field) not in (None, False):
                 out.append((field, f"does not apply to {family}: {why}"))
         if config.network_type != "lora" or config.dora_wd:
-            out.append(("network_type", f"{family} trains LoRA only for now (LoHa/LoKr/DoRA: SD families)"))
+            out.append(("network_type", f"{family} {FLOW_LORA_ONLY}"))
         if config.network_target != "all_linear" and "network_target" in set_fields:
-            out.append(("network_target", f"{family} targets are chosen by the block indices and patterns"))
+            out.append(("network_target", f"{family} {FLOW_TARGETS}"))
         return out
     for field in FLOW_ONLY:
         if getattr(config, field, None) is not None:

@@ -9,6 +9,7 @@ the prompt). A screenshot of each page lands in the test's tmp_path."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -46,6 +47,13 @@ STEP_TIMEOUT_MS = 60_000
 UPLOAD_SENT = (
     "() => document.querySelector('[aria-label=\"upload progress\"]')?.getAttribute('aria-valuenow')"
 )
+
+
+# each column label's box and its text's box (the text may wrap inside its box)
+LABEL_BOXES = """items => items.map(li => {
+  const box = li.getBoundingClientRect(), text = li.querySelector('span').getBoundingClientRect();
+  return [{left: box.left, right: box.right}, {left: text.left, right: text.right}];
+})"""
 
 
 def shot(page: Page, folder: Path, name: str) -> None:
@@ -149,6 +157,9 @@ def test_upload_review_train_watch_and_download_in_chromium(
 
             # -- fix a caption (image 0 has none), then drop a tag with its chip
             first = page.get_by_label(f"{FOLDER}/000.jpg", exact=True)
+            expect(first).to_have_attribute(
+                "placeholder", "none: trains on “lisabp woman” (from the folder name)"
+            )
             first.fill("lisabp, woman, red shirt")
             card = page.locator(f'[data-image-path="{FOLDER}/000.jpg"]')
             card.get_by_role("button", name="Save caption").click()
@@ -181,7 +192,12 @@ def test_upload_review_train_watch_and_download_in_chromium(
             # -- new training from a preset, the live plan following the form
             page.get_by_role("link", name="Train on this dataset").click()
             expect(page.get_by_label("Dataset", exact=True)).to_have_value(dataset_id)
-            expect(page.get_by_label(re.compile("^Base model"))).to_have_value("tiny-sd15")
+            base_model = page.get_by_label(re.compile("^Base model"))
+            base_model.select_option("tiny-sd15")  # the models folder has tiny-flux too (listed first)
+            expect(base_model).to_have_value("tiny-sd15")
+            expect(page.get_by_test_id("plan-family")).to_have_text("sd1")
+            expect(page.locator("#config-clip_skip")).to_be_visible()  # SD1.x's own fields, not FLUX's
+            expect(page.locator("#config-guidance_scale")).to_have_count(0)
             page.get_by_label("Preset", exact=True).select_option("character")
             expect(page.get_by_test_id("plan-total-steps")).to_have_text(re.compile(r"^\d+$"))
             # a kohya_ss GUI config (its key names and string-typed numbers) fills the form
@@ -257,10 +273,9 @@ def test_upload_review_train_watch_and_download_in_chromium(
                 "lisabp woman --w 64 --h 64 --s 2 --d 1"
             )  # the job's sample prompts, as the API defaults them
             weights = page.get_by_label("LoRA weights (columns)")
-            expect(weights).to_have_value("0, 0.5, 0.75, 1")
+            expect(weights).to_have_value("0, 0.5, 0.75, 1")  # kept: labels that ran together at 64 px
             expect(page.get_by_label("Epoch 1", exact=True)).to_be_checked()
             expect(page.get_by_label("Epoch 2 (final)")).to_be_checked()
-            weights.fill("0, 1")
             for field, value in {"steps": "2", "width": "64", "height": "64"}.items():
                 page.locator(f"#compare-{field}").fill(value)
             page.get_by_role("button", name="Compare epochs").click()
@@ -269,18 +284,35 @@ def test_upload_review_train_watch_and_download_in_chromium(
             listed = httpx.get(f"{url}/v1/jobs", headers=headers, params={"limit": 100}).json()["items"]
             compare_job = next(j for j in listed if j["kind"] == "compare")
             assert compare_job["config"]["source_job_id"] == job_id
-            assert compare_job["config"]["weights"] == [0.0, 1.0]
+            assert compare_job["config"]["weights"] == [0.0, 0.5, 0.75, 1.0]
             compare_files = httpx.get(f"{url}/v1/jobs/{compare_job['id']}/artifacts", headers=headers).json()
             grid_meta = next(a for a in compare_files if a["kind"] == "grid")["meta"]
             assert (grid_meta["cell_width"], grid_meta["cell_height"]) == (64, 64)
-            assert len(grid_meta["rows"]) == 2 and len(grid_meta["columns"]) == 2
+            assert len(grid_meta["rows"]) == 2 and len(grid_meta["columns"]) == 4
             grid = page.get_by_role("img", name=re.compile(r"^Comparison grid for .lisabp woman"))
             expect(grid).to_be_visible()
             page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=grid.element_handle())
             assert grid.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [
-                grid_meta["left"] + 64 * 2,
+                grid_meta["left"] + 64 * 4,
                 grid_meta["top"] + 64 * 2,
             ]
+            # the column labels are the page's, one box per column: never overlapping, even when the
+            # cells are drawn small (a narrow window), their text wrapped inside its own box
+            for width in (1280, 420):
+                page.set_viewport_size({"width": width, "height": 800})
+                labels = page.get_by_role("list", name="Columns: LoRA weights").get_by_role("listitem")
+                expect(labels).to_have_text(["weight 0", "weight 0.5", "weight 0.75", "weight 1"])
+                boxes = labels.evaluate_all(LABEL_BOXES)
+                for (box, _), (after, _) in itertools.pairwise(boxes):
+                    assert box["right"] <= after["left"], f"labels overlap at {width} px: {boxes}"
+                for box, text in boxes:
+                    assert box["left"] <= text["left"] and text["right"] <= box["right"], boxes
+                cells = page.get_by_role("button", name=re.compile(r"^Open epoch 1, weight"))
+                for i, (box, _) in enumerate(boxes):  # each label over its own column of cells
+                    cell = cells.nth(i).bounding_box()
+                    assert cell is not None and abs(box["left"] - cell["x"]) < 1, (boxes, cell)
+                    assert abs(box["right"] - (cell["x"] + cell["width"])) < 1, (boxes, cell)
+            page.set_viewport_size({"width": 1280, "height": 800})
             expect(page.get_by_role("button", name="Compare epochs")).to_be_enabled()
             # each epoch row offers its file, so the best one is picked from the grid
             with page.expect_download() as download:
@@ -323,6 +355,7 @@ def test_upload_review_train_watch_and_download_in_chromium(
             page.get_by_role("button", name="Draw preview").click()
             prompt_error = page.locator("#preview-prompt-error")
             expect(prompt_error).to_contain_text("No LoRA file named “no_such_lora”")
+            expect(preview).to_have_count(0)  # the last preview is not left under the new error
             expect(prompt).to_have_attribute("aria-invalid", "true")
             expect(prompt).to_have_attribute("aria-describedby", "preview-prompt-error")
             prompt.scroll_into_view_if_needed()

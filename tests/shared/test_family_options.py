@@ -7,7 +7,14 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from shared.config.family_options import checked_family, family_conflicts, size_multiple
+from shared.config.family_options import (
+    FLOW_DEFAULTS,
+    FLOW_ONLY,
+    checked_family,
+    family_conflicts,
+    family_fields,
+    size_multiple,
+)
 from shared.config.spec import TrainingConfig
 from shared.errors import LorabakeError
 from shared.jobs.routing import queue_for
@@ -67,3 +74,27 @@ def test_flux1_jobs_follow_their_route():
     assert queue_for(settings, "flux1", None, []) == "flux-80gb"
     assert queue_for(settings, "sd1", None, []) == settings.queue_name
     assert queue_for(settings, "flux1", "sdxl-24gb", []) == "sdxl-24gb"  # a queue asked for wins
+
+
+def test_the_flow_defaults_a_form_shows_are_what_the_worker_trains_with():
+    """FLOW_DEFAULTS (GET /v1/presets' families.flux1.defaults, the page's placeholders) in words, against
+    the worker's own defaults for an unset field."""
+    from worker.training import flow_matching
+    from worker.training.families import flux
+
+    shown = FLOW_DEFAULTS
+    drawn = flow_matching.TimestepSampling()
+    assert shown["timestep_sampling"] == drawn.method
+    assert shown["weighting_scheme"] == drawn.weighting_scheme
+    for field in ("sigmoid_scale", "discrete_flow_shift", "logit_mean", "logit_std", "mode_scale"):
+        assert float(shown[field]) == getattr(drawn, field), field
+    assert float(shown["guidance_scale"]) == flux.DEFAULT_GUIDANCE
+    assert (
+        shown["t5xxl_max_token_length"] == f"{flux.DEV_T5_TOKENS} (dev), {flux.SCHNELL_T5_TOKENS} (schnell)"
+    )
+    unset = config()
+    assert flux.timestep_options(unset) == drawn and not flux.trains_clip(unset)
+    assert shown["network_train_unet_only"] == "true" and shown["apply_t5_attn_mask"] == "false"
+    assert set(family_fields("flux1").defaults) <= set(family_fields("flux1").fields)
+    assert not set(family_fields("flux1").fields) & set(family_fields("flux1").not_applicable)
+    assert set(family_fields("sdxl").not_applicable) == set(FLOW_ONLY)

@@ -244,6 +244,11 @@ export const JOB_STATUSES: readonly JobStatus[] = [
   "canceled",
 ];
 
+/** "1 image", "4 images": a count with its noun, singular for exactly one. */
+export function plural(n: number, noun: string, nouns = `${noun}s`): string {
+  return `${n} ${n === 1 ? noun : nouns}`;
+}
+
 export function formatBytes(n: number): string {
   if (n < 1024) return `${n} B`;
   const units = ["KiB", "MiB", "GiB", "TiB"];

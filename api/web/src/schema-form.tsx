@@ -9,6 +9,7 @@ export type JsonSchema = {
   description?: string;
   default?: unknown;
   enum?: unknown[];
+  const?: unknown;
   anyOf?: JsonSchema[];
   items?: JsonSchema;
   properties?: Record<string, JsonSchema>;
@@ -54,6 +55,7 @@ export function fieldKind(schema: JsonSchema): { kind: Kind; choices: string[]; 
   const main = options.find((o) => o.type !== "null") ?? schema;
   if (main.$ref) return { kind: "ref", choices: [], nullable };
   if (main.enum) return { kind: "enum", choices: main.enum.map(String), nullable };
+  if (main.const !== undefined) return { kind: "enum", choices: [String(main.const)], nullable }; // Literal["raw"]
   const types = options.map((o) => o.type).filter((t): t is string => typeof t === "string" && t !== "null");
   if (types.includes("boolean")) return { kind: "boolean", choices: [], nullable };
   if (types.includes("number")) return { kind: "number", choices: [], nullable };
@@ -133,6 +135,7 @@ export function SchemaField({
   schema,
   value,
   hint,
+  note,
   error,
   idPrefix,
   onChange,
@@ -141,6 +144,8 @@ export function SchemaField({
   schema: JsonSchema;
   value: string;
   hint?: string | undefined;
+  /** a line added to the description (what the field means for the chosen model family) */
+  note?: string | undefined;
   error?: string | undefined;
   idPrefix: string;
   onChange: (name: string, value: string) => void;
@@ -149,11 +154,10 @@ export function SchemaField({
   const { kind, choices } = fieldKind(schema);
   const kohya = kohyaName(name, schema);
   const fallback = hint ?? defaultText(schema);
-  const describedBy = `${id}-help`;
   const common = {
     id,
     name,
-    "aria-describedby": describedBy,
+    "aria-describedby": error ? `${id}-error ${id}-help` : `${id}-help`,
     "aria-invalid": error ? true : undefined,
   };
   let input;
@@ -199,9 +203,14 @@ export function SchemaField({
         {schema.title ?? name} <code class="kohya" title="Kohya's name">{kohya}</code>
       </label>
       {input}
-      <small id={describedBy} class="help">
-        {error ? <strong class="error-text">{error}. </strong> : null}
+      {error ? (
+        <p class="field-error" id={`${id}-error`} role="alert">
+          {error}
+        </p>
+      ) : null}
+      <small id={`${id}-help`} class="help">
         {schema.description ?? ""}
+        {note ? <span class="family-note"> {note}</span> : null}
       </small>
     </div>
   );

@@ -1,5 +1,5 @@
 import { useEffect, useMemo, useState } from "preact/hooks";
-import { api, type Dataset, formatBytes, formatTime, type Schemas, unwrap } from "../api";
+import { api, type Dataset, formatBytes, formatTime, plural, type Schemas, unwrap } from "../api";
 import { AuthImage, ErrorNote, Section } from "../components";
 import { href, navigate } from "../router";
 import { type FormValues, parseValues, SchemaField, useSchema } from "../schema-form";
@@ -41,7 +41,7 @@ function IntakeReport({ dataset }: { dataset: Dataset }) {
       <ul class="subsets">
         {(dataset.subsets as Record<string, unknown>[]).map((s) => (
           <li>
-            <code>{String(s["folder"])}</code>: {String(s["images"])} images × {String(s["repeats"])} repeats
+            <code>{String(s["folder"])}</code>: {plural(Number(s["images"]), "image")} × {plural(Number(s["repeats"]), "repeat")}
             {s["is_reg"] ? " (regularization)" : ""}
             {s["trigger"] ? (
               <>
@@ -105,14 +105,27 @@ function IntakeReport({ dataset }: { dataset: Dataset }) {
   );
 }
 
+type Subset = { folder?: string; trigger?: string | null; class_token?: string | null };
+
+/** What an image without a caption trains on, as Kohya does: its folder's words after `N_` ("mychar person"
+ * for `img/5_mychar person`), or for a flat folder the job's trigger_word and class_word. */
+export function emptyCaptionText(folder: string, subsets: Subset[]): string {
+  const subset = subsets.find((s) => s.folder === folder);
+  const words = [subset?.trigger, subset?.class_token].filter((w): w is string => typeof w === "string" && w !== "");
+  if (words.length) return `none: trains on “${words.join(" ")}” (from the folder name)`;
+  return "none: trains on the job's trigger_word and class_word (else an empty caption)";
+}
+
 function CaptionCard({
   image,
   caption,
+  emptyText,
   readOnly,
   onSave,
 }: {
   image: Schemas["DatasetImageOut"];
   caption: string | null;
+  emptyText: string;
   readOnly: boolean;
   onSave: (imageId: string, caption: string | null) => Promise<void>;
 }) {
@@ -143,7 +156,7 @@ function CaptionCard({
           rows={3}
           value={text}
           readOnly={readOnly}
-          placeholder={`none: trains on the folder's “${image.subset}”`}
+          placeholder={emptyText}
           onInput={(e) => setText(e.currentTarget.value)}
           onKeyDown={(e) => {
             if (e.key === "Enter" && (e.ctrlKey || e.metaKey) && dirty) {
@@ -384,6 +397,7 @@ export function DatasetPage({ id }: { id: string }) {
               key={`${image.id}-${captions.revision}`}
               image={image}
               caption={byImage.get(image.id) ?? null}
+              emptyText={emptyCaptionText(image.subset, dataset.subsets as Subset[])}
               readOnly={readOnly}
               onSave={(imageId, caption) =>
                 edit({ set: [{ image_id: imageId, caption }] }, `Saved the caption of ${image.path}`)

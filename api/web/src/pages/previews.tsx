@@ -9,6 +9,7 @@ import { href } from "../router";
 
 type Dict = Record<string, unknown>;
 const DEFAULT_WEIGHTS = "0, 0.5, 0.75, 1";
+const MIN_CELL_PX = 56; // a grid cell (and its column label) is never drawn narrower
 
 // ---------------------------------------------------------------- what a training job offers
 
@@ -253,6 +254,38 @@ type GridMeta = {
 
 type Cell = { image: Artifact | null; name: string; epoch: number; weight: number; seed: number; prompt: string };
 
+/** An epoch row's file, downloadable from its row label. */
+function RowDownload({ epoch, file, onError }: { epoch: number; file: Artifact; onError: (e: unknown) => void }) {
+  const [busy, setBusy] = useState(false);
+  return (
+    <button
+      type="button"
+      class="secondary small"
+      disabled={busy}
+      aria-label={`Download epoch ${epoch} (${file.name})`}
+      title={file.name}
+      onClick={async () => {
+        setBusy(true);
+        onError(null);
+        try {
+          await downloadFile(file.download_url, file.name);
+        } catch (e) {
+          onError(e);
+        } finally {
+          setBusy(false);
+        }
+      }}
+    >
+      {busy ? "Downloading…" : `Download epoch ${epoch}`}
+    </button>
+  );
+}
+
+/**
+ * The grid PNG's cells under the page's own column labels and beside its row labels: the labels drawn into
+ * the PNG run together when cells are small, so the image is shown cropped to its cells and each label is
+ * a box of its column's (or row's) size that wraps its text. Cells and labels scale together.
+ */
 function GridView({
   grid,
   images,
@@ -267,7 +300,6 @@ function GridView({
   const meta = grid.meta as unknown as GridMeta;
   const [src, setSrc] = useState<string | null>(null);
   const [failed, setFailed] = useState(false);
-  const [busy, setBusy] = useState<string | null>(null);
   const [error, setError] = useState<unknown>(null);
   useEffect(() => {
     let url: string | null = null;
@@ -284,9 +316,14 @@ function GridView({
       if (url) URL.revokeObjectURL(url);
     };
   }, [grid.download_url]);
-  const width = meta.left + meta.cell_width * meta.columns.length;
-  const height = meta.top + meta.cell_height * meta.rows.length;
+  const columns = meta.columns.length;
+  const rows = meta.rows.length;
+  const width = meta.left + meta.cell_width * columns;
+  const height = meta.top + meta.cell_height * rows;
+  const cellsWidth = meta.cell_width * columns;
+  const cellsHeight = meta.cell_height * rows;
   const scale = meta.cell_width < 192 ? Math.min(3, Math.floor(192 / meta.cell_width)) : 1;
+  const minWidth = Math.min(cellsWidth * scale, columns * MIN_CELL_PX); // narrower: the grid scrolls
   const pct = (v: number, of: number) => `${(v / of) * 100}%`;
   return (
     <figure class="compare-grid" data-grid={grid.name}>
@@ -297,77 +334,64 @@ function GridView({
         </span>
       </figcaption>
       <ErrorNote error={error} />
-      <div class="grid-with-rows">
-        <div class="grid-frame" style={{ width: `${width * scale}px` }}>
-          {failed ? (
-            <span class="img-missing">grid unavailable</span>
-          ) : src ? (
-            <img
-              src={src}
-              alt={`Comparison grid for “${meta.prompt}”: ${meta.rows.join(", ")} by ${meta.columns.join(", ")}`}
-              width={width * scale}
-              height={height * scale}
-            />
-          ) : (
-            <span class="img-loading" style={{ width: width * scale, height: height * scale }} aria-label="loading the grid" />
-          )}
-          {src &&
-            meta.cells.map((row, r) =>
-              row.map((name, c) => {
-                const cell: Cell = {
-                  image: images.get(name) ?? null,
-                  name,
-                  epoch: meta.epochs[r] ?? 0,
-                  weight: meta.weights[c] ?? 0,
-                  seed: meta.seeds[r] ?? 0,
-                  prompt: meta.prompt,
-                };
-                return (
-                  <button
-                    type="button"
-                    class="grid-cell"
-                    aria-label={`Open epoch ${cell.epoch}, weight ${cell.weight}, seed ${cell.seed}`}
-                    style={{
-                      left: pct(meta.left + c * meta.cell_width, width),
-                      top: pct(meta.top + r * meta.cell_height, height),
-                      width: pct(meta.cell_width, width),
-                      height: pct(meta.cell_height, height),
-                    }}
-                    onClick={(e) => onOpen(cell, e.currentTarget)}
-                  />
-                );
-              }),
+      <div class="xy-scroll">
+        <div class="xy" style={{ gridTemplateColumns: `minmax(7rem, auto) minmax(${minWidth}px, ${cellsWidth * scale}px)` }}>
+          <ol class="xy-columns" aria-label="Columns: LoRA weights" style={{ gridTemplateColumns: `repeat(${columns}, minmax(0, 1fr))` }}>
+            {meta.columns.map((label) => (
+              <li class="xy-label">
+                <span>{label}</span>
+              </li>
+            ))}
+          </ol>
+          <ol class="xy-rows" aria-label="Rows: epochs" style={{ gridTemplateRows: `repeat(${rows}, minmax(0, 1fr))` }}>
+            {meta.rows.map((label, r) => {
+              const epoch = meta.epochs[r] ?? 0;
+              const file = files.get(epoch);
+              return (
+                <li class="xy-label">
+                  <span>{label}</span>
+                  {file && meta.epochs.indexOf(epoch) === r && <RowDownload epoch={epoch} file={file} onError={setError} />}
+                </li>
+              );
+            })}
+          </ol>
+          <div class="xy-cells" style={{ aspectRatio: `${cellsWidth} / ${cellsHeight}` }}>
+            {failed ? (
+              <span class="img-missing">grid unavailable</span>
+            ) : src ? (
+              <img
+                src={src}
+                alt={`Comparison grid for “${meta.prompt}”: ${meta.rows.join(", ")} by ${meta.columns.join(", ")}`}
+                width={width * scale}
+                height={height * scale}
+                style={{ width: pct(width, cellsWidth), left: pct(-meta.left, cellsWidth), top: pct(-meta.top, cellsHeight) }}
+              />
+            ) : (
+              <span class="img-loading xy-loading" aria-label="loading the grid" />
             )}
-        </div>
-        <div class="grid-rows">
-          {meta.epochs.map((epoch, r) => {
-            const file = files.get(epoch);
-            if (!file || meta.epochs.indexOf(epoch) !== r) return null;
-            return (
-              <div class="grid-row-action" style={{ top: pct(meta.top + (r + 0.5) * meta.cell_height, height) }}>
-                <button
-                  type="button"
-                  class="secondary small"
-                  disabled={busy === file.id}
-                  aria-label={`Download epoch ${epoch} (${file.name})`}
-                  title={file.name}
-                  onClick={async () => {
-                    setBusy(file.id);
-                    setError(null);
-                    try {
-                      await downloadFile(file.download_url, file.name);
-                    } catch (e) {
-                      setError(e);
-                    } finally {
-                      setBusy(null);
-                    }
-                  }}
-                >
-                  {busy === file.id ? "Downloading…" : `Download epoch ${epoch}`}
-                </button>
-              </div>
-            );
-          })}
+            {src &&
+              meta.cells.map((row, r) =>
+                row.map((name, c) => {
+                  const cell: Cell = {
+                    image: images.get(name) ?? null,
+                    name,
+                    epoch: meta.epochs[r] ?? 0,
+                    weight: meta.weights[c] ?? 0,
+                    seed: meta.seeds[r] ?? 0,
+                    prompt: meta.prompt,
+                  };
+                  return (
+                    <button
+                      type="button"
+                      class="grid-cell"
+                      aria-label={`Open epoch ${cell.epoch}, weight ${cell.weight}, seed ${cell.seed}`}
+                      style={{ left: pct(c, columns), top: pct(r, rows), width: pct(1, columns), height: pct(1, rows) }}
+                      onClick={(e) => onOpen(cell, e.currentTarget)}
+                    />
+                  );
+                }),
+              )}
+          </div>
         </div>
       </div>
     </figure>
@@ -691,6 +715,7 @@ export function PreviewSection({ job, artifacts }: { job: Job; artifacts: Artifa
   async function submit(e: Event) {
     e.preventDefault();
     setError(null);
+    setCurrent(null); // the last preview goes: what shows next is this request's image, or its error
     const body: Dict = { base_model: baseModel, prompt };
     if (negative.trim()) body["negative_prompt"] = negative.trim();
     const bad = addRenderSettings(body, render, "seed");
