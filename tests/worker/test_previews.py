@@ -137,6 +137,21 @@ def test_grid_cells_are_the_images_unchanged():
     assert header.min() < 128  # labels are drawn
 
 
+@pytest.mark.parametrize("side", [64, 48])
+def test_column_labels_stay_inside_their_cells_at_small_sizes(side: int):
+    """At 64 px cells the labels ran together ("weight 0.5weight 0.75"): each is drawn wrapped (and smaller
+    if a word needs it) inside its own column. Drawn one label at a time, its ink stays in its cell."""
+    columns = ["weight 0", "weight 0.5", "weight 0.75", "weight 1"]
+    cells = [[Image.new("RGB", (side, side), (255, 255, 255)) for _ in columns]]
+    for c in range(len(columns)):
+        only = ["" if i != c else text for i, text in enumerate(columns)]
+        grid, layout = draw_grid(cells, ["e1"], only)
+        header = np.asarray(grid.crop((0, 0, grid.width, layout.top)).convert("L"))
+        ink = np.nonzero(header.min(axis=0) < 200)[0]
+        x0, _, x1, _ = layout.box(0, c)
+        assert ink.size and x0 <= ink.min() and ink.max() < x1, (columns[c], ink.min(), ink.max(), x0, x1)
+
+
 # --- jobs through the runner (real Postgres, the local object store) ------------------------------------
 
 
