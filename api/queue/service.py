@@ -156,9 +156,7 @@ class QueueStanding:
         workers = sum(1 for served in served_queue_lists(session, self.settings) if name in served)
         in_queue = Job.queue.in_([name]) if queue is not None else Job.queue.is_(None) | (Job.queue == name)
         rows = session.execute(
-            select(Job.eta_seconds, Job.eta_at, Job.started_at).where(
-                Job.status.in_(list(RUNNING)), in_queue
-            )
+            select(Job.eta_seconds, Job.eta_at, Job.started_at).where(Job.status.in_(list(RUNNING)), in_queue)
         ).all()
         running = [Running(eta, at, started) for eta, at, started in rows]
         with self._lock:
