@@ -13,11 +13,29 @@ from pathlib import Path
 import click
 
 from lorabake import remote_commands
+from lorabake.logs import library_level, setup_logging
 from shared.settings import Settings, get_settings
 
+log = logging.getLogger("lorabake.cli")
 
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+def _set_log_level(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    # Through the environment, so the processes this one starts (serve's worker) log alike.
+    if value is not None:
+        os.environ["LORABAKE_LOG_LEVEL"] = value.lower()
+        get_settings.cache_clear()
+
+
+log_level_option = click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default=None,
+    expose_value=False,
+    is_eager=True,
+    callback=_set_log_level,
+    help="Our log lines from this level; debug also shows other libraries' (Celery, uvicorn, transformers). "
+    "Default: LORABAKE_LOG_LEVEL (info).",
+)
 
 
 @click.group()
@@ -64,17 +82,22 @@ def create_key(owner: str, name: str, admin: bool, scopes: tuple[str, ...]) -> N
 @main.command()
 @click.option("--host", default=None, help="Default: LORABAKE_API_HOST (127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Default: LORABAKE_API_PORT (8000).")
+@log_level_option
 def api(host: str | None, port: int | None) -> None:
     """Run the HTTP API only."""
-    import uvicorn
-
     from api.app import create_app
+    from lorabake.serving import run_api
 
     settings = get_settings()
-    _setup_logging()
-    # our middleware logs each request with its request id, so uvicorn's access log would only repeat it
+    setup_logging(settings.log_level)
     host, port = host or settings.api_host, port or settings.api_port
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+    run_api(
+        create_app(settings),
+        host,
+        port,
+        settings.log_level,
+        on_listening=lambda: log.info("lorabake api is listening on http://%s:%s", host, port),
+    )
 
 
 def _queue_names(text: str | None) -> list[str]:
@@ -87,12 +110,14 @@ def _queue_names(text: str | None) -> list[str]:
     return names
 
 
-def _worker_argv(queues: list[str], concurrency: int) -> list[str]:
-    # One child per GPU, replaced after every job so its GPU memory is returned to the driver.
+def _worker_argv(queues: list[str], concurrency: int, log_level: str) -> list[str]:
+    # One child per GPU, replaced after every job so its GPU memory is returned to the driver. Celery's
+    # level is that of the root logger (the libraries'); ours keep theirs (lorabake/logs.py).
     return [
+        *(() if log_level == "debug" else ("--quiet",)),  # no banner
         "worker",
         "--loglevel",
-        "INFO",
+        library_level(log_level),
         "--concurrency",
         str(concurrency),
         "--pool",
@@ -120,17 +145,31 @@ def _worker_argv(queues: list[str], concurrency: int) -> list[str]:
     help="Named queues to take jobs from, comma-separated (e.g. a GPU class: sdxl-24gb). "
     "Default: LORABAKE_QUEUE_NAME.",
 )
-def worker(concurrency: int, queues: str | None) -> None:
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    hidden=True,
+    help="Created once the worker takes jobs (`serve` waits for it).",
+)
+@log_level_option
+def worker(concurrency: int, queues: str | None, ready_file: Path | None) -> None:
     """Run a Celery training worker (and, beside it, its heartbeat and a reconciler)."""
+    from celery.signals import worker_ready
+
     from shared.catalogue.reporting import report_before_start
     from shared.jobs.workers import worker_id
 
     settings = get_settings()
+    setup_logging(settings.log_level)
+    if ready_file is not None:
+        worker_ready.connect(lambda **_: ready_file.touch(), weak=False)
     served = _queue_names(queues) or [settings.queue_name]
     report_before_start(settings, worker_id())  # before the slow imports: the API knows its models sooner
 
     from worker.celery_app import app
     from worker.metrics import process_dir
+    from worker.stopping import stop_on_shutdown
 
     metrics_dir = process_dir.prepare(settings)  # before Celery forks: its children write their metrics there
     # A process of its own, not a thread: the Celery pool forks children from this one, which must hold no
@@ -142,8 +181,9 @@ def worker(concurrency: int, queues: str | None) -> None:
         ],
         env={**os.environ, "LORABAKE_DATA_DIR": str(settings.data_dir)},
     )
+    stop_on_shutdown(duties)
     try:
-        app.worker_main(_worker_argv(served, concurrency))
+        app.worker_main(_worker_argv(served, concurrency, settings.log_level))
     finally:
         duties.terminate()
         process_dir.remove(metrics_dir)
@@ -158,9 +198,14 @@ def worker_duties(parent: int, queues: str | None, slots: int) -> None:
     from shared.jobs.duties import run_worker_duties
     from worker.metrics.server import serve_worker_metrics
 
-    _setup_logging()
+    # Ctrl-C in a terminal reaches the worker's whole process group: this process ends when its worker
+    # starts its shutdown (SIGTERM, worker/stopping.py) or is gone.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda sig, _: stop.append(sig))
+    setup_logging(get_settings().log_level)
     serve_worker_metrics(get_settings())  # the worker's metrics port, when set: a thread of this process
-    run_worker_duties(get_settings(), parent, _queue_names(queues), max(1, slots))
+    run_worker_duties(get_settings(), parent, _queue_names(queues), max(1, slots), stop=lambda: bool(stop))
 
 
 def _requeue_interrupted(settings: Settings) -> None:
@@ -194,17 +239,17 @@ def _embedded_key(settings: Settings) -> str:
 @main.command()
 @click.option("--host", default=None, help="Default: LORABAKE_API_HOST (127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Default: LORABAKE_API_PORT (8000).")
+@log_level_option
 def serve(host: str | None, port: int | None) -> None:
     """Everything on one machine: database, storage, broker, API and one worker. No servers needed."""
-    import uvicorn
-
     from api.app import create_app
+    from lorabake.serving import EmbeddedWorker, announce_when_ready, run_api
     from shared.catalogue.reporting import report_before_start
     from shared.db.migrate import upgrade
     from shared.jobs.workers import worker_id
 
     settings = get_settings()
-    _setup_logging()
+    setup_logging(settings.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     assert settings.models_dir is not None
     settings.models_dir.mkdir(parents=True, exist_ok=True)
@@ -214,38 +259,41 @@ def serve(host: str | None, port: int | None) -> None:
     host, port = host or settings.api_host, port or settings.api_port
 
     env = {**os.environ, "LORABAKE_DATA_DIR": str(settings.data_dir)}
+    ready_file = settings.data_dir / "worker.ready"
+    ready_file.unlink(missing_ok=True)
     # Its own process group, so stopping serve stops the worker's pool children too.
     worker_proc = subprocess.Popen(
-        [sys.executable, "-m", "lorabake.cli", "worker"], env=env, start_new_session=True
+        [sys.executable, "-m", "lorabake.cli", "worker", "--ready-file", str(ready_file)],
+        env=env,
+        start_new_session=True,
     )
-    # Its worker reports the same as it starts; this one is done before the API answers anything.
-    report_before_start(settings, worker_id(worker_proc.pid))
-    models = ", ".join(sorted(p.name for p in settings.models_dir.iterdir()))
-    models = models or "none yet: `lorabake tiny-model` writes a tiny demo model"
-    click.echo(
-        f"\nlorabake is running at http://{host}:{port}  (API docs: http://{host}:{port}/docs)\n"
-        f"API key: {key}\n"
-        f"data folder: {settings.data_dir}\n"
-        f"base models in {settings.models_dir}: {models}\n"
-    )
-    # uvicorn re-raises SIGTERM after its graceful shutdown; with the default handler that would end this
-    # process before `finally` stops the worker. Exiting through SystemExit runs it.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    worker = EmbeddedWorker(worker_proc)
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+        # Its worker reports the same as it starts; this one is done before the API answers anything. The
+        # box below names the models.
+        report_before_start(settings, worker_id(worker_proc.pid), say=False)
+        models = ", ".join(sorted(p.name for p in settings.models_dir.iterdir()))
+        welcome = [
+            f"lorabake is running at http://{host}:{port}",
+            f"API docs: http://{host}:{port}/docs",
+            f"API key: {key}",
+            f"data folder: {settings.data_dir}",
+            f"base models in {settings.models_dir}:",
+            f"  {models or 'none yet: `lorabake tiny-model` writes a tiny demo model'}",
+            "Ctrl-C stops it",
+        ]
+        run_api(
+            create_app(settings),
+            host,
+            port,
+            settings.log_level,
+            on_listening=lambda: announce_when_ready(welcome, worker, ready_file),
+            on_stop=worker.tell_to_stop,  # both stop at once
+            graceful_seconds=3,  # a request still running then (an upload) is cut off: one Ctrl-C stops
+        )
     finally:
-        stop_worker(worker_proc)
-
-
-def stop_worker(proc: subprocess.Popen, grace_seconds: float = 10) -> None:
-    """Warm shutdown first, then the whole process group. A job cut off here is queued again by the next
-    `lorabake serve` and resumes from its last saved state."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=grace_seconds)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        worker.stop()
+        ready_file.unlink(missing_ok=True)
 
 
 @main.command()

@@ -13,11 +13,20 @@ import threading
 import time
 
 from celery import Celery
+from kombu.transport import filesystem
 
 from shared.settings import Settings
 
 TRAIN_TASK = "lorabake.train_job"
 log = logging.getLogger("lorabake.queue")
+
+
+class FilesystemTransport(filesystem.Transport):
+    """kombu's filesystem transport (the embedded mode), each wait at most a quarter second: Celery's worker
+    loop looks for a shutdown only between two waits, and asks for 2 s ones."""
+
+    def drain_events(self, connection, timeout=None):  # noqa: ANN001, ANN201 - kombu's signature
+        return super().drain_events(connection, timeout=None if timeout is None else min(timeout, 0.25))
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -44,6 +53,7 @@ def make_celery(settings: Settings) -> Celery:
             control_folder=str(folder / "control"),  # kombu's default is ./control, in the current directory
             store_processed=False,
         )
+        app.conf.broker_transport = FilesystemTransport
     app.conf.update(
         task_ignore_result=True,
         result_backend=None,
@@ -65,6 +75,7 @@ def make_celery(settings: Settings) -> Celery:
             "interval_max": 0.2,
         },
         worker_hijack_root_logger=False,
+        worker_timer_precision=0.1,  # its thread sees a shutdown this soon (the default, 1 s, delays one)
         worker_cancel_long_running_tasks_on_connection_loss=False,
         task_serializer="json",
         accept_content=["json"],

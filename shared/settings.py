@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     upload_grace_seconds: float = 3600.0
     # POST /v1/uploads: uploads one owner may hold unused and unexpired at once (past it a 429); 0: no cap
     max_pending_uploads: int = Field(20, ge=0)
+    # Idempotency-Key (api/idempotency.py): how long a creating POST's answer is kept and replayed
+    idempotency_hours: float = Field(24.0, gt=0)
     # dataset_url: connect and each read may take dataset_url_timeout_seconds, the whole download
     # dataset_url_max_seconds (it runs in the API request, holding one of api_threads)
     dataset_url_timeout_seconds: float = 10.0
@@ -117,6 +119,9 @@ class Settings(BaseSettings):
     access_log: Literal["all", "errors", "off"] = (
         "errors"  # which requests get a log line (api/request_log.py)
     )
+    # our own log lines at this level; other libraries' (Celery, transformers...) only their errors, all of
+    # their lines at "debug" (lorabake/logs.py); `--log-level` of api, worker and serve sets it too
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Metrics (docs/operations.md, "Metrics"): when a token is set, scrapers must send it as a Bearer token
     # (API and worker port alike); a worker serves its own metrics on worker_metrics_port, 0 turns that off.
     metrics_token: str | None = None
@@ -129,6 +134,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [float(part) for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="before")
     @classmethod

@@ -8,6 +8,10 @@ thousand watchers cost what one does. The database stays the source: a stream re
 Event ids are assigned when a row is inserted, not when it is committed, so a later id can become visible
 before an earlier one (two writers of one job commit in the other order). The poller remembers the ids it
 skipped over and looks for them again for `gap_seconds` before taking them for rolled back.
+
+When the server stops, `end_streams` hands every watcher `None`: uvicorn waits for open connections before it
+shuts the app down, so a stream left open would hold the shutdown forever. Clients reconnect with
+`Last-Event-ID` to the next server and miss nothing.
 """
 
 from __future__ import annotations
@@ -46,17 +50,23 @@ class EventHub:
         self.sessions = sessions
         self.interval = interval
         self.gap_seconds = gap_seconds
-        self._watchers: dict[str, set[asyncio.Queue[Event]]] = {}
+        self._watchers: dict[str, set[asyncio.Queue[Event | None]]] = {}
         self._task: asyncio.Task | None = None
         self._cursor: int | None = None  # the highest id handed out
         self._gaps: dict[int, float] = {}  # ids below the cursor not seen yet -> when first missed
+        self._loop: asyncio.AbstractEventLoop | None = None  # the streams' loop, for end_streams
+        self._ending = False
 
     @contextlib.asynccontextmanager
-    async def watch(self, job_id: str) -> AsyncIterator[asyncio.Queue[Event]]:
-        """A queue that receives the job's new events. Watch first, then replay from the database: an event
-        can then arrive twice (the caller skips ids it sent) but never be missed."""
-        queue: asyncio.Queue[Event] = asyncio.Queue()
+    async def watch(self, job_id: str) -> AsyncIterator[asyncio.Queue[Event | None]]:
+        """A queue that receives the job's new events, then `None` if the server stops. Watch first, then
+        replay from the database: an event can then arrive twice (the caller skips ids it sent) but never
+        be missed."""
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
         self._watchers.setdefault(job_id, set()).add(queue)
+        if self._ending:  # a stream opened while the server stops (a client reconnecting) ends at once
+            queue.put_nowait(None)
         if self._task is None or self._task.done():
             if self._cursor is None:
                 self._cursor = await run_in_threadpool(self._max_id)
@@ -69,6 +79,19 @@ class EventHub:
                 watchers.discard(queue)
                 if not watchers:
                     del self._watchers[job_id]
+
+    def end_streams(self) -> None:
+        """The server is stopping: every stream ends now, and any opened from now on at once. Safe to call
+        from a signal handler or another thread."""
+        self._ending = True
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._end_watches)
+
+    def _end_watches(self) -> None:
+        for queues in self._watchers.values():
+            for queue in queues:
+                queue.put_nowait(None)
 
     async def close(self) -> None:
         if self._task is not None:

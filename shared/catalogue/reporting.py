@@ -30,7 +30,8 @@ class ModelReporter:
         self._next = 0.0
 
     def report_now(self) -> bool:
-        """Scan and write; False (logged) when the database cannot be reached."""
+        """Scan and write; False (logged) when the database cannot be reached. Logs what changed since its
+        last report: report_before_start has said what the worker started with."""
         self.watch.mark_reported()
         entries = self.scanner.scan()
         try:
@@ -39,9 +40,9 @@ class ModelReporter:
         except Exception as exc:
             log.warning("base models report: %s", type(exc).__name__, exc_info=not is_outage(exc))
             return False
-        if entries != self._logged:
-            log.info("base models here: %s", ", ".join(e.name for e in entries) or "none")
-            self._logged = entries
+        if self._logged is not None and entries != self._logged:
+            log.info("base models here now: %s", _names(entries))
+        self._logged = entries
         return True
 
     def maybe_report(self) -> None:
@@ -51,12 +52,19 @@ class ModelReporter:
             self._next = now + (self.every if self.report_now() else min(self.every, 5.0))
 
 
-def report_before_start(settings: Settings, worker_id: str) -> None:
-    """The first report, before the worker takes jobs, so the API knows its models by then. The engine is
-    disposed after: the Celery pool forks from this process and must inherit no connections."""
+def report_before_start(settings: Settings, worker_id: str, *, say: bool = True) -> None:
+    """The first report, before the worker takes jobs, so the API knows its models by then; `say`: log
+    them. The engine is disposed after: the Celery pool forks from this process and must inherit no
+    connections."""
     from shared.db.session import get_engine, session_factory
 
-    ModelReporter(
+    reporter = ModelReporter(
         settings, session_factory(settings.database_url, settings.engine_options), worker_id
-    ).report_now()
+    )
+    if reporter.report_now() and say and reporter._logged is not None:
+        log.info("base models here: %s", _names(reporter._logged))
     get_engine(settings.database_url, settings.engine_options).dispose()
+
+
+def _names(entries: list[ModelEntry]) -> str:
+    return ", ".join(e.name for e in entries) or "none"

@@ -2,7 +2,8 @@
 the base models it has, a reconciler, the scheduler and the webhook dispatcher (shared/webhooks).
 
 `lorabake worker` starts it (`lorabake worker-duties --parent PID`) and it ends when that worker process
-is gone, so a worker host that dies takes its heartbeat with it.
+is gone, so a worker host that dies takes its heartbeat with it, or when that worker starts its shutdown
+(`stop`), so no job is sent to it any more.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from shared.catalogue.records import forget_unseen_models
@@ -34,7 +36,11 @@ def build_reconciler(settings: Settings, holder: str) -> Reconciler:
 
 
 def run_worker_duties(
-    settings: Settings, parent: int, queues: list[str] | None = None, slots: int = 1
+    settings: Settings,
+    parent: int,
+    queues: list[str] | None = None,
+    slots: int = 1,
+    stop: Callable[[], bool] = lambda: False,
 ) -> None:
     wid = worker_id(parent)
     reconciler = build_reconciler(settings, holder=f"worker:{wid}")
@@ -47,7 +53,11 @@ def run_worker_duties(
     beat_every = settings.lease_renew_seconds
     reconcile_every = settings.reconcile_interval_seconds
     next_beat = next_reconcile = 0.0
-    while os.getppid() == parent:  # the worker is gone: so is its heartbeat
+
+    def running() -> bool:
+        return os.getppid() == parent and not stop()  # the worker is gone or stopping: so is its heartbeat
+
+    while running():
         models.maybe_report()
         now = time.monotonic()
         if now >= next_beat:
@@ -59,7 +69,7 @@ def run_worker_duties(
                     forget_stale_workers(session, older_than_seconds=86_400)  # commits
             except Exception as exc:
                 log.warning("worker heartbeat: %s", type(exc).__name__, exc_info=not is_outage(exc))
-        if schedule_every > 0 and now >= next_schedule:
+        if schedule_every > 0 and now >= next_schedule and not stop():
             next_schedule = now + schedule_every
             try:
                 scheduler.run_once()
@@ -71,7 +81,10 @@ def run_worker_duties(
                 reconciler.run_once()
             except Exception:
                 log.exception("reconciler pass failed")
-        time.sleep(1.0)
+        for _ in range(10):  # a second, ended early by a stop
+            if not running():
+                break
+            time.sleep(0.1)
     webhooks.stop()
     try:
         with sessions() as session:

@@ -4,7 +4,10 @@ local object store and a filesystem broker under one data folder. A single-file 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -58,6 +61,25 @@ def start_serve(env: dict[str, str], port: int, log: Path):  # noqa: ANN201
     return proc, url
 
 
+# What the default log level must keep out: library warnings, Celery's banner, uvicorn's own lines.
+NOISE = ("Traceback", "Warning", "WARNING", "celery@", "kombu", "[transformers]", "Uvicorn running")
+
+
+def last_box(text: str) -> list[str]:
+    """The lines of the box `serve` prints, when they are the last lines of its output; else []."""
+    lines = text.rstrip().splitlines()
+    rule = lines[-1] if lines else ""
+    if not (rule.startswith("+-") and rule.endswith("-+")) or rule not in lines[:-1]:
+        return []
+    top = len(lines) - 2 - lines[-2::-1].index(rule)  # the rule above it
+    return lines[top:]
+
+
+def wait_for_box(log: Path, proc) -> list[str]:  # noqa: ANN001 - a Popen
+    services.wait_until(lambda: bool(last_box(log.read_text())), 60, "the box with the address", proc)
+    return last_box(log.read_text())
+
+
 def processes_using(data: Path) -> list[int]:
     """Processes whose environment points at this data folder (serve, its worker, pool children)."""
     found = []
@@ -76,7 +98,7 @@ def test_serve_trains_and_streams_downloads(tmp_path: Path, models_dir: Path):
     proc, url = start_serve(serve_env(data, models_dir), services.free_port(), log)
     try:
         key = (data / "api-key").read_text().strip()
-        assert key in log.read_text(), "serve must print the API key to use"
+        assert any(key in line for line in wait_for_box(log, proc)), "serve must print the API key to use"
         assert (data / "lorabake.db").exists()
         headers = {"Authorization": f"Bearer {key}"}
 
@@ -101,6 +123,8 @@ def test_serve_trains_and_streams_downloads(tmp_path: Path, models_dir: Path):
         print(f"embedded job finished in {time.monotonic() - started:.1f}s")
         assert job["status"] == "succeeded", job["error"]
         assert [a["name"] for a in job["artifacts"]] == ["demo-000001.safetensors", "demo.safetensors"]
+        noise = [line for line in log.read_text().splitlines() if any(n in line for n in NOISE)]
+        assert noise == [], "the default log level shows library warnings (the job's worker child too)"
 
         final = job["artifacts"][-1]
         response = httpx.get(url + final["download_url"], headers=headers)  # streamed by the API itself
@@ -136,8 +160,13 @@ def test_stopping_serve_stops_its_worker_and_the_job_resumes_on_restart(tmp_path
         while not httpx.get(f"{url}/v1/jobs/{job['id']}", headers=headers).json()["artifacts"]:
             assert time.monotonic() < deadline
             time.sleep(0.2)
+        stopping = time.monotonic()
     finally:
         services.stop_process(proc, timeout=40)
+    # the job handed itself back at its next step: no waiting out the 10 s grace, no SIGKILL
+    assert time.monotonic() - stopping < 10, "the job did not stop at its next step"
+    handed_back = "handing it back to the queue: the worker is shutting down"
+    assert handed_back in (tmp_path / "serve1.log").read_text()
     assert processes_using(data) == [], "serve must not leave its worker behind"
 
     proc, url = start_serve(env, services.free_port(), tmp_path / "serve2.log")
@@ -159,3 +188,80 @@ def test_stopping_serve_stops_its_worker_and_the_job_resumes_on_restart(tmp_path
         services.stop_process(proc, timeout=40)
         print((tmp_path / "serve1.log").read_text(errors="replace")[-3000:])
         print((tmp_path / "serve2.log").read_text(errors="replace")[-3000:])
+
+
+def test_serve_prints_its_address_and_key_last_in_a_box(tmp_path: Path, models_dir: Path):
+    data = tmp_path / "data"
+    log = tmp_path / "serve.log"
+    port = services.free_port()
+    proc, url = start_serve(serve_env(data, models_dir), port, log)
+    try:
+        box = wait_for_box(log, proc)
+        time.sleep(1.5)  # the worker is up and the server listens: nothing more is printed
+        assert last_box(log.read_text()) == box
+        key = (data / "api-key").read_text().strip()
+        assert any(f"http://127.0.0.1:{port}" in line for line in box), box
+        assert any(key in line for line in box), box
+        assert all(line.startswith("| ") and line.endswith(" |") for line in box[1:-1]), box
+        assert len({len(line) for line in box}) == 1, box
+        noise = [line for line in log.read_text().splitlines() if any(n in line for n in NOISE)]
+        assert noise == [], "the default log level shows library lines"
+    finally:
+        services.stop_process(proc)
+        print(log.read_text(errors="replace")[-3000:])
+
+
+def test_one_sigint_stops_serve_with_an_open_event_stream(tmp_path: Path, models_dir: Path):
+    """The job page open (its event stream), one Ctrl-C: serve, its API and its worker are gone within 5 s,
+    with no traceback, and the stream ended cleanly (the page reconnects to the next server)."""
+    data = tmp_path / "data"
+    log = tmp_path / "serve.log"
+    # tiny SD1.5 jobs go to a queue no worker takes: the job stays queued and its stream open, the worker idle
+    env = {**serve_env(data, models_dir), "LORABAKE_QUEUE_ROUTES": json.dumps({"sd1": "lorabake.nobody"})}
+    proc, url = start_serve(env, services.free_port(), log)
+    try:
+        wait_for_box(log, proc)  # the worker is up too
+        headers = {"Authorization": f"Bearer {(data / 'api-key').read_text().strip()}"}
+        zip_path = write_zip(tmp_path / "set.zip", kohya_entries(images=2, repeats=1, webp=False))
+        with open(zip_path, "rb") as fh:
+            created = httpx.post(
+                f"{url}/v1/jobs",
+                headers=headers,
+                files={"dataset": ("set.zip", fh)},
+                data={"config": json.dumps(CONFIG)},
+                timeout=60,
+            )
+        assert created.status_code == 201, created.text
+        assert created.json()["queue"] == "lorabake.nobody"
+        lines: list[str] = []
+        ended: list[BaseException | None] = []
+
+        def watch() -> None:
+            try:
+                events_url = f"{url}/v1/jobs/{created.json()['id']}/events"
+                with httpx.stream("GET", events_url, headers=headers, timeout=30) as stream:
+                    for line in stream.iter_lines():
+                        lines.append(line)
+                ended.append(None)
+            except BaseException as exc:
+                ended.append(exc)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        services.wait_until(lambda: "event: status" in lines, 10, "the job's first event")
+
+        started = time.monotonic()
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+        took = time.monotonic() - started
+        watcher.join(timeout=5)
+    finally:
+        services.stop_process(proc)
+        output = log.read_text(errors="replace")
+        print(output[-3000:])
+    print(f"serve stopped {took:.1f}s after one SIGINT")
+    assert took < 5, f"serve took {took:.1f}s to stop"
+    assert proc.returncode == 0
+    assert ended == [None], "the event stream must end cleanly, not be cut off"
+    assert "Traceback" not in output
+    assert processes_using(data) == [], "serve must not leave its worker behind"

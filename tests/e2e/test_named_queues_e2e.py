@@ -18,9 +18,9 @@ CONFIG = {"base_model": "tiny-sd15", "resolution": 64, "min_bucket_reso": 64, "e
 def test_a_job_for_a_named_queue_runs_on_the_worker_that_serves_it(stack, tmp_path):
     name = f"gpu-{uuid.uuid4().hex[:6]}"
     log = tmp_path / "named-worker.log"
-    worker = services.start_process(
-        [sys.executable, "-m", "lorabake.cli", "worker", "--queues", name], stack.env, log
-    )
+    # --log-level debug: Celery's own lines, which say what this worker ran
+    command = [sys.executable, "-m", "lorabake.cli", "worker", "--queues", name, "--log-level", "debug"]
+    worker = services.start_process(command, stack.env, log)
     try:
 
         def served() -> bool:

@@ -32,6 +32,7 @@ from shared.outages import is_outage
 from shared.retrying import OutageOutlasted, retry_outages
 from shared.settings import Settings
 from shared.storage import ObjectStore, build_store, resume_state_prefix
+from worker import stopping
 from worker.jobs.dataset_prep import prepare_dataset_dir
 from worker.jobs.keeper import JobKeeper
 from worker.jobs.publisher import FileToPublish, PublishActions, Publisher
@@ -201,19 +202,22 @@ class ClaimedRun:
             )
 
     def stopped(self) -> None:
-        """Training stopped between two steps: lost lease, outage, publishing failure, or a cancel."""
+        """Training stopped between two steps: lost lease, outage, publishing failure, a cancel, or the
+        worker shutting down (worker/stopping.py)."""
         failure: BaseException | None = None
         if self.keeper.lease_lost:
             failure = LeaseLost(self.job_id)
         else:
             failure = self.keeper.outage or self.publisher.failure
-        if failure is None:  # a cancel: the files saved before it stay downloadable
+        if failure is None:  # a cancel or a shutdown: the files saved before it stay downloadable
             try:
                 self.publisher.drain()
                 self.keeper.flush()
             except Exception as exc:
                 failure = exc
-        if failure is None:
+        if failure is None and stopping.stop_requested() and not self.keeper.cancel_requested:
+            self.hand_back("the worker is shutting down", reason="shutdown")
+        elif failure is None:
             self.finish(JobStatus.canceled)
         elif isinstance(failure, LeaseLost):
             log.warning("job %s: lease lost; stopping without writing", self.job_id)
@@ -234,7 +238,7 @@ class ClaimedRun:
             log.warning("job %s: not every saved file could be published: %s", self.job_id, exc)
 
     def must_stop(self) -> bool:
-        return self.keeper.must_stop or self.publisher.failure is not None
+        return self.keeper.must_stop or self.publisher.failure is not None or stopping.stop_requested()
 
     def finish(self, status: JobStatus, **fields: Any) -> None:
         self.keeper.stop()  # the end is the last write; nothing to renew after it
@@ -249,14 +253,14 @@ class ClaimedRun:
         self.outcome = status.value
         self.runner.drop_resume_state(self.job_id)
 
-    def hand_back(self, cause: BaseException) -> None:
-        """An outage outlasted our retries: back to the queue now (or when the lease runs out, if the
-        database is what is down); the next run resumes from the resume state."""
+    def hand_back(self, cause: BaseException | str, reason: str = "outage") -> None:
+        """An outage outlasted our retries, or the worker shuts down: back to the queue now (or when the
+        lease runs out, if the database is what is down); the next run resumes from the resume state."""
         log.warning("job %s: handing it back to the queue: %s", self.job_id, cause)
         self.outcome = "handed_back"
         self.keeper.stop()
         try:
-            retry_outages("hand the job back", lambda: self.lease.hand_back("outage"), bound=10.0)
+            retry_outages("hand the job back", lambda: self.lease.hand_back(reason), bound=10.0)
         except (LeaseLost, OutageOutlasted) as exc:
             log.warning("job %s: could not hand it back (%s); its lease will run out", self.job_id, exc)
 
