@@ -96,8 +96,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Last-Event-ID"],
-            expose_headers=["Location", "X-Request-ID"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "X-Request-ID",
+                "Last-Event-ID",
+                "Idempotency-Key",
+            ],
+            expose_headers=["Location", "X-Request-ID", "Retry-After", "Idempotent-Replayed"],
         )
     app.include_router(health.router)
     app.include_router(jobs.router)

@@ -188,6 +188,13 @@ def event_list(text: str | None) -> list[str] | None:
     help="The events --webhook receives (default: all): job.status, job.stage, job.progress, "
     "job.artifact, job.succeeded, job.failed, job.canceled.",
 )
+@click.option(
+    "--idempotency-key",
+    default=None,
+    metavar="KEY",
+    help="Send this Idempotency-Key (default: a new UUID, reused on the command's own retries): running "
+    "the command again with the same KEY and inputs within 24 h prints the same job instead of a second.",
+)
 @click.option("--watch", "follow_job", is_flag=True, help="Then follow it as `lorabake watch` does.")
 @remote_options
 def submit(
@@ -197,6 +204,7 @@ def submit(
     direct: bool,
     webhook_url: str | None,
     webhook_events: str | None,
+    idempotency_key: str | None,
     follow_job: bool,
     url: str,
     key: str | None,
@@ -206,7 +214,13 @@ def submit(
     config = load_config(config_file)
     if webhook_events is not None and not webhook_url:
         raise click.UsageError("--webhook-events needs --webhook")
-    hook: dict[str, Any] = {"webhook": webhook_url or None, "webhook_events": event_list(webhook_events)}
+    if idempotency_key is not None and direct:  # each run makes a new upload, so a rerun is another request
+        raise click.UsageError("--idempotency-key cannot be used with --direct")
+    hook: dict[str, Any] = {
+        "webhook": webhook_url or None,
+        "webhook_events": event_list(webhook_events),
+        "idempotency_key": idempotency_key,
+    }
     path = Path(dataset).expanduser()
     remote = urlsplit(dataset).scheme in ("http", "https")
     if direct and (remote or not path.exists()):

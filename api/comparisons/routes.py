@@ -10,12 +10,13 @@ from starlette.concurrency import run_in_threadpool
 from api.comparisons.schemas import ComparisonRequest
 from api.comparisons.service import submit_comparison
 from api.deps import JobSubmitter, State
+from api.idempotency import IdempotentRoute, idempotent
 from api.jobs.limits import check_limits
 from api.jobs.schemas import JobOut
 from api.schemas import error_responses
 from api.webhooks.service import parse_job_webhook
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=IdempotentRoute)
 _ERRORS = error_responses(401, 403, 404, 409, 422, 429, 503)
 
 
@@ -26,6 +27,7 @@ _ERRORS = error_responses(401, 403, 404, 409, 422, 429, 503)
     responses=_ERRORS,
     operation_id="create_comparison",
 )
+@idempotent()
 async def create_comparison(
     job_id: str,
     body: Annotated[ComparisonRequest, Body()],

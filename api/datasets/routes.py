@@ -33,6 +33,7 @@ from api.datasets.service import (
 from api.deps import DatasetJobSubmitter, DatasetsRead, DatasetsWrite, State
 from api.direct_uploads.sources import REMOTE_SOURCES, one_source, received_from
 from api.errors import validate_json_model
+from api.idempotency import IdempotentRoute, idempotent
 from api.jobs.schemas import JobOut
 from api.jobs.submission import submit_caption_job
 from api.openapi_doc import schema_ref
@@ -44,7 +45,7 @@ from shared.datasets.captions import CaptionEdit, tag_frequency
 from shared.db.models import Dataset, DatasetImage, is_object_id
 from shared.errors import NotFoundError
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=IdempotentRoute)
 
 _ERRORS = error_responses(401, 403, 404, 409, 413, 422, 503)
 # The route reads its body itself (multipart or JSON), so both are documented here.
@@ -86,6 +87,7 @@ def parse_options(text: object) -> DatasetOptions:
     openapi_extra=_UPLOAD_BODY,
     operation_id="upload_dataset",
 )
+@idempotent()
 async def upload_dataset(
     request: Request, response: Response, owner: DatasetsWrite, state: State
 ) -> DatasetOut:
@@ -235,6 +237,7 @@ def get_tags(dataset_id: str, owner: DatasetsRead, state: State) -> list[TagCoun
     responses=_ERRORS,
     operation_id="caption_dataset",
 )
+@idempotent()
 async def caption_dataset(
     dataset_id: str,
     body: Annotated[CaptionJobRequest, Body()],

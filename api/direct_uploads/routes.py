@@ -16,12 +16,13 @@ from api.deps import DatasetsWrite, State
 from api.direct_uploads.form import FILE_FIELD, UploadFormParser, form_file_pieces
 from api.direct_uploads.schemas import UploadCreate, UploadOut, UploadReceived
 from api.direct_uploads.service import check_local_put, create_upload
+from api.idempotency import IdempotentRoute, idempotent
 from api.schemas import error_responses
 from api.state import AppState
 from api.uploads import limited_request
 from shared.datasets.direct_uploads import CONTENT_TYPE, upload_key
 
-router = APIRouter(tags=["uploads"])
+router = APIRouter(tags=["uploads"], route_class=IdempotentRoute)
 
 WRITE_EVERY = 1024 * 1024  # the body arrives in small pieces; each write is a hop to a thread
 _ZIP_BODY = {
@@ -60,6 +61,7 @@ _FORM_BODY = {
     operation_id="create_upload",
     summary="Get a URL to upload a dataset zip to",
 )
+@idempotent()
 async def post_upload(
     request: Request, owner: DatasetsWrite, state: State, body: Annotated[UploadCreate | None, Body()] = None
 ) -> UploadOut:

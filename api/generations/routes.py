@@ -10,16 +10,18 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import JobSubmitter, State
 from api.generations.schemas import GenerationRequest
 from api.generations.service import submit_generation
+from api.idempotency import IdempotentRoute, idempotent
 from api.jobs.limits import check_limits
 from api.jobs.schemas import JobOut
 from api.schemas import error_responses
 from api.webhooks.service import parse_job_webhook
 
-router = APIRouter(prefix="/v1/generations", tags=["generations"])
+router = APIRouter(prefix="/v1/generations", tags=["generations"], route_class=IdempotentRoute)
 _ERRORS = error_responses(401, 403, 422, 429, 503)
 
 
 @router.post("", status_code=201, response_model=JobOut, responses=_ERRORS, operation_id="create_generation")
+@idempotent()
 async def create_generation(
     body: Annotated[GenerationRequest, Body()], response: Response, caller: JobSubmitter, state: State
 ) -> JobOut:

@@ -16,6 +16,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from api.deps import JobsRead, JobSubmitter, JobsWrite, State
 from api.direct_uploads.sources import REMOTE_SOURCES, one_source, received_from
+from api.idempotency import IdempotentRoute, idempotent
 from api.jobs.events import Event, event_of
 from api.jobs.limits import check_limits
 from api.jobs.schemas import ArtifactOut, JobJsonBody, JobList, JobOut
@@ -30,7 +31,7 @@ from shared.db.models import Artifact, Job, JobEvent, JobStatus, is_object_id
 from shared.errors import LorabakeError, NotFoundError
 from shared.jobs.state import request_cancel
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=IdempotentRoute)
 
 _ERRORS = error_responses(401, 403, 404, 409, 413, 422, 503)
 KEEP_ALIVE_SECONDS = 15.0
@@ -82,6 +83,7 @@ def _owned_job(session: Session, owner: str, job_id: str) -> Job:
     openapi_extra=_UPLOAD_BODY,
     operation_id="create_job",
 )
+@idempotent()
 async def create_job(request: Request, response: Response, caller: JobSubmitter, state: State) -> JobOut:
     """Queue a training job: multipart with a `dataset` zip (or a stored `dataset_id`, an `upload_id` from
     POST /v1/uploads, a `dataset_url` to fetch) and `config`, or a JSON body `{"dataset_id" | "upload_id" |
@@ -291,6 +293,8 @@ async def stream_events(
                 except TimeoutError:
                     yield ": keep-alive\n\n"  # a comment line keeps proxies from closing an idle stream
                     continue
+                if event is None:  # the server is stopping; the client resumes with Last-Event-ID
+                    return
                 if event.id in sent or event.id <= since:
                     continue
                 sent.add(event.id)

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.deps import Admin, Caller, ScopeError, State
+from api.idempotency import IdempotentRoute, idempotent
 from api.keys.schemas import KeyCreate, KeyCreated, KeyList, KeyOut
 from api.pagination import Cursor, newest_first_page
 from api.schemas import error_responses
@@ -17,11 +18,12 @@ from shared.db.keys import Identity, add_api_key, checked_scopes
 from shared.db.models import ApiKey, is_object_id, utcnow
 from shared.errors import NotFoundError
 
-router = APIRouter(prefix="/v1/keys", tags=["keys"])
+router = APIRouter(prefix="/v1/keys", tags=["keys"], route_class=IdempotentRoute)
 _ERRORS = error_responses(401, 403, 404, 422, 503)
 
 
 @router.post("", status_code=201, response_model=KeyCreated, responses=_ERRORS, operation_id="create_key")
+@idempotent(secret_fields=("key",))
 def create_key(body: KeyCreate, admin: Admin, state: State) -> KeyCreated:
     """A new key for `owner` (any owner: this is how tenants are made). Its `key` is in this response only."""
     scopes = checked_scopes(body.scopes)

@@ -12,6 +12,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.orm import selectinload
 
 from api.deps import State, WebhooksRead, WebhooksWrite
+from api.idempotency import IdempotentRoute, idempotent
 from api.schemas import error_responses
 from api.webhooks.schemas import (
     DeliveryList,
@@ -30,7 +31,7 @@ from shared.net.public_http import check_url
 from shared.webhooks.delivery import redeliver
 from shared.webhooks.signing import new_secret
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], route_class=IdempotentRoute)
 _ERRORS = error_responses(401, 403, 404, 422, 503)
 
 
@@ -43,6 +44,7 @@ def _secret_out(row: WebhookEndpoint | WebhookOwnerSecret) -> SecretOut:
 @router.post(
     "", status_code=201, response_model=EndpointCreated, responses=_ERRORS, operation_id="create_webhook"
 )
+@idempotent(secret_fields=("secret",))
 def create_webhook(body: EndpointCreate, owner: WebhooksWrite, state: State) -> EndpointCreated:
     """Register a URL that receives every event of your jobs (or those `events` name), signed as the
     Standard Webhooks specification says with the `secret` in this answer."""

@@ -10,7 +10,7 @@
  *   LORABAKE_URL=http://127.0.0.1:8000 LORABAKE_KEY=lb_... node example.ts dataset.zip [OUT_DIR]
  *   LORABAKE_URL=... LORABAKE_KEY=... node example.ts DATASET_ID [OUT_DIR]   (a stored dataset)
  */
-import { createHash } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { createWriteStream, openAsBlob } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { basename, join } from "node:path";
@@ -53,6 +53,39 @@ function fail(what: string, error: Schemas["ErrorResponse"], response: Response)
   throw new Error(`${what}: HTTP ${response.status} ${error.error.code}: ${error.error.message}`);
 }
 
+/** An answer worth sending the same request again for: an outage (503) or, with an Idempotency-Key, a first
+ * request still running (409 `idempotency_key_in_use`); both say when in Retry-After. */
+class TryAgain extends Error {
+  readonly seconds: number;
+  constructor(message: string, seconds: number) {
+    super(message);
+    this.seconds = seconds;
+  }
+}
+
+function failOrRetry(what: string, error: Schemas["ErrorResponse"], response: Response): never {
+  if (response.status === 503 || error.error.code === "idempotency_key_in_use") {
+    throw new TryAgain(`${what}: ${error.error.code}`, Number(response.headers.get("Retry-After") ?? 1));
+  }
+  fail(what, error, response);
+}
+
+/** Sends a creating request with one Idempotency-Key, and that same key again after a lost connection (fetch
+ * throws a TypeError), a 503 or a 409 `idempotency_key_in_use`: the server answers a repeat with the first
+ * answer, so a retry never queues a second job. */
+async function idempotently<T>(send: (idempotencyKey: string) => Promise<T>, tries = 3): Promise<T> {
+  const idempotencyKey = randomUUID();
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await send(idempotencyKey);
+    } catch (failure) {
+      const retried = failure instanceof TryAgain || failure instanceof TypeError;
+      if (!retried || attempt >= tries) throw failure;
+      await sleep(1000 * (failure instanceof TryAgain ? Math.min(failure.seconds, 30) : 1));
+    }
+  }
+}
+
 /** A base model the workers have, by the name `config.base_model` takes. */
 async function pickModel(): Promise<string> {
   const { data, error, response } = await client.GET("/v1/models");
@@ -65,10 +98,11 @@ async function pickModel(): Promise<string> {
 }
 
 /** Multipart: the zip as `dataset` and the config as JSON text. */
-async function submitZip(zipPath: string, config: TrainingConfig): Promise<Job> {
+async function submitZip(zipPath: string, config: TrainingConfig, idempotencyKey: string): Promise<Job> {
   const zip = await openAsBlob(zipPath, { type: "application/zip" });
   const fields: JobForm = { config: JSON.stringify(config) };
   const { data, error, response } = await client.POST("/v1/jobs", {
+    params: { header: { "Idempotency-Key": idempotencyKey } }, // the header's name, checked by the schema
     body: fields,
     bodySerializer() {
       // field names checked against the schema's form; `dataset` is `format: binary`, which
@@ -79,19 +113,20 @@ async function submitZip(zipPath: string, config: TrainingConfig): Promise<Job> 
       return form; // openapi-fetch leaves Content-Type to fetch, which adds the multipart boundary
     },
   });
-  if (error) fail("submit", error, response);
+  if (error) failOrRetry("submit", error, response);
   return data;
 }
 
 /** JSON: a dataset stored before (POST /v1/datasets), the config as an object; openapi-fetch sends a plain
  * object as application/json. The body is the schema's JobJsonBody, but for the defaulted fields (see
  * TrainingConfig above) this program leaves to the server. */
-async function submitStored(datasetId: string, config: TrainingConfig): Promise<Job> {
+async function submitStored(datasetId: string, config: TrainingConfig, idempotencyKey: string): Promise<Job> {
   const body: Pick<JobJson, "dataset_id"> & { config: TrainingConfig } = { dataset_id: datasetId, config };
   const { data, error, response } = await client.POST("/v1/jobs", {
+    params: { header: { "Idempotency-Key": idempotencyKey } },
     body: body as JobJson, // the defaulted fields, left out, are the server's to fill
   });
-  if (error) fail("submit", error, response);
+  if (error) failOrRetry("submit", error, response);
   return data;
 }
 
@@ -211,9 +246,11 @@ async function downloadLoras(job: Job, dir: string): Promise<void> {
 const [source, outDir = "loras"] = process.argv.slice(2);
 if (!source) throw new Error("usage: example.ts DATASET.zip|DATASET_ID [OUT_DIR]");
 const config: TrainingConfig = { base_model: await pickModel(), preset: "character", trigger_word: "sks" };
-const submitted = source.endsWith(".zip")
-  ? await submitZip(source, config)
-  : await submitStored(source, config);
+const submitted = await idempotently((idempotencyKey) =>
+  source.endsWith(".zip")
+    ? submitZip(source, config, idempotencyKey)
+    : submitStored(source, config, idempotencyKey),
+);
 console.log(`job ${submitted.id} queued: ${submitted.progress.total_steps} steps planned`);
 const done = await watch(submitted.id);
 if (done.status !== "succeeded") {

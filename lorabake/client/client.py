@@ -14,7 +14,7 @@ import httpx
 from lorabake.client.archive import dataset_zip
 from lorabake.client.downloads import DownloadResult, ProgressHook, download_file
 from lorabake.client.errors import LorabakeClientError
-from lorabake.client.http import ApiSession, api_error, same_origin
+from lorabake.client.http import ApiSession, api_error, new_idempotency_key, same_origin
 from lorabake.client.models import (
     ApiKeyInfo,
     Artifact,
@@ -53,7 +53,11 @@ class LorabakeClient:
     """A client of one lorabake server. Use it as a context manager (or call `close()`).
 
     `retries`: how many times a GET answered 503 or 429 is tried again, after the server's Retry-After
-    (capped at `max_retry_wait`); writes are never retried, the caller decides."""
+    (capped at `max_retry_wait`). The methods that create something (`submit_job`, `upload_dataset`,
+    `create_upload`, `caption_dataset`, `create_key`, `create_webhook`) send an `Idempotency-Key` (a new
+    UUID, or their `idempotency_key`) and are tried again with it after a lost connection, a 503 or a 409
+    `idempotency_key_in_use`: the server answers a repeat with its first answer, so nothing is made twice.
+    Other writes are never retried, the caller decides."""
 
     def __init__(
         self,
@@ -125,6 +129,7 @@ class LorabakeClient:
         preset: str | None = None,
         webhook: str | None = None,
         webhook_events: Sequence[str] | None = None,
+        idempotency_key: str | None = None,
     ) -> Job:
         """Queue a training job. The dataset is exactly one of: `dataset` (a zip, or a folder zipped on the
         fly, sent in the request), `dataset_id` (a stored dataset), `upload_id` (a zip sent to storage
@@ -133,8 +138,9 @@ class LorabakeClient:
         this job's events (`webhook_events` of them; all when None), signed with your default secret
         (`get_default_webhook_secret()`).
 
-        Never retried: a 429 (`too_many_queued`, `rate_limited`) or 503 raises LorabakeAPIError with
-        `retry_after`, and nothing was stored."""
+        `idempotency_key` (default: a new one) makes sending it again give this job, not a second one.
+        A 429 (`too_many_queued`, `rate_limited`) raises LorabakeAPIError with `retry_after`, and nothing
+        was stored."""
         body: dict[str, Any] = {**config, **({"preset": preset} if preset else {})}
         sources = _params(
             dataset=dataset, dataset_id=dataset_id, upload_id=upload_id, dataset_url=dataset_url
@@ -144,20 +150,27 @@ class LorabakeClient:
                 "give exactly one of dataset (a zip or folder), dataset_id, upload_id or dataset_url"
             )
         hook = _webhook_fields(webhook, webhook_events)
+        key = idempotency_key or new_idempotency_key()
         if dataset is not None:
             fields = {"config": json.dumps(body), **_form_fields(hook)}
-            return self._api.parse(Job, self._post_zip("/v1/jobs", dataset, fields))
-        response = self._api.request("POST", "/v1/jobs", ok=(201,), json={**sources, "config": body, **hook})
+            return self._api.parse(Job, self._post_zip("/v1/jobs", dataset, fields, key))
+        response = self._api.request(
+            "POST", "/v1/jobs", ok=(201,), idempotency_key=key, json={**sources, "config": body, **hook}
+        )
         return self._api.parse(Job, response)
 
-    def _post_zip(self, path: str, dataset: str | os.PathLike[str], fields: dict[str, str]) -> httpx.Response:
-        """A multipart upload of the dataset zip (a folder is zipped first) beside text `fields`."""
+    def _post_zip(
+        self, path: str, dataset: str | os.PathLike[str], fields: dict[str, str], idempotency_key: str
+    ) -> httpx.Response:
+        """A multipart upload of the dataset zip (a folder is zipped first) beside text `fields`; a retry
+        sends the same zip again (httpx rewinds the file)."""
         with dataset_zip(dataset) as archive, open(archive, "rb") as fh:
             return self._api.request(
                 "POST",
                 path,
                 ok=(201,),
                 timeout=self.upload_timeout,
+                idempotency_key=idempotency_key,
                 files={"dataset": (_upload_name(dataset), fh, "application/zip")},
                 data=fields,
             )
@@ -259,6 +272,7 @@ class LorabakeClient:
         repeats: int | None = None,
         trigger_word: str | None = None,
         class_word: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Dataset:
         """Stores a dataset: exactly one of `dataset` (a zip, or a folder zipped on the fly, sent in the
         request), `upload_id` (a zip sent to storage with `upload_direct()`) or `dataset_url` (an http(s)
@@ -270,20 +284,23 @@ class LorabakeClient:
             raise LorabakeClientError(
                 "give exactly one of dataset (a zip or folder), upload_id or dataset_url"
             )
+        key = idempotency_key or new_idempotency_key()
         if dataset is not None:
             response = self._post_zip(
-                "/v1/datasets", dataset, {"options": json.dumps(options)} if options else {}
+                "/v1/datasets", dataset, {"options": json.dumps(options)} if options else {}, key
             )
         else:
             body = {**sources, **({"options": options} if options else {})}
-            response = self._api.request("POST", "/v1/datasets", ok=(201,), json=body)
+            response = self._api.request("POST", "/v1/datasets", ok=(201,), idempotency_key=key, json=body)
         return self._api.parse(Dataset, response)
 
-    def create_upload(self, *, filename: str | None = None) -> Upload:
+    def create_upload(self, *, filename: str | None = None, idempotency_key: str | None = None) -> Upload:
         """`POST /v1/uploads`: a URL to send one dataset zip to, straight to storage (`put_upload()`), and
         the `upload_id` that names it once sent. `filename` is what the dataset is named after."""
         body = _params(filename=filename)
-        return self._api.parse(Upload, self._api.request("POST", "/v1/uploads", ok=(201,), json=body))
+        key = idempotency_key or new_idempotency_key()
+        response = self._api.request("POST", "/v1/uploads", ok=(201,), idempotency_key=key, json=body)
+        return self._api.parse(Upload, response)
 
     def put_upload(self, upload: Upload, dataset: str | os.PathLike[str]) -> None:
         """Sends the zip (a folder is zipped first) to the upload's URL with the headers it names, as the
@@ -339,12 +356,16 @@ class LorabakeClient:
         *,
         webhook: str | None = None,
         webhook_events: Sequence[str] | None = None,
+        idempotency_key: str | None = None,
     ) -> Job:
         """Queues a caption job (`{"method": "wd14", ...}`: blip, wd14, florence2, qwen_vl, joycaption, or
         auto with `model_family`; docs/datasets.md); its result is the next revision. `webhook` and
         `webhook_events` as for `submit_job()`."""
         body = {**config, **_webhook_fields(webhook, webhook_events)}
-        response = self._api.request("POST", f"/v1/datasets/{dataset_id}/caption", ok=(201,), json=body)
+        key = idempotency_key or new_idempotency_key()
+        response = self._api.request(
+            "POST", f"/v1/datasets/{dataset_id}/caption", ok=(201,), idempotency_key=key, json=body
+        )
         return self._api.parse(Job, response)
 
     def get_captions(self, dataset_id: str, *, revision: int | None = None) -> Captions:
@@ -388,12 +409,15 @@ class LorabakeClient:
         scopes: list[str] | None = None,
         admin: bool = False,
         limits: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
     ) -> CreatedKey:
         """A new key for `owner` (admin keys only). Its `key` is in this answer only."""
         body: dict[str, Any] = {"owner": owner, "name": name, "admin": admin, "limits": dict(limits or {})}
         if scopes is not None:
             body["scopes"] = scopes
-        return self._api.parse(CreatedKey, self._api.request("POST", "/v1/keys", ok=(201,), json=body))
+        key = idempotency_key or new_idempotency_key()
+        response = self._api.request("POST", "/v1/keys", ok=(201,), idempotency_key=key, json=body)
+        return self._api.parse(CreatedKey, response)
 
     def list_keys(
         self,
@@ -417,15 +441,20 @@ class LorabakeClient:
 
     # --- webhooks ----------------------------------------------------------------------------------------
     def create_webhook(
-        self, url: str, events: Sequence[str] | None = None, description: str = ""
+        self,
+        url: str,
+        events: Sequence[str] | None = None,
+        description: str = "",
+        *,
+        idempotency_key: str | None = None,
     ) -> CreatedWebhook:
         """Registers `url` to receive every event of your jobs (or those `events` names: `job.status`,
         `job.stage`, `job.progress`, `job.artifact`, `job.succeeded`, `job.failed`, `job.canceled`).
         Keep the answer's `secret`: it verifies the signatures (Standard Webhooks)."""
         body = {"url": url, "events": list(events or []), "description": description}
-        return self._api.parse(
-            CreatedWebhook, self._api.request("POST", "/v1/webhooks", ok=(201,), json=body)
-        )
+        key = idempotency_key or new_idempotency_key()
+        response = self._api.request("POST", "/v1/webhooks", ok=(201,), idempotency_key=key, json=body)
+        return self._api.parse(CreatedWebhook, response)
 
     def list_webhooks(self, *, job_id: str | None = None) -> list[Webhook]:
         """Your registered endpoints, or with `job_id` that job's own `webhook`."""

@@ -1,10 +1,12 @@
 """The HTTP underneath the client: the key on each request, errors as LorabakeAPIError, GETs retried after
-a 503/429's Retry-After, streamed responses, and the artifact redirect to storage."""
+a 503/429's Retry-After, writes that carry an Idempotency-Key retried with it, streamed responses, and the
+artifact redirect to storage."""
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -18,6 +20,13 @@ from lorabake.client.errors import LorabakeAPIError, LorabakeClientError, Loraba
 M = TypeVar("M", bound=BaseModel)
 _IDEMPOTENT = {"GET", "HEAD"}
 _RETRIED_STATUSES = (429, 503)
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+KEY_IN_USE = "idempotency_key_in_use"  # a 409: the same key's first request is still running
+RECONNECT_WAIT = 1.0  # seconds before a keyed write is sent again after its connection failed
+
+
+def new_idempotency_key() -> str:
+    return str(uuid.uuid4())
 
 
 def retry_after(response: httpx.Response) -> float | None:
@@ -48,6 +57,12 @@ def api_error(response: httpx.Response) -> LorabakeAPIError:
         retry_after=retry_after(response),
         request_id=response.headers.get("x-request-id"),
     )
+
+
+def _retried(method: str, error: LorabakeAPIError, *, keyed: bool) -> bool:
+    if method in _IDEMPOTENT:
+        return error.status in _RETRIED_STATUSES
+    return keyed and (error.status == 503 or (error.status == 409 and error.code == KEY_IN_USE))
 
 
 def same_origin(a: str, b: str) -> bool:
@@ -94,20 +109,38 @@ class ApiSession:
             raise LorabakeConnectionError(f"cannot reach {where}: {str(exc) or type(exc).__name__}") from exc
 
     def request(
-        self, method: str, path: str, *, ok: tuple[int, ...] = (200,), timeout: float | None = None, **kw: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        ok: tuple[int, ...] = (200,),
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+        **kw: Any,
     ) -> httpx.Response:
+        """With `idempotency_key`, a write is sent again with the same key after a lost connection, a 503
+        or a 409 `idempotency_key_in_use`: the server answers a repeat with the first answer, so it is never
+        done twice. A 429 is not retried (a limit frees slowly: the caller decides)."""
         headers = {**self.auth, **kw.pop("headers", {})}
+        if idempotency_key is not None:
+            headers[IDEMPOTENCY_HEADER] = idempotency_key
         attempt = 0
         while True:
             request = self.http.build_request(
                 method, path, headers=headers, timeout=timeout or self.timeout, **kw
             )
-            response = self.send(request)
+            attempt += 1
+            try:
+                response = self.send(request)
+            except LorabakeConnectionError:
+                if idempotency_key is None or attempt > self.retries:
+                    raise
+                time.sleep(min(self.max_retry_wait, RECONNECT_WAIT))
+                continue
             if response.status_code in ok:
                 return response
             error = api_error(response)
-            attempt += 1
-            if method in _IDEMPOTENT and error.status in _RETRIED_STATUSES and attempt <= self.retries:
+            if attempt <= self.retries and _retried(method, error, keyed=idempotency_key is not None):
                 wait = error.retry_after if error.retry_after is not None else 1.0
                 time.sleep(min(self.max_retry_wait, wait))
                 continue

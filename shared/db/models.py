@@ -394,3 +394,22 @@ class WebhookAttempt(Base):
     error: Mapped[str | None] = mapped_column(String(500), default=None)
 
     delivery: Mapped[WebhookDelivery] = relationship(back_populates="attempt_log")
+
+
+class IdempotencyKey(Base):
+    """A creating POST's `Idempotency-Key`, per owner: claimed while its request runs, then the answer that
+    a repeat gets until `expires_at` (shared/idempotency.py, api/idempotency.py). The key is kept hashed."""
+
+    __tablename__ = "idempotency_keys"
+
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token: Mapped[str] = mapped_column(String(32))  # the claim's: only its own request finishes or drops it
+    state: Mapped[str] = mapped_column(String(12), default="in_progress")  # in_progress / done
+    fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)  # method, path, body
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    response_body: Mapped[Any] = mapped_column(JSON(none_as_null=True), default=None, nullable=True)
+    response_headers: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # in progress: renewed while the request runs (a stopped process lets go soon); done: the replay window
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -7,7 +7,8 @@ one act at a time):
   (`too_many_attempts`); one whose cancel was asked for is canceled;
 - a queued job whose message the broker no longer holds (Redis lost its data) is sent again (sending the
   jobs that wait for a worker is the scheduler's: shared/jobs/scheduler.py);
-- uploads (POST /v1/uploads) past their expiry are deleted, used or not, with their objects.
+- uploads (POST /v1/uploads) past their expiry are deleted, used or not, with their objects, and so are
+  idempotency keys past theirs (shared/idempotency.py).
 Sending twice is harmless: claiming is atomic and a live lease makes a duplicate do nothing.
 
 After this process loses the database, leases are left alone until it has seen the database up for a full
@@ -28,6 +29,7 @@ from shared.broker_inspect import jobs_in_broker
 from shared.datasets.direct_uploads import expire_uploads
 from shared.db.models import Job, JobStatus, utcnow
 from shared.db.service_lock import try_lock
+from shared.idempotency import expire_idempotency_keys
 from shared.jobs.leases import back_to_queue, end_if_it_must_not_run, held_by
 from shared.jobs.state import RUNNING
 from shared.outages import is_outage
@@ -45,6 +47,7 @@ class ReconcileReport:
     ended: list[str] = field(default_factory=list)  # lease ran out: canceled, or too many attempts
     sent: list[str] = field(default_factory=list)  # (re)sent to the broker
     expired_uploads: list[str] = field(default_factory=list)  # deleted with their objects
+    expired_idempotency_keys: int = 0  # answers out of their replay window, lapsed claims
     skipped: str | None = None  # why nothing was done this pass
 
 
@@ -90,6 +93,7 @@ class Reconciler:
             self.take_back_expired(report)
         self.send_lost(report)
         self.expire_uploads(report)
+        report.expired_idempotency_keys = expire_idempotency_keys(self.sessions)
         return report
 
     # -- uploads nobody used in time --------------------------------------------------------------------

@@ -34,7 +34,7 @@ def test_past_max_queued_a_submission_is_a_429_with_retry_after(canceled_job: Ca
     assert (error.status, error.code) == (429, "too_many_queued")
     assert error.details == {"limit": "max_queued", "value": 1}
     assert error.retry_after is not None and error.retry_after > 0
-    assert canceled_job.queue.submissions_sent == 2  # a write is never retried, even with Retry-After
+    assert canceled_job.queue.submissions_sent == 2  # a refusal (429) is never retried, even with Retry-After
     assert canceled_job.queue.tenant_jobs_after_refusal == 1  # the refused one stored nothing
 
 
