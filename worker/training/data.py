@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from shared.config.buckets import Assignment, BucketSelector, BucketSettings, Size
+from shared.config.buckets import Assignment, BucketSelector, BucketSettings, Size, assign_buckets
 from shared.config.plan import epoch_samples
+from shared.config.spec import TrainingConfig
 from shared.datasets.images import check_mask_size, upright_size
 from shared.datasets.layout import DatasetLayout, ImageEntry, Subset
 from shared.datasets.pixels import alpha_channel, to_rgb
@@ -345,6 +346,52 @@ def cache_latents(
         image_bucket=image_bucket,
         image_row=image_row,
     )
+
+
+@dataclass(frozen=True)
+class CachedImages:
+    """What every family caches from the images before training: their buckets, latents and loss masks."""
+
+    assignments: Mapping[str, Assignment]
+    latents: BucketLatents
+    masks: list[torch.Tensor] | None  # masked_loss / alpha_mask: per bucket [n, 1, h, w] loss weights
+
+
+def cache_images(
+    vae: torch.nn.Module,
+    table: SampleTable,
+    dataset_dir: Path,
+    config: TrainingConfig,
+    seed: int,
+    image_sizes: Mapping[str, Size],
+    cache_dir: Path,
+) -> CachedImages:
+    """Buckets as compute_plan counted them, latents (float32: noise, noisy latents and targets are formed in
+    fp32, only the denoiser's input is cast), and the loss masks, computed from the files each run (the
+    latent cache does not depend on them)."""
+    assignments = assign_buckets(
+        {p: image_sizes[p] for p in table.image_paths}, BucketSettings.from_config(config)
+    )
+    disk_cache = None
+    if config.cache_latents_to_disk:
+        disk_cache = LatentDiskCache(cache_dir, dataset_dir, vae_fingerprint(vae))
+    latents = cache_latents(
+        vae,
+        dataset_dir,
+        table.image_paths,
+        assignments,
+        generator=torch.Generator().manual_seed(seed),
+        flip_aug=config.flip_aug,
+        image_sizes=image_sizes,
+        disk_cache=disk_cache,
+    )
+    masks = None
+    if config.uses_loss_masks:
+        mask_paths = {e.path: e.mask_path for s, e in table.items if config.masked_loss and not s.is_reg}
+        masks = cache_loss_masks(
+            dataset_dir, latents, table.image_paths, assignments, mask_paths, alpha=config.alpha_mask
+        )
+    return CachedImages(assignments=assignments, latents=latents, masks=masks)
 
 
 def _chunk_params(

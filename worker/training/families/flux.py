@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from PIL import Image
 
-from shared.config.buckets import BucketSettings, assign_buckets
 from shared.config.family_options import family_conflicts
 from shared.config.previews import FLUX_GUIDANCE, FLUX_SAMPLER
 from shared.config.sample_prompts import SamplePrompt
@@ -233,28 +232,9 @@ class FluxModel:
         cache_dir: Path,
     ) -> FluxBatches:
         pipe, device = self.pipeline, accelerator.device
-        assignments = assign_buckets(
-            {p: image_sizes[p] for p in table.image_paths}, BucketSettings.from_config(config)
-        )
-        disk_cache = None
-        if config.cache_latents_to_disk:
-            disk_cache = data.LatentDiskCache(cache_dir, dataset_dir, data.vae_fingerprint(pipe.vae))
-        latents = data.cache_latents(
-            pipe.vae,
-            dataset_dir,
-            table.image_paths,
-            assignments,
-            generator=torch.Generator().manual_seed(seed),
-            flip_aug=config.flip_aug,
-            image_sizes=image_sizes,
-            disk_cache=disk_cache,
-        )  # (x - shift_factor) * scaling_factor, float32
-        masks = None
-        if config.uses_loss_masks:
-            mask_paths = {e.path: e.mask_path for s, e in table.items if config.masked_loss and not s.is_reg}
-            masks = data.cache_loss_masks(
-                dataset_dir, latents, table.image_paths, assignments, mask_paths, alpha=config.alpha_mask
-            )
+        # latents are (x - shift_factor) * scaling_factor, float32
+        images = data.cache_images(pipe.vae, table, dataset_dir, config, seed, image_sizes, cache_dir)
+        latents, masks = images.latents, images.masks
         caption_options = CaptionOptions.from_config(config)
         varies = caption_options.varies
         text = None

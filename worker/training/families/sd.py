@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import DDPMScheduler, DiffusionPipeline
 
-from shared.config.buckets import BucketSettings, assign_buckets, sdxl_size_conditioning
+from shared.config.buckets import sdxl_size_conditioning
 from shared.config.spec import TrainingConfig
 from worker.training import conditioning, data, export, lycoris_network, network, sampling, text
 from worker.training import noise as noise_options
@@ -390,28 +390,8 @@ def _prepare_batches(
     cache_dir: Path,
 ) -> _Batches:
     device = accelerator.device
-    assignments = assign_buckets(
-        {p: image_sizes[p] for p in table.image_paths}, BucketSettings.from_config(config)
-    )  # the same buckets compute_plan counted
-    disk_cache = None
-    if config.cache_latents_to_disk:
-        disk_cache = data.LatentDiskCache(cache_dir, dataset_dir, data.vae_fingerprint(pipe.vae))
-    latents = data.cache_latents(
-        pipe.vae,
-        dataset_dir,
-        table.image_paths,
-        assignments,
-        generator=torch.Generator().manual_seed(seed),
-        flip_aug=config.flip_aug,
-        image_sizes=image_sizes,
-        disk_cache=disk_cache,
-    )  # kept float32: noise, noisy latents and targets are formed in fp32, only the UNet input is cast
-    masks = None
-    if config.uses_loss_masks:  # computed from the files each run: the latent cache does not depend on them
-        mask_paths = {e.path: e.mask_path for s, e in table.items if config.masked_loss and not s.is_reg}
-        masks = data.cache_loss_masks(
-            dataset_dir, latents, table.image_paths, assignments, mask_paths, alpha=config.alpha_mask
-        )
+    images = data.cache_images(pipe.vae, table, dataset_dir, config, seed, image_sizes, cache_dir)
+    assignments, latents, masks = images.assignments, images.latents, images.masks
     caption_options = CaptionOptions.from_config(config)
     varies = caption_options.varies  # then each batch brings this step's captions, tokenised per step
     captions = tuple(with_affixes(c, caption_options) for c in table.captions)
