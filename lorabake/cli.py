@@ -363,7 +363,12 @@ def train(
 
 @main.command("tiny-model")
 @click.argument("name", default="tiny-sd15")
-@click.option("--with-captioners", is_flag=True, help="Also write tiny-blip and tiny-wd14 captioners.")
+@click.option(
+    "--with-captioners",
+    is_flag=True,
+    help="Also write tiny captioners: tiny-blip, tiny-wd14, tiny-florence2, tiny-qwen2.5-vl, "
+    "tiny-joycaption.",
+)
 @click.option(
     "--family",
     type=click.Choice(["sd1", "flux1-dev", "flux1-schnell"]),
@@ -386,11 +391,24 @@ def tiny_model(name: str, with_captioners: bool, family: str) -> None:
         target = save_tiny_sd15(settings.models_dir / name)
     click.echo(f'wrote {target}; use "base_model": "{name}"')
     if with_captioners:
-        from worker.devtools.tiny_captioners import save_tiny_blip, save_tiny_wd14
+        from worker.devtools.tiny_captioners import (
+            save_tiny_blip,
+            save_tiny_florence2,
+            save_tiny_joycaption,
+            save_tiny_qwen2_5_vl,
+            save_tiny_wd14,
+        )
 
         save_tiny_blip(settings.models_dir / "tiny-blip")
         save_tiny_wd14(settings.models_dir / "tiny-wd14")
         click.echo('wrote tiny-blip and tiny-wd14 ("blip_model": "tiny-blip", "wd14_model": "tiny-wd14")')
+        save_tiny_florence2(settings.models_dir / "tiny-florence2")
+        save_tiny_qwen2_5_vl(settings.models_dir / "tiny-qwen2.5-vl")
+        save_tiny_joycaption(settings.models_dir / "tiny-joycaption")
+        click.echo(
+            'wrote tiny-florence2, tiny-qwen2.5-vl and tiny-joycaption ("florence2_model": "tiny-florence2", '
+            '"qwen_vl_model": "tiny-qwen2.5-vl", "joycaption_model": "tiny-joycaption")'
+        )
 
 
 # Talking to a server: submit, watch, download, jobs, cancel (lorabake/remote_commands.py).

@@ -1,5 +1,6 @@
-"""`lorabake submit | watch | download | jobs | cancel | webhooks`: a lorabake server from a terminal, through
-lorabake.client. On a terminal they draw rich progress bars and tables; piped, they print plain lines.
+"""`lorabake submit | watch | caption | download | jobs | cancel | webhooks`: a lorabake server from a
+terminal, through lorabake.client. On a terminal they draw rich progress bars and tables; piped, they print
+plain lines.
 
 Exit codes: 0 done (a watched job succeeded), 1 an error (or the watched job failed), 2 bad usage,
 3 the watched job was canceled, 130 stopped with Ctrl-C (the job goes on).
@@ -444,6 +445,12 @@ def follow(client: LorabakeClient, job_id: str) -> int:
     took = ""
     if job.started_at and job.finished_at:
         took = f" in {_duration((job.finished_at - job.started_at).total_seconds())}"
+    if job.status == "succeeded" and job.kind == "caption":
+        click.echo(
+            f"job {job.id} succeeded{took}: caption revision {job.caption_revision} "
+            f"of dataset {job.dataset_id}"
+        )
+        return 0
     if job.status == "succeeded":
         click.echo(f"job {job.id} succeeded{took}: {files}; `lorabake download {job.id} --all` fetches them")
         return 0
@@ -464,6 +471,91 @@ def watch(job_id: str, url: str, key: str | None) -> None:
     with connected(url, key) as client:
         code = follow(client, job_id)
     sys.exit(code)
+
+
+# --- caption -----------------------------------------------------------------------------------------------
+
+CAPTION_METHODS = ("blip", "wd14", "florence2", "qwen_vl", "joycaption", "auto")
+# the config field that names each method's model (shared/config/captioning.py's MODEL_FIELD)
+CAPTION_MODEL_FIELD = {m: f"{m}_model" for m in CAPTION_METHODS if m != "auto"}
+
+
+def caption_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """`key=value` pairs as CaptionConfig fields: a value that reads as JSON (`2`, `true`, `["a", "b"]`,
+    `null`) is that value, anything else is the text as written (`florence2_task=<CAPTION>`)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--option")
+        try:
+            options[name] = json.loads(text)
+        except json.JSONDecodeError:
+            options[name] = text
+    return options
+
+
+@click.command()
+@click.argument("dataset_id")
+@click.option(
+    "--method",
+    required=True,
+    type=click.Choice(CAPTION_METHODS),
+    help="blip (sentences), wd14 (tags), florence2 / qwen_vl / joycaption (vision-language models), or "
+    "auto (the --family's captioner).",
+)
+@click.option(
+    "--model", default=None, metavar="NAME", help="The method's model: a models-folder name or hub id."
+)
+@click.option(
+    "--family",
+    "model_family",
+    default=None,
+    metavar="FAMILY",
+    help="--method auto: the base model family the captions are for (sd1, sdxl, flux1, ...).",
+)
+@click.option(
+    "--option",
+    "-o",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any caption option (docs/datasets.md), repeatable: existing=overwrite, florence2_task=<CAPTION>, "
+    "trigger_placement=first, caption_length=long, batch_size=2 ...",
+)
+@click.option("--watch", "follow_job", is_flag=True, help="Then follow it as `lorabake watch` does.")
+@remote_options
+def caption(
+    dataset_id: str,
+    method: str,
+    model: str | None,
+    model_family: str | None,
+    options: tuple[str, ...],
+    follow_job: bool,
+    url: str,
+    key: str | None,
+) -> None:
+    """Caption a stored dataset's images with a caption job: its result is the dataset's next caption
+    revision. Prints the job's id."""
+    config: dict[str, Any] = {**caption_options(options), "method": method}
+    if model is not None:
+        if method == "auto":
+            raise click.UsageError("--model needs a named --method (auto chooses its own model)")
+        config[CAPTION_MODEL_FIELD[method]] = model
+    if model_family is not None:
+        config["model_family"] = model_family
+    with connected(url, key) as client:
+        job = client.caption_dataset(dataset_id, config)
+        click.echo(job.id)
+        # the job's config holds what runs: for `auto`, the method the family chose
+        chosen = str(job.config.get("method") or method)
+        chosen_model = job.config.get(CAPTION_MODEL_FIELD.get(chosen, ""))
+        if chosen_model:
+            chosen = f"{chosen} ({chosen_model})"
+        click.echo(f"queued: captioning with {chosen}", err=True)
+        if follow_job:
+            sys.exit(follow(client, job.id))
 
 
 # --- download ----------------------------------------------------------------------------------------------
@@ -760,4 +852,4 @@ def redeliver(webhook_id: str, delivery_id: str, url: str, key: str | None) -> N
     click.echo(f"delivery {delivery.id} ({delivery.event_type}) is being sent again")
 
 
-COMMANDS = [submit, watch, download, list_jobs, cancel, webhooks]
+COMMANDS = [submit, watch, caption, download, list_jobs, cancel, webhooks]

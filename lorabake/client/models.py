@@ -185,6 +185,10 @@ class Captions(_Model):
     dataset_id: str
     revision: int
     captions: list[Caption] = []
+    # what made the revision (`upload`, `edit`, or the caption method) and, for a caption job's, its
+    # captioner: `method`, `model` and every option (`options`)
+    source: str | None = None
+    captioner: dict[str, Any] | None = None
 
     def by_path(self) -> dict[str, str | None]:
         return {c.path: c.caption for c in self.captions}

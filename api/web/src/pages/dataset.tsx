@@ -208,6 +208,16 @@ function CaptionCard({
 }
 
 const CAPTION_COMMON = ["existing", "prefix", "postfix", "batch_size"];
+/** What the sentence captioners share: where the trigger word goes, and the vision-language models' decoding. */
+const TRIGGER = ["trigger_placement", "trigger_word", "class_word"];
+const VLM = ["max_new_tokens", "do_sample", "temperature", "precision"];
+export const CAPTION_METHODS: { value: string; label: string }[] = [
+  { value: "blip", label: "BLIP (sentences, photos)" },
+  { value: "wd14", label: "WD14 (tags, anime)" },
+  { value: "florence2", label: "Florence-2 (detailed sentence, FLUX)" },
+  { value: "qwen_vl", label: "Qwen-VL (your instruction)" },
+  { value: "joycaption", label: "JoyCaption (caption types)" },
+];
 const CAPTION_ONLY: Record<string, string[]> = {
   blip: ["blip_model", "beam_search", "num_beams", "min_length", "max_length", "top_p"],
   wd14: [
@@ -221,7 +231,19 @@ const CAPTION_ONLY: Record<string, string[]> = {
     "include_rating_tags",
     "tag_separator",
   ],
+  florence2: ["florence2_model", "florence2_task", ...TRIGGER, ...VLM],
+  qwen_vl: ["qwen_vl_model", "instruction", "caption_length", ...TRIGGER, ...VLM],
+  joycaption: ["joycaption_model", "joycaption_type", "caption_length", "instruction", ...TRIGGER, ...VLM],
 };
+
+/** Which captioner wrote a revision (GET captions' `source` and `captioner`), in one line. */
+export function captionerText(source: string | null | undefined, captioner: Record<string, unknown> | null | undefined): string {
+  if (!source) return "";
+  if (!captioner) return `made by: ${source}`;
+  const method = typeof captioner["method"] === "string" ? captioner["method"] : source;
+  const model = typeof captioner["model"] === "string" ? ` (${captioner["model"]})` : "";
+  return `captioned by ${method}${model}`;
+}
 
 function CaptioningForm({ dataset }: { dataset: Dataset }) {
   const { schema, error: schemaError } = useSchema("CaptionConfig");
@@ -259,10 +281,16 @@ function CaptioningForm({ dataset }: { dataset: Dataset }) {
     <form onSubmit={submit}>
       <fieldset class="inline">
         <legend>Captioner</legend>
-        {["blip", "wd14"].map((m) => (
+        {CAPTION_METHODS.map((m) => (
           <label class="radio">
-            <input type="radio" name="caption-method" value={m} checked={method === m} onChange={() => setMethod(m)} />
-            {m === "blip" ? "BLIP (sentences, photos)" : "WD14 (tags, anime)"}
+            <input
+              type="radio"
+              name="caption-method"
+              value={m.value}
+              checked={method === m.value}
+              onChange={() => setMethod(m.value)}
+            />
+            {m.label}
           </label>
         ))}
       </fieldset>
@@ -288,7 +316,12 @@ function CaptioningForm({ dataset }: { dataset: Dataset }) {
 
 export function DatasetPage({ id }: { id: string }) {
   const [dataset, setDataset] = useState<Dataset | null>(null);
-  const [captions, setCaptions] = useState<{ revision: number; items: Caption[] } | null>(null);
+  const [captions, setCaptions] = useState<{
+    revision: number;
+    items: Caption[];
+    source?: string | null;
+    captioner?: Record<string, unknown> | null;
+  } | null>(null);
   const [viewRevision, setViewRevision] = useState<number | null>(null);
   const [tags, setTags] = useState<TagCount[]>([]);
   const [error, setError] = useState<unknown>(null);
@@ -310,7 +343,7 @@ export function DatasetPage({ id }: { id: string }) {
       );
       const tagList = unwrap(await api.GET("/v1/datasets/{dataset_id}/tags", { params: { path: { dataset_id: id } } }));
       setDataset(ds);
-      setCaptions({ revision: caps.revision, items: caps.captions });
+      setCaptions({ revision: caps.revision, items: caps.captions, source: caps.source, captioner: caps.captioner });
       setTags(tagList);
       setError(null);
     } catch (e) {
@@ -370,6 +403,9 @@ export function DatasetPage({ id }: { id: string }) {
               </option>
             ))}
           </select>
+          <span class="muted" data-testid="revision-captioner">
+            {captionerText(captions.source, captions.captioner)}
+          </span>
           {readOnly && (
             <>
               <span class="muted">Viewing revision {captions.revision} (read only).</span>
@@ -483,7 +519,7 @@ export function DatasetPage({ id }: { id: string }) {
           )}
         </Section>
       </div>
-      <Section title="Caption with BLIP or WD14" id="captioning">
+      <Section title="Caption automatically" id="captioning">
         <CaptioningForm dataset={dataset} />
       </Section>
     </>
