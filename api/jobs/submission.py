@@ -9,7 +9,7 @@ import logging
 
 from api.datasets.service import owned_dataset, store_caption_snapshot
 from api.errors import validate_json_model
-from api.models.service import require_known_base_model
+from api.models.service import require_known_base_model, with_catalogue_name
 from api.queue.service import job_queue
 from api.state import AppState
 from api.uploads import ReceivedFile
@@ -49,6 +49,7 @@ def submit_job(
     api_key_id: str | None = None,
     queue: str | None = None,
 ) -> Job:
+    config = with_catalogue_name(state, config)  # a single file named by its stem
     family = require_known_base_model(state, config)
     queue = job_queue(state, config, queue)
     report = inspect_dataset_zip(upload.path, config, state.settings.zip_limits)
@@ -100,6 +101,7 @@ def submit_dataset_job(
     queue: str | None = None,
 ) -> Job:
     """A training job on a stored dataset, pinned to its current caption revision."""
+    config = with_catalogue_name(state, config)  # a single file named by its stem
     family = require_known_base_model(state, config)
     queue = job_queue(state, config, queue)
     with state.sessions() as session:

@@ -9,6 +9,7 @@ from shared.catalogue.records import (
     CatalogueModel,
     UnknownBaseModel,
     catalogue_family,
+    catalogue_name,
     check_base_model,
     list_models,
 )
@@ -24,6 +25,14 @@ def catalogue(state: AppState) -> list[CatalogueModel]:
     with state.sessions() as session:
         alive_within = 3 * state.settings.lease_renew_seconds  # as readiness counts workers
         return list_models(session, _retention(state), alive_within)
+
+
+def with_catalogue_name(state: AppState, config: TrainingConfig) -> TrainingConfig:
+    """The config with base_model as the catalogue lists it: a single file named by its stem ("flux1-dev")
+    becomes its file name, so everything after (the catalogue's family, routing, the worker) finds it."""
+    with state.sessions() as session:
+        name = catalogue_name(session, config.base_model, _retention(state))
+    return config if name == config.base_model else config.model_copy(update={"base_model": name})
 
 
 def require_known_base_model(state: AppState, config: TrainingConfig) -> str | None:

@@ -14,7 +14,7 @@ from api.datasets.service import owned_dataset
 from api.deps import JobsRead, Owner, State
 from api.errors import validate_json_model
 from api.jobs.submission import dataset_job_config, parse_config
-from api.models.service import base_model_note, require_known_base_model
+from api.models.service import base_model_note, require_known_base_model, with_catalogue_name
 from api.openapi_doc import schema_ref
 from api.schemas import error_responses
 from api.state import AppState
@@ -248,6 +248,7 @@ async def dry_run(request: Request, owner: JobsRead, state: State) -> PlanOut:
     if unknown:
         raise _unprocessable(f"unknown field {unknown[0]!r}", unknown[0])
     config = parse_config(body.get("config"))
+    config = await run_in_threadpool(with_catalogue_name, state, config)  # a single file by its stem
     family = await run_in_threadpool(require_known_base_model, state, config)
     dataset_id, counts = body.get("dataset_id"), body.get("counts")
     if (dataset_id is None) == (counts is None):

@@ -11,11 +11,12 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import PurePosixPath
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from shared.catalogue.families import HUB_REPO_ID, path_problem
+from shared.catalogue.families import HUB_REPO_ID, SINGLE_FILE_SUFFIXES, path_problem
 from shared.catalogue.last_report import last_report, report_note
 from shared.catalogue.scan import ModelEntry
 from shared.db.models import BaseModelRecord, ModelReport, WorkerModel, WorkerProcess, as_utc, utcnow
@@ -125,6 +126,22 @@ def catalogue_family(session: Session, name: str, retention: timedelta) -> str |
             BaseModelRecord.name == name, BaseModelRecord.last_seen_at >= utcnow() - retention
         )
     )
+
+
+def catalogue_name(session: Session, name: str, retention: timedelta) -> str:
+    """The listed name a job means: `name` itself, or a single file's full name when `name` is its stem
+    ("flux1-dev" for flux1-dev.safetensors, as users name the model they downloaded); `name` otherwise."""
+    if PurePosixPath(name).suffix.lower() in SINGLE_FILE_SUFFIXES:
+        return name
+    candidates = [name, *(name + suffix for suffix in SINGLE_FILE_SUFFIXES)]
+    listed = set(
+        session.scalars(
+            select(BaseModelRecord.name).where(
+                BaseModelRecord.name.in_(candidates), BaseModelRecord.last_seen_at >= utcnow() - retention
+            )
+        )
+    )
+    return next((c for c in candidates if c in listed), name)
 
 
 class UnknownBaseModel(LorabakeError):

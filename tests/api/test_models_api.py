@@ -99,3 +99,18 @@ def test_a_listed_model_and_with_downloads_allowed_a_hub_id_are_accepted(env, he
             "/v1/plan", headers=headers, json={**planned, "config": {"base_model": "nothing-here"}}
         )
         assert not_hub.status_code == 422
+
+
+def test_a_single_file_may_be_named_by_its_stem(client, headers):
+    """Users name the model they downloaded ("flux1-dev" for flux1-dev.safetensors): the plan and the job
+    take the stem and record the catalogue's full name, so the worker and the family checks find it."""
+    body = {
+        "config": {"base_model": "tiny-sd15-single", "resolution": 64, "min_bucket_reso": 64},
+        "counts": COUNTS,
+    }
+    response = client.post("/v1/plan", headers=headers, json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["config"]["base_model"] == "tiny-sd15-single.safetensors"
+    assert response.json()["family"] == "sd1"
+    unknown = client.post("/v1/plan", headers=headers, json={**body, "config": {"base_model": "tiny-sd1"}})
+    assert unknown.status_code == 422  # a stem of nothing listed is still refused

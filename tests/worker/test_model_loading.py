@@ -257,3 +257,12 @@ def test_resolved_model_is_a_plain_value(models_dir: Path):
     assert resolve_base_model("tiny", models_dir) == ResolvedModel(
         "tiny", "diffusers", "local", models_dir / "tiny", models_dir
     )
+
+
+def test_a_single_file_resolves_by_its_stem(models_dir: Path):
+    """`lorabake train` with "base_model": "flux1-dev" finds flux1-dev.safetensors, as the API's plan does."""
+    from worker.training.model_loading import resolve_base_model
+
+    resolved = resolve_base_model("checkpoints/tiny", models_dir)
+    assert resolved.kind == "single_file" and resolved.path.name == "tiny.safetensors"
+    assert resolve_base_model("tiny", models_dir).kind == "diffusers"  # a folder of that name wins

@@ -178,6 +178,11 @@ def resolve_base_model(
         path = models_dir / raw
     if path.exists():
         return _classify_local(ref, path, models_dir, cache_dir, allow_download)
+    for suffix in SINGLE_FILE_SUFFIXES if raw.suffix.lower() not in SINGLE_FILE_SUFFIXES else ():
+        if path.with_name(path.name + suffix).is_file():  # a single file named by its stem ("flux1-dev")
+            return _classify_local(
+                ref, path.with_name(path.name + suffix), models_dir, cache_dir, allow_download
+            )
     if not raw.is_absolute() and HUB_REPO_ID.match(ref) and raw.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         return _resolve_hub(ref, models_dir, cache_dir, allow_download)
     raise BaseModelError(ref, f"not found in the models folder: {shown(path, models_dir)}")
