@@ -253,7 +253,15 @@ async def caption_dataset(
     webhook = parse_job_webhook(body.webhook, body.webhook_events, state.settings)
     config = body.caption_config()
     job = await run_in_threadpool(
-        submit_caption_job, state, caller.owner, dataset_id, config, webhook, api_key_id=caller.key_id
+        submit_caption_job,
+        state,
+        caller.owner,
+        dataset_id,
+        config,
+        webhook,
+        api_key_id=caller.key_id,
+        chosen_by="method 'auto'" if body.method == "auto" else None,
+
     )
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobOut.of(job)

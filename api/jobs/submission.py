@@ -9,7 +9,12 @@ import logging
 
 from api.datasets.service import owned_dataset, store_caption_snapshot
 from api.errors import validate_json_model
-from api.models.service import require_known_base_model, with_catalogue_name
+from api.models.service import (
+    require_known_base_model,
+    require_known_captioner,
+    require_known_training_captioner,
+    with_catalogue_name,
+)
 from api.queue.service import job_queue
 from api.state import AppState
 from api.uploads import ReceivedFile
@@ -55,6 +60,7 @@ def submit_job(
     report = inspect_dataset_zip(upload.path, config, state.settings.zip_limits)
     # preset (for the family), buckets by probed sizes
     run = plan_run(config, report.layout, report.image_sizes, report, family)
+    require_known_training_captioner(state, config, run.config)
 
     job_id = new_id()
     dataset_key = f"jobs/{job_id}/dataset.zip"
@@ -117,6 +123,7 @@ def submit_dataset_job(
         layout = dataset_layout(dataset)
         config = dataset_job_config(config, layout)
         run = plan_run(config, layout, image_sizes(dataset), dataset.report, family)  # upright, as probed
+        require_known_training_captioner(state, config, run.config)
         job_id = new_id()
         captions_key = store_caption_snapshot(state, job_id, dataset)
         job = Job(
@@ -143,11 +150,15 @@ def submit_caption_job(
     webhook: JobWebhook | None = None,
     *,
     api_key_id: str | None = None,
+    chosen_by: str | None = None,
 ) -> Job:
     """A captioning run over a stored dataset, queued like a training job (it needs the GPU too), with its
-    own `webhook` as a training job has it. It counts towards its key's `max_running`."""
+    own `webhook` as a training job has it. It counts towards its key's `max_running`. `chosen_by`: what
+    chose the method (`method 'auto'`), for the refusal of a captioner no worker has."""
     with state.sessions() as session:
-        dataset = owned_dataset(session, owner, dataset_id)
+        dataset = owned_dataset(session, owner, dataset_id)  # an unknown dataset is a 404 first
+        require_known_captioner(state, config, "", chosen_by)
+
         images = sum(1 for image in dataset.images if not image.is_reg)
         job = Job(
             id=new_id(),

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from shared.catalogue.captioners import CAPTIONER_KIND
 from shared.catalogue.families import ModelFamily
 from shared.catalogue.records import CatalogueModel
 
@@ -30,8 +31,23 @@ class ModelOut(BaseModel):
     workers_online: int = Field(description="workers alive now that have it (0: jobs wait for one)")
 
 
+class CaptionerOut(BaseModel):
+    name: str = Field(description="what the caption config's `<method>_model` field takes")
+    method: Literal["blip", "wd14", "florence2", "qwen_vl", "joycaption"] = Field(
+        description="the captioning method it serves"
+    )
+    source: Literal["local", "hub_cache"]
+    size_bytes: int
+    last_seen_at: datetime = Field(description="when a worker last reported having it")
+    workers_online: int = Field(description="workers alive now that have it (0: jobs wait for one)")
+
+
 class ModelList(BaseModel):
-    items: list[ModelOut]
+    items: list[ModelOut] = Field(description="base models (what config.base_model takes)")
+    captioners: list[CaptionerOut] = Field(
+        description="captioner models (what a caption config's `<method>_model` takes); a caption job or a "
+        "training job's `captioning` naming one not listed here is refused unless downloads are allowed"
+    )
     downloads_allowed: bool = Field(
         description="whether a hub repo id not listed here is accepted (workers download it)"
     )
@@ -41,16 +57,29 @@ class ModelList(BaseModel):
         return ModelList(
             items=[
                 ModelOut(
-                    name=m.name,
+                    **_reported(m),
                     family=m.family,  # type: ignore[arg-type]
                     prediction_type=m.prediction_type,
                     kind=m.kind,  # type: ignore[arg-type]
-                    source=m.source,  # type: ignore[arg-type]
-                    size_bytes=m.size_bytes,
-                    last_seen_at=m.last_seen_at,
-                    workers_online=len(m.workers),
                 )
                 for m in models
+                if m.kind != CAPTIONER_KIND
+            ],
+            captioners=[
+                CaptionerOut(**_reported(m), method=m.captioner)  # type: ignore[arg-type]
+                for m in models
+                if m.kind == CAPTIONER_KIND
             ],
             downloads_allowed=downloads_allowed,
         )
+
+
+def _reported(m: CatalogueModel) -> dict[str, Any]:
+    """What a base model and a captioner both say."""
+    return {
+        "name": m.name,
+        "source": m.source,
+        "size_bytes": m.size_bytes,
+        "last_seen_at": m.last_seen_at,
+        "workers_online": len(m.workers),
+    }

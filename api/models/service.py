@@ -1,4 +1,5 @@
-"""The catalogue as the API uses it: listing, and refusing a job for a base model no worker has."""
+"""The catalogue as the API uses it: listing, and refusing a job for a base model or a captioner no worker
+has."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from shared.catalogue.records import (
     catalogue_family,
     catalogue_name,
     check_base_model,
+    check_captioner,
     list_models,
 )
+from shared.config.captioning import CaptionConfig
 from shared.config.family_options import checked_family
 from shared.config.spec import TrainingConfig
 
@@ -43,6 +46,35 @@ def require_known_base_model(state: AppState, config: TrainingConfig) -> str | N
         check_base_model(session, config.base_model, _retention(state), state.settings.allow_model_downloads)
         family = catalogue_family(session, config.base_model, _retention(state))
     return checked_family(config, family)
+
+
+def require_known_captioner(
+    state: AppState, config: CaptionConfig | None, field_prefix: str, chosen_by: str | None = None
+) -> None:
+    """422 naming `<field_prefix><method>_model`, with the `hf download` command that gets it, unless a
+    worker has the captioner `config` loads (or may download it); nothing when there is no captioning."""
+    if config is None:
+        return
+    assert state.settings.models_dir is not None  # set by Settings
+    with state.sessions() as session:
+        check_captioner(
+            session,
+            config,
+            field_prefix,
+            _retention(state),
+            state.settings.allow_model_downloads,
+            state.settings.models_dir,
+            chosen_by,
+        )
+
+
+def require_known_training_captioner(
+    state: AppState, requested: TrainingConfig, planned: TrainingConfig
+) -> None:
+    """require_known_captioner for a training job that captions first, on what `auto` became."""
+    auto = requested.captioning is not None and requested.captioning.method == "auto"
+    chosen_by = "config.captioning.method 'auto'" if auto else None
+    require_known_captioner(state, planned.captioning, "config.captioning.", chosen_by)
 
 
 def base_model_note(state: AppState, name: str) -> str | None:

@@ -27,6 +27,7 @@ from lorabake.client.models import (
     BaseModelInfo,
     Caption,
     CaptionEditResult,
+    CaptionerInfo,
     Captions,
     Checkpoint,
     CreatedKey,
@@ -65,7 +66,9 @@ __all__ = [
     "BaseModelInfo",
     "Caption",
     "CaptionEditResult",
+    "CaptionerInfo",
     "Captions",
+
     "Checkpoint",
     "ChecksumMismatchError",
     "CreatedKey",

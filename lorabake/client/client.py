@@ -398,7 +398,9 @@ class LorabakeClient:
 
     # --- base models, API keys ----------------------------------------------------------------------------
     def list_models(self) -> ModelCatalogue:
-        """The base models the workers reported, by the name `config.base_model` takes."""
+        """The base models the workers reported, by the name `config.base_model` takes (`items`), and the
+        captioner models (`captioners`)."""
+
         return self._api.parse(ModelCatalogue, self._api.request("GET", "/v1/models"))
 
     def create_key(

@@ -281,8 +281,21 @@ class BaseModelInfo(_Model):
     workers_online: int = 0
 
 
+class CaptionerInfo(_Model):
+    """A captioner model the workers reported (a caption config's `<method>_model` takes its `name`)."""
+
+    name: str
+    method: str = ""  # blip, wd14, florence2, qwen_vl, joycaption
+    source: str = ""  # local, hub_cache
+    size_bytes: int = 0
+    last_seen_at: UtcDatetime | None = None
+    workers_online: int = 0
+
+
 class ModelCatalogue(_Model):
     items: list[BaseModelInfo]
+    captioners: list[CaptionerInfo] = []  # apart from the base models
+
     downloads_allowed: bool = False  # whether a hub repo id not listed is accepted (workers download it)
 
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.db.models import ModelReport, WorkerModel, as_utc, utcnow
+from shared.catalogue.captioners import CAPTIONER_KIND
+from shared.db.models import BaseModelRecord, ModelReport, WorkerModel, as_utc, utcnow
 
 SHOWN_NAMES = 5
 # Workers watch their models folder (shared/catalogue/watch.py): a new model is reported within seconds.
@@ -19,7 +20,7 @@ SEEN_WITHIN = "a model put in a worker's models folder is reported within second
 class LastReport:
     seconds_ago: float
     reporters: int  # workers (or other holders) with a report on record
-    listed: list[str]  # what the newest report listed
+    listed: list[str]  # the base models the newest report listed
 
 
 def last_report(session: Session) -> LastReport | None:
@@ -32,8 +33,11 @@ def last_report(session: Session) -> LastReport | None:
     if newest is None:
         return None
     reporters = session.scalar(select(func.count()).select_from(ModelReport)) or 0
+    captioners = select(BaseModelRecord.name).where(BaseModelRecord.kind == CAPTIONER_KIND)
     listed = session.scalars(
-        select(WorkerModel.name).where(WorkerModel.worker_id == newest.worker_id).order_by(WorkerModel.name)
+        select(WorkerModel.name)
+        .where(WorkerModel.worker_id == newest.worker_id, WorkerModel.name.not_in(captioners))
+        .order_by(WorkerModel.name)
     )
     age = max(0.0, (utcnow() - as_utc(newest.reported_at)).total_seconds())
     return LastReport(age, reporters, list(listed))

@@ -1,6 +1,7 @@
-"""A worker's report of what base models it has: at start, within seconds of a change in its models folder
-(a watch polled by the duties loop), and every `model_scan_seconds` (which also keeps the models' last_seen_at
-fresh for the catalogue's retention, and catches what the watch does not see: the Hugging Face cache)."""
+"""A worker's report of what base models and captioner models it has: at start, within seconds of a change
+in its models folder (a watch polled by the duties loop), and every `model_scan_seconds` (which also keeps the
+models' last_seen_at fresh for the catalogue's retention, and catches what the watch does not see: the Hugging
+Face cache)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.catalogue.captioners import CAPTIONER_KIND
 from shared.catalogue.records import record_models
 from shared.catalogue.scan import ModelEntry, ModelScanner
 from shared.catalogue.watch import FolderWatch
@@ -67,4 +69,6 @@ def report_before_start(settings: Settings, worker_id: str, *, say: bool = True)
 
 
 def _names(entries: list[ModelEntry]) -> str:
-    return ", ".join(e.name for e in entries) or "none"
+    base = ", ".join(e.name for e in entries if e.kind != CAPTIONER_KIND) or "none"
+    captioners = ", ".join(e.name for e in entries if e.kind == CAPTIONER_KIND)
+    return base + (f"; captioners: {captioners}" if captioners else "")

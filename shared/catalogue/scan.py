@@ -1,4 +1,5 @@
-"""What base models a worker can train on: the models folder and the Hugging Face cache, read without torch.
+"""What base models a worker can train on, and what captioners it can caption with: the models folder and
+the Hugging Face cache, read without torch.
 
 Listed, with the name `base_model` takes:
 - a diffusers folder (model_index.json of an SD1.x/SD2.x/SDXL or FLUX.1 pipeline), at the top of the models
@@ -6,7 +7,9 @@ Listed, with the name `base_model` takes:
 - a single-file checkpoint (`.safetensors`, read from its header; `.ckpt`, whose family is only known
   when a job loads it, since reading its keys means unpickling);
 - a hub repo in the Hugging Face cache whose snapshot is a diffusers pipeline (what a hub id loads
-  offline).
+  offline);
+- a captioner (kind `captioner`, not a base model): a BLIP, Florence-2, Qwen-VL or LLaVA (JoyCaption) folder
+  in transformers' format, or a WD14 tagger folder, where the worker's captioning looks (captioners.py).
 
 Not listed: `configs/` and `<stem>.config/` folders (configs for single files), other pipelines, LoRA or
 VAE files, hidden entries. A file is read again only when its size or mtime changed, so a rescan is cheap.
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from shared.catalogue.captioners import captioner_method
 from shared.catalogue.families import (
     SHARED_CONFIGS,
     SINGLE_FILE_SUFFIXES,
@@ -43,9 +47,10 @@ class ModelEntry:
     name: str  # what `base_model` takes: a path relative to the models folder, or a hub repo id
     family: ModelFamily | None  # None: a .ckpt, read when a job loads it
     prediction_type: str | None  # epsilon / v_prediction; None: not known until a job sets or loads it
-    kind: Literal["diffusers", "single_file"]
+    kind: Literal["diffusers", "single_file", "captioner"]
     source: Literal["local", "hub_cache"]
     size_bytes: int
+    captioner: str | None = None  # kind captioner: the method it serves (blip, wd14, florence2, ...)
 
 
 def _read_json(path: Path) -> dict:
@@ -81,6 +86,20 @@ def pipeline_entry(folder: Path, name: str, source: Literal["local", "hub_cache"
     return ModelEntry(name, family, prediction, "diffusers", source, _folder_bytes(folder))
 
 
+def captioner_entry(folder: Path, name: str, source: Literal["local", "hub_cache"]) -> ModelEntry | None:
+    method = captioner_method(folder)
+    if method is None:
+        return None
+    return ModelEntry(name, None, None, "captioner", source, _folder_bytes(folder), captioner=method)
+
+
+def folder_entry(folder: Path, name: str, source: Literal["local", "hub_cache"]) -> ModelEntry | None:
+    """A diffusers pipeline or a captioner, else None."""
+    if (folder / "model_index.json").is_file():
+        return pipeline_entry(folder, name, source)
+    return captioner_entry(folder, name, source)
+
+
 class ModelScanner:
     """Scans a models folder (and a hub cache); remembers what each single file was, by (size, mtime)."""
 
@@ -114,7 +133,7 @@ class ModelScanner:
             return None
         name = path.relative_to(self.models_dir).as_posix()
         if path.is_dir():
-            return pipeline_entry(path, name, "local") if (path / "model_index.json").is_file() else None
+            return folder_entry(path, name, "local")
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES or not path.is_file():
             return None
         stat = path.stat()
@@ -162,7 +181,7 @@ class ModelScanner:
             if repo.repo_type != "model" or not repo.revisions:
                 continue
             newest = max(repo.revisions, key=lambda r: r.last_modified)
-            entry = pipeline_entry(Path(newest.snapshot_path), repo.repo_id, "hub_cache")
+            entry = folder_entry(Path(newest.snapshot_path), repo.repo_id, "hub_cache")
             if entry is not None:
                 found.append(entry)
         return found

@@ -188,14 +188,17 @@ class WorkerProcess(Base):
 
 class BaseModelRecord(Base):
     """A base model a worker has reported (what `base_model` can name; GET /v1/models). Kept after its
-    workers are gone, so a restart of every worker does not make the deployment forget what it trains on."""
+    workers are gone, so a restart of every worker does not make the deployment forget what it trains on.
+    A captioner model is reported the same way (kind `captioner`: what a caption config's `*_model` names)."""
 
     __tablename__ = "base_models"
 
     name: Mapped[str] = mapped_column(String(500), primary_key=True)  # what `base_model` takes
     family: Mapped[str | None] = mapped_column(String(10), default=None)  # sd1 / sd2 / sdxl; None: unread
     prediction_type: Mapped[str | None] = mapped_column(String(20), default=None)
-    kind: Mapped[str] = mapped_column(String(20))  # diffusers / single_file
+    kind: Mapped[str] = mapped_column(String(20))  # diffusers / single_file / captioner
+    captioner: Mapped[str | None] = mapped_column(String(20), default=None)  # its method: blip, florence2...
+
     source: Mapped[str] = mapped_column(String(20))  # local / hub_cache
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)

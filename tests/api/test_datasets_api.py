@@ -274,12 +274,13 @@ def test_zip_with_wrapper_and_junk_is_read(client, headers, tmp_path):
 def test_caption_method_auto_follows_the_family(client, headers, tmp_path):
     dataset = upload(client, headers, write_zip(tmp_path / "a.zip", kohya_entries(images=2))).json()
     url = f"/v1/datasets/{dataset['id']}/caption"
-    job = client.post(url, headers=headers, json={"method": "auto", "model_family": "flux1"})
+    tiny = {"florence2_model": "tiny-florence2", "wd14_model": "tiny-wd14"}  # captioners a worker has
+    job = client.post(url, headers=headers, json={"method": "auto", "model_family": "flux1", **tiny})
     assert job.status_code == 201, job.text
     config = job.json()["config"]
     assert (config["method"], config["florence2_task"]) == ("florence2", "<DETAILED_CAPTION>")
     assert "model_family" not in config
-    tags = client.post(url, headers=headers, json={"method": "auto", "model_family": "sdxl"}).json()
+    tags = client.post(url, headers=headers, json={"method": "auto", "model_family": "sdxl", **tiny}).json()
     assert tags["config"]["method"] == "wd14"
     # no family to choose from, or an option the chosen captioner cannot take: a 422 naming the field
     for body, field in [

@@ -298,7 +298,11 @@ def test_each_creating_route_honours_the_key(client, headers, owner, pg_url, zip
         "datasets": (lambda: post_dataset(client, keyed, zip_path), Dataset),
         "uploads": (lambda: client.post("/v1/uploads", headers=keyed, json={"filename": "a.zip"}), Upload),
         "caption": (
-            lambda: client.post(f"/v1/datasets/{dataset_id}/caption", headers=keyed, json={"method": "blip"}),
+            lambda: client.post(
+                f"/v1/datasets/{dataset_id}/caption",
+                headers=keyed,
+                json={"method": "blip", "blip_model": "tiny-blip"},
+            ),
             Job,
         ),
         "comparisons": (

@@ -1,8 +1,10 @@
-"""GET /v1/models, and jobs and plans for a base model no worker has refused before anything is stored."""
+"""GET /v1/models, and jobs and plans for a base model no worker has refused before anything is stored; the
+same for caption jobs and training jobs naming a captioner no worker has."""
 
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 from fastapi.testclient import TestClient
@@ -114,3 +116,114 @@ def test_a_single_file_may_be_named_by_its_stem(client, headers):
     assert response.json()["family"] == "sd1"
     unknown = client.post("/v1/plan", headers=headers, json={**body, "config": {"base_model": "tiny-sd1"}})
     assert unknown.status_code == 422  # a stem of nothing listed is still refused
+
+
+# --- captioners: listed apart from base models, and a caption config naming one no worker has is refused ---
+
+TINY_CAPTIONERS = {
+    "tiny-blip": "blip",
+    "tiny-wd14": "wd14",
+    "tiny-florence2": "florence2",
+    "tiny-qwen2.5-vl": "qwen_vl",
+    "tiny-joycaption": "joycaption",
+}
+
+
+def stored_dataset(client: TestClient, headers: dict, tmp_path) -> str:  # noqa: ANN001
+    zip_path = write_zip(tmp_path / "stored.zip", kohya_entries(images=2, webp=False))
+    with open(zip_path, "rb") as fh:
+        created = client.post("/v1/datasets", headers=headers, files={"dataset": ("stored.zip", fh)})
+    assert created.status_code == 201, created.text
+    return created.json()["id"]
+
+
+def test_captioners_are_listed_apart_from_base_models(client, headers):
+    body = client.get("/v1/models", headers=headers).json()
+    captioners = {c["name"]: c for c in body["captioners"]}
+    # the session's catalogue is the real scan of the tiny models folder (tests/support/services.py)
+    assert {name: captioners[name]["method"] for name in TINY_CAPTIONERS} == TINY_CAPTIONERS
+    assert (
+        captioners["tiny-florence2"]["source"] == "local" and captioners["tiny-florence2"]["size_bytes"] > 0
+    )
+    assert not set(TINY_CAPTIONERS) & {m["name"] for m in body["items"]}
+    assert "tiny-sd15" not in captioners
+
+
+def test_a_captioner_no_worker_has_is_refused_with_its_hf_download_command(
+    client, headers, tmp_path, models_dir, s3_server, bucket
+):
+    dataset_id = stored_dataset(client, headers, tmp_path)
+    stored = bucket_keys(s3_server, bucket)
+    url = f"/v1/datasets/{dataset_id}/caption"
+    repo = "fancyfeast/llama-joycaption-beta-one-hf-llava"  # the default JoyCaption: not in the models folder
+    command = (
+        f"hf download {repo} --include '*.json' --include '*.jinja' --include '*.txt' --include '*.model' "
+        f"--include '*.safetensors' --local-dir {models_dir / repo}"
+    )
+    refused = client.post(url, headers=headers, json={"method": "joycaption"})
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["error"]
+    assert (error["code"], error["details"]["field"]) == ("unknown_caption_model", "joycaption_model")
+    assert error["details"]["download_command"] == command and command in error["message"]
+    assert "'tiny-joycaption'" in error["message"]  # the JoyCaption models the workers do have
+
+    # `auto` chose Florence-2's default for FLUX.1: the refusal names the model field and what chose it
+    auto = client.post(url, headers=headers, json={"method": "auto", "model_family": "flux1"})
+    assert auto.status_code == 422, auto.text
+    assert auto.json()["error"]["details"]["field"] == "florence2_model"
+    assert "method 'auto'" in auto.json()["error"]["message"]
+    assert "hf download florence-community/Florence-2-large" in auto.json()["error"]["message"]
+
+    # a captioner of another kind than the method is refused too (the worker would not load it)
+    other = client.post(url, headers=headers, json={"method": "qwen_vl", "qwen_vl_model": "tiny-joycaption"})
+    assert other.status_code == 422 and "is a JoyCaption model, not a Qwen-VL one" in other.text
+
+    # a training job that captions first: the field is the config's
+    training = submit(
+        client, headers, tmp_path, {"base_model": "tiny-sd15", "captioning": {"method": "wd14"}}
+    )
+    assert training.status_code == 422, training.text
+    assert training.json()["error"]["details"]["field"] == "config.captioning.wd14_model"
+    assert "hf download SmilingWolf/wd-v1-4-convnext-tagger-v2 --include model.onnx" in training.text
+    assert client.get("/v1/jobs", headers=headers).json()["items"] == []
+    assert bucket_keys(s3_server, bucket) == stored
+
+
+def test_a_captioner_is_accepted_once_a_worker_reported_it(client, env, headers, tmp_path, pg_url):
+    from shared.catalogue.records import record_models
+    from shared.catalogue.scan import ModelEntry
+    from shared.db.session import session_scope
+
+    dataset_id = stored_dataset(client, headers, tmp_path)
+    url = f"/v1/datasets/{dataset_id}/caption"
+    repo = f"someone/joycaption-{uuid.uuid4().hex[:8]}"  # of this test alone: the catalogue is the session's
+    tagger = f"SmilingWolf/tagger-{uuid.uuid4().hex[:8]}"
+    bodies = [
+        {"method": "joycaption", "joycaption_model": repo},
+        {"method": "wd14", "wd14_model": tagger},  # reported as Kohya's folder, models/SmilingWolf_tagger-...
+    ]
+    assert [client.post(url, headers=headers, json=b).status_code for b in bodies] == [422, 422]
+    holder = f"tests:captioners-{uuid.uuid4().hex[:8]}"
+    entries = [  # as a worker's scan reports them
+        ModelEntry(repo, None, None, "captioner", "hub_cache", 1000, captioner="joycaption"),
+        ModelEntry(tagger.replace("/", "_"), None, None, "captioner", "local", 1000, captioner="wd14"),
+    ]
+    try:
+        with session_scope(pg_url) as session:
+            record_models(session, holder, entries)
+        for body in bodies:
+            accepted = client.post(url, headers=headers, json=body)
+            assert accepted.status_code == 201, accepted.text
+            assert accepted.json()["config"]["method"] == body["method"]
+        listed = {
+            c["name"]: c["method"] for c in client.get("/v1/models", headers=headers).json()["captioners"]
+        }
+        assert listed[repo] == "joycaption"
+    finally:
+        with session_scope(pg_url) as session:
+            record_models(session, holder, [])  # the last holder no longer has them: gone from the catalogue
+    # a hub id no worker has is taken where workers may download models
+    with TestClient(create_app(settings_from_env({**env, "LORABAKE_ALLOW_MODEL_DOWNLOADS": "1"}))) as client:
+        assert client.post(url, headers=headers, json=bodies[0]).status_code == 201
+        named = client.post(url, headers=headers, json={"method": "florence2", "florence2_model": "no-such"})
+        assert named.status_code == 422  # not a hub id: nothing to download

@@ -171,6 +171,7 @@ def test_a_caption_job_webhook_gets_its_endpoint_and_its_queued_event(client, pg
         headers=headers,
         json={
             "method": "wd14",
+            "wd14_model": "tiny-wd14",  # a captioner the session's catalogue has
             "webhook": "https://example.com/cap",
             "webhook_events": "job.status,job.failed",
         },
@@ -187,7 +188,12 @@ def test_a_caption_job_webhook_gets_its_endpoint_and_its_queued_event(client, pg
     quiet = client.post(
         f"/v1/datasets/{dataset_id}/caption",
         headers=headers,
-        json={"method": "blip", "webhook": "https://example.com/quiet", "webhook_events": ["job.succeeded"]},
+        json={
+            "method": "blip",
+            "blip_model": "tiny-blip",
+            "webhook": "https://example.com/quiet",
+            "webhook_events": ["job.succeeded"],
+        },
     ).json()
     quiet_hook = client.get("/v1/webhooks", headers=headers, params={"job_id": quiet["id"]}).json()["items"]
 
@@ -239,7 +245,10 @@ def test_the_python_client_gives_a_caption_job_its_webhook(client, pg_url, tmp_p
     key = headers["Authorization"].removeprefix("Bearer ")
     with LorabakeClient("http://testserver", key, transport=ViaTestClient(client)) as api:
         job = api.caption_dataset(
-            dataset_id, {"method": "wd14"}, webhook="https://example.com/c", webhook_events=["job.succeeded"]
+            dataset_id,
+            {"method": "wd14", "wd14_model": "tiny-wd14"},
+            webhook="https://example.com/c",
+            webhook_events=["job.succeeded"],
         )
         assert job.kind == "caption"
         assert [(h.url, h.events) for h in api.list_webhooks(job_id=job.id)] == [

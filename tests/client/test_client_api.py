@@ -210,6 +210,10 @@ def test_base_models_as_the_worker_reported_them(api: LorabakeClient):
     tiny = next(m for m in catalogue.items if m.name == "tiny-sd15")
     assert (tiny.family, tiny.kind, tiny.source) == ("sd1", "diffusers", "local")
     assert tiny.size_bytes > 0 and tiny.last_seen_at is not None and tiny.last_seen_at.tzinfo is not None
+    # the worker's captioners, apart from the base models
+    captioners = {c.name: (c.method, c.workers_online) for c in catalogue.captioners}
+    assert captioners["tiny-florence2"] == ("florence2", 1) and captioners["tiny-wd14"] == ("wd14", 1)
+    assert "tiny-florence2" not in {m.name for m in catalogue.items}
 
 
 def test_keys_made_listed_scoped_and_revoked(served: Served, api: LorabakeClient, watched: Watched):

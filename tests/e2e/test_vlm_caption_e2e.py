@@ -1,7 +1,7 @@
 """Vision-language captioners on the real stack (API and worker processes): a caption job with a tiny
-Qwen2.5-VL writes the next caption revision and records its captioner; a missing model fails the job with the
-`hf download` command that fixes it; a training job captions with a tiny JoyCaption as its first stage, lets
-the captioner go, and trains on those captions."""
+Qwen2.5-VL writes the next caption revision and records its captioner; a model no worker reported is refused
+at submission with the `hf download` command that fixes it; a training job captions with a tiny JoyCaption
+as its first stage, lets the captioner go, and trains on those captions."""
 
 from __future__ import annotations
 
@@ -49,13 +49,14 @@ def test_caption_job_with_a_vision_language_model(stack: Stack, tmp_path):
     assert [c["caption"] for c in captions["captions"]] == ["lisabp woman in red."] * 3
     assert captions["captioner"]["options"]["instruction"] == "Describe the person."
 
-    # the default JoyCaption is not in the models folder: the job says how to get it
+    # the default JoyCaption is in no worker's models folder: refused at submission, saying how to get it
     joycaption = {"method": "joycaption", "existing": "overwrite"}  # `keep` has nothing left to caption
-    missing = httpx.post(f"{url}/caption", headers=stack.headers, json=joycaption).json()
-    job = wait_for(stack, missing["id"], finished)
-    assert (job["status"], job["error"]["code"]) == ("failed", "caption_model_unavailable")
-    assert "hf download fancyfeast/llama-joycaption-beta-one-hf-llava --include" in job["error"]["message"]
-    assert "--local-dir " in job["error"]["message"]
+    missing = httpx.post(f"{url}/caption", headers=stack.headers, json=joycaption)
+    assert missing.status_code == 422, missing.text
+    error = missing.json()["error"]
+    assert (error["code"], error["details"]["field"]) == ("unknown_caption_model", "joycaption_model")
+    assert "hf download fancyfeast/llama-joycaption-beta-one-hf-llava --include" in error["message"]
+    assert "--local-dir " in error["message"]
     assert httpx.get(f"{url}/captions", headers=stack.headers).json()["revision"] == 1  # nothing changed
 
 

@@ -15,7 +15,9 @@ from safetensors.numpy import save_file
 
 from shared.catalogue.records import (
     UnknownBaseModel,
+    UnknownCaptioner,
     check_base_model,
+    check_captioner,
     forget_unseen_models,
     list_models,
     record_models,
@@ -23,6 +25,7 @@ from shared.catalogue.records import (
 from shared.catalogue.reporting import ModelReporter
 from shared.catalogue.scan import ModelEntry, ModelScanner
 from shared.catalogue.watch import FolderWatch
+from shared.config.captioning import CaptionConfig
 from shared.db.models import BaseModelRecord, ModelReport
 from shared.db.session import session_factory
 from shared.jobs.workers import forget_worker, record_heartbeat
@@ -278,3 +281,59 @@ def test_a_worker_reports_a_new_model_at_its_next_poll_not_its_next_scan(session
     assert names(sessions) == {"tiny-new"}
     with sessions() as session:
         check_base_model(session, "tiny-new", WEEK, allow_downloads=False)
+
+
+def test_the_reporter_lists_captioners_where_the_worker_looks_apart_from_base_models(
+    sessions, models_dir: Path, tmp_path: Path
+):
+    """The tiny captioners of the session's models folder, by the method each serves; and captioners put
+    where the worker's captioning also finds them: one folder down (`hf download --local-dir
+    models/org/name`), Kohya's `org_name` tagger folder, the hub cache. A remote-code checkpoint, which the
+    worker refuses, is not listed."""
+    settings = Settings(data_dir=tmp_path, models_dir=models_dir)
+    reporter = ModelReporter(settings, sessions, "a:1")
+    reporter.scanner.hub_cache = tmp_path / "no-hub-cache"
+    assert reporter.report_now()
+    with sessions() as session:
+        listed = {m.name: m for m in list_models(session, WEEK, alive_within_seconds=60)}
+        captioners = {name: m.captioner for name, m in listed.items() if m.kind == "captioner"}
+        assert captioners == {
+            "tiny-blip": "blip",
+            "tiny-wd14": "wd14",
+            "tiny-florence2": "florence2",
+            "tiny-qwen2.5-vl": "qwen_vl",
+            "tiny-joycaption": "joycaption",
+        }
+        assert listed["tiny-sd15"].kind == "diffusers"
+        with pytest.raises(UnknownBaseModel):  # a captioner is no base model
+            check_base_model(session, "tiny-florence2", WEEK, allow_downloads=False)
+
+    root = tmp_path / "models"
+    vlm = json.dumps({"model_type": "qwen2_5_vl"})
+    (root / "Qwen" / "Qwen2.5-VL-7B-Instruct").mkdir(parents=True)
+    (root / "Qwen" / "Qwen2.5-VL-7B-Instruct" / "config.json").write_text(vlm)
+    (root / "SmilingWolf_wd-v1-4-convnext-tagger-v2").mkdir()
+    for name in ("model.onnx", "selected_tags.csv"):
+        (root / "SmilingWolf_wd-v1-4-convnext-tagger-v2" / name).write_text("x")
+    (root / "Florence-2-remote").mkdir()
+    remote = {"model_type": "florence2", "auto_map": {"AutoConfig": "x.Config"}}
+    (root / "Florence-2-remote" / "config.json").write_text(json.dumps(remote))
+    cached_repo(
+        tmp_path / "hub", "florence-community/Florence-2-base", {"config.json": '{"model_type": "florence2"}'}
+    )
+    found = {e.name: (e.captioner, e.source) for e in ModelScanner(root, hub_cache=tmp_path / "hub").scan()}
+    assert found == {
+        "Qwen/Qwen2.5-VL-7B-Instruct": ("qwen_vl", "local"),
+        "SmilingWolf_wd-v1-4-convnext-tagger-v2": ("wd14", "local"),
+        "florence-community/Florence-2-base": ("florence2", "hub_cache"),
+    }
+    with sessions() as session:
+        record_models(session, "b:1", ModelScanner(root, hub_cache=tmp_path / "hub").scan())
+        for config in (
+            CaptionConfig(method="qwen_vl"),  # the default, Qwen/Qwen2.5-VL-7B-Instruct
+            CaptionConfig(method="wd14"),  # SmilingWolf/wd-v1-4-convnext-tagger-v2, in Kohya's folder
+            CaptionConfig(method="florence2", florence2_model="florence-community/Florence-2-base"),
+        ):
+            check_captioner(session, config, "", WEEK, allow_downloads=False, models_dir=root)
+        with pytest.raises(UnknownCaptioner, match="hf download florence-community/Florence-2-large"):
+            check_captioner(session, CaptionConfig(method="florence2"), "", WEEK, False, root)

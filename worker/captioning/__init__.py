@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
+from shared.catalogue.captioners import download_command
 from shared.errors import LorabakeError
 
 # org/name, as in worker.training.model_loading (a hub repo id, never a path with more parts).
@@ -97,14 +97,6 @@ def resolve_caption_model(
             raise
         command = download_command(exc.ref, Path(models_dir), download_patterns)
         raise CaptionModelUnavailable(exc.kind, exc.ref, exc.reason, command) from exc.__cause__
-
-
-def download_command(repo: str, models_dir: Path, patterns: Sequence[str]) -> str:
-    """``hf download REPO --include ... --local-dir MODELS/REPO``: the folder resolve_caption_model looks
-    at first, so the default model reference finds it with no config change."""
-    include = " ".join(f"--include {shlex.quote(p)}" for p in patterns)
-    target = shlex.quote(str(Path(models_dir) / repo))
-    return f"hf download {repo} {include} --local-dir {target}".replace("  ", " ")
 
 
 def _resolve(

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from shared.catalogue.captioners import DOWNLOAD_PATTERNS as CAPTIONER_DOWNLOADS
 from shared.config.captioning import CaptionConfig
 from worker.captioning import CaptionModelUnavailable, resolve_caption_model
 from worker.captioning.wd14 import flatten_on_white
@@ -25,7 +26,7 @@ BLIP_PROMPT = "a picture of "
 SAMPLING_SEED = 42
 SAMPLING_REPETITION_PENALTY = 1.1
 # Config, processor and tokenizer files, safetensors weights; not the .bin/.h5 copies of the same weights.
-DOWNLOAD_PATTERNS = ("*.json", "*.txt", "*.safetensors")
+DOWNLOAD_PATTERNS = CAPTIONER_DOWNLOADS["blip"]
 
 
 class BlipCaptioner:

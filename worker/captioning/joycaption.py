@@ -9,25 +9,12 @@ image). Caption types, their instructions and the size words are the ones the mo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
-
-import torch
-from PIL import Image
+from typing import Any
 
 from shared.config.captioning import CaptionConfig
-from worker.captioning import CaptionModelUnavailable
-from worker.captioning.vlm import (
-    find_model,
-    generation_kwargs,
-    load_model,
-    load_processor,
-    one_line,
-    resolve_device,
-    seeded_generate,
-    to_device,
-)
-from worker.captioning.wd14 import flatten_on_white
+from worker.captioning.vlm import VlmCaptioner, chat_processor
 
 KIND = "JoyCaption"
 SYSTEM_PROMPT = (
@@ -108,48 +95,24 @@ def prompt(config: CaptionConfig) -> str:
     return sized.replace("{size}", SIZE_WORDS[length])
 
 
-class JoyCaptionCaptioner:
-    def __init__(self, model, processor, ref: str) -> None:  # noqa: ANN001
-        self.model = model
-        self.processor = processor
-        self.ref = ref
-        self._batches = 0
+class JoyCaptionCaptioner(VlmCaptioner):
+    KIND = KIND
+    MODEL_FIELD = "joycaption_model"
+    ARCHITECTURE = "a LLaVA-format JoyCaption"
+    # JoyCaption's own 8-bit loader skips these: its SigLIP tower misbehaves quantized
+    SKIP_QUANTIZING = ("vision_tower", "multi_modal_projector")
 
     @classmethod
-    def load(
-        cls,
-        config: CaptionConfig,
-        models_dir: Path,
-        *,
-        allow_download: bool = False,
-        cache_dir: Path | None = None,
-        device: str | torch.device | None = None,
-    ) -> JoyCaptionCaptioner:
+    def architectures(cls) -> Mapping[str, tuple[type, type]]:
         from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
-        ref = config.joycaption_model
-        folder, model_config = find_model(
-            KIND, ref, models_dir, allow_download=allow_download, cache_dir=cache_dir
-        )
-        if model_config.get("model_type") != "llava":
-            raise CaptionModelUnavailable(
-                KIND,
-                ref,
-                f"{folder} is a {model_config.get('model_type')!r} model, not a LLaVA-format JoyCaption",
-            )
-        # JoyCaption's own 8-bit loader skips these: its SigLIP tower misbehaves quantized
-        skip = ("vision_tower", "multi_modal_projector")
-        model = load_model(
-            LlavaForConditionalGeneration, folder, KIND, ref, config, resolve_device(device), skip
-        )
-        processor = load_processor(LlavaProcessor, folder, KIND, ref)
-        if processor.chat_template is None:
-            raise CaptionModelUnavailable(KIND, ref, f"{folder} has no chat template")
-        tokenizer = processor.tokenizer
-        tokenizer.padding_side = "left"  # batched generation continues every prompt at its end
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return cls(model, processor, ref)
+        return {"llava": (LlavaForConditionalGeneration, LlavaProcessor)}
+
+    @classmethod
+    def prepare_processor(cls, processor: Any, folder: Path, ref: str) -> None:
+        chat_processor(processor, KIND, ref, folder)
+        if processor.tokenizer.pad_token is None:
+            processor.tokenizer.pad_token = processor.tokenizer.eos_token
 
     def prompts(self, config: CaptionConfig, count: int) -> list[str]:
         """The chat-templated prompts. JoyCaption's template puts the image token into the user turn; one
@@ -164,26 +127,7 @@ class JoyCaptionCaptioner:
         turns = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
         return self.processor.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
 
-    def caption(self, images: Sequence[Image.Image], config: CaptionConfig) -> list[str]:
-        if not images:
-            return []
-        texts = self.prompts(config, len(images))
+    def processor_kwargs(self, texts: list[str]) -> dict[str, Any]:
         bos = self.processor.tokenizer.bos_token
-        inputs = self.processor(
-            text=texts,
-            images=[flatten_on_white(image) for image in images],
-            padding="longest",
-            # the template already wrote <bos>: a second one degrades LLaVA-Llama's output
-            add_special_tokens=not (bos and texts[0].startswith(bos)),
-            return_tensors="pt",
-        )
-        prompt_length = inputs["input_ids"].shape[1]
-        out = seeded_generate(
-            self.model, to_device(inputs, self.model), generation_kwargs(config), self._batches
-        )
-        self._batches += 1
-        answers = self.processor.batch_decode(out[:, prompt_length:], skip_special_tokens=True)
-        return [one_line(text) for text in answers]
-
-    def release(self) -> None:
-        self.model = self.processor = None
+        # the template already wrote <bos>: a second one degrades LLaVA-Llama's output
+        return {"padding": "longest", "add_special_tokens": not (bos and texts[0].startswith(bos))}

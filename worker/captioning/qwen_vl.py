@@ -10,11 +10,10 @@ not fit a 24 GB card beside a 7B model in a batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-import torch
-from PIL import Image
 from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
@@ -23,18 +22,7 @@ from transformers import (
 )
 
 from shared.config.captioning import CaptionConfig
-from worker.captioning import CaptionModelUnavailable
-from worker.captioning.vlm import (
-    find_model,
-    generation_kwargs,
-    load_model,
-    load_processor,
-    one_line,
-    resolve_device,
-    seeded_generate,
-    to_device,
-)
-from worker.captioning.wd14 import flatten_on_white
+from worker.captioning.vlm import VlmCaptioner, chat_processor
 
 KIND = "Qwen-VL"
 MAX_PIXELS = 1024 * 28 * 28  # about 1024 visual tokens per image (Qwen2.5-VL), 784 (Qwen3-VL)
@@ -77,43 +65,19 @@ def instruction(config: CaptionConfig) -> str:
     )
 
 
-class QwenVLCaptioner:
-    def __init__(self, model, processor, ref: str) -> None:  # noqa: ANN001
-        self.model = model
-        self.processor = processor
-        self.ref = ref
-        self._batches = 0
+class QwenVLCaptioner(VlmCaptioner):
+    KIND = KIND
+    MODEL_FIELD = "qwen_vl_model"
+    ARCHITECTURE = "Qwen2.5-VL or Qwen3-VL"
+    SKIP_QUANTIZING = ("visual",)
 
     @classmethod
-    def load(
-        cls,
-        config: CaptionConfig,
-        models_dir: Path,
-        *,
-        allow_download: bool = False,
-        cache_dir: Path | None = None,
-        device: str | torch.device | None = None,
-    ) -> QwenVLCaptioner:
-        ref = config.qwen_vl_model
-        folder, model_config = find_model(
-            KIND, ref, models_dir, allow_download=allow_download, cache_dir=cache_dir
-        )
-        architecture = ARCHITECTURES.get(model_config.get("model_type", ""))
-        if architecture is None:
-            raise CaptionModelUnavailable(
-                KIND,
-                ref,
-                f"{folder} is a {model_config.get('model_type')!r} model, not Qwen2.5-VL or Qwen3-VL",
-            )
-        model_class, processor_class = architecture
-        model = load_model(model_class, folder, KIND, ref, config, resolve_device(device), ("visual",))
-        processor = load_processor(processor_class, folder, KIND, ref)
-        if processor.chat_template is None:
-            raise CaptionModelUnavailable(
-                KIND, ref, f"{folder} has no chat template (an Instruct model has one)"
-            )
-        processor.tokenizer.padding_side = "left"  # batched generation continues every prompt at its end
-        return cls(model, processor, ref)
+    def architectures(cls) -> Mapping[str, tuple[type, type]]:
+        return ARCHITECTURES
+
+    @classmethod
+    def prepare_processor(cls, processor: Any, folder: Path, ref: str) -> None:
+        chat_processor(processor, KIND, ref, folder, " (an Instruct model has one)")
 
     def prompts(self, config: CaptionConfig, count: int) -> list[str]:
         """The chat-templated prompts, as the model sees them (before the image placeholders expand)."""
@@ -122,28 +86,10 @@ class QwenVLCaptioner:
         ]
         return [self.processor.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)] * count
 
-    def caption(self, images: Sequence[Image.Image], config: CaptionConfig) -> list[str]:
-        if not images:
-            return []
+    def processor_kwargs(self, texts: list[str]) -> dict[str, Any]:
         size = self.processor.image_processor.size
         limit = {
             "shortest_edge": size["shortest_edge"],
             "longest_edge": min(size["longest_edge"], MAX_PIXELS),
         }
-        inputs = self.processor(
-            text=self.prompts(config, len(images)),
-            images=[flatten_on_white(image) for image in images],
-            size=limit,
-            padding=True,
-            return_tensors="pt",
-        )
-        prompt_length = inputs["input_ids"].shape[1]
-        out = seeded_generate(
-            self.model, to_device(inputs, self.model), generation_kwargs(config), self._batches
-        )
-        self._batches += 1
-        answers = self.processor.batch_decode(out[:, prompt_length:], skip_special_tokens=True)
-        return [one_line(text) for text in answers]
-
-    def release(self) -> None:
-        self.model = self.processor = None
+        return {"size": limit, "padding": True}

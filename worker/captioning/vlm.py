@@ -1,26 +1,28 @@
 """What the three vision-language captioners share: finding and loading the model at the asked precision,
-decoding settings, seeded generation, and turning the answer into a one-line caption.
+decoding settings, seeded generation, and turning the answer into a one-line caption (VlmCaptioner).
 
-Each model's own conventions (Florence-2's task tokens, Qwen's chat prompt, JoyCaption's templates) live in
-florence2.py, qwen_vl.py and joycaption.py. Processors are built from their parts with PIL image processors
-(``backend="pil"``): transformers 5 needs torchvision for its default ones, and the worker does not have it.
+Each model's own conventions (Florence-2's task tokens, Qwen's chat prompt, JoyCaption's templates, which
+model classes load it, what its processor needs) live in florence2.py, qwen_vl.py and joycaption.py.
+Processors are built from their parts with PIL image processors (``backend="pil"``): transformers 5 needs
+torchvision for its default ones, and the worker does not have it.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import torch
+from PIL import Image
 
+from shared.catalogue.captioners import VLM_DOWNLOAD_PATTERNS as DOWNLOAD_PATTERNS
 from shared.config.captioning import CaptionConfig
 from worker.captioning import CaptionModelUnavailable, CaptionSetupError, resolve_caption_model
+from worker.captioning.wd14 import flatten_on_white
 
-# Configs, tokenizers, chat templates and safetensors weights; not .bin/.pt copies of the same weights.
-DOWNLOAD_PATTERNS = ("*.json", "*.jinja", "*.txt", "*.model", "*.safetensors")
 SAMPLING_SEED = 42  # as BLIP's sampling (Kohya's seed), per batch: 42, 43, ...
 _SPACES = re.compile(r"\s+")
 
@@ -168,3 +170,97 @@ def to_device(inputs: Any, model: Any) -> dict[str, Any]:
 def one_line(text: str) -> str:
     """A caption file's first line is the caption the trainer reads: paragraphs become one line."""
     return _SPACES.sub(" ", text).strip()
+
+
+class VlmCaptioner:
+    """A loaded vision-language captioner. A subclass names its model (KIND, MODEL_FIELD, ARCHITECTURE,
+    architectures()) and writes its prompts; it may adjust the processor (prepare_processor) and what the
+    processor is called with (processor_kwargs)."""
+
+    KIND: ClassVar[str]  # in messages: "Florence-2"
+    MODEL_FIELD: ClassVar[str]  # the CaptionConfig field naming the model
+    ARCHITECTURE: ClassVar[str]  # in the refusal of another model type: "... model, not Florence-2"
+    SKIP_QUANTIZING: ClassVar[tuple[str, ...]] = ()  # vision modules kept out of 8-bit (load_model)
+    NUM_BEAMS: ClassVar[int] = 1  # without sampling
+    ENCODER_DECODER: ClassVar[bool] = False  # True: the output is the answer alone, no prompt to cut
+
+    def __init__(self, model, processor, ref: str) -> None:  # noqa: ANN001
+        self.model = model
+        self.processor = processor
+        self.ref = ref
+        self._batches = 0
+
+    @classmethod
+    def architectures(cls) -> Mapping[str, tuple[type, type]]:
+        """config.json's model_type -> (model class, processor class)."""
+        raise NotImplementedError
+
+    @classmethod
+    def prepare_processor(cls, processor: Any, folder: Path, ref: str) -> None:
+        """Checks and settings the model's processor needs before captioning (none by default)."""
+
+    @classmethod
+    def load(
+        cls,
+        config: CaptionConfig,
+        models_dir: Path,
+        *,
+        allow_download: bool = False,
+        cache_dir: Path | None = None,
+        device: str | torch.device | None = None,
+    ) -> Self:
+        """Load from a folder in ``models_dir`` or the HF cache (``allow_download`` fetches a hub id into the
+        cache first). Any failure is a CaptionModelUnavailable (a CaptionSetupError for the precision)."""
+        ref = getattr(config, cls.MODEL_FIELD)
+        folder, model_config = find_model(
+            cls.KIND, ref, models_dir, allow_download=allow_download, cache_dir=cache_dir
+        )
+        classes = cls.architectures().get(model_config.get("model_type", ""))
+        if classes is None:
+            found = model_config.get("model_type")
+            why = f"{folder} is a {found!r} model, not {cls.ARCHITECTURE}"
+            raise CaptionModelUnavailable(cls.KIND, ref, why)
+        model_class, processor_class = classes
+        target = resolve_device(device)
+        model = load_model(model_class, folder, cls.KIND, ref, config, target, cls.SKIP_QUANTIZING)
+        processor = load_processor(processor_class, folder, cls.KIND, ref)
+        cls.prepare_processor(processor, folder, ref)
+        return cls(model, processor, ref)
+
+    def prompts(self, config: CaptionConfig, count: int) -> list[str]:
+        raise NotImplementedError
+
+    def processor_kwargs(self, texts: list[str]) -> dict[str, Any]:
+        """What the processor is called with besides the prompts, the images and return_tensors."""
+        return {}
+
+    def caption(self, images: Sequence[Image.Image], config: CaptionConfig) -> list[str]:
+        if not images:
+            return []
+        texts = self.prompts(config, len(images))
+        inputs = self.processor(
+            text=texts,
+            images=[flatten_on_white(image) for image in images],
+            **self.processor_kwargs(texts),
+            return_tensors="pt",
+        )
+        prompt_length = inputs["input_ids"].shape[1]
+        decoding = generation_kwargs(config, self.NUM_BEAMS)
+        out = seeded_generate(self.model, to_device(inputs, self.model), decoding, self._batches)
+        self._batches += 1
+        # a decoder-only model's output starts with the prompt it continued
+        answers = self.processor.batch_decode(
+            out if self.ENCODER_DECODER else out[:, prompt_length:], skip_special_tokens=True
+        )
+        return [one_line(text) for text in answers]
+
+    def release(self) -> None:
+        self.model = self.processor = None
+
+
+def chat_processor(processor: Any, kind: str, ref: str, folder: Path, hint: str = "") -> None:
+    """A chat model's processor: it must have a chat template; padding goes left, so batched generation
+    continues every prompt at its end."""
+    if processor.chat_template is None:
+        raise CaptionModelUnavailable(kind, ref, f"{folder} has no chat template{hint}")
+    processor.tokenizer.padding_side = "left"
