@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api import health
 from api.comparisons import routes as comparisons
+from api.continuation import routes as continuation
 from api.datasets import routes as datasets
 from api.direct_uploads import routes as direct_uploads
 from api.errors import install_error_handlers
@@ -27,9 +28,11 @@ from api.presets import routes as presets
 from api.queue import routes as queue
 from api.request_log import RequestIdMiddleware
 from api.state import AppState
+from api.usage import routes as usage
 from api.web_page import install_web_page
 from api.webhooks import routes as webhooks
 from shared.jobs.reconciler import Reconciler
+from shared.jobs.sweeper import start_retention_sweeper
 from shared.jobs.workers import worker_id
 from shared.periodic import PeriodicThread
 from shared.settings import Settings, get_settings
@@ -55,6 +58,14 @@ def start_scheduler(state: AppState) -> PeriodicThread | None:
     return PeriodicThread("scheduler", interval, state.scheduler.run_once).start() if interval > 0 else None
 
 
+def start_queue_standings(state: AppState) -> PeriodicThread | None:
+    """Each API process keeps every queue's table of places and expected starts (api/queue/service.py), so
+    a poll of a queued job reads memory."""
+    interval = state.settings.schedule_interval_seconds
+    standing = state.job_views.standing
+    return PeriodicThread("queue standings", interval, standing.refresh).start() if interval > 0 else None
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -67,7 +78,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.freeze()
         if state.reader is not None:
             await state.reader.open()
-        duties = [start_reconciler(state), start_scheduler(state)]
+        duties = [
+            start_reconciler(state),
+            start_scheduler(state),
+            start_queue_standings(state),
+            start_retention_sweeper(settings, state.sessions, state.store, f"api:{worker_id()}"),
+        ]
         try:
             yield
         finally:
@@ -117,6 +133,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(queue.router)
     app.include_router(generations.router)
     app.include_router(comparisons.router)
+    app.include_router(continuation.router)
+    app.include_router(usage.router)
     install_security_scheme(app)
     install_web_page(app)  # GET / and /assets: the web page (api/web/), outside the OpenAPI document
     return app

@@ -4,6 +4,11 @@ run, loaded by wrk on loopback (Debian's `wrk` package), and a third server, the
 plus the one Postgres read of the job's row that any real answer needs. Rounds alternate between them; the
 medians of requests/s and p99 latency are compared. Goal: lorabake/bare >= 0.6 in requests/s, p99 <= 2x.
 
+Beside those, the poll of a queued job (its place in line and expected start included, among other queued
+jobs, one worker alive) against the same job's twin that was canceled (identical row but its status): the
+queue's table is computed once per change of the queue, not per poll. Goal: queued/canceled >= 0.8 in
+requests/s, p99 <= 2x.
+
     .venv/bin/python bench/api_read.py [--rounds 3] [--seconds 10] [--connections 32]
     .venv/bin/python bench/api_read.py --profile   # py-spy samples of lorabake's side under the same load
 
@@ -21,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from pathlib import Path
 
 import httpx
@@ -69,6 +75,43 @@ FLOOR_APP = textwrap.dedent(
         return Response(body, media_type="application/json")
     """
 )
+
+
+QUEUE = "bench-api-read"
+
+
+def seed_queue(db_url: str) -> tuple[str, str]:
+    """Five queued jobs of the bench's owner in the bench's queue, each with a predicted run time, and the
+    canceled twin of the last one; returns (last queued id, twin id)."""
+    from shared.db.models import Job, JobStatus, new_id
+    from shared.db.session import session_scope
+
+    fields = dict(
+        owner="bench",
+        queue=QUEUE,
+        config={"base_model": "sd15", "network_dim": 32},
+        plan={"total_steps": 816, "estimate": {"seconds": 600.0}},
+        dataset_key="k",
+        total_steps=816,
+        total_epochs=4,
+        estimated_seconds=600.0,
+    )
+    with session_scope(db_url) as session:
+        queued = [Job(id=new_id(), status=JobStatus.queued, **fields) for _ in range(5)]
+        twin = Job(id=new_id(), status=JobStatus.canceled, **fields)
+        session.add_all([*queued, twin])
+        return queued[-1].id, twin.id
+
+
+def keep_a_worker_alive(db_url: str, stop: threading.Event) -> None:
+    """One live worker with one slot serving the bench's queue, so expected starts are computed."""
+    from shared.db.session import session_scope
+    from shared.jobs.workers import record_heartbeat
+
+    while not stop.is_set():
+        with session_scope(db_url) as session:
+            record_heartbeat(session, "bench-worker:1", QUEUE, 1)
+        stop.wait(5)
 
 
 def seed(db_url: str) -> tuple[str, str]:
@@ -196,13 +239,16 @@ def main() -> None:
     db_url, db_name = services.create_pg_database()
     upgrade(db_url)
     key, job_id = seed(db_url)
+    queued_id, twin_id = seed_queue(db_url)
+    beating = threading.Event()
+    threading.Thread(target=keep_a_worker_alive, args=(db_url, beating), daemon=True).start()
     work = Path(tempfile.mkdtemp(prefix="bench-api-"))
     env = {
         **os.environ,
         "LORABAKE_DATA_DIR": str(work),
         "LORABAKE_DATABASE_URL": db_url,
         "LORABAKE_BROKER_URL": services.REDIS_URL,
-        "LORABAKE_QUEUE_NAME": "bench-api-read",
+        "LORABAKE_QUEUE_NAME": QUEUE,
     }
     lb_port = services.free_port()
     lorabake = serve(
@@ -213,6 +259,10 @@ def main() -> None:
     )
     urls = {"lorabake": f"http://127.0.0.1:{lb_port}/v1/jobs/{job_id}"}
     body = httpx.get(urls["lorabake"], headers={"Authorization": f"Bearer {key}"}).text
+    urls["queued"] = f"http://127.0.0.1:{lb_port}/v1/jobs/{queued_id}"
+    urls["canceled"] = f"http://127.0.0.1:{lb_port}/v1/jobs/{twin_id}"
+    standing = httpx.get(urls["queued"], headers={"Authorization": f"Bearer {key}"}).json()
+    assert standing["queue_position"] >= 1 and standing["estimated_start_seconds"] is not None, standing
     servers = [lorabake]
     dsn = db_url.replace("postgresql+psycopg://", "postgresql://")
     try:
@@ -247,6 +297,7 @@ def main() -> None:
             for side, url in urls.items():
                 results[side].append(wrk(url, key, opts.seconds, opts.connections))
     finally:
+        beating.set()
         for server in servers:
             services.stop_process(server)
         from shared.db.session import get_engine
@@ -264,6 +315,7 @@ def main() -> None:
         ("lorabake", "bare", " (goal >= 0.6, p99 <= 2x)"),
         ("floor", "bare", ""),
         ("lorabake", "floor", ""),
+        ("queued", "canceled", " (goal >= 0.8, p99 <= 2x)"),
     ):
         print(
             f"ratio {a}/{b}: requests/s {med[a][0] / med[b][0]:.2f}, p99 {med[a][1] / med[b][1]:.2f}x{goal}"

@@ -41,6 +41,7 @@ class ArtifactOut(BaseModel):
     download_url: str  # our API path; it redirects to storage (S3) or streams the file (embedded)
     # kind "sample": prompt, negative_prompt, seed, width, height, cfg_scale, steps, sampler, prompt_index
     meta: dict[str, Any] | None = None
+    expired_at: datetime | None = None  # retention deleted the file (its download answers 410)
 
     @classmethod
     def of(cls, artifact: Artifact) -> ArtifactOut:
@@ -56,6 +57,7 @@ class ArtifactOut(BaseModel):
             created_at=artifact.created_at,
             download_url=f"/v1/jobs/{artifact.job_id}/artifacts/{artifact.id}",
             meta=artifact.meta,
+            expired_at=artifact.expired_at,
         )
 
 
@@ -66,6 +68,7 @@ class JobOut(BaseModel):
     status: JobStatus
     queue: str | None = None  # the named queue it waits in (None: made before named queues, the default)
     dataset_id: str | None  # the stored dataset it used, if any
+    continued_from: str | None = None  # POST /v1/jobs/{id}/continue: the job it trains on from
     caption_revision: int | None  # that dataset's caption revision it trained on (or produced)
     config: dict[str, Any]
     plan: dict[str, Any]
@@ -80,6 +83,12 @@ class JobOut(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # retention (docs/API.md, "Retention"): the days they are kept after it finishes (0: forever), when its
+    # files, samples, dataset copy and resume state are (or were) deleted (None: kept forever, or not
+    # finished), and when that was done; the job's record stays
+    retention_days: int | None = None
+    expires_at: datetime | None = None
+    expired_at: datetime | None = None
     # while queued, in GET /v1/jobs/{id}: its place in line (1: next) and a rough start estimate (seconds)
     queue_position: int | None = None
     estimated_start_seconds: float | None = None
@@ -93,6 +102,7 @@ class JobOut(BaseModel):
             status=job.status,
             queue=job.queue,
             dataset_id=job.dataset_id,
+            continued_from=job.continued_from,
             caption_revision=job.caption_revision,
             config=job.config,
             plan=job.plan,
@@ -120,4 +130,7 @@ class JobOut(BaseModel):
             updated_at=job.updated_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
+            retention_days=job.retention_days,
+            expires_at=job.expires_at,
+            expired_at=job.expired_at,
         )

@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     requeue_after_seconds: float = 30.0
     # How long a worker retries the database or storage before it hands its job back to the queue.
     outage_retry_seconds: float = 300.0
+    # Retention (shared/retention.py): days a finished job's files, samples, dataset copy and resume state are
+    # kept (a job's `retention_days` may ask otherwise, within its key's `max_retention_days`), and an unused
+    # stored dataset's; 0 keeps them forever. The sweeper's pass runs every retention_sweep_seconds (0 turns
+    # it off in this process), in each API and worker process; a lock in the database lets one act at a time.
+    retention_days: int = Field(0, ge=0, le=36_500)
+    retention_sweep_seconds: float = 600.0
 
     # Connections: every call has a bound, so an outage is an error (503) and never a hang.
     db_pool_size: int = 8

@@ -262,6 +262,18 @@ def test_app_settings_point_at_the_compose_services(
     ), f"{service_name}: S3 credentials differ from MinIO's"
 
 
+def test_worker_serves_metrics_and_the_api_routes_queues(
+    services: dict[str, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's own /metrics port is on and reachable in the network; the API gets the queue routes."""
+    worker_env = {k: interpolate(v) for k, v in env_of(services["worker"]).items()}
+    port = int(worker_env["LORABAKE_WORKER_METRICS_PORT"])
+    assert port > 0 and str(port) in [str(p) for p in services["worker"].get("expose", [])]
+    api_env = {k: interpolate(v) for k, v in env_of(services["api"]).items()}
+    monkeypatch.setenv("LORABAKE_QUEUE_ROUTES", api_env["LORABAKE_QUEUE_ROUTES"])
+    assert Settings().queue_routes == {}  # a dict, as JSON: empty by default, every family in one queue
+
+
 def test_worker_reserves_an_nvidia_gpu(services: dict[str, dict]) -> None:
     deploy = services["worker"].get("deploy") or {}
     devices = ((deploy.get("resources") or {}).get("reservations") or {}).get("devices") or []

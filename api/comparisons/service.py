@@ -32,6 +32,7 @@ from shared.config.sample_prompts import DEFAULT_SAMPLER, SamplePrompt, derive_s
 from shared.db.keys import Identity
 from shared.db.models import Artifact, Job, JobKind, is_object_id, new_id
 from shared.errors import LorabakeError, NotFoundError
+from shared.jobs.retention import check_job_files
 
 
 def owned_training_job(session: Session, owner: str, job_id: str) -> Job:
@@ -241,6 +242,7 @@ def submit_comparison(
 ) -> Job:
     with state.sessions() as session:
         source = owned_training_job(session, caller.owner, job_id)
+        check_job_files(source)  # a 410 naming the date once retention deleted its files
         spec = comparison_spec(session, source, body)
     queue = base_model_queue(state, spec.base_model, spec.family, body.queue)
     job = Job(

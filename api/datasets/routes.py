@@ -34,6 +34,7 @@ from api.deps import DatasetJobSubmitter, DatasetsRead, DatasetsWrite, State
 from api.direct_uploads.sources import REMOTE_SOURCES, one_source, received_from
 from api.errors import validate_json_model
 from api.idempotency import IdempotentRoute, idempotent
+from api.jobs.limits import check_quota_limits
 from api.jobs.schemas import JobOut
 from api.jobs.submission import submit_caption_job
 from api.openapi_doc import schema_ref
@@ -44,10 +45,11 @@ from api.webhooks.service import parse_job_webhook
 from shared.datasets.captions import CaptionEdit, tag_frequency
 from shared.db.models import Dataset, DatasetImage, is_object_id
 from shared.errors import NotFoundError
+from shared.jobs.retention import check_dataset
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=IdempotentRoute)
 
-_ERRORS = error_responses(401, 403, 404, 409, 413, 422, 503)
+_ERRORS = error_responses(401, 403, 404, 409, 413, 422, 429, 503)
 # The route reads its body itself (multipart or JSON), so both are documented here.
 _UPLOAD_BODY = {
     "requestBody": {
@@ -89,11 +91,14 @@ def parse_options(text: object) -> DatasetOptions:
 )
 @idempotent()
 async def upload_dataset(
-    request: Request, response: Response, owner: DatasetsWrite, state: State
+    request: Request, response: Response, caller: DatasetJobSubmitter, state: State
 ) -> DatasetOut:
     """Store a dataset zip: multipart with a `dataset` zip (or an `upload_id` from POST /v1/uploads, or a
     `dataset_url` to fetch) and `options`, or a JSON body `{"upload_id" | "dataset_url": ..., "options":
-    {...}}`. The response reports every file (accepted, converted, rejected) and warnings."""
+    {...}}`. The response reports every file (accepted, converted, rejected) and warnings. A key whose
+    `storage_bytes` quota it would pass gets a 429 `quota_exceeded`."""
+    owner = caller.owner
+    await run_in_threadpool(check_quota_limits, state, caller)
     if request.headers.get("content-type", "").startswith("application/json"):
         body = await read_json_object(request)
         field, source = one_source(body, REMOTE_SOURCES, missing="upload_id")
@@ -108,9 +113,11 @@ async def upload_dataset(
                 received = await run_in_threadpool(save_upload, upload, state.settings.work_dir / "uploads")
     if field in REMOTE_SOURCES:
         async with received_from(state, owner, field, source) as received:
+            await run_in_threadpool(check_quota_limits, state, caller, adding_bytes=received.size)
             dataset_id = await run_in_threadpool(create_dataset, state, owner, options, received)
     else:
         try:
+            await run_in_threadpool(check_quota_limits, state, caller, adding_bytes=received.size)
             dataset_id = await run_in_threadpool(create_dataset, state, owner, options, received)
         finally:
             received.path.unlink(missing_ok=True)
@@ -169,6 +176,7 @@ def get_thumbnail(dataset_id: str, image_id: str, owner: DatasetsRead, state: St
             raise NotFoundError(
                 f"no image {image_id} in dataset {dataset_id}", details={"image_id": image_id}
             )
+        check_dataset(image.dataset)  # a 410 once retention deleted it
         session.expunge(image)
     return Response(
         thumbnail_bytes(state, image),
@@ -250,6 +258,7 @@ async def caption_dataset(
     and the other flow-matching families); `method: auto` with `model_family` takes that family's captioner.
     The result becomes the dataset's next caption revision. Follow it at /v1/jobs/{id}, or give it a
     `webhook` (and `webhook_events`) as POST /v1/jobs takes them."""
+    await run_in_threadpool(check_quota_limits, state, caller)  # a caption job uses the GPU too
     webhook = parse_job_webhook(body.webhook, body.webhook_events, state.settings)
     config = body.caption_config()
     job = await run_in_threadpool(
@@ -261,7 +270,6 @@ async def caption_dataset(
         webhook,
         api_key_id=caller.key_id,
         chosen_by="method 'auto'" if body.method == "auto" else None,
-
     )
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobOut.of(job)

@@ -54,6 +54,8 @@ class DatasetSummary(BaseModel):
     caption_revision: int
     warnings: list[dict[str, Any]]
     created_at: datetime
+    # retention deleted its zip and thumbnails (unused for the deployment's retention_days); the record stays
+    expired_at: datetime | None = None
 
     @classmethod
     def of(cls, dataset: Dataset) -> DatasetSummary:
@@ -68,6 +70,7 @@ class DatasetSummary(BaseModel):
             caption_revision=dataset.caption_revision,
             warnings=dataset.report.get("warnings", []),
             created_at=dataset.created_at,
+            expired_at=dataset.expired_at,
         )
 
 

@@ -18,6 +18,7 @@ from shared.config.lora_tags import LoraTag
 from shared.config.previews import LoraRef
 from shared.db.models import Artifact, BaseModelRecord, Job
 from shared.errors import LorabakeError
+from shared.jobs.retention import Expired, check_job_files
 
 LORA_SUFFIX = ".safetensors"
 
@@ -64,6 +65,11 @@ def resolve_loras(
                 status_code=422,
             )
         artifact, job = found
+        try:
+            check_job_files(job, artifact)
+        except Expired as exc:  # the newest file of that name is gone: a 410 naming the tag and the date
+            details = {**exc.details, "field": "prompt", "tag": tag.tag, "name": tag.name}
+            raise Expired(f"{tag.tag}: {exc.message}", details=details) from exc
         lora_family = training_family(session, job.config)
         if family is not None and lora_family is not None and lora_family != family:
             raise LorabakeError(

@@ -4,7 +4,8 @@
 - `submissions_per_minute`: jobs the key submitted in any 60 seconds (a sliding window over its jobs).
 
 Checked by counting the key's jobs, so every API replica sees the same; two submissions racing past a
-limit at the same instant can both get in (the limit is a guard, not a quota ledger).
+limit at the same instant can both get in (the limit is a guard, not a quota ledger). The key's quotas on
+its owner's usage (`gpu_seconds_per_month`, `storage_bytes`) are checked after them: shared/usage/quotas.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 from shared.db.keys import Identity
 from shared.db.models import Job, JobStatus, as_utc, utcnow
 from shared.errors import LorabakeError
+from shared.usage.quotas import QUOTAS, check_quotas
 
 if TYPE_CHECKING:
     from api.state import AppState
@@ -73,5 +75,16 @@ def check_submission_limits(session: Session, caller: Identity) -> None:
 
 
 def check_limits(state: AppState, caller: Identity) -> None:
+    """Before a submission is read: the key's limits, then its quotas (shared/usage/quotas.py)."""
     with state.sessions() as session:
         check_submission_limits(session, caller)
+        check_quotas(session, caller.owner, dict(caller.limits))
+
+
+def check_quota_limits(state: AppState, caller: Identity, *, adding_bytes: int = 0) -> None:
+    """The key's quotas alone: for dataset uploads and caption jobs (no queue limits), and once an upload's
+    size is known (`adding_bytes`: what it would add to storage)."""
+    if not any(name in QUOTAS for name, _ in caller.limits):
+        return
+    with state.sessions() as session:
+        check_quotas(session, caller.owner, dict(caller.limits), adding_bytes=adding_bytes)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import mimetypes
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -13,27 +15,29 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.datastructures import FormData
 
 from api.deps import JobsRead, JobSubmitter, JobsWrite, State
 from api.direct_uploads.sources import REMOTE_SOURCES, one_source, received_from
 from api.idempotency import IdempotentRoute, idempotent
 from api.jobs.events import Event, event_of
-from api.jobs.limits import check_limits
+from api.jobs.limits import check_limits, check_quota_limits
 from api.jobs.schemas import ArtifactOut, JobJsonBody, JobList, JobOut
 from api.jobs.submission import parse_config, submit_dataset_job, submit_job
 from api.openapi_doc import schema_ref
 from api.pagination import Cursor, newest_first_page
 from api.schemas import error_responses
 from api.state import AppState
-from api.uploads import limited_request, read_json_object, require_file, save_upload
+from api.uploads import ReceivedFile, limited_request, read_json_object, require_file, save_upload
 from api.webhooks.service import parse_job_webhook
 from shared.db.models import Artifact, Job, JobEvent, JobStatus, is_object_id
 from shared.errors import LorabakeError, NotFoundError
+from shared.jobs.retention import check_job_files
 from shared.jobs.state import request_cancel
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=IdempotentRoute)
 
-_ERRORS = error_responses(401, 403, 404, 409, 413, 422, 503)
+_ERRORS = error_responses(401, 403, 404, 409, 413, 422, 429, 503)
 KEEP_ALIVE_SECONDS = 15.0
 # The route reads its body itself (multipart or JSON), so both are documented here.
 _UPLOAD_BODY = {
@@ -50,6 +54,11 @@ _UPLOAD_BODY = {
                         "upload_id": {"type": "string", "description": "a zip put to POST /v1/uploads' URL"},
                         "dataset_url": {"type": "string", "description": "an http(s) URL of a zip to fetch"},
                         "config": {"type": "string", "description": "TrainingConfig as JSON text"},
+                        "network_weights": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "a LoRA .safetensors to start from (config.network_weights)",
+                        },
                         "webhook": {"type": "string", "description": "URL that receives this job's events"},
                         "queue": {
                             "type": "string",
@@ -66,6 +75,14 @@ _UPLOAD_BODY = {
         },
     }
 }
+
+
+def network_weights_part(form: FormData, directory: Path) -> ReceivedFile | None:
+    """The multipart part `network_weights` (a LoRA .safetensors to start from) as a local temp file."""
+    part = form.get("network_weights")
+    if part is None or part == "":
+        return None
+    return save_upload(require_file(part, "network_weights"), directory)
 
 
 def _owned_job(session: Session, owner: str, job_id: str) -> Job:
@@ -103,34 +120,46 @@ async def create_job(request: Request, response: Response, caller: JobSubmitter,
             )
         else:
             async with received_from(state, owner, field, source) as received:
+                await run_in_threadpool(check_quota_limits, state, caller, adding_bytes=received.size)
                 job = await run_in_threadpool(
                     submit_job, state, owner, config, received, webhook, api_key_id=key_id, queue=queue
                 )
     else:
         limited = limited_request(request, state.settings.max_upload_bytes)
-        async with limited.form(max_files=1, max_fields=12) as form:
+        async with limited.form(max_files=2, max_fields=12) as form:
             config = parse_config(form.get("config"))
             webhook = parse_job_webhook(form.get("webhook"), form.get("webhook_events"), state.settings)
             queue = form.get("queue")
             field, source = one_source(form, ("dataset", "dataset_id", *REMOTE_SOURCES), missing="dataset")
-            if field == "dataset_id":
-                job = await run_in_threadpool(
-                    submit_dataset_job, state, owner, config, source, webhook, api_key_id=key_id, queue=queue
-                )
-            elif field in REMOTE_SOURCES:
-                async with received_from(state, owner, field, source) as received:
+            weights = await run_in_threadpool(network_weights_part, form, state.settings.work_dir / "uploads")
+            submit = functools.partial(submit_job, network_weights=weights)
+            try:
+                if field == "dataset_id":
                     job = await run_in_threadpool(
-                        submit_job, state, owner, config, received, webhook, api_key_id=key_id, queue=queue
+                        functools.partial(submit_dataset_job, network_weights=weights),
+                        state, owner, config, source, webhook, api_key_id=key_id, queue=queue,
+                    )  # fmt: skip
+                elif field in REMOTE_SOURCES:
+                    async with received_from(state, owner, field, source) as received:
+                        await run_in_threadpool(check_quota_limits, state, caller, adding_bytes=received.size)
+                        job = await run_in_threadpool(
+                            submit, state, owner, config, received, webhook, api_key_id=key_id, queue=queue
+                        )
+                else:
+                    upload = require_file(source, "dataset")
+                    received = await run_in_threadpool(
+                        save_upload, upload, state.settings.work_dir / "uploads"
                     )
-            else:
-                upload = require_file(source, "dataset")
-                received = await run_in_threadpool(save_upload, upload, state.settings.work_dir / "uploads")
-                try:
-                    job = await run_in_threadpool(
-                        submit_job, state, owner, config, received, webhook, api_key_id=key_id, queue=queue
-                    )
-                finally:
-                    received.path.unlink(missing_ok=True)
+                    try:
+                        await run_in_threadpool(check_quota_limits, state, caller, adding_bytes=received.size)
+                        job = await run_in_threadpool(
+                            submit, state, owner, config, received, webhook, api_key_id=key_id, queue=queue
+                        )
+                    finally:
+                        received.path.unlink(missing_ok=True)
+            finally:
+                if weights is not None:
+                    weights.path.unlink(missing_ok=True)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobOut.of(job)
 
@@ -153,7 +182,13 @@ def list_jobs(
         query = query.where(Job.status == status.value)
     with state.sessions() as session:
         jobs, next_cursor = newest_first_page(session, query, Job, owner, cursor, limit)
-        return JobList(items=[JobOut.of(j) for j in jobs], next_cursor=next_cursor)
+        items = [JobOut.of(j) for j in jobs]
+    standing = state.job_views.standing
+    for item in items:  # queued ones with their place, as GET /v1/jobs/{id} gives it
+        if item.status == JobStatus.queued:
+            for name, value in standing.standing(item.id, item.queue).items():
+                setattr(item, name, value)
+    return JobList(items=items, next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS, operation_id="get_job")
@@ -171,6 +206,7 @@ def cancel_job(job_id: str, owner: JobsWrite, state: State) -> JobOut:
         job = _owned_job(session, owner, job_id)
         request_cancel(session, job)
         session.commit()
+        state.job_views.standing.forget(job.queue)  # the jobs behind it move up
         return JobOut.of(job)
 
 
@@ -188,6 +224,7 @@ def list_artifacts(job_id: str, owner: JobsRead, state: State) -> list[ArtifactO
     response_class=StreamingResponse,
     responses={
         **_ERRORS,
+        **error_responses(410),
         200: {
             "description": "the file (the embedded mode streams it)",
             "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
@@ -197,14 +234,16 @@ def list_artifacts(job_id: str, owner: JobsRead, state: State) -> list[ArtifactO
     operation_id="download_artifact",
 )
 def download_artifact(job_id: str, artifact_id: str, owner: JobsRead, state: State) -> Response:
-    """Redirects to a presigned storage URL (S3), or streams the file (embedded mode)."""
+    """Redirects to a presigned storage URL (S3), or streams the file (embedded mode). A 410 naming the date
+    once the job's retention ran out (its files are deleted; the job's record stays)."""
     with state.sessions() as session:
-        _owned_job(session, owner, job_id)
+        job = _owned_job(session, owner, job_id)
         artifact = session.get(Artifact, artifact_id) if is_object_id(artifact_id) else None
         if artifact is None or artifact.job_id != job_id:
             raise NotFoundError(
                 f"no artifact {artifact_id} in job {job_id}", details={"artifact_id": artifact_id}
             )
+        check_job_files(job, artifact)  # 410 naming the date, from the job's expiry on
         session.expunge(artifact)
     url = state.store.presigned_url(artifact.object_key, artifact.name)
     if url:

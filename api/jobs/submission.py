@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy.orm import Session
+
 from api.datasets.service import owned_dataset, store_caption_snapshot
 from api.errors import validate_json_model
+from api.jobs.network_weights import network_weights_file, store_network_weights
 from api.models.service import (
     require_known_base_model,
     require_known_captioner,
@@ -25,9 +28,13 @@ from shared.config.spec import TrainingConfig
 from shared.datasets.intake import inspect_dataset_zip
 from shared.datasets.layout import DatasetLayout
 from shared.datasets.stored import dataset_layout, image_sizes
-from shared.db.models import Job, JobKind, JobStatus, new_id
+from shared.db.models import ApiKey, Job, JobKind, JobStatus, new_id
 from shared.errors import LorabakeError, NotFoundError
+from shared.jobs.estimates import predict_captioning
+from shared.jobs.retention import check_dataset, set_job_retention
+from shared.jobs.run_speeds import caption_history, estimate_training, queue_gpu_model
 from shared.jobs.state import add_event
+from shared.usage.quotas import check_quotas
 
 log = logging.getLogger("lorabake.api")
 
@@ -53,6 +60,7 @@ def submit_job(
     *,
     api_key_id: str | None = None,
     queue: str | None = None,
+    network_weights: ReceivedFile | None = None,
 ) -> Job:
     config = with_catalogue_name(state, config)  # a single file named by its stem
     family = require_known_base_model(state, config)
@@ -64,7 +72,13 @@ def submit_job(
 
     job_id = new_id()
     dataset_key = f"jobs/{job_id}/dataset.zip"
-    state.store.put_file(dataset_key, upload.path, "application/zip")
+    with network_weights_file(state, owner, run, family, network_weights) as (run, weights):
+        try:
+            store_network_weights(state, job_id, weights)
+            state.store.put_file(dataset_key, upload.path, "application/zip")
+        except BaseException:
+            state.remove_objects(f"jobs/{job_id}/")
+            raise
     job = Job(
         id=job_id,
         owner=owner,
@@ -75,7 +89,7 @@ def submit_job(
         dataset_bytes=upload.size,
         dataset_sha256=upload.sha256,
     )
-    return queue_training_job(state, job, run, webhook)
+    return queue_training_job(state, job, run, webhook, family=family)
 
 
 def dataset_job_config(config: TrainingConfig, layout: DatasetLayout) -> TrainingConfig:
@@ -105,6 +119,7 @@ def submit_dataset_job(
     *,
     api_key_id: str | None = None,
     queue: str | None = None,
+    network_weights: ReceivedFile | None = None,
 ) -> Job:
     """A training job on a stored dataset, pinned to its current caption revision."""
     config = with_catalogue_name(state, config)  # a single file named by its stem
@@ -120,6 +135,7 @@ def submit_dataset_job(
                 details={"field": "dataset_id"},
                 status_code=422,
             ) from exc
+        check_dataset(dataset, "dataset_id")  # a 410 once retention deleted its zip
         layout = dataset_layout(dataset)
         config = dataset_job_config(config, layout)
         run = plan_run(config, layout, image_sizes(dataset), dataset.report, family)  # upright, as probed
@@ -139,7 +155,13 @@ def submit_dataset_job(
             caption_revision=dataset.caption_revision,
             captions_key=captions_key,
         )
-    return queue_training_job(state, job, run, webhook)
+    try:
+        with network_weights_file(state, owner, run, family, network_weights) as (run, weights):
+            store_network_weights(state, job_id, weights)
+    except BaseException:
+        state.remove_objects(f"jobs/{job_id}/")  # the caption snapshot
+        raise
+    return queue_training_job(state, job, run, webhook, family=family)
 
 
 def submit_caption_job(
@@ -158,7 +180,7 @@ def submit_caption_job(
     with state.sessions() as session:
         dataset = owned_dataset(session, owner, dataset_id)  # an unknown dataset is a 404 first
         require_known_captioner(state, config, "", chosen_by)
-
+        check_dataset(dataset)
         images = sum(1 for image in dataset.images if not image.is_reg)
         job = Job(
             id=new_id(),
@@ -171,22 +193,48 @@ def submit_caption_job(
             dataset_sha256=dataset.sha256,
             dataset_id=dataset.id,
         )
-    return queue_job(state, job, config.model_dump(mode="json"), {"images": images}, images, 0, None, webhook)
+        card = queue_gpu_model(session, state.settings, state.settings.queue_name)
+        estimate = predict_captioning(config.method, images, caption_history(session, config.method), card)
+    job.estimated_seconds = estimate["seconds"]
+    plan = {"images": images, "estimate": estimate}
+    return queue_job(state, job, config.model_dump(mode="json"), plan, images, 0, None, webhook)
 
 
-def queue_training_job(state: AppState, job: Job, run: PlannedRun, webhook: JobWebhook | None = None) -> Job:
-    """A training job as planned (the config after its preset, the plan) recorded and handed on."""
+def queue_training_job(
+    state: AppState,
+    job: Job,
+    run: PlannedRun,
+    webhook: JobWebhook | None = None,
+    *,
+    family: str | None = None,
+) -> Job:
+    """A training job as planned (the config after its preset, the plan) recorded and handed on, with the
+    run time it is expected to take (`plan.estimate`, shared/jobs/run_speeds.py) for the family it trains."""
     config, plan = run.config, run.plan
+    config_json, plan_json = config.model_dump(mode="json"), run.plan_json()
+    with state.sessions() as session:
+        card = queue_gpu_model(session, state.settings, job.queue or state.settings.queue_name)
+        plan_json["estimate"] = estimate_training(session, config_json, plan_json, family, card)
+    job.estimated_seconds = plan_json["estimate"]["seconds"]
     return queue_job(
         state,
         job,
-        config.model_dump(mode="json"),
-        run.plan_json(),
+        config_json,
+        plan_json,
         plan.total_steps,
         plan.epochs,
         config.seed,
         webhook,
     )
+
+
+def check_predicted_gpu_time(session: Session, job: Job) -> None:
+    """The submitting key's `gpu_seconds_per_month` against what this month used plus the job's predicted
+    run time (the other quotas were checked before anything was read)."""
+    key = session.get(ApiKey, job.api_key_id) if job.api_key_id else None
+    limits = {k: v for k, v in (key.limits if key else {}).items() if k == "gpu_seconds_per_month"}
+    if limits and job.estimated_seconds:
+        check_quotas(session, job.owner, limits, adding_gpu_seconds=job.estimated_seconds)
 
 
 def queue_job(
@@ -210,6 +258,8 @@ def queue_job(
     job.artifacts = []
     try:
         with state.sessions() as session:
+            set_job_retention(session, job, config, state.settings.retention_days)  # 422: past the key max
+            check_predicted_gpu_time(session, job)  # 429: its expected run would pass the monthly quota
             session.add(job)
             if webhook is not None:  # in the same transaction: its first event is this queued one
                 session.flush()
@@ -219,6 +269,7 @@ def queue_job(
     except BaseException:
         state.remove_objects(f"jobs/{job_id}/")
         raise
+    state.job_views.standing.forget(job.queue)  # its place is counted at its first poll
     # After the commit, so a worker never receives an id it cannot find. The job is stored whatever happens
     # here: the scheduler's periodic passes send it if this one cannot.
     try:

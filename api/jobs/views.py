@@ -29,6 +29,20 @@ VERSION = select(Job.owner, Job.updated_at, Job.status, Job.created_at, Job.queu
 )
 
 
+UNPLACED = b'"queue_position":null,"estimated_start_seconds":null'
+
+
+def with_standing(body: bytes, standing: dict[str, float | int | None]) -> bytes:
+    """The rendered body with the queued job's place filled in: the two top-level fields are rendered null
+    next to each other (JobOut), and no other part of the body can hold those bytes unescaped, so a splice of
+    the last occurrence does what parsing and dumping the whole body would, without that cost per poll."""
+    at = body.rfind(UNPLACED)
+    if at < 0:  # not rendered as expected: take the slow, sure path
+        return json.dumps({**json.loads(body), **standing}).encode()
+    placed = json.dumps(standing, separators=(",", ":")).encode()[1:-1]
+    return body[:at] + placed + body[at + len(UNPLACED) :]
+
+
 class JobViews:
     def __init__(
         self,
@@ -55,8 +69,10 @@ class JobViews:
         if body is None:
             body = await run_in_threadpool(self._render, job_id)
         if row[2] == JobStatus.queued:  # its place in line changes while the job itself does not
-            standing = await run_in_threadpool(self.standing.standing, job_id, row[4])
-            body = json.dumps({**json.loads(body), **standing}).encode()
+            standing = self.standing.cached(job_id, row[4])  # the queue's table, from memory
+            if standing is None:  # submitted since the last pass: its queue's table is recomputed
+                standing = await run_in_threadpool(self.standing.standing, job_id, row[4])
+            body = with_standing(body, standing)
         return body
 
     async def _version(self, job_id: str) -> tuple | None:

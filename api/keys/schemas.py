@@ -14,8 +14,9 @@ _OWNER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,199}$"
 
 class KeyLimits(BaseModel):
     """Per-key limits: submissions past `max_queued` or `submissions_per_minute` get a 429 with Retry-After;
-    `max_running` and `priority` rule when the key's jobs start (docs/API.md, "Queue and limits"). Unset: no
-    limit."""
+    `max_running` and `priority` rule when the key's jobs start (docs/API.md, "Queue and limits");
+    `max_retention_days` bounds how long its jobs' files are kept; the quotas `gpu_seconds_per_month` and
+    `storage_bytes` cap the owner's usage (GET /v1/usage). Unset: no limit."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -39,6 +40,27 @@ class KeyLimits(BaseModel):
     )
     submissions_per_minute: float | None = Field(
         None, gt=0, le=10_000, description="jobs this key may submit in any 60 seconds"
+    )
+    gpu_seconds_per_month: float | None = Field(
+        None,
+        ge=0,
+        le=1e12,
+        description="quota: GPU seconds the owner's jobs may use in a calendar month (UTC); once used, a "
+        "submission is a 429 `quota_exceeded` (a running job is never stopped)",
+    )
+    storage_bytes: int | None = Field(
+        None,
+        ge=0,
+        le=10**18,
+        description="quota: bytes the owner may hold in storage (datasets, files, samples, resume states); a "
+        "submission that would pass it is a 429 `quota_exceeded`",
+    )
+    max_retention_days: int | None = Field(
+        None,
+        ge=1,
+        le=36_500,
+        description="the longest `retention_days` this key's jobs may ask for; its jobs that ask none are "
+        "kept the deployment's default, or this if that is longer (or forever)",
     )
 
 

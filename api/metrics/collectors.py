@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
+from dataclasses import asdict
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -27,6 +28,8 @@ from shared.broker_inspect import queue_depth
 from shared.db.models import JobStatus, WebhookAttempt, WebhookDelivery
 from shared.outages import is_outage
 from shared.settings import Settings
+from shared.usage.reads import all_time_totals
+from shared.usage.storage import storage_held
 
 log = logging.getLogger("lorabake.api")
 SOURCES = ("database", "broker")
@@ -57,6 +60,38 @@ def webhook_delivery_families(session: Session) -> list[Metric]:
     for name in ("ok", "error_status", "no_answer"):
         attempts.add_metric([name], tried.get(name, 0))
     return [deliveries, attempts]
+
+
+def usage_families(session: Session) -> list[Metric]:
+    """The usage ledger's all-time totals per owner, job kind and GPU model (counters: the ledger is only
+    added to), and the storage each owner holds now."""
+    labels = ["owner", "kind", "gpu"]
+    gpu_seconds = CounterMetricFamily(
+        "lorabake_usage_gpu_seconds",
+        "GPU seconds used by each owner's jobs, by job kind and GPU model.",
+        labels=labels,
+    )
+    steps = CounterMetricFamily(
+        "lorabake_usage_steps_trained",
+        "Training steps of each owner's jobs (each step of a job once).",
+        labels=labels,
+    )
+    images = CounterMetricFamily(
+        "lorabake_usage_images_captioned", "Images captioned by each owner's jobs.", labels=labels
+    )
+    for owner, kind, gpu, counts in all_time_totals(session):
+        gpu_seconds.add_metric([owner, kind, gpu], counts.gpu_seconds)
+        steps.add_metric([owner, kind, gpu], counts.steps_trained)
+        images.add_metric([owner, kind, gpu], counts.images_captioned)
+    storage = GaugeMetricFamily(
+        "lorabake_usage_storage_bytes",
+        "Bytes each owner holds in storage now, by what they are.",
+        labels=["owner", "part"],
+    )
+    for owner, held in sorted(storage_held(session).items()):
+        for part, size in asdict(held).items():
+            storage.add_metric([owner, part.removesuffix("_bytes")], size)
+    return [gpu_seconds, steps, images, storage]
 
 
 def _histogram(family: HistogramMetricFamily, labels: list[str], durations: Durations) -> None:
@@ -134,10 +169,11 @@ class ServiceCollector(Collector):
                     default_queue=self.settings.queue_name,
                 )
                 webhooks = webhook_delivery_families(session)
+                usage = usage_families(session)
         except Exception as exc:
             self._failed("database", exc)
             return []
-        return [*database_families(readings), *webhooks]
+        return [*database_families(readings), *webhooks, *usage]
 
     def _broker(self) -> list[Metric]:
         try:

@@ -16,6 +16,7 @@ from api.errors import validate_json_model
 from api.jobs.submission import dataset_job_config, parse_config
 from api.models.service import base_model_note, require_known_base_model, with_catalogue_name
 from api.openapi_doc import schema_ref
+from api.queue.service import job_queue
 from api.schemas import error_responses
 from api.state import AppState
 from api.uploads import read_json_object
@@ -35,6 +36,7 @@ from shared.datasets.layout import (
 )
 from shared.datasets.stored import dataset_layout, image_sizes
 from shared.errors import LorabakeError, NotFoundError
+from shared.jobs.run_speeds import estimate_training, queue_gpu_model
 
 router = APIRouter(tags=["plan"])
 
@@ -97,6 +99,11 @@ class PlanOut(BaseModel):
     checkpoints: list[CheckpointOut]
     checkpoint_count: int
     warnings: list[dict[str, Any]]
+    estimate: dict[str, Any] = Field(
+        description="the expected run time in seconds (`seconds`: captioning, when the config captions "
+        "first, plus training), with each part's steps/s and `basis`: `history` (how many measured runs "
+        "of the family, on which GPU model, sharing which settings) or `default` (docs/operations.md)"
+    )
 
 
 class KohyaImportOut(BaseModel):
@@ -220,18 +227,24 @@ def _dataset_run(
         return plan_run(config, layout, image_sizes(dataset), dataset.report, family)
 
 
-def _plan_out(source: str, run: PlannedRun, family: str | None) -> PlanOut:
+def _plan_out(state: AppState, source: str, run: PlannedRun, family: str | None) -> PlanOut:
     schedule = list(checkpoint_schedule(run.config, run.plan))
+    config, plan = run.config.model_dump(mode="json"), run.plan_json()
+    queue = job_queue(state, run.config, None)  # the workers that would run it: their card
+    with state.sessions() as session:
+        card = queue_gpu_model(session, state.settings, queue)
+        plan["estimate"] = estimate_training(session, config, plan, family, card)  # as a job stores it
     return PlanOut(
         source=source,
         layout=run.layout.kind,
         family=family,  # type: ignore[arg-type]
         size_multiple=size_multiple(family),
-        config=run.config.model_dump(mode="json"),
-        plan=run.plan_json(),
+        config=config,
+        plan=plan,
         checkpoints=[CheckpointOut(**c) for c in islice(schedule, MAX_CHECKPOINTS)],
         checkpoint_count=len(schedule),
         warnings=run.warnings,
+        estimate=plan["estimate"],
     )
 
 
@@ -257,10 +270,10 @@ async def dry_run(request: Request, owner: JobsRead, state: State) -> PlanOut:
         if not isinstance(dataset_id, str) or not dataset_id:
             raise _unprocessable("dataset_id must be a dataset's id (a string)", "dataset_id")
         run = await run_in_threadpool(_dataset_run, state, owner, config, dataset_id, family)
-        return _plan_out("dataset", run, family)
+        return await run_in_threadpool(_plan_out, state, "dataset", run, family)
     layout, sizes = counts_layout(parse_counts(counts))
     run = await run_in_threadpool(plan_run, config, layout, sizes, None, family)
-    return _plan_out("counts", run, family)
+    return await run_in_threadpool(_plan_out, state, "counts", run, family)
 
 
 _KOHYA_BODY = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from sqlalchemy import ColumnElement, func, select
@@ -15,7 +17,7 @@ from shared.broker_inspect import queue_depth
 from shared.db.models import Job, JobStatus
 from shared.jobs.routing import known_queues
 from shared.jobs.state import RUNNING
-from shared.jobs.workers import served_queue_lists, workers_alive
+from shared.jobs.workers import LiveWorker, live_workers, workers_alive
 
 router = APIRouter(prefix="/v1/queue", tags=["queue"])
 _ERRORS = error_responses(401, 403, 503)
@@ -26,12 +28,26 @@ class QueueCounts(BaseModel):
     running: int = Field(description="jobs a worker has (preparing, training, rendering, uploading)")
 
 
+class GpuCount(BaseModel):
+    name: str = Field(description="as nvidia-smi names it, e.g. 'NVIDIA GeForce RTX 4090'")
+    memory_mb: int = Field(description="each card's total memory (MiB)")
+    count: int = Field(description="cards of this kind among the queue's live workers")
+
+
+def gpu_counts(workers: list[LiveWorker], queue: str) -> list[GpuCount]:
+    counts = Counter(gpu for worker in workers if queue in worker.queues for gpu in worker.gpus)
+    return [GpuCount(name=n, memory_mb=m, count=c) for (n, m), c in sorted(counts.items())]
+
+
 class NamedQueue(BaseModel):
     name: str
     queued: int
     running: int
     in_broker: int | None = Field(description="messages waiting in the broker; null when it cannot be read")
     workers: int = Field(description="live workers that take jobs from it")
+    gpus: list[GpuCount] = Field(
+        default_factory=list, description="the cards of those workers, as they report them (none: CPU only)"
+    )
 
 
 class QueueOut(BaseModel):
@@ -63,7 +79,8 @@ def _counts(state: AppState, owner: str) -> tuple[QueueCounts, QueueCounts, int]
 def _per_queue(state: AppState) -> list[NamedQueue]:
     settings = state.settings
     with state.sessions() as session:
-        serving = served_queue_lists(session, settings)  # the queues each live worker consumes
+        live = live_workers(session, settings)
+        serving = [set(worker.queues) for worker in live]  # the queues each live worker consumes
         grouped = session.execute(
             select(Job.queue, Job.status, func.count(Job.id))
             .where(Job.status.in_([JobStatus.queued, *RUNNING]))
@@ -80,7 +97,16 @@ def _per_queue(state: AppState) -> list[NamedQueue]:
         except Exception:  # the broker is down: the database's counts still answer
             depth = None
         workers = sum(1 for qs in serving if name in qs)
-        lines.append(NamedQueue(name=name, queued=queued, running=running, in_broker=depth, workers=workers))
+        lines.append(
+            NamedQueue(
+                name=name,
+                queued=queued,
+                running=running,
+                in_broker=depth,
+                workers=workers,
+                gpus=gpu_counts(live, name),
+            )
+        )
     return lines
 
 

@@ -1,23 +1,28 @@
-"""Where a queued job stands: its position, and a rough estimate of when it starts.
+"""Where a queued job stands: its position, and when it is expected to start.
 
 Position is the job's place in the order the scheduler starts jobs in (shared/jobs/scheduling.py: key
-priority, owners taking turns, per-key caps), behind the jobs already sent to workers. The estimate
-assumes each worker takes one job at a time: a free worker starts it now; otherwise each running job's
-end (its own ETA) starts the next job in line, and past those, each round of workers takes a typical run
-(the median of the last successful runs). A running job's remaining time counts down from when its ETA was
-written (or, before it has one, from its start against a typical run), so the estimate moves with time even
-between progress reports. Unknown (null, not shown) while no worker is alive, when it depends on a typical
-run and nothing has run yet, or when a job ahead has overrun what was expected of it by more than
-OVERDUE_SECONDS (a stalled job says nothing about when it ends).
+priority, owners taking turns, per-key caps), behind the jobs already sent to workers. The expected start
+plays the line out on the queue's live workers' slots: each running job frees its slot at its own end (its
+ETA, counted down from when it was written; before it has one, its predicted run time from its start), each
+queued job ahead takes the first free slot for its own predicted run time (`jobs.estimated_seconds`, from
+the measured history: shared/jobs/run_speeds.py). Unknown (null) while no worker serves the queue, or behind
+a job whose end nobody can tell (one overdue by more than OVERDUE_SECONDS, or with no prediction).
+
+Computed once per change of the queue for all its queued jobs, not per request: a background pass in each
+API process (every SCHEDULE_INTERVAL_SECONDS) recomputes a queue's table when its version changed (or
+TABLE_TTL_SECONDS passed, for the running jobs' new ETAs), and a poll reads the table from memory. Starts
+are kept as instants, so the seconds count down between passes.
 """
 
 from __future__ import annotations
 
+import heapq
+import math
 import statistics
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import case, func, or_, select
@@ -37,16 +42,14 @@ from shared.jobs.scheduler import (
 )
 from shared.jobs.scheduling import Waiting, start_order
 from shared.jobs.state import RUNNING
-from shared.jobs.workers import served_queue_lists, served_queues
+from shared.jobs.workers import live_workers, served_queues, slots_serving
 from shared.settings import Settings
 
 if TYPE_CHECKING:
     from api.state import AppState
 
-TYPICAL_RUNS = 20  # successful runs the typical run time is the median of
-TYPICAL_TTL_SECONDS = 30.0
-CAPACITY_TTL_SECONDS = 2.0
-LINE_TTL_SECONDS = 30.0  # at most this stale when only a key's limits changed
+TYPICAL_RUNS = 20  # successful runs the typical run time (for jobs with no prediction) is the median of
+TABLE_TTL_SECONDS = 10.0  # a queue's table is recomputed at least this often (running jobs' ETAs move)
 OVERDUE_SECONDS = 60.0  # past its expected end by more than this, a running job's end is unknown
 
 
@@ -55,15 +58,17 @@ class Running:
     eta_seconds: float | None  # remaining seconds when the job last reported progress
     eta_at: datetime | None  # when that was
     started_at: datetime | None
+    estimated_seconds: float | None = None  # its predicted run time (jobs.estimated_seconds)
 
 
 def remaining_seconds(job: Running, typical: float | None, now: datetime) -> float | None:
-    """Seconds until a running job ends, counted down from its last ETA (or from its start against a
-    typical run); None when unknown or overdue by more than OVERDUE_SECONDS."""
+    """Seconds until a running job ends, counted down from its last ETA (or from its start against its
+    predicted run time, else a typical run); None when unknown or overdue by more than OVERDUE_SECONDS."""
+    expected = job.estimated_seconds if job.estimated_seconds is not None else typical
     if job.eta_seconds is not None and job.eta_at is not None:
         left = job.eta_seconds - (now - as_utc(job.eta_at)).total_seconds()
-    elif typical is not None and job.started_at is not None:
-        left = typical - (now - as_utc(job.started_at)).total_seconds()
+    elif expected is not None and job.started_at is not None:
+        left = expected - (now - as_utc(job.started_at)).total_seconds()
     else:
         return None
     if left < -OVERDUE_SECONDS:
@@ -71,9 +76,29 @@ def remaining_seconds(job: Running, typical: float | None, now: datetime) -> flo
     return max(left, 0.0)
 
 
+def expected_starts(
+    slots: int, running_left: list[float | None], durations: list[float | None]
+) -> list[float | None]:
+    """Seconds from now until each job of the line starts (`durations`: their predicted run times, in line
+    order), on `slots` slots that the running jobs free after `running_left` seconds (None: unknown)."""
+    if slots <= 0:
+        return [None] * len(durations)
+    # A worker serving several queues counts in each: the queue can use at most `slots` of them, and the
+    # first to free are the ones that end soonest.
+    ends = sorted(math.inf if left is None else left for left in running_left)[:slots]
+    free = [*ends, *([0.0] * (slots - len(ends)))]
+    heapq.heapify(free)
+    starts: list[float | None] = []
+    for duration in durations:
+        at = heapq.heappop(free)
+        starts.append(None if math.isinf(at) else round(at, 1))
+        heapq.heappush(free, math.inf if duration is None else at + duration)
+    return starts
+
+
 def line_version(session: Session, settings: Settings, queue: str) -> tuple:
     """Changes whenever the line may have: a job joins or leaves it (submitted, canceled, sent, started) or a
-    job in flight ends. One aggregate query, so a poll does not recompute the whole line."""
+    job in flight ends. One aggregate query, so a pass does not recompute an unchanged line."""
     of_queue = in_queue(settings, queue)
     is_queued = Job.status == JobStatus.queued
     row = session.execute(
@@ -114,99 +139,116 @@ def queue_line(session: Session, settings: Settings, queue: str) -> list[str]:
     return sent + [job.job_id for job in start_order(waiting, count_in_flight(flights, queue, turns))]
 
 
+@dataclass(frozen=True)
+class QueueTable:
+    computed_at: float  # time.monotonic()
+    version: tuple
+    places: dict[str, tuple[int, datetime | None]]  # job id -> (jobs ahead, expected start)
+
+
 class QueueStanding:
-    """Positions are counted at each poll; the rest of the estimate (the queue's live workers, its running
-    jobs' ETAs, the typical run) is kept a moment, so polling a queued job stays cheap."""
+    """Each queue's table of queued jobs (place, expected start), recomputed when the queue changed."""
 
     def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
         self.sessions = sessions
         self.settings = settings
-        self._typical: tuple[float, float | None] = (-TYPICAL_TTL_SECONDS, None)  # (computed at, seconds)
-        self._capacity: dict[str, tuple[float, int, list[Running]]] = {}  # queue -> (at, workers, running)
-        # queue -> (computed at, line_version, job id -> place)
-        self._lines: dict[str, tuple[float, tuple, dict[str, int]]] = {}
-        self._lock = threading.Lock()
+        self._tables: dict[str, QueueTable] = {}
+        self._lock = threading.Lock()  # guards _tables
+        self._compute_lock = threading.Lock()  # one recomputation at a time
 
-    def _typical_run(self, session: Session) -> float | None:
-        with self._lock:
-            at, value = self._typical
-        if time.monotonic() - at < TYPICAL_TTL_SECONDS:
-            return value
-        rows = session.execute(
-            select(Job.started_at, Job.finished_at)
-            .where(
-                Job.status == JobStatus.succeeded, Job.started_at.is_not(None), Job.finished_at.is_not(None)
-            )
-            .order_by(Job.finished_at.desc())
-            .limit(TYPICAL_RUNS)
-        ).all()
-        runs = [(as_utc(end) - as_utc(start)).total_seconds() for start, end in rows]
-        value = statistics.median(runs) if runs else None
-        with self._lock:
-            self._typical = (time.monotonic(), value)
-        return value
-
-    def _queue_capacity(self, session: Session, queue: str | None) -> tuple[int, list[Running]]:
-        """(live workers serving the queue, the jobs running from it)."""
-        name = queue or self.settings.queue_name
-        with self._lock:
-            cached = self._capacity.get(name)
-        if cached is not None and time.monotonic() - cached[0] < CAPACITY_TTL_SECONDS:
-            return cached[1], cached[2]
-        workers = sum(1 for served in served_queue_lists(session, self.settings) if name in served)
-        in_queue = Job.queue.in_([name]) if queue is not None else Job.queue.is_(None) | (Job.queue == name)
-        rows = session.execute(
-            select(Job.eta_seconds, Job.eta_at, Job.started_at).where(Job.status.in_(list(RUNNING)), in_queue)
-        ).all()
-        running = [Running(eta, at, started) for eta, at, started in rows]
-        with self._lock:
-            self._capacity[name] = (time.monotonic(), workers, running)
-        return workers, running
-
-    def _place(self, session: Session, job_id: str, queue: str) -> int:
-        """Jobs ahead of this one. The line is recomputed only when its version changed (or it is old)."""
-        version = line_version(session, self.settings, queue)
-        with self._lock:
-            cached = self._lines.get(queue)
-        if cached is None or cached[1] != version or time.monotonic() - cached[0] >= LINE_TTL_SECONDS:
-            line = {jid: place for place, jid in enumerate(queue_line(session, self.settings, queue))}
-            cached = (time.monotonic(), version, line)
-            with self._lock:
-                self._lines[queue] = cached
-        return cached[2].get(job_id, len(cached[2]))
+    # -- the request path ---------------------------------------------------------------------------------
+    def cached(self, job_id: str, queue: str | None) -> dict[str, float | int | None] | None:
+        """From memory; None when this queue's table does not hold the job yet (submitted since the pass)."""
+        table = self._tables.get(queue or self.settings.queue_name)
+        place = table.places.get(job_id) if table is not None else None
+        return None if place is None else self._answer(place)
 
     def standing(self, job_id: str, queue: str | None) -> dict[str, float | int | None]:
-        """Its place in its own queue (`queue` None: the default one, for jobs made before named queues)."""
+        """Its place in its own queue (`queue` None: the default one, for jobs made before named queues):
+        from the table, recomputing it first when it does not hold the job (a database read, in a thread)."""
+        answer = self.cached(job_id, queue)
+        if answer is not None:
+            return answer
+        name = queue or self.settings.queue_name
         with self.sessions() as session:
-            ahead = self._place(session, job_id, queue or self.settings.queue_name)
-            workers, running = self._queue_capacity(session, queue)
-            typical = self._typical_run(session)
-        # a job that has no ETA yet (still preparing) is taken to need a typical run from its start
+            table = self._recompute(session, name, force=True)
+        place = table.places.get(job_id)
+        return self._answer(place if place is not None else (len(table.places), None))
+
+    @staticmethod
+    def _answer(place: tuple[int, datetime | None]) -> dict[str, float | int | None]:
+        ahead, start = place
+        seconds = None if start is None else round(max((start - datetime.now(UTC)).total_seconds(), 0.0), 1)
+        return {"queue_position": ahead + 1, "estimated_start_seconds": seconds}
+
+    def forget(self, queue: str | None) -> None:
+        """This process changed the queue (a submission, a cancel): its next poll recomputes the table, so
+        the caller sees the change at once (other processes' changes show within a pass)."""
+        with self._lock:
+            self._tables.pop(queue or self.settings.queue_name, None)
+
+    # -- the background pass ------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Every queue with queued jobs: its table recomputed if the queue changed (or it is old); the
+        tables of queues with none are dropped."""
+        with self.sessions() as session:
+            queues = {
+                q or self.settings.queue_name
+                for q in session.scalars(select(Job.queue).where(Job.status == JobStatus.queued).distinct())
+            }
+            for name in queues:
+                self._recompute(session, name, force=False)
+        with self._lock:
+            for name in set(self._tables) - queues:
+                del self._tables[name]
+
+    def _recompute(self, session: Session, queue: str, *, force: bool) -> QueueTable:
+        with self._compute_lock:
+            version = line_version(session, self.settings, queue)
+            table = self._tables.get(queue)
+            fresh = table is not None and time.monotonic() - table.computed_at < TABLE_TTL_SECONDS
+            if table is not None and table.version == version and (fresh or force):
+                return table  # (forced: the job asked about is simply not in this queue's line)
+            table = QueueTable(time.monotonic(), version, self._places(session, queue))
+            with self._lock:
+                self._tables[queue] = table
+            return table
+
+    def _places(self, session: Session, queue: str) -> dict[str, tuple[int, datetime | None]]:
+        line = queue_line(session, self.settings, queue)
+        predicted: dict[str, float | None] = {}
+        if line:
+            rows = session.execute(select(Job.id, Job.estimated_seconds).where(Job.id.in_(line)))
+            predicted = {job_id: seconds for job_id, seconds in rows}
+        typical = typical_run(session)
+        slots = slots_serving(live_workers(session, self.settings), queue)
         now = datetime.now(UTC)
-        etas = [remaining_seconds(job, typical, now) for job in running]
-        known = [eta for eta in etas if eta is not None]
-        if len(known) < len(etas):  # a job ahead whose end is unknown: only a free worker is sure
-            starts = 0.0 if ahead < max(0, workers - len(etas)) else None
-        else:
-            starts = estimate(ahead, workers, known, typical)
-        return {"queue_position": ahead + 1, "estimated_start_seconds": starts}
+        running = [
+            remaining_seconds(Running(*row), typical, now)
+            for row in session.execute(
+                select(Job.eta_seconds, Job.eta_at, Job.started_at, Job.estimated_seconds).where(
+                    Job.status.in_(list(RUNNING)), in_queue(self.settings, queue)
+                )
+            )
+        ]
+        durations = [predicted.get(job_id) or typical for job_id in line]
+        starts = expected_starts(slots, running, durations)
+        return {
+            job_id: (ahead, None if start is None else now + timedelta(seconds=start))
+            for ahead, (job_id, start) in enumerate(zip(line, starts, strict=True))
+        }
 
 
-def estimate(ahead: int, workers: int, running_etas: list[float], typical: float | None) -> float | None:
-    """Seconds until the job behind `ahead` others starts (see the module doc); None when unknown."""
-    if workers <= 0:
-        return None
-    free = max(0, workers - len(running_etas))
-    if ahead < free:
-        return 0.0
-    waiting_for = ahead - free  # this many more starts come first, one as each running job ends
-    ends = sorted(running_etas)
-    if waiting_for < len(ends):
-        return round(ends[waiting_for], 1)
-    if typical is None:
-        return None
-    later_rounds = (waiting_for - len(ends)) // workers + 1
-    return round((ends[-1] if ends else 0.0) + later_rounds * typical, 1)
+def typical_run(session: Session) -> float | None:
+    """The median wall time of the last successful runs: for a job queued before predictions existed."""
+    rows = session.execute(
+        select(Job.started_at, Job.finished_at)
+        .where(Job.status == JobStatus.succeeded, Job.started_at.is_not(None), Job.finished_at.is_not(None))
+        .order_by(Job.finished_at.desc())
+        .limit(TYPICAL_RUNS)
+    ).all()
+    runs = [(as_utc(end) - as_utc(start)).total_seconds() for start, end in rows]
+    return statistics.median(runs) if runs else None
 
 
 def job_queue(state: AppState, config: TrainingConfig, requested: str | None) -> str:

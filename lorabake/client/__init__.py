@@ -54,6 +54,7 @@ from lorabake.client.models import (
     Readiness,
     TagCount,
     Upload,
+    Usage,
     Webhook,
     WebhookAttempt,
     WebhookDelivery,
@@ -68,7 +69,6 @@ __all__ = [
     "CaptionEditResult",
     "CaptionerInfo",
     "Captions",
-
     "Checkpoint",
     "ChecksumMismatchError",
     "CreatedKey",
@@ -102,6 +102,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "TagCount",
     "Upload",
+    "Usage",
     "Webhook",
     "WebhookAttempt",
     "WebhookDelivery",

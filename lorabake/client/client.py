@@ -38,6 +38,7 @@ from lorabake.client.models import (
     Readiness,
     TagCount,
     Upload,
+    Usage,
     Webhook,
     WebhookDelivery,
     WebhookSecret,
@@ -400,7 +401,6 @@ class LorabakeClient:
     def list_models(self) -> ModelCatalogue:
         """The base models the workers reported, by the name `config.base_model` takes (`items`), and the
         captioner models (`captioners`)."""
-
         return self._api.parse(ModelCatalogue, self._api.request("GET", "/v1/models"))
 
     def create_key(
@@ -521,6 +521,20 @@ class LorabakeClient:
         """Jobs waiting and running (everyone's as counts, `yours` apart), broker depth, workers alive. A
         queued job's own place in line is `get_job(id).queue_position` / `.estimated_start_seconds`."""
         return self._api.parse(Queue, self._api.request("GET", "/v1/queue"))
+
+    # --- usage ---------------------------------------------------------------------------------------------
+    def usage(
+        self,
+        *,
+        group: str = "day",
+        since: str | None = None,
+        until: str | None = None,
+        owner: str | None = None,
+    ) -> Usage:
+        """GPU seconds, steps trained and images captioned per `group` ("day" or "month"; UTC dates
+        `since`/`until`, both included), storage held now, and this key's quotas; `owner`: admin keys only."""
+        params = _params(group=group, since=since, until=until, owner=owner)
+        return self._api.parse(Usage, self._api.request("GET", "/v1/usage", params=params))
 
     # --- plan, presets, kohya_ss configs -------------------------------------------------------------------
     def plan(

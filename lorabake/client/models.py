@@ -56,6 +56,7 @@ class Artifact(_Model):
     created_at: UtcDatetime | None = None
     download_url: str = ""  # the API path; it redirects to storage or streams the file
     meta: dict[str, Any] | None = None
+    expired_at: UtcDatetime | None = None  # retention deleted the file: downloading it answers 410
 
 
 class Job(_Model):
@@ -77,6 +78,11 @@ class Job(_Model):
     updated_at: UtcDatetime | None = None
     started_at: UtcDatetime | None = None
     finished_at: UtcDatetime | None = None
+    # retention: days its files are kept after it finishes (0: forever), when they will be (or were) deleted,
+    # and when they were (the job's record stays)
+    retention_days: int | None = None
+    expires_at: UtcDatetime | None = None
+    expired_at: UtcDatetime | None = None
     # while queued, in get_job() only (null in listings and once started): its place in line (1: next to
     # start) and a rough estimate of the seconds until it starts (null when the server cannot tell)
     queue_position: int | None = None
@@ -134,6 +140,34 @@ class Queue(_Model):
     workers_alive: int = 0
     yours: QueueCounts = QueueCounts()
     queues: list[NamedQueue] = []
+
+
+# --- usage ----------------------------------------------------------------------------------------------
+
+
+class UsageCounts(_Model):
+    gpu_seconds: float = 0.0
+    steps_trained: int = 0
+    images_captioned: int = 0
+
+
+class UsagePeriod(UsageCounts):
+    period: str  # the day, or the month's first day (UTC, ISO)
+    by_kind: list[dict[str, Any]] = []  # {"kind", "gpu", "gpu_seconds", "steps_trained", "images_captioned"}
+
+
+class Usage(_Model):
+    """`GET /v1/usage`: the owner's usage per day or month, the storage it holds now (`storage`, bytes by
+    part and `total_bytes`), and the asking key's quotas with their use."""
+
+    owner: str
+    group: str
+    since: str
+    until: str
+    totals: UsageCounts
+    periods: list[UsagePeriod] = []
+    storage: dict[str, int] = {}
+    quotas: list[dict[str, Any]] = []  # {"quota", "limit", "used", "resets_at"}
 
 
 # --- datasets --------------------------------------------------------------------------------------------
@@ -295,7 +329,6 @@ class CaptionerInfo(_Model):
 class ModelCatalogue(_Model):
     items: list[BaseModelInfo]
     captioners: list[CaptionerInfo] = []  # apart from the base models
-
     downloads_allowed: bool = False  # whether a hub repo id not listed is accepted (workers download it)
 
 
@@ -304,6 +337,9 @@ class KeyLimits(_Model):
     priority: int | None = None
     max_queued: int | None = None
     submissions_per_minute: float | None = None
+    max_retention_days: int | None = None
+    gpu_seconds_per_month: float | None = None  # quota on the owner's GPU seconds in a calendar month
+    storage_bytes: int | None = None  # quota on the bytes the owner holds in storage
 
 
 class ApiKeyInfo(_Model):

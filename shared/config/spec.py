@@ -99,6 +99,29 @@ OPTIMIZER_ARGS: dict[str, frozenset[str]] = {
 }
 
 
+class NetworkWeights(BaseModel):
+    """sd-scripts' --network_weights: the LoRA file a run starts from instead of a random init. Either an
+    epoch of one of the caller's jobs (`job`, `epoch`), or a `.safetensors` sent as the multipart part
+    `network_weights` of POST /v1/jobs (the API then records `file` and `sha256` here)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job: str | None = Field(None, max_length=32, description="One of your jobs: start from its `epoch` file.")
+    epoch: int | None = Field(None, ge=1, le=1000, description="That job's epoch (the last: its final file).")
+    file: str | None = Field(None, max_length=500, description="Set by the API: the uploaded file's name.")
+    sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="Set by the API: its sha256 (the worker checks it)."
+    )
+
+    @model_validator(mode="after")
+    def _job_and_epoch(self) -> NetworkWeights:
+        if (self.job is None) != (self.epoch is None):
+            raise ValueError("network_weights needs both `job` and `epoch` (or neither: an uploaded file)")
+        if self.job is not None and self.file is not None:
+            raise ValueError("network_weights is either a job's epoch or an uploaded file, not both")
+        return self
+
+
 class TrainingConfig(BaseModel):
     """One LoRA training run. Field names follow Kohya's sd-scripts where one exists."""
 
@@ -250,8 +273,21 @@ class TrainingConfig(BaseModel):
         description="DoRA (LyCORIS' dora_wd weight decomposition, norm per input channel, `dora_scale` "
         "keys); needs network_alpha = network_dim (and conv_alpha = conv_dim): A1111 and ComfyUI agree then.",
     )
+    network_weights: NetworkWeights | None = Field(
+        None,
+        description="Start from a LoRA file (sd-scripts' --network_weights): {job, epoch} of one of your "
+        "jobs, or the multipart part `network_weights`; its family, network type, ranks, alphas and modules "
+        "must be this run's.",
+    )
     gradient_checkpointing: bool = False
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="None picks one; the job records it.")
+    retention_days: int | None = Field(
+        None,
+        ge=0,
+        le=36_500,
+        description="Days the job's files, samples, dataset copy and resume state are kept after it finishes "
+        "(0: forever), within the key's max_retention_days; None: the deployment's default (not lorabake's).",
+    )
 
     # --- data: aspect-ratio buckets and captions (Kohya's names and defaults; shared/config/buckets.py) ---
     enable_bucket: bool = Field(True, description="Aspect-ratio bucketing (on by default, as in kohya_ss).")

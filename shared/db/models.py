@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -12,6 +12,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -109,6 +110,8 @@ class Job(Base):
     dataset_filename: Mapped[str] = mapped_column(String(500), default="")
     dataset_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     dataset_sha256: Mapped[str] = mapped_column(String(64), default="")
+    # the size of the resume state kept in storage for it (0: none): what storage usage counts for it
+    resume_state_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int] = mapped_column(Integer, default=0)
@@ -120,6 +123,8 @@ class Job(Base):
     # when eta_seconds was written: the queue's estimates count down from it (updated_at also moves with
     # every lease renewal, so it cannot date an ETA)
     eta_at: Mapped[datetime | None] = mapped_column(default=None)
+    # the predicted run time at submission (shared/jobs/estimates.py): queued jobs ahead count with it
+    estimated_seconds: Mapped[float | None] = mapped_column(Float, default=None)
 
     seed: Mapped[int | None] = mapped_column(BigInteger, default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -140,6 +145,16 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # retention swept its dataset copy, files, samples and resume state (the row and metadata stay)
+    expired_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    # days its objects are kept after it finished, fixed at submission (0: forever; None: a job from before
+    # retention, which follows the deployment's current default) and the date that makes (shared/retention.py)
+    retention_days: Mapped[int | None] = mapped_column(Integer, default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    # POST /v1/jobs/{id}/continue: the succeeded job this one trains on from (its final resume state)
+    continued_from: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), index=True, default=None
+    )
 
     @property
     def lost_runs(self) -> int:
@@ -169,6 +184,7 @@ class Artifact(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)  # e.g. a sample's prompt
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expired_at: Mapped[datetime | None] = mapped_column(default=None)  # its object was deleted by retention
 
     job: Mapped[Job] = relationship(back_populates="artifacts")
 
@@ -182,6 +198,7 @@ class WorkerProcess(Base):
     hostname: Mapped[str] = mapped_column(String(200))
     queues: Mapped[str] = mapped_column(String(500), default="")
     slots: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # jobs it runs at once
+    gpus: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # shared/gpu_inventory.py
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
@@ -198,7 +215,6 @@ class BaseModelRecord(Base):
     prediction_type: Mapped[str | None] = mapped_column(String(20), default=None)
     kind: Mapped[str] = mapped_column(String(20))  # diffusers / single_file / captioner
     captioner: Mapped[str | None] = mapped_column(String(20), default=None)  # its method: blip, florence2...
-
     source: Mapped[str] = mapped_column(String(20))  # local / hub_cache
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -222,6 +238,23 @@ class ModelReport(Base):
 
     worker_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     reported_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RunSpeed(Base):
+    """What a finished run measured, with what its speed depends on: the history estimates predict from
+    (shared/jobs/estimates.py). Kept when its job is deleted: the speed of a card does not belong to a job."""
+
+    __tablename__ = "run_speeds"
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))  # train / caption
+    family: Mapped[str | None] = mapped_column(String(10), default=None)
+    gpu_model: Mapped[str] = mapped_column(String(200))
+    method: Mapped[str | None] = mapped_column(String(20), default=None)  # a caption job's captioner
+    features: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # estimates.RunFeatures' fields
+    steps_per_second: Mapped[float | None] = mapped_column(Float, default=None)
+    overhead_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    seconds: Mapped[float] = mapped_column(Float)  # wall time, start to end
+    finished_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class ServiceLock(Base):
@@ -265,6 +298,7 @@ class Dataset(Base):
     caption_revision: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    expired_at: Mapped[datetime | None] = mapped_column(default=None)  # retention deleted its objects
 
     images: Mapped[list[DatasetImage]] = relationship(
         back_populates="dataset", order_by="DatasetImage.path", cascade="all, delete-orphan"
@@ -416,3 +450,32 @@ class IdempotencyKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # in progress: renewed while the request runs (a stopped process lets go soon); done: the replay window
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class UsageRecord(Base):
+    """The usage ledger: what an owner's jobs used, per UTC day, job kind and GPU model, added by the workers
+    as the work happens (shared/usage/ledger.py). Rows are only ever added to, never estimated."""
+
+    __tablename__ = "usage"
+
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20), primary_key=True)  # the job's kind (JobKind)
+    gpu: Mapped[str] = mapped_column(String(200), primary_key=True)  # the device's name, or "cpu"
+    gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    steps_trained: Mapped[int] = mapped_column(BigInteger, default=0)
+    images_captioned: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class JobUsage(Base):
+    """How much of one job's work the ledger already holds, as absolute counts, so that a write repeated
+    (a retried commit) or a run resumed adds only what is new: GPU seconds per run (its lease token), steps
+    and images per job (a resumed run trains again from its last resume state; those steps count once)."""
+
+    __tablename__ = "job_usage"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    run_token: Mapped[str | None] = mapped_column(String(32), default=None)  # the run gpu_seconds is of
+    gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)  # counted for that run
+    steps_trained: Mapped[int] = mapped_column(Integer, default=0)  # counted for the job, all runs
+    images_captioned: Mapped[int] = mapped_column(Integer, default=0)

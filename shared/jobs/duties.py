@@ -1,5 +1,6 @@
 """What runs beside a worker, in a process of its own: the worker's heartbeat (with its slots), its report of
-the base models it has, a reconciler, the scheduler and the webhook dispatcher (shared/webhooks).
+the base models it has, a reconciler, the scheduler, the retention sweeper and the webhook dispatcher
+(shared/webhooks).
 
 `lorabake worker` starts it (`lorabake worker-duties --parent PID`) and it ends when that worker process
 is gone, so a worker host that dies takes its heartbeat with it, or when that worker starts its shutdown
@@ -17,8 +18,10 @@ from datetime import timedelta
 from shared.catalogue.records import forget_unseen_models
 from shared.catalogue.reporting import ModelReporter
 from shared.db.session import session_factory
+from shared.gpu_inventory import local_gpus
 from shared.jobs.reconciler import Reconciler
 from shared.jobs.scheduler import Scheduler
+from shared.jobs.sweeper import start_retention_sweeper
 from shared.jobs.workers import forget_stale_workers, forget_worker, record_heartbeat, worker_id
 from shared.outages import is_outage
 from shared.queue import JobDispatcher, make_celery
@@ -51,8 +54,11 @@ def run_worker_duties(
     models = ModelReporter(settings, sessions, wid)
     webhooks = WebhookDispatcher(settings, sessions, build_store(settings)).start()
     beat_every = settings.lease_renew_seconds
+    gpus = local_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"))  # the cards its jobs train on
     reconcile_every = settings.reconcile_interval_seconds
     next_beat = next_reconcile = 0.0
+    # a thread of its own: a pass deleting many objects must not hold up the heartbeat
+    sweeper = start_retention_sweeper(settings, sessions, build_store(settings), f"worker:{wid}")
 
     def running() -> bool:
         return os.getppid() == parent and not stop()  # the worker is gone or stopping: so is its heartbeat
@@ -64,7 +70,7 @@ def run_worker_duties(
             next_beat = now + beat_every
             try:
                 with sessions() as session:
-                    record_heartbeat(session, wid, ",".join(queues or [settings.queue_name]), slots)
+                    record_heartbeat(session, wid, ",".join(queues or [settings.queue_name]), slots, gpus)
                     forget_unseen_models(session, timedelta(days=settings.model_catalogue_days))
                     forget_stale_workers(session, older_than_seconds=86_400)  # commits
             except Exception as exc:
@@ -86,6 +92,8 @@ def run_worker_duties(
                 break
             time.sleep(0.1)
     webhooks.stop()
+    if sweeper is not None:
+        sweeper.stop()
     try:
         with sessions() as session:
             forget_worker(session, wid)

@@ -21,6 +21,7 @@ from sqlalchemy import ColumnElement, or_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import Job, JobStatus, as_utc, new_id, utcnow
+from shared.jobs.run_speeds import record_run
 from shared.jobs.state import add_event, set_status
 
 log = logging.getLogger("lorabake.leases")
@@ -128,9 +129,14 @@ def end_if_it_must_not_run(session: Session, job: Job, max_attempts: int | None)
     return False
 
 
-def end_job(session: Session, job: Job, status: JobStatus, **fields: Any) -> None:
-    """A terminal status, the lease given up with it."""
+def end_job(
+    session: Session, job: Job, status: JobStatus, *, gpu_model: str | None = None, **fields: Any
+) -> None:
+    """A terminal status, the lease given up with it. A success on a worker that names its GPU model leaves
+    the run's measured speed for the estimates (shared/jobs/run_speeds.py)."""
     set_status(session, job, status, lease_token=None, lease_expires_at=None, **fields)
+    if status == JobStatus.succeeded and gpu_model is not None:
+        record_run(session, job, gpu_model)
 
 
 def back_to_queue(session: Session, job: Job, reason: str, *, count_attempt: bool) -> None:
@@ -153,6 +159,7 @@ class JobLease:
         self.token = token
         self.duration = timedelta(seconds=lease_seconds)
         self.cancel_requested = False  # as of the last fenced write
+        self.gpu_model: str | None = None  # set by the worker: a success records the run's speed with it
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -185,7 +192,7 @@ class JobLease:
 
     def finish(self, status: JobStatus, **fields: Any) -> None:
         with self.transaction() as session:
-            end_job(session, self.job(session), status, **fields)
+            end_job(session, self.job(session), status, gpu_model=self.gpu_model, **fields)
 
     def hand_back(self, reason: str) -> None:
         """Give the job back to the queue (not counted as an attempt): an outage outlasted our retries."""

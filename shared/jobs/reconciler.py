@@ -36,6 +36,7 @@ from shared.outages import is_outage
 from shared.queue import JobDispatcher
 from shared.settings import Settings
 from shared.storage import ObjectStore, resume_state_prefix
+from shared.usage.storage import forget_resume_state
 
 log = logging.getLogger("lorabake.reconciler")
 LOCK_NAME = "reconciler"
@@ -163,6 +164,7 @@ class Reconciler:
             return
         try:
             self.store.delete_prefix(resume_state_prefix(job_id))
+            forget_resume_state(self.sessions, job_id)
         except Exception:
             log.exception("job %s: could not delete its resume state", job_id)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -21,6 +22,8 @@ def set_status(session: Session, job: Job, status: JobStatus, **fields: Any) -> 
     if status.is_terminal:
         job.finished_at = utcnow()
         job.eta_seconds = None
+        if job.retention_days:  # 0: kept forever; None: a job from before retention (the sweeper's default)
+            job.expires_at = job.finished_at + timedelta(days=job.retention_days)
     event: dict[str, Any] = {"status": status.value}
     if job.error_code:
         event["error"] = {"code": job.error_code, "message": job.error_message}

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from shared.catalogue.records import forget_worker_models
 from shared.db.models import WorkerProcess, utcnow
+from shared.gpu_inventory import Gpu
 from shared.settings import Settings
 
 
@@ -24,10 +25,14 @@ def worker_id(pid: int | None = None) -> str:
 class LiveWorker:
     queues: frozenset[str]  # the queues it consumes
     slots: int  # jobs it runs at once (its Celery concurrency)
+    gpus: tuple[tuple[str, int], ...] = ()  # (name, memory MiB) of each card it reported
 
 
-def record_heartbeat(session: Session, wid: str, queues: str, slots: int = 1) -> None:
+def record_heartbeat(
+    session: Session, wid: str, queues: str, slots: int = 1, gpus: list[Gpu] | None = None
+) -> None:
     now = utcnow()
+    gpus = list(gpus or [])
     row = session.get(WorkerProcess, wid)
     if row is None:
         session.add(
@@ -36,12 +41,13 @@ def record_heartbeat(session: Session, wid: str, queues: str, slots: int = 1) ->
                 hostname=wid.rsplit(":", 1)[0],
                 queues=queues,
                 slots=slots,
+                gpus=gpus,
                 started_at=now,
                 last_seen_at=now,
             )
         )
     else:
-        row.last_seen_at, row.queues, row.slots = now, queues, slots
+        row.last_seen_at, row.queues, row.slots, row.gpus = now, queues, slots, gpus
     session.commit()
 
 
@@ -49,10 +55,17 @@ def live_workers(session: Session, settings: Settings) -> list[LiveWorker]:
     """Workers whose heartbeat is recent (three beats), with the queues they consume."""
     since = utcnow() - timedelta(seconds=3 * settings.lease_renew_seconds)
     rows = session.execute(
-        select(WorkerProcess.queues, WorkerProcess.slots).where(WorkerProcess.last_seen_at >= since)
+        select(WorkerProcess.queues, WorkerProcess.slots, WorkerProcess.gpus).where(
+            WorkerProcess.last_seen_at >= since
+        )
     ).all()
     return [
-        LiveWorker(frozenset(filter(None, names.split(","))), max(1, slots or 1)) for names, slots in rows
+        LiveWorker(
+            frozenset(filter(None, names.split(","))),
+            max(1, slots or 1),
+            tuple((str(g.get("name", "")), int(g.get("memory_mb", 0))) for g in gpus or []),
+        )
+        for names, slots, gpus in rows
     ]
 
 

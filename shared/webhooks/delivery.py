@@ -28,6 +28,7 @@ from sqlalchemy import case, func, literal, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import (
+    Artifact,
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
@@ -36,6 +37,7 @@ from shared.db.models import (
     utcnow,
 )
 from shared.net.public_http import capped_bytes, public_client
+from shared.storage import ObjectStore
 from shared.webhooks.signing import signature_header
 
 log = logging.getLogger("lorabake.webhooks")
@@ -73,11 +75,40 @@ def _signing_secrets(secret: str | None, previous: str | None, previous_until: d
     return found
 
 
+def with_fresh_storage_urls(session: Session, store: ObjectStore, rows: list[WebhookDelivery]) -> dict:
+    """Delivery id -> its payload with the artifact's `storage_url` signed now: a URL signed when the event
+    fanned out would have expired by a late retry. An artifact deleted since (retention) gets none."""
+    wanted = {
+        row.id: row.payload["data"]["artifact"].get("id")
+        for row in rows
+        if row.event_type == "job.artifact" and (row.payload.get("data") or {}).get("artifact")
+    }
+    if not wanted:
+        return {}
+    found = session.scalars(select(Artifact).where(Artifact.id.in_(set(wanted.values()))))
+    artifacts = {a.id: a for a in found}
+    fresh = {}
+    for row in rows:
+        if row.id not in wanted:
+            continue
+        artifact = artifacts.get(wanted[row.id])
+        url = None
+        if artifact is not None and artifact.expired_at is None:
+            url = store.presigned_url(artifact.object_key, artifact.name)
+        data = {**row.payload["data"], "artifact": {**row.payload["data"]["artifact"], "storage_url": url}}
+        fresh[row.id] = {**row.payload, "data": data}
+    return fresh
+
+
 def claim_due(
-    session: Session, limit: int, in_flight: Mapping[str, int] | None = None, per_endpoint: int = PER_ENDPOINT
+    session: Session,
+    limit: int,
+    in_flight: Mapping[str, int] | None = None,
+    per_endpoint: int = PER_ENDPOINT,
+    store: ObjectStore | None = None,
 ) -> list[Outgoing]:
-    """The longest-due deliveries, at most `per_endpoint` less `in_flight` of any one endpoint; claimed.
-    Commits."""
+    """The longest-due deliveries, at most `per_endpoint` less `in_flight` of any one endpoint; claimed
+    (with `store`, an artifact's storage URL is signed for this attempt). Commits."""
     now = utcnow()
     in_flight = in_flight or {}
     due = (WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
@@ -125,6 +156,7 @@ def claim_due(
             select(WebhookOwnerSecret).where(WebhookOwnerSecret.owner.in_({r.owner for r in rows}))
         )
     }
+    fresh = with_fresh_storage_urls(session, store, rows) if store is not None else {}
     claimed: list[Outgoing] = []
     for row in rows:
         endpoint = endpoints.get(row.endpoint_id)
@@ -141,7 +173,7 @@ def claim_due(
             row.status, row.next_attempt_at, row.last_error = "failed", None, "no signing secret"
             continue
         row.next_attempt_at = now + timedelta(seconds=CLAIM_SECONDS)
-        body = json.dumps(row.payload, separators=(",", ":"), sort_keys=True)
+        body = json.dumps(fresh.get(row.id, row.payload), separators=(",", ":"), sort_keys=True)
         claimed.append(Outgoing(row.id, endpoint.id, endpoint.url, body, keys))
     session.commit()
     return claimed
@@ -213,8 +245,10 @@ class Deliverer:
         timeout_seconds: float,
         concurrency: int,
         allow_private: bool,
+        store: ObjectStore | None = None,
     ) -> None:
         self.sessions = sessions
+        self.store = store  # signs artifacts' storage URLs per attempt
         self.schedule = schedule
         self.concurrency = concurrency
         self.client = public_client(allow_private=allow_private, timeout=httpx.Timeout(timeout_seconds))
@@ -230,7 +264,7 @@ class Deliverer:
         if free <= 0:
             return 0
         with self.sessions() as session:
-            batch = claim_due(session, limit=free, in_flight=in_flight)
+            batch = claim_due(session, limit=free, in_flight=in_flight, store=self.store)
         for item in batch:
             with self._lock:
                 self._in_flight[item.endpoint_id] = self._in_flight.get(item.endpoint_id, 0) + 1

@@ -37,6 +37,7 @@ class WebhookDispatcher:
             timeout_seconds=settings.webhook_timeout_seconds,
             concurrency=settings.webhook_concurrency,
             allow_private=settings.allow_private_urls,
+            store=store,
         )
         self.holder = f"webhooks:{worker_id()}"
         self._lock_renew_at = 0.0

@@ -10,6 +10,7 @@ event:
 | stage (loading the model, caching latents, ...) | `job.stage` |
 | progress (throttled to one per `webhook_progress_seconds` per job and endpoint) | `job.progress` |
 | artifact (a saved epoch's LoRA file, a sample image, captions) | `job.artifact` |
+| expired (retention deleted its files, shared/jobs/sweeper.py) | `job.expired` |
 
 The payload is `{"type", "timestamp", "sequence", "data": {"job": <GET /v1/jobs/{id}>, "event": <the
 event's data as the /events stream sends it>, "artifact": <for job.artifact: the file, with a presigned
@@ -32,6 +33,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "job.succeeded",
     "job.failed",
     "job.canceled",
+    "job.expired",
 )
 _TERMINAL = {"succeeded", "failed", "canceled"}
 
@@ -41,7 +43,7 @@ def webhook_type(event: JobEvent) -> str | None:
     if event.type == "status":
         status = event.data.get("status")
         return f"job.{status}" if status in _TERMINAL else "job.status"
-    if event.type in ("stage", "progress", "artifact"):
+    if event.type in ("stage", "progress", "artifact", "expired"):
         return f"job.{event.type}"
     return None
 

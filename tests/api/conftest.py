@@ -23,8 +23,9 @@ def env(pg_url, redis_url, s3_server, bucket, tmp_path, models_dir) -> dict[str,
         bucket=bucket,
         data_dir=tmp_path / "data",
         models_dir=models_dir,
-        # the session's database is shared with other tests' jobs: no reconciler acts on them here
+        # the session's database is shared with other tests' jobs: no reconciler or sweeper acts on them here
         reconcile_interval_seconds="0",
+        retention_sweep_seconds="0",
     )
 
 

@@ -24,6 +24,7 @@ OPEN_TO_ANY_KEY = {
     ("GET", "/v1/keys"),
     ("GET", "/v1/keys/{key_id}"),
     ("DELETE", "/v1/keys/{key_id}"),
+    ("GET", "/v1/usage"),  # the owner's account: any of its keys reads it (an admin's, any owner's)
 }
 ADMIN_ONLY = {("POST", "/v1/keys")}
 READS_BY_POST = {("POST", "/v1/plan")}  # a dry run: it stores nothing
@@ -132,6 +133,9 @@ def test_an_admin_makes_a_tenant_key_shown_once_that_works_and_stops_when_revoke
         "max_running": 1,
         "priority": 3,
         "submissions_per_minute": None,
+        "max_retention_days": None,
+        "gpu_seconds_per_month": None,
+        "storage_bytes": None,
     }
     assert created["last_used_at"] is None
 
@@ -180,6 +184,7 @@ def test_a_tenant_sees_and_revokes_only_its_own_owners_keys(client, pg_url):
         ({"owner": "x", "limits": {"max_queued": -1}}, "limits.max_queued"),
         ({"owner": "x", "limits": {"max_running": 0}}, "limits.max_running"),
         ({"owner": "x", "limits": {"priority": 1000}}, "limits.priority"),
+        ({"owner": "x", "limits": {"storage_bytes": -1}}, "limits.storage_bytes"),
         ({"owner": "x", "surprise": 1}, "surprise"),
     ],
 )

@@ -56,6 +56,10 @@ def test_counts_dry_run_is_the_guides_example_and_stores_nothing(client, headers
     plan = out["plan"]
     assert (plan["images"], plan["repeats"], plan["steps_per_epoch"]) == (34, 6, 204)
     assert (plan["epochs"], plan["total_steps"]) == (10, 2040)
+    estimate = out["estimate"]  # the run time, stored with the job as plan.estimate
+    assert estimate == plan["estimate"] and estimate["family"] == "sd1" and estimate["captioning"] is None
+    assert estimate["training"]["basis"]["source"] in ("history", "default")  # whatever ran before here
+    assert estimate["seconds"] > estimate["training"]["overhead_seconds"] > 0
     assert plan["subsets"] == [
         {
             "folder": "img/6_lisabp woman",

@@ -82,6 +82,9 @@ def test_a_queued_job_shows_its_place_in_line_and_the_queue_counts_yours(routed_
     two = client.get(f"/v1/jobs/{second['id']}", headers=headers).json()
     assert (one["queue_position"], two["queue_position"]) == (1, 2)
     assert "estimated_start_seconds" in two
+    assert two["plan"]["estimate"]["seconds"] > 0  # its predicted run time, which the jobs behind it wait
+    listed = {j["id"]: j for j in client.get("/v1/jobs?status=queued", headers=headers).json()["items"]}
+    assert (listed[first["id"]]["queue_position"], listed[second["id"]]["queue_position"]) == (1, 2)
     queue = client.get("/v1/queue", headers=headers).json()
     assert queue["yours"] == {"queued": 2, "running": 0} and queue["queued"] >= 2
     assert client.post(f"/v1/jobs/{first['id']}/cancel", headers=headers).status_code == 202
@@ -156,16 +159,49 @@ def test_a_start_estimate_counts_down_between_progress_reports():
     jobs behind it moves with the clock, and a job overdue by more than a minute makes it unknown."""
     from datetime import UTC, datetime, timedelta
 
-    from api.queue.service import OVERDUE_SECONDS, Running, estimate, remaining_seconds
+    from api.queue.service import OVERDUE_SECONDS, Running, expected_starts, remaining_seconds
 
     now = datetime.now(UTC)
     reported = Running(eta_seconds=117.0, eta_at=now - timedelta(seconds=60), started_at=now)
     assert remaining_seconds(reported, None, now) == 57.0
-    assert estimate(0, 1, [remaining_seconds(reported, None, now + timedelta(seconds=30))], None) == 27.0
+    later = now + timedelta(seconds=30)
+    assert expected_starts(1, [remaining_seconds(reported, None, later)], [60.0]) == [27.0]
     preparing = Running(eta_seconds=None, eta_at=None, started_at=now - timedelta(seconds=100))
     assert remaining_seconds(preparing, 300.0, now) == 200.0  # a typical run, from its start
     assert remaining_seconds(preparing, None, now) is None
+    predicted = Running(None, None, started_at=now - timedelta(seconds=100), estimated_seconds=150.0)
+    assert remaining_seconds(predicted, 300.0, now) == 50.0  # its own prediction beats a typical run
     stalled = Running(eta_seconds=10.0, eta_at=now - timedelta(seconds=20 + OVERDUE_SECONDS), started_at=now)
     assert remaining_seconds(stalled, 300.0, now) is None  # overdue: its end is unknown, so not shown
     late = Running(eta_seconds=10.0, eta_at=now - timedelta(seconds=20), started_at=now)
     assert remaining_seconds(late, None, now) == 0.0  # a little late: any moment now
+
+
+def test_workers_report_their_cards_and_estimates_are_for_the_queues_card(env, pg_url, tmp_path):
+    """A worker's heartbeat carries its GPUs (nvidia-smi's names and memory): GET /v1/queue lists them per
+    queue, and a plan's estimate is for the card of the workers that would run it."""
+    from shared.gpu_inventory import parse_nvidia_smi
+
+    routed = f"cards-{uuid.uuid4().hex[:6]}"
+    settings = settings_from_env({**env, "LORABAKE_QUEUE_ROUTES": json.dumps({"sd1": routed})})
+    card = f"Test Card {uuid.uuid4().hex[:4]}"
+    gpus = parse_nvidia_smi(f"{card}, 24564\n{card}, 24564\nnot a line\n")
+    assert gpus == [{"name": card, "memory_mb": 24564}] * 2
+    wid = f"cards-{uuid.uuid4().hex[:6]}:1"
+    sessions = session_factory(pg_url)
+    with sessions() as session:
+        record_heartbeat(session, wid, routed, 2, gpus)
+    headers = key_with(pg_url)
+    try:
+        with TestClient(create_app(settings)) as client:
+            queues = {q["name"]: q for q in client.get("/v1/queue", headers=headers).json()["queues"]}
+            assert queues[routed]["gpus"] == [{"name": card, "memory_mb": 24564, "count": 2}]
+            assert queues[settings.queue_name]["gpus"] == []  # that card serves only the routed queue
+            body = {"config": CONFIG, "counts": {"subsets": [{"folder": "img/2_a b", "images": 3}]}}
+            estimate = client.post("/v1/plan", headers=headers, json=body).json()["estimate"]
+            basis = estimate["training"]["basis"]
+            # nothing ran on this card yet: the default table for it, or other cards' runs, saying so
+            assert basis["gpu_model"] == card or card in basis["note"]
+    finally:
+        with sessions() as session:
+            forget_worker(session, wid)

@@ -1,23 +1,26 @@
-"""The start estimate of a queued job, from the jobs ahead of it, the workers and the running jobs' ETAs."""
+"""The expected starts of a queue's line, from its slots, the running jobs' ends and each queued job's own
+predicted run time."""
 
 from __future__ import annotations
 
 import pytest
 
-from api.queue.service import estimate
+from api.queue.service import expected_starts
 
 
 @pytest.mark.parametrize(
-    ("ahead", "workers", "etas", "typical", "expected"),
+    ("slots", "running", "durations", "expected"),
     [
-        (0, 0, [], 60.0, None),  # no worker alive: nobody can say
-        (0, 2, [30.0], 60.0, 0.0),  # a free worker takes it now
-        (0, 1, [30.0], 60.0, 30.0),  # when the running job ends
-        (1, 2, [50.0, 20.0], 60.0, 50.0),  # second in line: the second running job to end
-        (2, 2, [50.0, 20.0], 60.0, 110.0),  # past the running ones: a typical run after the last ends
-        (5, 2, [50.0, 20.0], 60.0, 170.0),
-        (2, 2, [50.0, 20.0], None, None),  # that needs a typical run, and none is known yet
+        (0, [], [60.0], [None]),  # no worker serves the queue: nobody can say
+        (2, [30.0], [60.0, 60.0], [0.0, 30.0]),  # a free slot takes the first now; the second when 30 s end
+        (1, [30.0], [60.0, 10.0], [30.0, 90.0]),  # each takes the slot for its own predicted time
+        (2, [50.0, 20.0], [60.0, 60.0, 60.0], [20.0, 50.0, 80.0]),
+        (2, [50.0, 20.0], [5.0, 100.0, 7.0], [20.0, 25.0, 50.0]),  # short jobs ahead free the slot soon
+        (1, [None], [60.0], [None]),  # the running job's end is unknown: so is everything behind it
+        (2, [None], [60.0, 60.0], [0.0, 60.0]),  # ... but the free slot still works
+        (1, [10.0], [None, 60.0], [10.0, None]),  # a job ahead with no prediction: its successors unknown
+        (1, [30.0, 5.0], [60.0], [5.0]),  # a worker counted in two queues: this one gets its first free slot
     ],
 )
-def test_estimates(ahead, workers, etas, typical, expected):
-    assert estimate(ahead, workers, etas, typical) == expected
+def test_expected_starts(slots, running, durations, expected):
+    assert expected_starts(slots, running, durations) == expected

@@ -200,6 +200,10 @@ def test_upload_review_train_watch_and_download_in_chromium(
             expect(page.locator("#config-guidance_scale")).to_have_count(0)
             page.get_by_label("Preset", exact=True).select_option("character")
             expect(page.get_by_test_id("plan-total-steps")).to_have_text(re.compile(r"^\d+$"))
+            expect(page.get_by_test_id("plan-estimate")).to_have_text(re.compile(r"\d+ (s|min|h)"))
+            expect(page.get_by_test_id("plan-estimate-basis")).to_have_text(
+                re.compile(r"^Expected time from (\d+ measured runs? on \S|the default table)")
+            )
             # a kohya_ss GUI config (its key names and string-typed numbers) fills the form
             page.get_by_text("Import a kohya_ss config").click()
             page.get_by_label("Or paste it").fill(json.dumps(KOHYA_GUI_CONFIG))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import torch
@@ -14,6 +15,7 @@ from shared.catalogue.records import record_models
 from shared.catalogue.scan import ModelEntry
 from shared.config.spec import TrainingConfig
 from shared.datasets.zipsafe import ZipLimits
+from shared.db.models import RunSpeed
 from shared.db.session import session_scope
 from tests.support.client import download, finished, submit, wait_for
 from tests.support.datasets import kohya_entries, write_zip
@@ -43,9 +45,18 @@ SAMPLES = {
 }
 
 
+def usage_totals(stack) -> dict:  # noqa: ANN001
+    """The owner's usage since two days ago (a run past midnight stays inside it)."""
+    since = (datetime.now(UTC) - timedelta(days=2)).date().isoformat()
+    response = httpx.get(f"{stack.url}/v1/usage", headers=stack.headers, params={"since": since})
+    assert response.status_code == 200, response.text
+    return response.json()["totals"]
+
+
 def test_train_over_http_and_download_every_epoch(stack, tmp_path, models_dir):
     zip_path = write_zip(tmp_path / "lisa.zip", kohya_entries(images=4, repeats=2, with_reg=True, webp=True))
     config = {**TRAIN_CONFIG, **SAMPLES}
+    usage_before = usage_totals(stack)
     job = submit(stack, zip_path, config)
     # 4 images x 2 repeats, reg matched -> 16 samples / batch 2 = 8 steps per epoch, 2 epochs
     assert job["plan"]["steps_per_epoch"] == 8 and job["plan"]["total_steps"] == 16
@@ -55,6 +66,17 @@ def test_train_over_http_and_download_every_epoch(stack, tmp_path, models_dir):
     assert job["progress"]["step"] == job["progress"]["total_steps"] == 16
     assert job["progress"]["epoch"] == 2 and job["progress"]["percent"] == 100.0
     assert job["seed"] == 7
+    # the worker counted its work in the owner's usage (other jobs of the owner may have added theirs)
+    usage_after = usage_totals(stack)
+    assert usage_after["steps_trained"] - usage_before["steps_trained"] >= 16
+    assert usage_after["gpu_seconds"] > usage_before["gpu_seconds"]
+    # ... and left its measured speed for the estimates of the runs after it (shared/jobs/run_speeds.py)
+    assert job["plan"]["estimate"]["family"] == "sd1" and job["plan"]["estimate"]["seconds"] > 0
+    with session_scope(stack.env["LORABAKE_DATABASE_URL"]) as session:
+        speed = session.get(RunSpeed, job["id"])
+        assert (speed.kind, speed.family, speed.gpu_model) == ("train", "sd1", "cpu")
+        assert speed.steps_per_second == job["progress"]["steps_per_second"] and speed.steps_per_second > 0
+        assert speed.features["steps"] == 16 and speed.features["area"] == 64 * 64
 
     listed = httpx.get(f"{stack.url}/v1/jobs/{job['id']}/artifacts", headers=stack.headers).json()
     artifacts = [a for a in listed if a["kind"] == "lora"]

@@ -5,6 +5,7 @@ its share of attempts at once."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -143,3 +144,50 @@ def test_claims_respect_the_per_endpoint_cap_without_starving_other_endpoints(ho
     assert [c.delivery_id for c in claimed] == ["msg_busy0", "msg_quiet"]
     with sessions() as session:
         assert [c.delivery_id for c in claim_due(session, limit=8)] == ["msg_busy1", "msg_busy2"]
+
+
+def test_an_artifacts_storage_url_is_signed_for_each_attempt(hook_settings, s3_server, bucket):
+    """Signed when the event fanned out, a late retry's URL had expired (issue 19): each claim signs anew,
+    and a file retention deleted since gets none."""
+    from shared.db.models import Artifact
+
+    settings = hook_settings.model_copy(
+        update={
+            "storage_backend": "s3",
+            "s3_bucket": bucket,
+            "s3_endpoint_url": s3_server.url,
+            "s3_access_key_id": "testing",
+            "s3_secret_access_key": "testing",
+        }
+    )
+    store = build_store(settings)
+    job_id = make_job(settings, owner="hooks")
+    endpoint = _endpoint(settings, "hooks", "https://receiver.example/hook")
+    sessions = session_factory(settings.database_url)
+    with sessions() as session:
+        kept = Artifact(job_id=job_id, kind="lora", name="a.safetensors", object_key=f"jobs/{job_id}/a",
+                        size_bytes=1, sha256="0" * 64)
+        gone = Artifact(job_id=job_id, kind="lora", name="b.safetensors", object_key=f"jobs/{job_id}/b",
+                        size_bytes=1, sha256="0" * 64, expired_at=utcnow())
+        session.add_all([kept, gone])
+        session.flush()
+        for n, artifact in enumerate((kept, gone)):
+            stale = {"id": artifact.id, "storage_url": "https://expired.example/old"}
+            session.add(
+                WebhookDelivery(
+                    id=f"msg_url{n}",
+                    endpoint_id=endpoint.id,
+                    owner="hooks",
+                    job_id=job_id,
+                    event_id=n + 1,
+                    event_type="job.artifact",
+                    payload={"type": "job.artifact", "data": {"artifact": stale}},
+                    created_at=utcnow(),
+                    next_attempt_at=utcnow(),
+                )
+            )
+        session.commit()
+        bodies = {c.delivery_id: json.loads(c.body) for c in claim_due(session, limit=8, store=store)}
+    fresh = bodies["msg_url0"]["data"]["artifact"]["storage_url"]
+    assert fresh.startswith(s3_server.url) and f"jobs/{job_id}/a" in fresh and "Signature" in fresh
+    assert bodies["msg_url1"]["data"]["artifact"]["storage_url"] is None

@@ -291,7 +291,9 @@ def test_job_of_a_dead_worker_resumes_from_its_uploaded_state(
     final = tmp_path / "final.safetensors"
     runner.store.download_file(artifacts["r.safetensors"].object_key, final)
     assert _same_tensors(final, straight_run.out / "r.safetensors")
-    assert runner.store.list_keys(f"jobs/{job_id}/state/") == []  # dropped once the job succeeded
+    # A success keeps its final state (POST /v1/jobs/{id}/continue trains on from it): the end of epoch 4.
+    final_record = runner.read_resume_record(job_id)
+    assert final_record is not None and (final_record["step"], final_record["epoch"]) == (12, 4)
 
     # A file of an earlier step never replaces a published one of the same name (nothing is written: this
     # run's lease is not the job's, which a write would find out).

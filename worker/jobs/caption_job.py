@@ -39,6 +39,7 @@ def run_caption_job(run: ClaimedRun) -> None:
     def on_progress(done: int, total: int) -> None:
         run.keeper.set_status(JobStatus.training)
         run.keeper.report_progress({"step": done, "total_steps": total})
+        run.meter.images_captioned(done)
 
     try:
         captions = caption_dataset(
@@ -61,6 +62,8 @@ def run_caption_job(run: ClaimedRun) -> None:
         with run.lease.transaction() as session:
             stored = session.get(Dataset, job.dataset_id)
             row = run.lease.job(session)
+            run.meter.images_captioned(len(captions))
+            run.meter.write(session)  # the run's usage up to its end, with it
             if stored is None:
                 raise LorabakeError(
                     "the dataset was deleted while it was captioned", code="dataset_unavailable"
@@ -76,7 +79,7 @@ def run_caption_job(run: ClaimedRun) -> None:
                 "changed": changed,
                 "captioner": {"method": captioner["method"], "model": captioner["model"]},
             }
-            end_job(session, row, JobStatus.succeeded)
+            end_job(session, row, JobStatus.succeeded, gpu_model=run.lease.gpu_model)
 
     runner.retrying("record the captions", record)
     run.outcome = JobStatus.succeeded.value  # for the worker's metrics

@@ -13,7 +13,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 from shared.db.models import Job, JobStatus, utcnow
 from shared.jobs.leases import JobLease, LeaseLost
@@ -25,8 +28,17 @@ log = logging.getLogger("lorabake.worker")
 
 
 class JobKeeper:
-    def __init__(self, lease: JobLease, *, renew_every: float, write_every: float, outage_bound: float):
+    def __init__(
+        self,
+        lease: JobLease,
+        *,
+        renew_every: float,
+        write_every: float,
+        outage_bound: float,
+        usage: Callable[[Session], None] | None = None,
+    ):
         self.lease = lease
+        self.usage = usage  # writes what the run used so far to the usage ledger, with every write
         self.renew_every = renew_every
         self.write_every = write_every
         self.outage_bound = outage_bound
@@ -153,6 +165,8 @@ class JobKeeper:
                     # training (epochs) and previews (an ETA), not captioning's bare image counts
                     if progress is not None and progress.keys() & {"epoch", "eta_seconds"}:
                         add_event(session, self.lease.job_id, "progress", progress)
+                    if self.usage is not None:
+                        self.usage(session)
             except LeaseLost:
                 self.lease_lost = True
                 raise

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.config.network_weights import network_weights_key
 from shared.config.spec import TrainingConfig
 from shared.db.models import Artifact, JobKind, JobStatus
 from shared.db.session import session_factory
@@ -32,10 +33,13 @@ from shared.outages import is_outage
 from shared.retrying import OutageOutlasted, retry_outages
 from shared.settings import Settings
 from shared.storage import ObjectStore, build_store, resume_state_prefix
+from shared.usage.storage import forget_resume_state
 from worker import stopping
+from worker.gpu_model import gpu_model
 from worker.jobs.dataset_prep import prepare_dataset_dir
 from worker.jobs.keeper import JobKeeper
 from worker.jobs.publisher import FileToPublish, PublishActions, Publisher
+from worker.jobs.usage import UsageMeter
 from worker.metrics import job as job_metrics
 from worker.training.checkpoints import ResumeStateError
 from worker.training.engine import EngineHooks, Progress, SavedLora, TrainingCanceled, train_lora
@@ -126,6 +130,7 @@ class JobRunner:
             self.retrying(
                 "delete the job's resume state", lambda: self.store.delete_prefix(resume_state_prefix(job_id))
             )
+            self.retrying("note the deletion", lambda: forget_resume_state(self.sessions, job_id))
         except Exception:
             log.exception("job %s: could not delete its resume state", job_id)
 
@@ -141,11 +146,14 @@ class ClaimedRun:
         self.settings = settings
         self.workdir = settings.work_dir / "jobs" / self.job_id
         self.lease = JobLease(runner.sessions, self.job_id, claim.token, settings.lease_seconds)
+        self.lease.gpu_model = gpu_model()  # a success records the run's speed for this card
+        self.meter = UsageMeter(claim.job, claim.token, gpu_model())  # GPU seconds from here, steps, images
         self.keeper = JobKeeper(
             self.lease,
             renew_every=settings.lease_renew_seconds,
             write_every=settings.progress_interval_seconds,
             outage_bound=settings.outage_retry_seconds,
+            usage=self.meter.write,
         )
         actions = PublishActions(
             publish=self.publish_file, remove=self.unpublish, save_state=self.save_resume_state
@@ -240,8 +248,21 @@ class ClaimedRun:
     def must_stop(self) -> bool:
         return self.keeper.must_stop or self.publisher.failure is not None or stopping.stop_requested()
 
+    def record_usage(self) -> None:
+        """The run's usage up to its end (the keeper wrote it up to its last write); never stops the end."""
+
+        def write() -> None:
+            with self.lease.transaction() as session:
+                self.meter.write(session)
+
+        try:
+            retry_outages("record the job's usage", write, bound=10.0)
+        except Exception as exc:  # a lost lease, an outage: what the keeper wrote stays counted
+            log.warning("job %s: could not record its last usage: %s", self.job_id, exc)
+
     def finish(self, status: JobStatus, **fields: Any) -> None:
         self.keeper.stop()  # the end is the last write; nothing to renew after it
+        self.record_usage()
         try:
             self.runner.retrying("record how the job ended", lambda: self.lease.finish(status, **fields))
         except LeaseLost:
@@ -251,7 +272,8 @@ class ClaimedRun:
             log.error("job %s: could not record its end (%s): %s", self.job_id, status.value, exc)
             return
         self.outcome = status.value
-        self.runner.drop_resume_state(self.job_id)
+        if status != JobStatus.succeeded:  # a success keeps its final state: POST .../continue starts there
+            self.runner.drop_resume_state(self.job_id)
 
     def hand_back(self, cause: BaseException | str, reason: str = "outage") -> None:
         """An outage outlasted our retries, or the worker shuts down: back to the queue now (or when the
@@ -259,6 +281,7 @@ class ClaimedRun:
         log.warning("job %s: handing it back to the queue: %s", self.job_id, cause)
         self.outcome = "handed_back"
         self.keeper.stop()
+        self.record_usage()
         try:
             retry_outages("hand the job back", lambda: self.lease.hand_back(reason), bound=10.0)
         except (LeaseLost, OutageOutlasted) as exc:
@@ -272,6 +295,7 @@ class ClaimedRun:
             self.caption_stage(dataset_dir, config)
         # A job queued again (its worker died, an outage) continues from the last resume state it uploaded.
         resume_from = self.runner.fetch_resume_state(self.job_id, self.workdir)
+        start = self.start_point(config) if resume_from is None else {}
         run = dict(
             models_dir=self.settings.models_dir,
             hooks=self.engine_hooks(),
@@ -281,14 +305,37 @@ class ClaimedRun:
         )
         out = self.workdir / "out"
         try:
-            result = train_lora(config, dataset_dir, out, resume_from=resume_from, **run)
+            result = train_lora(config, dataset_dir, out, resume_from=resume_from, **start, **run)
         except ResumeStateError as exc:
             if resume_from is None:
                 raise
             log.warning("job %s: resume state unusable (%s); training from the start", self.job_id, exc)
             shutil.rmtree(out, ignore_errors=True)
-            result = train_lora(config, dataset_dir, out, **run)
+            result = train_lora(config, dataset_dir, out, **self.start_point(config), **run)
         return result.seed
+
+    def start_point(self, config: TrainingConfig) -> dict[str, Path]:
+        """What a run from the start starts from besides the base model: the final resume state of the job
+        it continues (POST /v1/jobs/{id}/continue), or config.network_weights' file (stored with the job)."""
+        source = self.job.continued_from
+        if source is not None:
+            state = self.runner.fetch_resume_state(source, self.workdir / "continue")
+            if state is None:
+                raise LorabakeError(
+                    f"the resume state of job {source} is gone (deleted or expired): it cannot be continued",
+                    code="resume_state_gone",
+                )
+            return {"continue_from": state}
+        if config.network_weights is None:
+            return {}
+        dest = self.workdir / "network_weights.safetensors"
+        path = self.runner.fetch(network_weights_key(self.job_id), dest)
+        if config.network_weights.sha256 not in (None, sha256_of(path)):
+            raise LorabakeError(
+                "the stored network_weights file is not the one submitted (its sha256 differs)",
+                code="network_weights_unavailable",
+            )
+        return {"network_weights": path}
 
     def prepare_dataset(self, *, captions: dict[str, str | None] | None = None, convert: bool = True) -> Path:
         """The job's dataset as a folder: extracted, its caption snapshot (or `captions`) applied."""
@@ -322,6 +369,7 @@ class ClaimedRun:
             )
         except CaptioningCanceled as exc:
             raise TrainingCanceled(0, []) from exc
+        self.meter.images_captioned(len(captions))
         listing = dataset_dir.parent / "captions.json"
         listing.write_text(json.dumps(captions, indent=1, ensure_ascii=False), encoding="utf-8")
         self.publisher.publish(listing, kind="captions", content_type="application/json")
@@ -344,6 +392,7 @@ class ClaimedRun:
 
     def on_progress(self, progress: Progress) -> None:
         job_metrics.job_progress(self.job_id, progress.step, progress.steps_per_second)
+        self.meter.steps_trained(progress.step)
         self.keeper.report_progress(
             {
                 "step": progress.step,
@@ -400,6 +449,12 @@ class ClaimedRun:
             )
         finally:
             record_path.unlink(missing_ok=True)
+
+        def note_size() -> None:  # what the owner's storage usage counts for it
+            with self.lease.transaction() as session:
+                self.lease.job(session).resume_state_bytes = record["size_bytes"]
+
+        runner.retrying("note the resume state's size", note_size)
 
     def unpublish(self, name: str) -> None:
         """A kept-last-N file was removed: its artifact row and object go too."""

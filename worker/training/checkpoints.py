@@ -12,12 +12,18 @@ weights by name, optimizer, lr scheduler and grad-scaler states, the RNG states 
 `random`, NumPy, the run's noise generator), the step, where the next step starts (epoch and batch index in
 that epoch's fixed, seed-derived batch order), the kept files and a copy of the config. Loading it continues
 the run bit for bit: the same files, the same step numbers.
+
+The last epoch writes one too (after its samples): a finished run's final state, which a run of the same
+config with more epochs continues from (POST /v1/jobs/{id}/continue; check_continuation). Its lr scheduler
+is built for the new total and set to the state's step, so the rest of the run follows the schedule a run of
+the new length would have from that step on (see docs/API.md, "Continue a job").
 """
 
 from __future__ import annotations
 
 import io
 import random
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +155,18 @@ class TrainState:
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
 
+    def follow_schedule(self) -> None:
+        """After restoring a state into a scheduler built for another total (a continued run): each group's
+        lr as this schedule has it at the restored step, as a run of this length would have set it there.
+        LambdaLR (every schedule here) computes get_lr() from last_epoch alone, as its step() does."""
+        scheduler = getattr(self.lr_scheduler, "scheduler", self.lr_scheduler)  # accelerate wraps it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "use get_last_lr()": we do want the closed form at this step
+            lrs = scheduler.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        scheduler._last_lr = list(lrs)
+
 
 def _config_fingerprint(config: TrainingConfig) -> dict[str, Any]:
     return config.model_dump(mode="json")
@@ -186,6 +204,27 @@ def check_state(state: dict[str, Any], config: TrainingConfig, plan: TrainingPla
         )
 
 
+def check_continuation(state: dict[str, Any], config: TrainingConfig, plan: TrainingPlan) -> None:
+    """The final state of a finished run of this config with fewer epochs (only `epochs` may differ) and the
+    same dataset: this run trains on from its end."""
+    saved = dict(state["config"])
+    current = _config_fingerprint(config)
+    diff = sorted(k for k in set(saved) | set(current) if k != "epochs" and saved.get(k) != current.get(k))
+    if diff:
+        raise ResumeStateError(f"the state to continue was written for another config (differs in {diff})")
+    if state["steps_per_epoch"] != plan.steps_per_epoch:
+        raise ResumeStateError(
+            f"the state to continue was written for another dataset ({state['steps_per_epoch']} steps per "
+            f"epoch, this run has {plan.steps_per_epoch})"
+        )
+    done = int(state["completed_epochs"])
+    end = {"step": done * plan.steps_per_epoch, "epoch": done + 1, "batch": 0}
+    if done != saved.get("epochs") or state["position"] != end:
+        raise ResumeStateError("the state to continue is not the end of a finished run")
+    if done >= plan.epochs:
+        raise ResumeStateError(f"the run to continue trained {done} epochs already; this has {plan.epochs}")
+
+
 # --- saving and removing during the run ---------------------------------------------------------------------
 
 
@@ -209,11 +248,19 @@ class Checkpointer:
     kept: list[dict[str, Any]] = field(default_factory=list)  # every kept file, earlier attempts included
     position: Position = field(default_factory=Position)
     loss: float | None = None
+    final_state: dict[str, Any] | None = None  # taken at the last epoch's save, written by finish()
 
-    def resume(self, state: dict[str, Any]) -> Position:
-        check_state(state, self.config, self.plan)
+    def resume(self, state: dict[str, Any], *, continuing: bool = False) -> Position:
+        """Restore `state`: of this same run (a resumed attempt), or with `continuing` a finished run's final
+        state (check_continuation), whose files are not this run's to keep or remove."""
+        if continuing:
+            check_continuation(state, self.config, self.plan)
+        else:
+            check_state(state, self.config, self.plan)
         self.train_state.restore(state)
-        self.kept = [dict(f) for f in state["files"]]
+        if continuing:
+            self.train_state.follow_schedule()
+        self.kept = [] if continuing else [dict(f) for f in state["files"]]
         self.loss = state.get("loss")
         self.position = Position(**state["position"])
         return self.position
@@ -240,6 +287,9 @@ class Checkpointer:
         name = export.lora_file_name(self.config.output_name, epoch, is_final=is_final)
         self._save(name, epoch, step, is_final, kind="final" if is_final else "epoch")
         if is_final:
+            if self.state_dir is not None:  # taken now, as a longer run's state of this epoch would be
+                end = Position(step, epoch + 1, 0)
+                self.final_state = self._state_payload(end, completed_epochs=epoch, loss=loss)
             return
         remove = removed_epoch(self.config, epoch)
         if remove is not None:
@@ -267,11 +317,27 @@ class Checkpointer:
                 SavedLora(path=path, epoch=entry["epoch"], step=entry["step"], is_final=entry["is_final"])
             )
 
+    def finish(self) -> None:
+        """After the last epoch's samples: the final state, which a longer run continues from. Written last,
+        so a worker that dies before it redoes the last epoch (its samples included) on the next attempt."""
+        if self.final_state is not None and self.state_dir is not None:
+            self._announce(self.final_state)
+        self.final_state = None
+
     def _write_state(self, position: Position, *, completed_epochs: int, loss: float | None) -> None:
-        if self.state_dir is None:
-            return
+        if self.state_dir is not None:
+            self._announce(self._state_payload(position, completed_epochs=completed_epochs, loss=loss))
+
+    def _announce(self, payload: dict[str, Any]) -> None:
+        assert self.state_dir is not None
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        payload = {
+        path = write_state(self.state_dir / STATE_FILE_NAME, payload)
+        self.hooks.on_state_saved(path, payload["completed_epochs"], payload["position"]["step"])
+
+    def _state_payload(
+        self, position: Position, *, completed_epochs: int, loss: float | None
+    ) -> dict[str, Any]:
+        return {
             "format": STATE_FORMAT,
             "config": _config_fingerprint(self.config),
             "seed": self.seed,
@@ -283,5 +349,3 @@ class Checkpointer:
             "loss": loss,
             **self.train_state.capture(),
         }
-        path = write_state(self.state_dir / STATE_FILE_NAME, payload)
-        self.hooks.on_state_saved(path, completed_epochs, position.step)

@@ -177,6 +177,8 @@ def train_lora(
     device: str | None = None,
     cache_dir: Path | None = None,
     resume_from: Path | None = None,
+    continue_from: Path | None = None,
+    network_weights: Path | None = None,
     state_dir: Path | None = None,
     allow_download: bool = False,
     hash_cache: Path | None = None,
@@ -186,6 +188,10 @@ def train_lora(
     cache_dir: where config.cache_latents_to_disk keeps latents (default: out_dir/.latent-cache).
     state_dir: write a resume state there with every saved file (hooks.on_state_saved announces it).
     resume_from: such a state of this same run: training continues after its step, as if never stopped.
+    continue_from: the final state of a finished run of this config with fewer epochs (config.epochs is the
+    new total): training goes on from its end, epochs numbered on (checkpoints.check_continuation).
+    network_weights: a LoRA file the network starts from (sd-scripts' --network_weights) instead of its
+    random init; its modules, ranks and alphas must be the network's (network_weights.NetworkWeightsMismatch).
     hash_cache: a JSON file (the worker's data dir) caching base-model hashes for ss_sd_model_hash across
     jobs (worker/training/model_hashes.py); without it they are cached for this process only."""
     hooks = hooks or EngineHooks()
@@ -206,9 +212,15 @@ def train_lora(
     image_sizes = data.read_image_sizes(dataset_dir, layout)  # upright, as the API probed them
     plan = compute_plan(layout, config, image_sizes)  # aspect-ratio buckets: the engine batches the same way
     resume_state = checkpoints.read_state(Path(resume_from)) if resume_from is not None else None
+    continuing: dict | None = None  # the finished run's final state this run trains on from
     if resume_state is not None:
         checkpoints.check_state(resume_state, config, plan)
-        seed = int(resume_state["seed"])  # the run's seed, also when the config let it be chosen
+    elif continue_from is not None:
+        continuing = checkpoints.read_state(Path(continue_from))
+        checkpoints.check_continuation(continuing, config, plan)
+    state = resume_state if resume_state is not None else continuing
+    if state is not None:
+        seed = int(state["seed"])  # the run's seed, also when the config let it be chosen
     else:
         seed = config.seed if config.seed is not None else secrets.randbelow(2**32)
     resolved = resolve_base_model(config.base_model, models_dir, allow_download=allow_download)
@@ -221,6 +233,8 @@ def train_lora(
     model = load_family_model(resolved, family, config)
     base_hashes = _base_model_hashes(resolved.path, hash_cache)  # once per model file: cached (model_hashes)
     net = model.add_network(config, seed, accelerator.device)
+    if network_weights is not None and resume_state is None and continuing is None:
+        model.load_network_weights(Path(network_weights), config)  # a resume state holds the weights itself
     optimizer = optim.build_optimizer(config, net.denoiser, net.text_encoder)
     lr_scheduler = optim.build_lr_scheduler(config, optimizer, plan.total_steps)
     optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
@@ -282,7 +296,12 @@ def train_lora(
         state_dir=Path(state_dir) if state_dir is not None else None,
     )
     files = ckpt.files  # this call's saved files that are kept (keep-last-N removes from it)
-    start = ckpt.resume(resume_state) if resume_state is not None else checkpoints.Position()
+    if resume_state is not None:
+        start = ckpt.resume(resume_state)
+    elif continuing is not None:
+        start = ckpt.resume(continuing, continuing=True)
+    else:
+        start = checkpoints.Position()
     step = start.step
     loss_value: float | None = ckpt.loss
     sample = functools.partial(_sample, model, config, out_dir, accelerator, seed, hooks, plan.total_steps)
@@ -319,6 +338,7 @@ def train_lora(
         ckpt.after_epoch(step=step, epoch=epoch, loss=loss_value)  # the epoch's file, removals, state
         if sampling.due_at_epoch(config, epoch):  # after the epoch's save, as Kohya does
             sample(epoch=epoch, step=step, by_epoch=True)
+    ckpt.finish()  # the final state, which a longer run continues from
 
     model.set_train(False, train_text_encoder=False)
     return TrainResult(

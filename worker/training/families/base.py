@@ -55,6 +55,11 @@ class FamilyModel(Protocol):
         """Freeze the base, add the LoRA (or LyCORIS) modules, place the models on the device."""
         ...
 
+    def load_network_weights(self, path: Path, config: TrainingConfig) -> None:
+        """Start the network added by add_network from a LoRA file (config.network_weights), which must
+        have exactly its modules, shapes and alphas (worker/training/network_weights.py)."""
+        ...
+
     def prepare_batches(
         self,
         table: data.SampleTable,

@@ -21,7 +21,16 @@ from diffusers import DDPMScheduler, DiffusionPipeline
 
 from shared.config.buckets import sdxl_size_conditioning
 from shared.config.spec import TrainingConfig
-from worker.training import conditioning, data, export, lycoris_network, network, sampling, text
+from worker.training import (
+    conditioning,
+    data,
+    export,
+    lycoris_network,
+    network,
+    network_weights,
+    sampling,
+    text,
+)
 from worker.training import noise as noise_options
 from worker.training.captions import CaptionOptions, with_affixes
 from worker.training.errors import TrainingSetupError
@@ -46,6 +55,9 @@ class SDModel:
     def add_network(self, config: TrainingConfig, seed: int, device: torch.device) -> NetworkParams:
         unet_params, te_params, weight_dtype, self.lycoris = _add_network(self.pipeline, config, seed, device)
         return NetworkParams(denoiser=unet_params, text_encoder=te_params, weight_dtype=weight_dtype)
+
+    def load_network_weights(self, path: Path, config: TrainingConfig) -> None:
+        network_weights.load_into(path, *_network_tensors(self.pipeline, config, self.lycoris))
 
     def prepare_batches(
         self,
@@ -377,6 +389,29 @@ def _add_network(
             for te in text_encoders:
                 te.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return unet_params, te_params, weight_dtype, lycoris
+
+
+def _network_tensors(
+    pipe: DiffusionPipeline, config: TrainingConfig, lycoris: lycoris_network.LycorisNetwork | None
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """(file key -> the live tensor save() writes under it, alpha key -> the network's alpha): the inverse of
+    save(), for loading a file into the network."""
+    if lycoris is not None:  # its state dict is the file (lycoris_network.state_dict)
+        state = lycoris.state_dict(keep_vars=True)
+        alphas = {k: float(v) for k, v in state.items() if k.endswith(".alpha")}
+        return {k: v for k, v in state.items() if k not in alphas}, alphas
+    train_te = config.trains_text_encoder
+    targets: dict[str, torch.Tensor] = {}
+    alphas = {}
+    for key, layer in export.kohya_modules(
+        pipe.unet,
+        pipe.text_encoder if train_te else None,
+        text_encoder_2=getattr(pipe, "text_encoder_2", None) if train_te else None,
+    ):
+        targets[f"{key}.lora_down.weight"] = layer.lora_A[network.ADAPTER_NAME].weight
+        targets[f"{key}.lora_up.weight"] = layer.lora_B[network.ADAPTER_NAME].weight
+        alphas[f"{key}.alpha"] = float(layer.lora_alpha[network.ADAPTER_NAME])
+    return targets, alphas
 
 
 def _prepare_batches(

@@ -14,6 +14,7 @@ import {
 import { AuthImage, ErrorNote, LossChart, ProgressBar, Section, StatusBadge } from "../components";
 import { href } from "../router";
 import { CompareSection, ComparisonJobView, epochFiles, PreviewSection } from "./previews";
+import type { Estimate } from "./train-plan";
 
 type LivePoint = { step: number; loss: number };
 
@@ -286,6 +287,12 @@ export function JobPage({ id }: { id: string }) {
           {job.started_at ? ` · started ${formatTime(job.started_at)}` : ""}
           {job.finished_at ? ` · finished ${formatTime(job.finished_at)}` : ""}
           {job.queue_position ? ` · position ${job.queue_position} in the queue` : ""}
+          {job.status === "queued" && typeof job.estimated_start_seconds === "number"
+            ? ` · expected to start in ${formatDuration(job.estimated_start_seconds)}`
+            : ""}
+          {job.status === "queued" && typeof (job.plan as { estimate?: Estimate }).estimate?.seconds === "number"
+            ? ` · expected to take ${formatDuration((job.plan as { estimate?: Estimate }).estimate?.seconds)}`
+            : ""}
           {job.attempts > 1 ? ` · attempt ${job.attempts}` : ""}
         </p>
         {job.error && <ErrorNote error={job.error} />}

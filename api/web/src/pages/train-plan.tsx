@@ -1,7 +1,7 @@
 // The training form's live plan: POST /v1/plan, debounced while the user types, its 422s placed at the
 // fields they name (`config.<field>`), and the plan's counts beside the form.
 import { useEffect, useState } from "preact/hooks";
-import { api, ApiError, asApiError, type PlanOut } from "../api";
+import { api, ApiError, asApiError, formatDuration, type PlanOut } from "../api";
 import { ErrorNote, Section } from "../components";
 
 /** How long the form must stay unchanged before its plan is asked for. */
@@ -83,6 +83,23 @@ type Plan = {
 };
 type Warning = { code?: string; message?: string };
 
+/** The plan's `estimate` (shared/jobs/run_speeds.py): the run time and what it is based on. */
+export type Estimate = {
+  seconds?: number;
+  training?: { steps_per_second?: number; basis?: { source?: string; runs?: number; gpu_model?: string | null } };
+  captioning?: { seconds?: number } | null;
+};
+
+/** "from 3 runs on NVIDIA H100" or "from the default table (nothing measured here yet)". */
+export function estimateBasis(estimate: Estimate): string {
+  const basis = estimate.training?.basis ?? {};
+  if (basis.source === "history") {
+    const runs = basis.runs ?? 0;
+    return `from ${runs} measured run${runs === 1 ? "" : "s"}${basis.gpu_model ? ` on ${basis.gpu_model}` : ""}`;
+  }
+  return "from the default table (nothing measured here yet)";
+}
+
 function Buckets({ buckets }: { buckets: NonNullable<Plan["buckets"]> }) {
   return (
     <table class="list compact">
@@ -152,6 +169,7 @@ export function PlanView({
   const { plan } = state;
   const p = (plan?.plan ?? {}) as Plan;
   const warnings = (plan?.warnings ?? []) as Warning[];
+  const estimate = (plan?.estimate ?? {}) as Estimate;
   return (
     <Section title="Plan" id="plan">
       <p class="muted small" aria-live="polite" data-testid="plan-status">
@@ -195,7 +213,21 @@ export function PlanView({
                 <dd data-testid="plan-family">{plan.family}</dd>
               </div>
             )}
+            {estimate.seconds !== undefined && (
+              <div>
+                <dt>Expected time</dt>
+                <dd data-testid="plan-estimate" title={estimateBasis(estimate)}>
+                  {formatDuration(estimate.seconds)}
+                  {estimate.captioning ? ` (captioning ${formatDuration(estimate.captioning.seconds)})` : ""}
+                </dd>
+              </div>
+            )}
           </dl>
+          {estimate.seconds !== undefined && (
+            <p class="muted small" data-testid="plan-estimate-basis">
+              Expected time {estimateBasis(estimate)}.
+            </p>
+          )}
           {p.buckets?.length ? <Buckets buckets={p.buckets} /> : null}
           {warnings.length > 0 && (
             <ul class="warnings" aria-label="Plan warnings">
