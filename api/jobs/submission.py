@@ -35,6 +35,7 @@ from shared.jobs.retention import check_dataset, set_job_retention
 from shared.jobs.run_speeds import caption_history, estimate_training, queue_gpu_model
 from shared.jobs.state import add_event
 from shared.usage.quotas import check_quotas
+from shared.vram.cards import add_vram
 
 log = logging.getLogger("lorabake.api")
 
@@ -215,6 +216,7 @@ def queue_training_job(
     with state.sessions() as session:
         card = queue_gpu_model(session, state.settings, job.queue or state.settings.queue_name)
         plan_json["estimate"] = estimate_training(session, config_json, plan_json, family, card)
+        add_vram(session, state.settings, config, plan_json, family, job.queue or state.settings.queue_name)
     job.estimated_seconds = plan_json["estimate"]["seconds"]
     return queue_job(
         state,

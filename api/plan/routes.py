@@ -37,6 +37,7 @@ from shared.datasets.layout import (
 from shared.datasets.stored import dataset_layout, image_sizes
 from shared.errors import LorabakeError, NotFoundError
 from shared.jobs.run_speeds import estimate_training, queue_gpu_model
+from shared.vram.cards import add_vram
 
 router = APIRouter(tags=["plan"])
 
@@ -103,6 +104,12 @@ class PlanOut(BaseModel):
         description="the expected run time in seconds (`seconds`: captioning, when the config captions "
         "first, plus training), with each part's steps/s and `basis`: `history` (how many measured runs "
         "of the family, on which GPU model, sharing which settings) or `default` (docs/operations.md)"
+    )
+    vram: dict[str, Any] | None = Field(
+        description="the predicted peak GPU memory on one card (`peak_bytes`, `peak_phase`: caching or "
+        "training), its `parts`, and per card size (`cards`: 24, 16, 12 GB) whether it fits and the cheapest "
+        "changes of config fields that make it fit; null for a family not known before the run "
+        "(docs/API.md, shared/vram/estimate.py)"
     )
 
 
@@ -234,6 +241,7 @@ def _plan_out(state: AppState, source: str, run: PlannedRun, family: str | None)
     with state.sessions() as session:
         card = queue_gpu_model(session, state.settings, queue)
         plan["estimate"] = estimate_training(session, config, plan, family, card)  # as a job stores it
+        add_vram(session, state.settings, run.config, plan, family, queue)  # GPU memory, as a job stores it
     return PlanOut(
         source=source,
         layout=run.layout.kind,
@@ -245,6 +253,7 @@ def _plan_out(state: AppState, source: str, run: PlannedRun, family: str | None)
         checkpoint_count=len(schedule),
         warnings=run.warnings,
         estimate=plan["estimate"],
+        vram=plan["vram"],
     )
 
 

@@ -1,7 +1,7 @@
 // The training form's live plan: POST /v1/plan, debounced while the user types, its 422s placed at the
 // fields they name (`config.<field>`), and the plan's counts beside the form.
 import { useEffect, useState } from "preact/hooks";
-import { api, ApiError, asApiError, formatDuration, type PlanOut } from "../api";
+import { api, ApiError, asApiError, formatBytes, formatDuration, type PlanOut } from "../api";
 import { ErrorNote, Section } from "../components";
 
 /** How long the form must stay unchanged before its plan is asked for. */
@@ -100,6 +100,21 @@ export function estimateBasis(estimate: Estimate): string {
   return "from the default table (nothing measured here yet)";
 }
 
+/** The plan's `vram` (shared/vram/estimate.py): the predicted peak GPU memory and the card sizes it fits. */
+export type Vram = {
+  peak_bytes: number;
+  peak_phase?: string;
+  cards?: { gb: number; fits: boolean; message: string }[];
+};
+
+/** "fits 24 GB and 16 GB; 12 GB: fits 12 GB with gradient_checkpointing true" */
+export function vramCards(vram: Vram): string {
+  const cards = vram.cards ?? [];
+  const fits = cards.filter((c) => c.fits).map((c) => `${c.gb} GB`);
+  const others = cards.filter((c) => !c.fits).map((c) => c.message);
+  return [fits.length ? `fits ${fits.join(", ")}` : "", ...others].filter(Boolean).join("; ");
+}
+
 function Buckets({ buckets }: { buckets: NonNullable<Plan["buckets"]> }) {
   return (
     <table class="list compact">
@@ -170,6 +185,7 @@ export function PlanView({
   const p = (plan?.plan ?? {}) as Plan;
   const warnings = (plan?.warnings ?? []) as Warning[];
   const estimate = (plan?.estimate ?? {}) as Estimate;
+  const vram = (plan?.vram ?? null) as Vram | null;
   return (
     <Section title="Plan" id="plan">
       <p class="muted small" aria-live="polite" data-testid="plan-status">
@@ -222,7 +238,21 @@ export function PlanView({
                 </dd>
               </div>
             )}
+            {vram && (
+              <div>
+                <dt>GPU memory</dt>
+                <dd data-testid="plan-vram" title="predicted peak on one card (rough: docs/operations.md)">
+                  {formatBytes(vram.peak_bytes)}
+                  {vram.peak_phase ? ` (${vram.peak_phase})` : ""}
+                </dd>
+              </div>
+            )}
           </dl>
+          {vram && (
+            <p class="muted small" data-testid="plan-vram-cards">
+              GPU memory: {vramCards(vram)}.
+            </p>
+          )}
           {estimate.seconds !== undefined && (
             <p class="muted small" data-testid="plan-estimate-basis">
               Expected time {estimateBasis(estimate)}.
