@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-ModelFamily = Literal["sd1", "sd2", "sdxl", "flux1"]
+ModelFamily = Literal["sd1", "sd2", "sdxl", "flux1", "chroma"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ TRAITS: dict[ModelFamily, FamilyTraits] = {
     "sd2": FamilyTraits("SD2.x", "ddpm", 512, 8),
     "sdxl": FamilyTraits("SDXL", "ddpm", 1024, 8),
     "flux1": FamilyTraits("FLUX.1", "flow", 1024, 16),  # 8 x 2x2 packed latents
+    "chroma": FamilyTraits("Chroma", "flow", 1024, 16),  # FLUX.1-schnell derived: the same VAE and packing
 }
 FAMILIES: tuple[ModelFamily, ...] = get_args(ModelFamily)
 FLOW_FAMILIES = frozenset(f for f in FAMILIES if TRAITS[f].objective == "flow")

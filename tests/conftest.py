@@ -62,7 +62,8 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny SD1.5 base models: a diffusers folder `tiny-sd15` and a single file `tiny-sd15-single.safetensors`
     whose configs come from `configs/sd15` (the shared SD1.x config folder, weights left out); a tiny FLUX.1
-    dev diffusers folder `tiny-flux`; tiny captioners `tiny-blip` (BLIP), `tiny-wd14` (an ONNX tagger) and the
+    dev diffusers folder `tiny-flux` and a tiny Chroma one `tiny-chroma`; tiny captioners `tiny-blip` (BLIP),
+    `tiny-wd14` (an ONNX tagger) and the
     vision-language `tiny-florence2`, `tiny-qwen2.5-vl`, `tiny-joycaption` (about 0.1 s each)."""
     from worker.devtools.single_file import save_sd15_single_file
     from worker.devtools.tiny_captioners import (
@@ -72,7 +73,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         save_tiny_qwen2_5_vl,
         save_tiny_wd14,
     )
-    from worker.devtools.tiny_flux import save_tiny_flux
+    from worker.devtools.tiny_flux import save_tiny_chroma, save_tiny_flux
     from worker.devtools.tiny_models import build_tiny_sd15_pipeline, save_tiny_sd15
 
     root = tmp_path_factory.mktemp("models")
@@ -84,6 +85,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_tiny_qwen2_5_vl(root / "tiny-qwen2.5-vl")
     save_tiny_joycaption(root / "tiny-joycaption")
     save_tiny_flux(root / "tiny-flux")
+    save_tiny_chroma(root / "tiny-chroma")
     shutil.copytree(
         root / "tiny-sd15", root / "configs" / "sd15", ignore=shutil.ignore_patterns("*.safetensors")
     )

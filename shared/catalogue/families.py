@@ -15,6 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
 
+from shared.catalogue.chroma import (
+    CHROMA_PIPELINE_CLASS,
+    chroma_pipeline_problem,
+    describe_chroma_keys,
+    is_chroma_keys,
+)
 from shared.catalogue.flux import (
     FLUX_PIPELINE_CLASS,
     describe_flux_keys,
@@ -30,6 +36,7 @@ FAMILY_PIPELINE_CLASSES: dict[str, str] = {
     "sd2": "StableDiffusionPipeline",
     "sdxl": "StableDiffusionXLPipeline",
     "flux1": FLUX_PIPELINE_CLASS,
+    "chroma": CHROMA_PIPELINE_CLASS,
 }
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 # The shared config folder per family for single files without a <stem>.config/ (see config_candidates).
@@ -69,6 +76,11 @@ def family_from_pipeline_configs(
     class_name = model_index.get("_class_name")
     if class_name == FAMILY_PIPELINE_CLASSES["sdxl"]:
         return "sdxl"
+    chroma_problem = chroma_pipeline_problem(class_name, transformer_config or {})
+    if chroma_problem is not None:
+        raise UnsupportedPipeline(f"holds a {chroma_problem}")
+    if class_name == CHROMA_PIPELINE_CLASS:
+        return "chroma"
     if class_name == FLUX_PIPELINE_CLASS and transformer_config is None:
         return "flux1"
     flux_problem = flux_pipeline_problem(class_name, transformer_config or {})
@@ -79,7 +91,7 @@ def family_from_pipeline_configs(
     if class_name != FAMILY_PIPELINE_CLASSES["sd1"]:
         raise UnsupportedPipeline(
             f"holds a {class_name}; supported are StableDiffusionPipeline (SD1.x, SD2.x), "
-            "StableDiffusionXLPipeline (SDXL base) and FluxPipeline (FLUX.1 dev, schnell)"
+            "StableDiffusionXLPipeline (SDXL base), FluxPipeline (FLUX.1 dev, schnell) and ChromaPipeline"
         )
     cross_attention = unet_config.get("cross_attention_dim")
     if cross_attention == SD2_CROSS_ATTENTION_DIM or unet_config.get("use_linear_projection"):
@@ -104,6 +116,8 @@ def family_from_keys(shapes: Mapping[str, tuple[int, ...]]) -> ModelFamily | Non
     """
     if flux_variant_from_keys(shapes) is not None:
         return "flux1"
+    if is_chroma_keys(shapes):
+        return "chroma"
     if _unet_in_channels(shapes) not in (None, LATENT_CHANNELS):
         return None  # inpainting (9), depth (5), x4 upscaler (7): another task than text-to-image
     if any(_NOT_AN_SD_UNET.search(k) for k in shapes):
@@ -237,6 +251,11 @@ def describe_checkpoint(shapes: Mapping[str, tuple[int, ...]]) -> str:
     flux_variant = flux_variant_from_keys(shapes)
     if flux_variant is not None:
         return f"a FLUX.1 {flux_variant} checkpoint"
+    if is_chroma_keys(shapes):
+        return "a Chroma checkpoint"
+    chroma = describe_chroma_keys(shapes)
+    if chroma is not None:
+        return chroma
     in_channels = _unet_in_channels(shapes)
     if in_channels not in (None, LATENT_CHANNELS):
         kind = {9: "an inpainting", 5: "a depth-conditioned", 7: "an upscaler"}.get(in_channels, "a")
@@ -285,7 +304,7 @@ def single_file_variant(
     family = family_from_keys(shapes)
     if family is None:
         raise UnsupportedCheckpoint(describe_checkpoint(shapes))
-    if family == "flux1":  # no shipped FLUX.1 config: an SD-style single-file load must not be tried
+    if family in ("flux1", "chroma"):  # no shipped SD config: an SD-style single-file load must not be tried
         raise UnsupportedCheckpoint(f"{describe_checkpoint(shapes)}, not trainable from a single file yet")
     missing = [p for p in (*_TEXT_ENCODERS[family], _VAE) if not any(k.startswith(p) for k in shapes)]
     if missing:

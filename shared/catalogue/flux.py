@@ -28,7 +28,7 @@ _FLUX1_KEYS = (
 _GUIDANCE_KEY = "guidance_in.in_layer.weight"  # dev's distilled guidance embedding; schnell has none
 # Keys that mark FLUX-derived architectures (as diffusers' single-file loader tells them apart).
 _OTHER_ARCHITECTURES = {
-    "distilled_guidance_layer.in_proj.bias": "a Chroma checkpoint (FLUX-derived; not supported)",
+    "distilled_guidance_layer.in_proj.bias": "a Chroma checkpoint (the chroma family, not flux1)",
     "single_stream_modulation.lin.weight": "a FLUX.2 checkpoint (not supported)",
     "early_stream_modulations.image.lin.weight": "a FLUX checkpoint newer than FLUX.1 (not supported)",
 }

@@ -74,6 +74,7 @@ CAPTIONER_FOR_FAMILY: dict[ModelFamily, dict[str, Any]] = {
     "sd2": {"method": "wd14"},
     "sdxl": {"method": "wd14"},
     "flux1": {"method": "florence2", "florence2_task": "<DETAILED_CAPTION>"},
+    "chroma": {"method": "florence2", "florence2_task": "<DETAILED_CAPTION>"},
 }
 # Text that ends up inside a caption file: the trainer reads the file's first line only, so no line breaks.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -85,6 +85,31 @@ FLOW_NOTES: dict[str, str] = {
     "frozen).",
 }
 
+# Chroma (FLUX.1-schnell derived, T5 only, no guidance embedding) as sd-scripts trains it with
+# --model_type chroma: docs/flux_train_network.md's "Training Chroma Models" and its recommended
+# `--timestep_sampling sigmoid --model_prediction_type raw --guidance_scale 0.0`; flux_train_network.py
+# asserts apply_t5_attn_mask; no schnell/dev split, so T5 reads 512 tokens (families/chroma.py).
+CHROMA_DEFAULTS: dict[str, str] = {
+    **FLOW_DEFAULTS,
+    "guidance_scale": "0.0 (Chroma has no guidance embedding)",
+    "timestep_sampling": "sigmoid",
+    "t5xxl_max_token_length": "512",
+    "apply_t5_attn_mask": "true (Chroma keeps one padding token unmasked)",
+}
+CHROMA_NOTES: dict[str, str] = {
+    "sample_prompts": "Chroma: drawn with classifier-free guidance: --l sets its scale (4.0 unless given, as "
+    "sd-scripts advises) and --n the negative prompt; --g is not used (no guidance embedding).",
+    "text_encoder_lr": "Chroma: not used (it has no CLIP-L; T5 stays frozen).",
+}
+# Values a Chroma run cannot honour (field -> (the only accepted values, why)).
+CHROMA_FIXED: dict[str, tuple[tuple[object, ...], str]] = {
+    "guidance_scale": ((None, 0.0), "Chroma has no guidance embedding: leave it unset or 0"),
+    "apply_t5_attn_mask": ((None, True), "Chroma trains with T5's attention mask (sd-scripts asserts it)"),
+    "network_train_unet_only": ((None, True), "Chroma has no CLIP-L to train and T5 stays frozen"),
+}
+FAMILY_DEFAULTS: dict[str, dict[str, str]] = {"chroma": CHROMA_DEFAULTS}
+FAMILY_NOTES: dict[str, dict[str, str]] = {"chroma": CHROMA_NOTES}
+
 
 @dataclass(frozen=True)
 class FamilyFields:
@@ -111,11 +136,11 @@ def family_fields(family: str) -> FamilyFields:
             label=label,
             fields=(*FLOW_ONLY[:text], "network_train_unet_only", *FLOW_ONLY[text:]),
             not_applicable={**NOT_FOR_FLOW, **NETWORK_NOT_FOR_FLOW},
-            defaults=dict(FLOW_DEFAULTS),
-            notes={**notes, **FLOW_NOTES},
+            defaults=dict(FAMILY_DEFAULTS.get(family, FLOW_DEFAULTS)),
+            notes={**notes, **FAMILY_NOTES.get(family, FLOW_NOTES)},
             size_multiple=multiple,
         )
-    flow_only = f"applies to flow-matching families (FLUX.1) only, not {family}"
+    flow_only = f"applies to flow-matching families (FLUX.1, Chroma) only, not {family}"
     return FamilyFields(
         label=label,
         fields=(*NOT_FOR_FLOW, *NETWORK_NOT_FOR_FLOW),
@@ -155,10 +180,14 @@ def family_conflicts(config: Any, family: str) -> list[tuple[str, str]]:
             out.append(("network_type", f"{family} {FLOW_LORA_ONLY}"))
         if config.network_target != "all_linear" and "network_target" in set_fields:
             out.append(("network_target", f"{family} {FLOW_TARGETS}"))
+        if family == "chroma":
+            for field, (accepted, why) in CHROMA_FIXED.items():
+                if getattr(config, field) not in accepted:
+                    out.append((field, f"is {getattr(config, field)!r}: {why}"))
         return out
     for field in FLOW_ONLY:
         if getattr(config, field, None) is not None:
-            out.append((field, f"applies to flow-matching families (FLUX.1) only, not {family}"))
+            out.append((field, f"applies to flow-matching families (FLUX.1, Chroma) only, not {family}"))
     return out
 
 

@@ -32,6 +32,17 @@ FLUX_VALUES: dict[str, Any] = {
     "guidance_scale": 1.0,  # also SimpleTuner's default ("the most compatible mode")
 }
 
+# Chroma: the same anchors' values (ai-toolkit config/examples/train_lora_chroma_24gb.yaml: linear 16, alpha
+# 16, lr 1e-4, float16 saves, gradient checkpointing, train_text_encoder false) with sd-scripts' Chroma
+# settings (docs/flux_train_network.md: `--timestep_sampling sigmoid --model_prediction_type raw
+# --guidance_scale 0.0 --apply_t5_attn_mask`).
+CHROMA_VALUES: dict[str, Any] = {
+    **{k: v for k, v in FLUX_VALUES.items() if k not in ("discrete_flow_shift", "guidance_scale")},
+    "timestep_sampling": "sigmoid",
+    "guidance_scale": 0.0,
+    "apply_t5_attn_mask": True,
+}
+
 # Filled from the dataset and the rest of the config (presets.apply_preset), and how.
 FLUX_COMPUTED: dict[str, str] = {
     "unet_lr": f"{FLUX_LR:g} with AdamW or AdamW8bit, whatever the batch (the anchors' rate at batches 1-2)",

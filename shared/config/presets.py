@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from shared.config.flux_presets import FLUX_COMPUTED, FLUX_LR, FLUX_VALUES
+from shared.config.flux_presets import CHROMA_VALUES, FLUX_COMPUTED, FLUX_LR, FLUX_VALUES
 from shared.config.plan import TrainingPlan, compute_plan
 from shared.config.spec import TrainingConfig
 from shared.datasets.layout import DatasetLayout
@@ -101,10 +101,9 @@ COMPUTED_FIELDS: dict[str, str] = {
     "epochs": f"the count whose total is nearest {TARGET_STEPS} steps within {STEPS_LOW}-{STEPS_HIGH}",
 }
 # Families whose presets set other values than the guide's (resolution among them), and what they compute.
-FAMILY_VALUES: dict[str, dict[str, Any]] = {"flux1": FLUX_VALUES}
-FAMILY_COMPUTED: dict[str, dict[str, str]] = {
-    "flux1": {**{k: v for k, v in COMPUTED_FIELDS.items() if k in ("repeats", "epochs")}, **FLUX_COMPUTED}
-}
+FAMILY_VALUES: dict[str, dict[str, Any]] = {"flux1": FLUX_VALUES, "chroma": CHROMA_VALUES}
+_FLOW_COMPUTED = {**{k: v for k, v in COMPUTED_FIELDS.items() if k in ("repeats", "epochs")}, **FLUX_COMPUTED}
+FAMILY_COMPUTED: dict[str, dict[str, str]] = {"flux1": _FLOW_COMPUTED, "chroma": _FLOW_COMPUTED}
 
 
 def computed_fields(family: str | None = None) -> dict[str, str]:

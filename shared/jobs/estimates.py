@@ -66,8 +66,8 @@ DEFAULT_SPEEDS: dict[str, DefaultSpeed] = {
     "sd2": DefaultSpeed(2.5, 768 * 768, 75.0),
     "sdxl": DefaultSpeed(1.4, 1024 * 1024, 120.0),
     "flux1": DefaultSpeed(0.5, 1024 * 1024, 240.0),
+    "chroma": DefaultSpeed(0.55, 1024 * 1024, 200.0),  # FLUX.1 less its modulation Linears and CLIP
 }
-
 FALLBACK_SPEED = DEFAULT_SPEEDS["sdxl"]  # a family nobody could name (a .ckpt not in the catalogue)
 
 # Seconds per image and to load each captioner, on the same card: stand-ins until a caption job is measured.

@@ -86,7 +86,9 @@ def test_the_fields_each_family_lists_as_not_applicable_are_the_ones_a_plan_refu
     """GET /v1/presets' `families` is what the page hides per family: each field it lists is a 422 naming
     it on a base of that family, and the fields of a family's own section are taken there."""
     families = client.get("/v1/presets", headers=headers).json()["families"]
-    assert set(families) == {"sd1", "sd2", "sdxl", "flux1"}
+    assert set(families) == {"sd1", "sd2", "sdxl", "flux1", "chroma"}
+    chroma = families["chroma"]
+    assert chroma["defaults"]["timestep_sampling"] == "sigmoid" and "--l" in chroma["notes"]["sample_prompts"]
     flux, sd = families["flux1"], families["sd1"]
     assert (flux["label"], flux["size_multiple"], sd["size_multiple"]) == ("FLUX.1", 16, 8)
     assert set(flux["not_applicable"]) == set(NOT_FOR_FLUX) == set(sd["fields"])

@@ -79,14 +79,13 @@ def test_a_bfl_transformer_is_flux1_dev_or_schnell(keys, variant):
         (flux_keys(in_channels=384), "a FLUX.1 Fill checkpoint (img_in reads 384 channels"),
         (flux_keys(in_channels=384, prefix=COMFY), "a FLUX.1 Fill checkpoint"),
         (flux_keys(in_channels=128), "a FLUX.1 Depth or Canny checkpoint (img_in reads 128 channels"),
-        (CHROMA, "a Chroma checkpoint"),
         (FLUX2, "a FLUX.2 checkpoint"),
         ({"redux_up.weight": (12288, 4096), "redux_down.weight": (4096, 12288)}, "a FLUX.1 Redux"),
         ({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": (16, 3072)}, "a LoRA"),
         ({"diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight": (16, 3072)}, "a LoRA"),
         ({"encoder.block.0.layer.0.SelfAttention.q.weight": (4096, 4096)}, "a T5 text encoder"),
     ],
-    ids=["fill", "comfy-fill", "depth-canny", "chroma", "flux2", "redux", "kohya-lora", "peft-lora", "t5xxl"],
+    ids=["fill", "comfy-fill", "depth-canny", "flux2", "redux", "kohya-lora", "peft-lora", "t5xxl"],
 )
 def test_other_flux_family_files_are_refused_by_name(keys, described):
     assert family_from_keys(keys) is None
@@ -94,6 +93,20 @@ def test_other_flux_family_files_are_refused_by_name(keys, described):
     assert describe_checkpoint(keys).startswith(described)
     with pytest.raises(UnsupportedCheckpoint, match=described.split(" (")[0]):
         single_file_variant(keys)
+
+
+@pytest.mark.parametrize("prefix", ["", COMFY], ids=["bare", "comfyui"])
+def test_a_chroma_transformer_is_the_chroma_family_not_flux1(prefix):
+    keys = {prefix + k: v for k, v in CHROMA.items()}
+    assert family_from_keys(keys) == "chroma" and flux_variant_from_keys(keys) is None
+    assert describe_checkpoint(keys) == "a Chroma checkpoint"
+    radiance = {k: (3072, 12) if k.endswith("img_in.weight") else v for k, v in keys.items()}
+    assert family_from_keys(radiance) is None  # pixel-space Chroma Radiance: no 64-channel latent img_in
+    assert describe_checkpoint(radiance).startswith("a Chroma-like checkpoint")
+    chroma = {"_class_name": "ChromaPipeline"}
+    assert family_from_pipeline_configs(chroma, {}, {"_class_name": "ChromaTransformer2DModel"}) == "chroma"
+    with pytest.raises(UnsupportedPipeline, match="Chroma inpainting pipeline"):
+        family_from_pipeline_configs({"_class_name": "ChromaInpaintPipeline"}, {}, {})
 
 
 def test_sd_keys_are_read_as_before():

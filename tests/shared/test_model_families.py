@@ -16,4 +16,5 @@ def test_every_surface_knows_every_family():
     for family in FAMILIES:  # the config schema takes each, and "auto"
         assert TrainingConfig(base_model="m", model_family=family).model_family == family
     assert TrainingConfig(base_model="m").model_family == "auto"
-    assert set(FLOW_FAMILIES) == {"flux1"} and TRAITS["flux1"].size_multiple == 16
+    assert set(FLOW_FAMILIES) == {"flux1", "chroma"} and TRAITS["flux1"].size_multiple == 16
+    assert TRAITS["chroma"].size_multiple == 16 and TRAITS["chroma"].native_resolution == 1024

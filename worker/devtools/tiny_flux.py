@@ -16,7 +16,14 @@ import json
 import string
 from pathlib import Path
 
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from diffusers import (
+    AutoencoderKL,
+    ChromaPipeline,
+    ChromaTransformer2DModel,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+)
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import T5Config, T5EncoderModel, T5TokenizerFast
 
@@ -50,6 +57,7 @@ DEV_SCHEDULER = {
     "max_image_seq_len": 4096,
 }
 SCHNELL_SCHEDULER = {**DEV_SCHEDULER, "shift": 1.0, "use_dynamic_shifting": False}
+CHROMA_SCHEDULER = DEV_SCHEDULER  # lodestones/Chroma1-HD's scheduler_config.json: dev's dynamic shifting
 
 _T5_TRAINING_TEXT = """
 A photo of a red toy car on a wooden table, soft morning light from the window.
@@ -202,4 +210,46 @@ def save_tiny_flux(path: Path, *, guidance_embeds: bool = True, seed: int = 0) -
     path = Path(path)
     pipe = build_tiny_flux_pipeline(guidance_embeds=guidance_embeds, seed=seed)
     pipe.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+# --- Chroma: FLUX.1's blocks and VAE with T5 alone, its modulations from the approximator ------------------
+
+
+def build_tiny_chroma_transformer(seed: int = 0) -> ChromaTransformer2DModel:
+    with _seeded(seed):
+        return ChromaTransformer2DModel(
+            patch_size=1,
+            in_channels=LATENT_CHANNELS * 4,
+            num_layers=2,
+            num_single_layers=2,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=T5_HIDDEN,
+            axes_dims_rope=(4, 6, 6),
+            approximator_num_channels=16,  # Chroma's 64: timestep, guidance and modulation-index embeddings
+            approximator_hidden_dim=32,
+            approximator_layers=2,
+        ).eval()
+
+
+def build_tiny_chroma_pipeline(seed: int = 0) -> ChromaPipeline:
+    """A random-weight Chroma-shaped pipeline (the tiny FLUX.1 VAE and T5, no CLIP), identical for the same
+    seed. Runs on CPU."""
+    tokenizer = build_tiny_t5_tokenizer()
+    pipe = ChromaPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**CHROMA_SCHEDULER),
+        vae=build_tiny_flux_vae(seed),
+        text_encoder=build_tiny_t5_encoder(len(tokenizer), seed),
+        tokenizer=tokenizer,
+        transformer=build_tiny_chroma_transformer(seed),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_chroma(path: Path, *, seed: int = 0) -> Path:
+    """Save a tiny Chroma pipeline as a diffusers folder; it loads offline with ``ChromaPipeline``."""
+    path = Path(path)
+    build_tiny_chroma_pipeline(seed).save_pretrained(path, safe_serialization=True)
     return path

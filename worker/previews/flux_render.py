@@ -14,6 +14,8 @@ from PIL import Image
 
 from shared.config.previews import FLUX_GUIDANCE, FLUX_SAMPLER
 from worker.previews.render import ImageSettings, Renderer, StepHook, step_callback
+from worker.training.families.chroma import T5_TOKENS as CHROMA_T5_TOKENS
+from worker.training.families.chroma import encode_chroma_captions
 from worker.training.families.flux import DEV_T5_TOKENS, SCHNELL_T5_TOKENS, encode_captions
 
 
@@ -61,6 +63,45 @@ class FluxRenderer(Renderer):
                     height=settings.height,
                     num_inference_steps=settings.steps,
                     guidance_scale=settings.guidance_scale if self.dev else 0.0,
+                    generator=generator,
+                    max_sequence_length=self.max_tokens,
+                    output_type="pil",
+                    callback_on_step_end=step_callback(on_step, settings.steps),
+                ).images[0]
+
+
+class ChromaRenderer(Renderer):
+    """Chroma images drawn as its training samples are (ChromaModel.draw): T5 with the training's token length
+    and Chroma's mask, classifier-free guidance at the image's CFG scale against its negative prompt, the
+    model's own Euler scheduler, a CPU generator seeded with the image's seed."""
+
+    def __init__(self, pipe: Any, *, t5: T5Options, **kwargs: Any) -> None:
+        super().__init__(pipe, family="chroma", **kwargs)
+        self.max_tokens = t5.max_tokens or CHROMA_T5_TOKENS
+
+    def effective(self, settings: ImageSettings) -> ImageSettings:
+        return replace(settings, sampler=FLUX_SAMPLER, guidance_scale=None)
+
+    def render(self, settings: ImageSettings, on_step: StepHook | None = None) -> Image.Image:
+        settings = self.effective(settings)
+        pipe = self.pipe
+        devices = [pipe.device] if pipe.device.type == "cuda" else []
+        device = pipe.transformer.device
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            generator = torch.Generator("cpu").manual_seed(settings.seed)
+            with self.autocast():
+                dtype = pipe.transformer.dtype
+                texts = [settings.prompt, settings.negative_prompt]
+                text = encode_chroma_captions(pipe, texts, max_tokens=self.max_tokens, device=device)
+                return pipe(
+                    prompt_embeds=text.t5[:1].to(dtype),
+                    prompt_attention_mask=text.mask[:1] if text.mask is not None else None,
+                    negative_prompt_embeds=text.t5[1:].to(dtype),
+                    negative_prompt_attention_mask=text.mask[1:] if text.mask is not None else None,
+                    width=settings.width,
+                    height=settings.height,
+                    num_inference_steps=settings.steps,
+                    guidance_scale=settings.cfg_scale,
                     generator=generator,
                     max_sequence_length=self.max_tokens,
                     output_type="pil",

@@ -26,13 +26,14 @@ from shared.config.previews import ComparisonPrompt, ComparisonSpec, GenerationS
 from shared.db.models import Artifact, JobKind, JobStatus
 from shared.errors import LorabakeError
 from shared.retrying import OutageOutlasted
-from worker.previews.flux_render import FluxRenderer, T5Options
+from worker.previews.flux_render import ChromaRenderer, FluxRenderer, T5Options
 from worker.previews.grid import draw_grid
 from worker.previews.loras import AppliedLoras, LoraFile, applied_loras, short_hash
 from worker.previews.progress import DenoisingProgress
 from worker.previews.render import ImageSettings, Renderer, parameters_text, write_png
 from worker.training.engine import TrainingCanceled, make_accelerator, resolve_device
 from worker.training.families.base import WEIGHT_DTYPES
+from worker.training.families.chroma import load_chroma_pipeline
 from worker.training.families.flux import load_flux_pipeline
 from worker.training.model_loading import load_pipeline, resolve_base_model, resolve_family
 
@@ -103,6 +104,8 @@ class PreviewRun:
         flux = family == "flux1"
         if flux:
             pipe = load_flux_pipeline(resolved, dtype=WEIGHT_DTYPES.get(precision, torch.float32))
+        elif family == "chroma":
+            pipe = load_chroma_pipeline(resolved, dtype=WEIGHT_DTYPES.get(precision, torch.float32))
         else:
             pipe = load_pipeline(resolved, family, dtype=torch.float32)
         device = resolve_device(None)
@@ -113,6 +116,8 @@ class PreviewRun:
         if flux:
             t5 = T5Options(spec.t5xxl_max_token_length, spec.apply_t5_attn_mask)
             return FluxRenderer(pipe, t5=t5, autocast=autocast)
+        if family == "chroma":
+            return ChromaRenderer(pipe, t5=T5Options(spec.t5xxl_max_token_length), autocast=autocast)
         return Renderer(pipe, prediction_type=prediction_type, autocast=autocast, family=family)
 
     def check_cancel(self) -> None:
@@ -281,4 +286,4 @@ def _generation_precision(family: str) -> str:
     trained and shipped); full precision on a CPU."""
     if not torch.cuda.is_available():
         return "no"
-    return "bf16" if family == "flux1" else "fp16"
+    return "bf16" if family in ("flux1", "chroma") else "fp16"

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from diffusers import FluxPipeline
+from diffusers import ChromaPipeline, FluxPipeline
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -59,7 +59,8 @@ def lora_family(path: Path) -> str | None:
             version = (handle.metadata() or {}).get("ss_base_model_version", "")
     except Exception:  # an unreadable file is reported by the load that follows
         return None
-    for prefix, family in (("sd_v1", "sd1"), ("sd_v2", "sd2"), ("sdxl", "sdxl"), ("flux1", "flux1")):
+    known = (("sd_v1", "sd1"), ("sd_v2", "sd2"), ("sdxl", "sdxl"), ("flux1", "flux1"), ("chroma", "chroma"))
+    for prefix, family in known:
         if version.startswith(prefix):
             return family
     return None
@@ -76,7 +77,7 @@ def _check_family(lora: LoraFile, family: str | None) -> None:
 
 
 def _read(pipe: Any, lora: LoraFile, adapter: str) -> None:
-    if isinstance(pipe, FluxPipeline):
+    if isinstance(pipe, FluxPipeline | ChromaPipeline):  # sd-scripts FLUX.1 / Chroma names
         load_kohya_flux_lora(pipe, load_file(lora.path), adapter)
     else:
         pipe.load_lora_weights(str(lora.path.parent), weight_name=lora.path.name, adapter_name=adapter)

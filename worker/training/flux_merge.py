@@ -21,7 +21,7 @@ import torch
 from diffusers import FluxTransformer2DModel
 from peft.tuners.lora import LoraLayer
 
-from worker.training.flux_names import EMBEDDERS, FluxModule, flux_block_modules
+from worker.training.flux_names import FluxModule, known_flux_modules
 
 _DOWN, _UP, _ALPHA = "lora_down.weight", "lora_up.weight", "alpha"
 
@@ -36,11 +36,7 @@ class _Planned:
 
 
 def _known_modules(transformer: torch.nn.Module) -> dict[str, FluxModule]:
-    modules = [
-        *flux_block_modules(transformer),
-        *(FluxModule("embedder", -1, bfl, (diffusers,)) for bfl, diffusers in EMBEDDERS),
-    ]
-    return {m.kohya_name: m for m in modules}
+    return {m.kohya_name: m for m in known_flux_modules(transformer)}
 
 
 def _group(tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:

@@ -71,6 +71,19 @@ EMBEDDERS: tuple[tuple[str, str], ...] = (
     ("txt_in", "context_embedder"),
 )
 
+# Chroma (sd-scripts' library/chroma_models.py, the same commit; lodestone-rock/flow's model): FLUX.1's blocks
+# without the modulation Linears (img_mod, txt_mod, modulation: every block's shift/scale/gate come from the
+# one `distilled_guidance_layer`), so lora_flux.py's "every Linear of a DoubleStreamBlock / SingleStreamBlock"
+# is the tables above less those. Embedders: Chroma has only img_in and txt_in of in_dims' five.
+CHROMA_DOUBLE_BLOCK = tuple(entry for entry in DOUBLE_BLOCK if not entry[0].endswith("_mod.lin"))
+CHROMA_SINGLE_BLOCK = tuple(entry for entry in SINGLE_BLOCK if entry[0] != "modulation.lin")
+CHROMA_EMBEDDERS = tuple(entry for entry in EMBEDDERS if entry[0] in ("img_in", "txt_in"))
+
+
+def is_chroma(transformer: torch.nn.Module) -> bool:
+    """A Chroma transformer: its modulations come from the approximator, not from per-block Linears."""
+    return hasattr(transformer, "distilled_guidance_layer")
+
 
 @dataclass(frozen=True)
 class FluxModule:
@@ -98,13 +111,25 @@ def block_count(transformer: torch.nn.Module, kind: BlockKind) -> int:
     return sum(1 for _ in transformer.get_submodule(BLOCKS[kind][0]).children())
 
 
-def flux_block_modules(transformer: torch.nn.Module) -> list[FluxModule]:
-    """sd-scripts' default LoRA modules of this transformer (every Linear of every block), in its order.
+def _block_tables(
+    transformer: torch.nn.Module,
+) -> dict[BlockKind, tuple[str, str, tuple[tuple[str, tuple[str, ...]], ...]]]:
+    if not is_chroma(transformer):
+        return BLOCKS
+    return {
+        "double": (*BLOCKS["double"][:2], CHROMA_DOUBLE_BLOCK),
+        "single": (*BLOCKS["single"][:2], CHROMA_SINGLE_BLOCK),
+    }
 
-    Block counts come from the model (19 / 38 for FLUX.1), so tiny test models follow the same rule.
+
+def flux_block_modules(transformer: torch.nn.Module) -> list[FluxModule]:
+    """sd-scripts' default LoRA modules of this transformer (every Linear of every block), in its order;
+    Chroma's blocks have no modulation Linears.
+
+    Block counts come from the model (19 / 38 for FLUX.1 and Chroma), so tiny test models follow the rule.
     """
     modules: list[FluxModule] = []
-    for kind, (blocks, bfl_blocks, table) in BLOCKS.items():
+    for kind, (blocks, bfl_blocks, table) in _block_tables(transformer).items():
         for i in range(block_count(transformer, kind)):
             for bfl_child, parts in table:
                 diffusers_parts = tuple(f"{blocks}.{i}.{p}" for p in parts)
@@ -219,15 +244,22 @@ def flux_lora_target_paths(
     return paths
 
 
+def known_flux_modules(transformer: torch.nn.Module) -> list[FluxModule]:
+    """Every module an sd-scripts FLUX.1 / Chroma file may name for this transformer: the blocks' Linears and
+    the embedders of its in_dims."""
+    embedders = CHROMA_EMBEDDERS if is_chroma(transformer) else EMBEDDERS
+    return [
+        *flux_block_modules(transformer),
+        *(FluxModule("embedder", -1, bfl, (diffusers,)) for bfl, diffusers in embedders),
+    ]
+
+
 def _adapted_modules(
     transformer: torch.nn.Module,
 ) -> list[tuple[FluxModule, list[LoraLayer | None]]]:
     """Every FluxModule with at least one adapted part, with the layer of each part (None: no LoRA)."""
     adapters = dict(lora_layers(transformer))
-    known = [
-        *flux_block_modules(transformer),
-        *(FluxModule("embedder", -1, bfl, (diffusers,)) for bfl, diffusers in EMBEDDERS),
-    ]
+    known = known_flux_modules(transformer)
     found: list[tuple[FluxModule, list[LoraLayer | None]]] = []
     for module in known:
         layers = [adapters.pop(p, None) for p in module.parts]

@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    ChromaPipeline,
+    DiffusionPipeline,
+    FluxPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 
 from shared.catalogue.families import (
     FAMILY_LABELS,
@@ -51,6 +57,7 @@ FAMILY_PIPELINES: dict[str, type[DiffusionPipeline]] = {
     "sd2": StableDiffusionPipeline,
     "sdxl": StableDiffusionXLPipeline,
     "flux1": FluxPipeline,  # loaded by worker/training/families/flux.py
+    "chroma": ChromaPipeline,  # loaded by worker/training/families/chroma.py
 }
 
 
@@ -434,6 +441,12 @@ def resolve_family(resolved: ResolvedModel, requested: str = "auto") -> ModelFam
         from worker.training.flux_single_file import locate_flux_single_file  # it imports this module
 
         locate_flux_single_file(resolved)
+    elif resolved.kind == "single_file" and family == "chroma":
+        raise BaseModelError(
+            resolved.ref,
+            f"{resolved.path.name} is a Chroma single file, which lorabake does not load yet: use a Chroma "
+            "diffusers folder (e.g. lodestones/Chroma1-HD as `hf download` lays it out)",
+        )
     return family
 
 

@@ -24,12 +24,19 @@ def _load_flux(resolved: ResolvedModel, family: str, config: TrainingConfig) -> 
     return FluxModel.load(resolved, family, config)
 
 
+def _load_chroma(resolved: ResolvedModel, family: str, config: TrainingConfig) -> FamilyModel:
+    from worker.training.families.chroma import ChromaModel
+
+    return ChromaModel.load(resolved, family, config)
+
+
 # family (shared/catalogue/families.py's names) -> loader of that family's FamilyModel
 LOADERS: dict[str, Callable[[ResolvedModel, str, TrainingConfig], FamilyModel]] = {
     "sd1": _load_sd,
     "sd2": _load_sd,
     "sdxl": _load_sd,
     "flux1": _load_flux,
+    "chroma": _load_chroma,
 }
 
 

@@ -52,8 +52,13 @@ def check_config(config: TrainingConfig) -> None:
         raise TrainingSetupError(f"{field} {why}", details={"field": field})
 
 
-def timestep_options(config: TrainingConfig) -> flow_matching.TimestepSampling:
-    defaults = flow_matching.TimestepSampling()
+FLUX_TIMESTEPS = flow_matching.TimestepSampling()  # sd-scripts' recommended FLUX.1 settings
+
+
+def timestep_options(
+    config: TrainingConfig, defaults: flow_matching.TimestepSampling = FLUX_TIMESTEPS
+) -> flow_matching.TimestepSampling:
+    """The config's timestep sampling, each unset field from `defaults` (the family's)."""
     return flow_matching.TimestepSampling(
         method=config.timestep_sampling or defaults.method,
         sigmoid_scale=config.sigmoid_scale or defaults.sigmoid_scale,
@@ -101,8 +106,8 @@ def image_ids(height: int, width: int, device: torch.device) -> torch.Tensor:
 @dataclass
 class TextConditioning:
     t5: torch.Tensor  # [N, L, D] T5 hidden states (padding zeroed with apply_t5_attn_mask)
-    pooled: torch.Tensor  # [N, D_clip] CLIP-L pooled output
-    mask: torch.Tensor | None  # [N, L] T5 attention mask, with apply_t5_attn_mask
+    pooled: torch.Tensor | None  # [N, D_clip] CLIP-L pooled output (Chroma: none)
+    mask: torch.Tensor | None  # [N, L] T5 attention mask, with apply_t5_attn_mask (Chroma: always)
 
 
 def encode_captions(
@@ -128,12 +133,16 @@ def encode_captions(
     return TextConditioning(t5=t5, pooled=pooled, mask=mask)
 
 
-def _encode_all(pipe: Any, captions: Sequence[str], **kw: Any) -> TextConditioning:
-    parts = [encode_captions(pipe, captions[i : i + ENCODE_CHUNK], **kw) for i in range(0, len(captions), 8)]
+def _encode_all(
+    encode: Callable[..., TextConditioning], captions: Sequence[str], **kw: Any
+) -> TextConditioning:
+    """`encode` (a family's encode_text) over the captions in chunks of ENCODE_CHUNK, concatenated."""
+    parts = [encode(captions[i : i + ENCODE_CHUNK], **kw) for i in range(0, len(captions), 8)]
     masks = [p.mask for p in parts if p.mask is not None]
+    pooled = [p.pooled for p in parts if p.pooled is not None]
     return TextConditioning(
         t5=torch.cat([p.t5 for p in parts]),
-        pooled=torch.cat([p.pooled for p in parts]),
+        pooled=torch.cat(pooled) if pooled else None,
         mask=torch.cat(masks) if masks else None,
     )
 
@@ -158,6 +167,7 @@ class FluxModel:
     family = "flux1"
     v_parameterization = False
     lycoris = None
+    timestep_defaults = FLUX_TIMESTEPS
 
     def __init__(self, pipe: Any):
         self.pipeline = pipe
@@ -178,6 +188,44 @@ class FluxModel:
     def max_tokens(self, config: TrainingConfig) -> int:
         default = DEV_T5_TOKENS if self.variant == "dev" else SCHNELL_T5_TOKENS
         return config.t5xxl_max_token_length or default
+
+    def encode_text(
+        self, captions: Sequence[str], *, max_tokens: int, t5_mask: bool, device: torch.device
+    ) -> TextConditioning:
+        return encode_captions(self.pipeline, captions, max_tokens=max_tokens, t5_mask=t5_mask, device=device)
+
+    def denoise(
+        self,
+        packed: torch.Tensor,
+        text: TextConditioning,
+        sigmas: torch.Tensor,
+        img_ids: torch.Tensor,
+        guidance: float | None,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """The transformer's packed velocity for packed noisy latents (inside the run's autocast)."""
+        n, seq_len, _ = packed.shape
+        device = packed.device
+        kwargs = None
+        if text.mask is not None:  # padding hidden from the joint attention too (text tokens come first)
+            image_mask = torch.ones(n, seq_len, device=device, dtype=text.mask.dtype)
+            joint = torch.cat([text.mask, image_mask], dim=1)
+            kwargs = {"attention_mask": joint.bool()[:, None, None, :]}
+        guidance_vec = None
+        if guidance is not None:
+            guidance_vec = torch.full((n,), guidance, device=device, dtype=dtype)
+        assert text.pooled is not None
+        return self.transformer(
+            hidden_states=packed.to(dtype),
+            encoder_hidden_states=text.t5.to(dtype),
+            pooled_projections=text.pooled.to(dtype),
+            timestep=sigmas.to(dtype),
+            img_ids=img_ids.to(dtype),
+            txt_ids=torch.zeros(text.t5.shape[1], 3, device=device, dtype=dtype),
+            guidance=guidance_vec,
+            joint_attention_kwargs=kwargs,
+            return_dict=False,
+        )[0]
 
     def add_network(self, config: TrainingConfig, seed: int, device: torch.device) -> NetworkParams:
         pipe = self.pipeline
@@ -230,7 +278,6 @@ class FluxModel:
         )
 
     def prepare_batches(
-
         self,
         table: data.SampleTable,
         dataset_dir: Path,
@@ -251,10 +298,10 @@ class FluxModel:
         captions = tuple(with_affixes(c, caption_options) for c in table.captions)
         if not varies and not trains_clip(config):
             with torch.no_grad(), accelerator.autocast():
-                text = _encode_all(pipe, captions, device=device, **encode)
-                prompts = sorted({p.prompt for p in sampling.prompts_of(config)})
+                text = _encode_all(self.encode_text, captions, device=device, **encode)
+                prompts = sorted(self.sample_texts(config))
                 if prompts:
-                    encoded = _encode_all(pipe, prompts, device=device, **encode)
+                    encoded = _encode_all(self.encode_text, prompts, device=device, **encode)
                     self.sample_text = {prompt: _row(encoded, i) for i, prompt in enumerate(prompts)}
             self._release_text_encoders()
         item_bucket = tuple(latents.image_bucket[i] for i in table.item_image)
@@ -301,7 +348,7 @@ class FluxModel:
 
     def metadata(self, config: TrainingConfig) -> dict[str, str]:
         """The ss_* fields sd-scripts' flux_train_network.py adds, and its modelspec architecture."""
-        options = timestep_options(config)
+        options = timestep_options(config, self.timestep_defaults)
         guidance = config.guidance_scale if config.guidance_scale is not None else DEFAULT_GUIDANCE
         return {
             "ss_base_model_version": "flux1",
@@ -345,7 +392,7 @@ class FluxModel:
         encode = {"max_tokens": self.max_tokens(config), "t5_mask": bool(config.apply_t5_attn_mask)}
         sampling.generate_samples(
             self.pipeline,
-            [flux_prompt(p) for p in sampling.prompts_of(config)],
+            [self.sample_prompt(p) for p in self.sample_prompts(config)],
             out_dir / "sample",
             output_name=config.output_name,
             epoch=epoch,
@@ -358,6 +405,16 @@ class FluxModel:
             extra_parameters={"Model": config.base_model, "LoRA": config.output_name},
             draw=lambda prompt, generator: self.draw(prompt, generator, **encode),
         )
+
+    def sample_prompts(self, config: TrainingConfig) -> list[SamplePrompt]:
+        return sampling.prompts_of(config)
+
+    def sample_texts(self, config: TrainingConfig) -> set[str]:
+        """What is encoded for samples before the text encoders leave memory."""
+        return {p.prompt for p in self.sample_prompts(config)}
+
+    def sample_prompt(self, prompt: SamplePrompt) -> SamplePrompt:
+        return flux_prompt(prompt)
 
     def draw(
         self, prompt: SamplePrompt, generator: torch.Generator, *, max_tokens: int, t5_mask: bool
@@ -399,13 +456,14 @@ def flux_prompt(prompt: SamplePrompt) -> SamplePrompt:
 def _row(text: TextConditioning, i: int) -> TextConditioning:
     return TextConditioning(
         t5=text.t5[i : i + 1],
-        pooled=text.pooled[i : i + 1],
+        pooled=text.pooled[i : i + 1] if text.pooled is not None else None,
         mask=text.mask[i : i + 1] if text.mask is not None else None,
     )
 
 
 class FlowLoss:
-    """One micro-batch's rectified-flow loss: gathers cached rows, draws noise and sigmas, runs FLUX."""
+    """One micro-batch's rectified-flow loss: gathers cached rows, draws noise and sigmas, runs the family's
+    transformer (FluxModel.denoise)."""
 
     def __init__(
         self,
@@ -419,7 +477,7 @@ class FlowLoss:
         self.model, self.batches, self.config = model, batches, config
         self.accelerator, self.weight_dtype = accelerator, weight_dtype
         self.generator = torch.Generator(accelerator.device).manual_seed(seed)
-        self.options = timestep_options(config)
+        self.options = timestep_options(config, model.timestep_defaults)
         self.guidance = None
         if model.variant == "dev":
             self.guidance = config.guidance_scale if config.guidance_scale is not None else DEFAULT_GUIDANCE
@@ -429,13 +487,14 @@ class FlowLoss:
         b = self.batches
         if b.text is not None:
             mask = b.text.mask[items] if b.text.mask is not None else None
-            return TextConditioning(t5=b.text.t5[items], pooled=b.text.pooled[items], mask=mask)
+            pooled = b.text.pooled[items] if b.text.pooled is not None else None
+            return TextConditioning(t5=b.text.t5[items], pooled=pooled, mask=mask)
         if batch.captions is not None:  # Kohya's shuffle/dropout options: this step's captions
             captions = list(batch.captions)
         else:
             assert b.captions is not None
             captions = [b.captions[i] for i in items.tolist()]
-        return encode_captions(self.model.pipeline, captions, device=items.device, **self.encode)
+        return self.model.encode_text(captions, device=items.device, **self.encode)
 
     def __call__(self, batch: data.Batch) -> torch.Tensor:
         b = self.batches
@@ -450,28 +509,10 @@ class FlowLoss:
             self.options, n, image_seq_len=seq_len, generator=gen, device=device
         )
         noisy, target = flow_matching.noisy_and_target(latents, noise, sigmas)
-        dtype = self.weight_dtype
         with self.accelerator.autocast():
             text = self._text(batch, items)
-            kwargs = None
-            if text.mask is not None:  # padding hidden from the joint attention too (text tokens come first)
-                image_mask = torch.ones(n, seq_len, device=device, dtype=text.mask.dtype)
-                joint = torch.cat([text.mask, image_mask], dim=1)
-                kwargs = {"attention_mask": joint.bool()[:, None, None, :]}
-            guidance = None
-            if self.guidance is not None:
-                guidance = torch.full((n,), self.guidance, device=device, dtype=dtype)
-            pred = self.model.transformer(
-                hidden_states=pack(noisy).to(dtype),
-                encoder_hidden_states=text.t5.to(dtype),
-                pooled_projections=text.pooled.to(dtype),
-                timestep=sigmas.to(dtype),
-                img_ids=image_ids(height, width, device).to(dtype),
-                txt_ids=torch.zeros(text.t5.shape[1], 3, device=device, dtype=dtype),
-                guidance=guidance,
-                joint_attention_kwargs=kwargs,
-                return_dict=False,
-            )[0]
+            img_ids = image_ids(height, width, device)
+            pred = self.model.denoise(pack(noisy), text, sigmas, img_ids, self.guidance, self.weight_dtype)
         per_element = F.mse_loss(unpack(pred.float(), height, width), target, reduction="none")
         if b.masks is not None:
             per_element = per_element * data.mask_rows(b.masks, batch.bucket, b.item_row[items], flipped)
