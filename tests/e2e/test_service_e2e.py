@@ -144,6 +144,21 @@ def test_train_over_http_and_download_every_epoch(stack, tmp_path, models_dir):
     # epoch 1 is a different (earlier) LoRA than the final one
     assert max_abs_diff(render_with_lora(files[0]), with_lora) > 1e-5
 
+    # Continued by one epoch (issue 19): a new job numbered on from the kept resume state, through the
+    # worker's real path (the source's state and dataset fetched from storage); its file is the 3-epoch run's.
+    more = httpx.post(f"{stack.url}/v1/jobs/{job['id']}/continue", headers=stack.headers, json={"epochs": 1})
+    assert more.status_code == 201, more.text
+    continued = wait_for(stack, more.json()["id"], finished)
+    assert continued["status"] == "succeeded", continued["error"]
+    assert continued["continued_from"] == job["id"] and continued["progress"]["step"] == 24
+    added = [a for a in continued["artifacts"] if a["kind"] == "lora"]
+    assert [(a["name"], a["epoch"], a["is_final"]) for a in added] == [("lisabp_v1.safetensors", 3, True)]
+    three = TrainingConfig(**{**config, "epochs": 3})
+    longer = train_lora(three, dataset, tmp_path / "three", models_dir=models_dir)
+    third = tensors(download(stack, added[0], tmp_path / "continued.safetensors"))
+    from_start = tensors(longer.files[-1].path)
+    assert third.keys() == from_start.keys() and all(torch.equal(third[k], from_start[k]) for k in third)
+
 
 def test_cancel_a_running_job_keeps_saved_epochs(stack, tmp_path):
     zip_path = write_zip(tmp_path / "long.zip", kohya_entries(images=4, repeats=2, webp=False))
