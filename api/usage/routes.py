@@ -22,6 +22,22 @@ from shared.usage.storage import owner_storage
 router = APIRouter(prefix="/v1/usage", tags=["usage"])
 _ERRORS = error_responses(401, 403, 422, 503)
 MAX_DAYS = 3700  # about ten years
+# A calendar date as written, not anything pydantic reads as one (it takes "0" as 1970-01-01)
+ISO_DAY = r"^\d{4}-\d{2}-\d{2}$"
+
+
+def _day(value: str | None, field: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise LorabakeError(
+            f"{field} {value!r} is not a calendar date (YYYY-MM-DD)",
+            code="invalid_field",
+            details={"field": field},
+            status_code=422,
+        ) from exc
 
 
 def _range(group: str, since: date | None, until: date | None) -> tuple[date, date]:
@@ -64,13 +80,17 @@ def get_usage(
     state: State,
     owner: Annotated[str | None, Query(max_length=200, description="admin keys: this owner's usage")] = None,
     group: Annotated[Literal["day", "month"], Query(description="one period per UTC day, or month")] = "day",
-    since: Annotated[date | None, Query(description="first day (UTC); default: this month's first")] = None,
-    until: Annotated[date | None, Query(description="last day (UTC), included; default: today")] = None,
+    since: Annotated[
+        str | None, Query(pattern=ISO_DAY, description="first day (UTC, YYYY-MM-DD); default: month's first")
+    ] = None,
+    until: Annotated[
+        str | None, Query(pattern=ISO_DAY, description="last day (UTC, YYYY-MM-DD), included; default: today")
+    ] = None,
 ) -> UsageOut:
     """Counted by the workers as the jobs work (GPU seconds at each lease renewal and at each run's end;
     steps as they are trained; images as they are captioned), per UTC day. A job that ran past midnight
     counts on both days. `storage` is what the owner holds now."""
     if owner is not None and owner != caller.owner and not caller.admin:
         raise ScopeError("only an admin key reads another owner's usage", details={"scope": "admin"})
-    since, until = _range(group, since, until)
-    return _read(state, caller, owner or caller.owner, group, since, until)
+    first, last = _range(group, _day(since, "since"), _day(until, "until"))
+    return _read(state, caller, owner or caller.owner, group, first, last)

@@ -102,6 +102,9 @@ def test_an_owner_reads_its_usage_by_day_and_month_and_an_admin_reads_anyones(cl
         "/v1/usage", headers=headers, params={"since": today.isoformat(), "until": earlier}
     )
     assert backwards.status_code == 422 and backwards.json()["error"]["details"]["field"] == "since"
+    for bad in ("0", "2026-02-30"):  # a number pydantic would read as 1970-01-01; a day no month has
+        answer = client.get("/v1/usage", headers=headers, params={"until": bad})
+        assert answer.status_code == 422 and "until" in answer.text, answer.text
 
 
 def test_a_submission_past_a_quota_is_a_429_naming_it_and_stores_nothing(

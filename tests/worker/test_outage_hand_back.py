@@ -100,7 +100,8 @@ def test_an_outage_past_the_bound_hands_the_job_back_and_it_resumes(
         assert (job.status, job.attempts, job.handed_back, job.step) == (JobStatus.succeeded, 2, 1, 90)
         names = [a.name for a in job_artifacts(pg_url, job_id)]
         assert names == [f"o-{e:06d}.safetensors" for e in range(1, 30)] + ["o.safetensors"]
-        assert runner.read_resume_record(job_id) is None  # dropped once it ended
+        final = runner.read_resume_record(job_id)  # a succeeded job keeps its final state, to be continued
+        assert final is not None and (final["step"], final["epoch"]) == (90, 30)
     finally:
         proxy.stop()
 
