@@ -1,5 +1,5 @@
-"""GPU training speed and memory at real SD1.5, SDXL and FLUX.1 dev sizes (random weights: speed does not
-depend on them), plus the CUDA-only correctness checks the CPU suite cannot make: bf16 and fp16 mixed
+"""GPU training speed and memory at real SD1.5, SDXL, FLUX.1 dev and Chroma1-HD sizes (random weights: speed
+does not depend on them), plus the CUDA-only correctness checks the CPU suite cannot make: bf16 and fp16 mixed
 precision, AdamW8bit, SDPA attention. Run on a GPU machine:
 
     HF_HUB_OFFLINE=1 python bench/gpu_train.py [--steps 20] [--out results.json]
@@ -101,8 +101,8 @@ def real_flux1(root: Path) -> Path:
     (4096, what the transformer reads) but one layer: its outputs are cached before training, so its depth
     changes neither the step time nor the training's VRAM."""
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
 
     from worker.devtools.tiny_flux import DEV_SCHEDULER, build_tiny_t5_tokenizer
     from worker.devtools.tiny_models import build_tiny_clip_tokenizer
@@ -114,33 +114,9 @@ def real_flux1(root: Path) -> Path:
     try:
         with torch.device(device):
             transformer = FluxTransformer2DModel(guidance_embeds=True)  # diffusers' defaults are FLUX.1's
-            t5 = T5EncoderModel(
-                T5Config(
-                    vocab_size=len(tokenizer_2),
-                    d_model=4096,
-                    d_kv=64,
-                    d_ff=10240,
-                    num_layers=1,
-                    num_heads=64,
-                    feed_forward_proj="gated-gelu",
-                    is_encoder_decoder=False,
-                    pad_token_id=0,
-                    eos_token_id=1,
-                )
-            )
+            t5 = _t5_one_layer(tokenizer_2)
             clip = CLIPTextModel(_clip(tokenizer, hidden=768, layers=12, heads=12, act="quick_gelu"))
-            vae = AutoencoderKL(
-                block_out_channels=(128, 256, 512, 512),
-                down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4,
-                layers_per_block=2,
-                latent_channels=16,
-                sample_size=1024,
-                scaling_factor=0.3611,
-                shift_factor=0.1159,
-                use_quant_conv=False,
-                use_post_quant_conv=False,
-            )
+            vae = _flux_vae()
     finally:
         torch.set_default_dtype(previous)
     pipe = FluxPipeline(
@@ -157,6 +133,78 @@ def real_flux1(root: Path) -> Path:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return root / "flux1"
+
+
+def real_chroma(root: Path) -> Path:
+    """Chroma1-HD's transformer (8.9B: FLUX.1's 19 double + 38 single blocks without the modulation Linears,
+    plus the approximator; diffusers' ChromaTransformer2DModel defaults) and FLUX.1's VAE at real size, T5-XXL
+    one layer deep as for FLUX.1 (cached before training). Random bf16 weights built on the GPU."""
+    import torch
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    from worker.devtools.tiny_flux import CHROMA_SCHEDULER, build_tiny_t5_tokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = build_tiny_t5_tokenizer()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            transformer = ChromaTransformer2DModel()
+            t5 = _t5_one_layer(tokenizer)
+            vae = _flux_vae()
+    finally:
+        torch.set_default_dtype(previous)
+    pipe = ChromaPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**CHROMA_SCHEDULER),
+        vae=vae.float(),
+        text_encoder=t5,
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+    pipe.save_pretrained(root / "chroma", safe_serialization=True)
+    del pipe, transformer
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return root / "chroma"
+
+
+def _t5_one_layer(tokenizer):  # noqa: ANN001, ANN202
+    """T5-XXL's width (4096, what the transformer reads) with one layer."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=4096,
+            d_kv=64,
+            d_ff=10240,
+            num_layers=1,
+            num_heads=64,
+            feed_forward_proj="gated-gelu",
+            is_encoder_decoder=False,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
+
+
+def _flux_vae():  # noqa: ANN202
+    """FLUX.1's 16-channel VAE (BFL's ae.safetensors), which Chroma shares."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=16,
+        sample_size=1024,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
 
 
 def _clip(tokenizer, *, hidden: int, layers: int, heads: int, act: str, projection_dim: int | None = None):  # noqa: ANN001, ANN202
@@ -239,7 +287,7 @@ def run(
         gradient_checkpointing=checkpointing,
         save_every_n_epochs=None,
         seed=1,
-        **({"t5xxl_max_token_length": 512} if base.startswith("flux") else {}),
+        **({"t5xxl_max_token_length": 512} if base in ("flux1", "chroma") else {}),
     )
     stamps: list[float] = []
     losses: list[float] = []
@@ -284,7 +332,7 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: check the script")
-    parser.add_argument("--only", choices=["sd15", "sdxl", "flux1"], help="one family")
+    parser.add_argument("--only", choices=["sd15", "sdxl", "flux1", "chroma"], help="one family")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     import torch
@@ -303,14 +351,15 @@ def main() -> None:
                 print("bitsandbytes missing: AdamW8bit not checked", flush=True)
         plans = []
         if args.smoke:
-            from worker.devtools.tiny_flux import save_tiny_flux
+            from worker.devtools.tiny_flux import save_tiny_chroma, save_tiny_flux
             from worker.devtools.tiny_models import save_tiny_sd15, save_tiny_sdxl
 
             save_tiny_sd15(root / "sd15")
             save_tiny_sdxl(root / "sdxl")
             save_tiny_flux(root / "flux1")
+            save_tiny_chroma(root / "chroma")
             data = make_dataset(root, 64)
-            for fam in ("sd15", "sdxl", "flux1"):
+            for fam in ("sd15", "sdxl", "flux1", "chroma"):
                 plans.append((f"{fam} smoke", fam, data, 64, 2, "no", False, "AdamW"))
         else:
             if args.only in (None, "sd15"):
@@ -337,6 +386,14 @@ def main() -> None:
                 plans += [  # FLUX.1 dev, rank 16, gradient checkpointing (sd-scripts' FLUX advice)
                     ("flux1 512 b1 gc", "flux1", d512, 512, 1, "bf16", True, eight_bit),
                     ("flux1 1024 b1 gc", "flux1", d1024, 1024, 1, "bf16", True, eight_bit),
+                ]
+            if args.only in (None, "chroma"):
+                real_chroma(root)
+                d512 = root / "data512" if (root / "data512").exists() else make_dataset(root, 512)
+                d1024 = root / "data1024" if (root / "data1024").exists() else make_dataset(root, 1024)
+                plans += [  # Chroma1-HD, rank 16, gradient checkpointing (ai-toolkit's Chroma example)
+                    ("chroma 512 b1 gc", "chroma", d512, 512, 1, "bf16", True, eight_bit),
+                    ("chroma 1024 b1 gc", "chroma", d1024, 1024, 1, "bf16", True, eight_bit),
                 ]
         for name, base, data, res, batch, precision, gc, opt in plans:
             try:

@@ -371,20 +371,26 @@ def train(
 )
 @click.option(
     "--family",
-    type=click.Choice(["sd1", "flux1-dev", "flux1-schnell"]),
+    type=click.Choice(["sd1", "flux1-dev", "flux1-schnell", "chroma"]),
     default="sd1",
     show_default=True,
-    help="The shape: SD1.5, or FLUX.1 dev / schnell (T5 + CLIP-L, 16-channel VAE, flow matching).",
+    help="The shape: SD1.5, FLUX.1 dev / schnell (T5 + CLIP-L, 16-channel VAE, flow matching), or Chroma "
+    "(FLUX.1's blocks and VAE with T5 alone).",
 )
 def tiny_model(name: str, with_captioners: bool, family: str) -> None:
-    """Write a tiny random model (SD1.5-shaped, or FLUX.1-shaped with --family) into the models folder, to
-    try the service without a GPU (its LoRAs and samples are noise: it shows the flow, not quality)."""
+    """Write a tiny random model (SD1.5-shaped, or FLUX.1 / Chroma-shaped with --family) into the models
+    folder, to try the service without a GPU (its LoRAs and samples are noise: it shows the flow, not
+    quality)."""
     settings = get_settings()
     assert settings.models_dir is not None
     if family.startswith("flux1"):
         from worker.devtools.tiny_flux import save_tiny_flux
 
         target = save_tiny_flux(settings.models_dir / name, guidance_embeds=family == "flux1-dev")
+    elif family == "chroma":
+        from worker.devtools.tiny_flux import save_tiny_chroma
+
+        target = save_tiny_chroma(settings.models_dir / name)
     else:
         from worker.devtools.tiny_models import save_tiny_sd15
 

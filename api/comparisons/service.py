@@ -22,17 +22,20 @@ from shared.config.previews import (
     MAX_IMAGES,
     ComparisonSpec,
     LoraRef,
-    flux_render_values,
+    render_values,
+    sample_cfg,
     sample_lines,
     size_problem,
     t5_options,
     training_render_defaults,
+    uses_t5,
 )
 from shared.config.sample_prompts import DEFAULT_SAMPLER, SamplePrompt, derive_seed, parse_prompt_line
 from shared.db.keys import Identity
 from shared.db.models import Artifact, Job, JobKind, is_object_id, new_id
 from shared.errors import LorabakeError, NotFoundError
 from shared.jobs.retention import check_job_files
+from shared.model_families import FLOW_FAMILIES
 
 
 def owned_training_job(session: Session, owner: str, job_id: str) -> Job:
@@ -135,7 +138,7 @@ def line_settings(job: Job, line: str, parsed: SamplePrompt, family: str | None)
     own = {
         "sampler": parsed.sampler or str(job.config.get("sample_sampler") or DEFAULT_SAMPLER),
         "steps": parsed.steps,
-        "cfg_scale": parsed.cfg_scale,
+        "cfg_scale": sample_cfg(parsed, family),  # Chroma's samples: 4 without --l
         "width": parsed.width,
         "height": parsed.height,
         "guidance_scale": parsed.guidance_scale,
@@ -172,16 +175,14 @@ def comparison_prompts(
                 "guidance_scale": settings["guidance_scale"],
             }
         )
-        if family == "flux1":
-            prompts[-1] = flux_render_values(prompts[-1])
+        prompts[-1] = render_values(prompts[-1], family)  # FLUX.1's --g, Chroma's CFG, no --g for SD
+        if family in FLOW_FAMILIES:
             _check_sizes(body, prompts[-1], family, index)
-        else:
-            prompts[-1]["guidance_scale"] = None  # --g is FLUX.1's; an SD image does not use it
     return prompts
 
 
 def _check_sizes(body: ComparisonRequest, prompt: dict[str, Any], family: str, index: int) -> None:
-    """FLUX.1's sides are multiples of 16: a 422 naming the body's field, else the prompt line."""
+    """A flow family's sides are multiples of 16: a 422 naming the body's field, else the prompt line."""
     for side in ("width", "height"):
         problem = size_problem(family, prompt[side])
         if problem is not None:
@@ -223,7 +224,7 @@ def comparison_spec(session: Session, job: Job, body: ComparisonRequest) -> Comp
         "weights": list(body.weights if body.weights is not None else DEFAULT_WEIGHTS),
         "prediction_type": _prediction_type(job.config),
         "mixed_precision": str(job.config.get("mixed_precision", "no")),
-        **(t5_options(job.config) if family == "flux1" else {}),
+        **(t5_options(job.config) if uses_t5(family) else {}),
     }
     spec = validated(ComparisonSpec, fields, "comparison", "invalid_comparison")
     if spec.images > MAX_IMAGES:

@@ -24,15 +24,17 @@ from shared.config.previews import (
     FAMILY_SIZES,
     GenerationSpec,
     LoraRef,
-    flux_render_values,
+    render_values,
     size_problem,
     t5_options,
     training_render_defaults,
+    uses_t5,
 )
 from shared.config.sample_prompts import MAX_SEED
 from shared.db.keys import Identity
 from shared.db.models import Job, JobKind, new_id
 from shared.errors import LorabakeError
+from shared.model_families import FLOW_FAMILIES, traits
 
 # body field -> the Kohya flag that sets the same thing, and the parsed line's attribute
 FLAG_OF = {
@@ -74,8 +76,8 @@ def lora_job_defaults(session: Session, loras: list[LoraRef], family: str | None
     job = session.get(Job, loras[0].job_id) if loras else None
     if job is None:
         return {}
-    flux = t5_options(job.config) if family == "flux1" else {}  # FLUX.1: encode as its samples were
-    return {**training_render_defaults(job.config, family), **flux}
+    t5 = t5_options(job.config) if uses_t5(family) else {}  # FLUX.1, Chroma: encode as its samples were
+    return {**training_render_defaults(job.config, family), **t5}
 
 
 def merged_settings(
@@ -104,19 +106,28 @@ def merged_settings(
     values.setdefault("height", size)
     if values.get("seed") is None:
         values["seed"] = secrets.randbelow(MAX_SEED + 1)  # recorded on the job: the image can be redrawn
-    if family == "flux1":
-        return _flux_settings(values, line, defaults)
+    if family in FLOW_FAMILIES:
+        return _flow_settings(values, line, defaults, family)
     return values
 
 
-def _flux_settings(values: dict[str, Any], line: GenerationLine, defaults: dict[str, Any]) -> dict[str, Any]:
-    """FLUX.1's settings: --g (else the LoRA's training's first sample prompt's, else 3.5) as the
-    distilled guidance, its T5 encoding, no sampler/CFG/negative choice; sides multiples of 16."""
+def _flow_settings(
+    values: dict[str, Any], line: GenerationLine, defaults: dict[str, Any], family: str
+) -> dict[str, Any]:
+    """A flow family's settings (shared.config.previews.render_values): FLUX.1 takes --g (else the LoRA's
+    training's first sample prompt's, else 3.5) as the distilled guidance, with no sampler/CFG/negative
+    choice; Chroma takes CFG (--l, else its own 4) and --n with its own scheduler, no --g. Both encode with T5
+    as the LoRA's training did, and need sides that are multiples of 16."""
+    family_traits = traits(family)
+    assert family_traits is not None
+    if family_traits.sample_cfg is not None:
+        values.setdefault("cfg_scale", family_traits.sample_cfg)  # no --l, no LoRA's training to copy
     guidance = line.settings.guidance_scale if "g" in line.flags else defaults.get("guidance_scale")
-    values = flux_render_values({**values, "guidance_scale": guidance})
-    values.update(t5_options(defaults))  # the LoRA's training's (lora_job_defaults), else the defaults
+    values = render_values({**values, "guidance_scale": guidance}, family)
+    if family_traits.t5xxl:
+        values.update(t5_options(defaults))  # the LoRA's training's (lora_job_defaults), else the defaults
     for side in ("width", "height"):
-        problem = size_problem("flux1", values[side])
+        problem = size_problem(family, values[side])
         if problem is not None:
             raise LorabakeError(
                 f"{side} {problem}", code="invalid_generation", details={"field": side}, status_code=422

@@ -15,12 +15,12 @@ from shared.catalogue.records import CatalogueModel
 class ModelOut(BaseModel):
     name: str = Field(description="what config.base_model takes")
     family: ModelFamily | None = Field(
-        description="SD1.x, SD2.x, SDXL base or FLUX.1 (flux1); null for a .ckpt, whose family is read when "
-        "a job loads it"
+        description="SD1.x (sd1), SD2.x (sd2), SDXL base (sdxl), FLUX.1 (flux1) or Chroma (chroma); null for "
+        "a .ckpt, whose family is read when a job loads it"
     )
     prediction_type: str | None = Field(
         description="epsilon or v_prediction, from the model's scheduler config; null when unknown and for "
-        "FLUX.1 (flow matching)"
+        "the flow-matching families (FLUX.1, Chroma)"
     )
     kind: Literal["diffusers", "single_file"]
     source: Literal["local", "hub_cache"] = Field(

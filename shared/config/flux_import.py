@@ -6,6 +6,12 @@ add_dit_training_arguments; networks/lora_flux.py create_network; docs/flux_trai
 bmaltais/kohya_ss 45088f0 (kohya_gui/class_flux1.py; lora_gui.py, which turns the GUI's FLUX.1 values into
 flux_train_network.py's arguments). Each FLUX key is mapped, ignored with a reason, or unsupported, as for the
 other keys. Pure: no torch.
+
+Chroma is the same script with ``model_type = "chroma"`` (sd-scripts' flux_train_network.py: no CLIP-L, an
+assert on apply_t5_attn_mask; library/chroma_models.py feeds guidance_scale into the approximator, whose
+distilled guidance lorabake's Chroma holds at 0 as sd-scripts' docs advise) and, in kohya_ss 45088f0, the
+Flux.1 section's "Base Model Type" (`model_type`: lora_gui.py passes model_type chroma, no clip_l, forces
+apply_t5_attn_mask true and re-emits guidance_scale even at 0). Such a config gets model_family chroma.
 """
 
 from __future__ import annotations
@@ -32,6 +38,16 @@ DIFFERING_DEFAULTS: dict[str, Any] = {
     "guidance_scale": 3.5, "timestep_sampling": "sigma", "discrete_flow_shift": 3.0,
     "network_train_unet_only": False,
 }  # fmt: skip
+# Chroma's: no CLIP-L to train, and a missing guidance_scale is refused (_chroma_guidance), never defaulted.
+CHROMA_DIFFERING_DEFAULTS: dict[str, Any] = {
+    k: v for k, v in DIFFERING_DEFAULTS.items() if k not in ("guidance_scale", "network_train_unet_only")
+}
+MODEL_TYPES = {"flux": "flux1", "chroma": "chroma"}  # flux_train_network.py's --model_type -> model_family
+_NO_CLIP_L = "Chroma has no CLIP-L: sd-scripts loads and trains none for model_type chroma"
+_CHROMA_GUIDANCE = (
+    "Chroma's approximator reads the distilled guidance, which lorabake holds at 0 as sd-scripts' docs "
+    "advise for Chroma (--guidance_scale 0.0)"
+)
 # The flow options each tool passes: kohya_ss passes weighting_scheme/logit_*/mode_scale for SD3 only and no
 # sigmoid_scale for FLUX.1 (lora_gui.py), so sd-scripts' defaults stand for those.
 SD_SCRIPTS_FLOW_KEYS = tuple(SD_SCRIPTS_DEFAULTS)
@@ -82,15 +98,14 @@ _CACHE = (
     "lorabake always caches the text encoders' outputs when the captions are fixed (no shuffle or dropout), "
     "then frees T5-XXL; sd-scripts' switch decides nothing else"
 )
-_FP8 = "training on an fp8 copy of the base model (less memory, other numerics) is not supported yet"
+_FP8_UNET = "fp8 for the transformer alone: lorabake's fp8_base stores T5-XXL in fp8 too (set fp8_base)"
 _SWAP = (
     "swapping blocks to the CPU is not supported yet; ignoring it would need the memory it saved (the whole "
     "transformer on the GPU)"
 )
 # key -> (refused when on, reason): memory and speed switches; refused where they change memory or numerics.
 _SWITCHES: dict[str, tuple[bool, str]] = {
-    "fp8_base": (True, _FP8),
-    "fp8_base_unet": (True, _FP8),
+    "fp8_base_unet": (True, _FP8_UNET),
     "blocks_to_swap": (True, _SWAP),
     "split_mode": (True, f"deprecated: sd-scripts turns it into blocks_to_swap 18, and {_SWAP}"),
     "controlnet_model_name_or_path": (True, "training with a FLUX ControlNet is not supported"),
@@ -154,20 +169,26 @@ def names_flux_model(path: Any) -> bool:
     return re.search(r"flux", name, re.IGNORECASE) is not None
 
 
-def import_flux_keys(r: Reader, *, kohya: bool) -> None:
-    """The FLUX.1 keys of either file. Runs before the SD rules, which then see none of the keys set aside."""
+def import_flux_keys(r: Reader, *, kohya: bool) -> str:
+    """The FLUX.1 (or Chroma) keys of either file. Runs before the SD rules, which then see none of the keys
+    set aside. Returns the model family: "chroma" for model_type chroma (then also put as model_family), else
+    "flux1"."""
     for key, why in NOT_READ.items():
         r.set_aside(key, f"flux_train_network.py does not read it: {why}")
     for key, (refuse, why) in _SWITCHES.items():
         if r.has(key) and refuse and not is_off(r.get(key)):
             r.unsupported(key, r.get(key), why)
         r.ignore(key, "off" if refuse else why)
-    _companions(r)
-    if is_blank(r.get("model_type")) or r.get("model_type") == "flux":
-        r.ignore("model_type", "flux: FLUX.1, as lorabake trains")
-    else:
-        r.unsupported("model_type", r.get("model_type"), "lorabake trains FLUX.1 dev and schnell, not Chroma")
-    _flow_options(r, KOHYA_FLOW_KEYS if kohya else SD_SCRIPTS_FLOW_KEYS, kohya)
+    family = _model_type(r)
+    _companions(r, family)
+    flow_keys = KOHYA_FLOW_KEYS if kohya else SD_SCRIPTS_FLOW_KEYS
+    if family == "chroma":
+        for key in ("network_train_unet_only", "text_encoder_lr"):
+            r.set_aside(key, _NO_CLIP_L)
+        _chroma_guidance(r)
+        _chroma_mask(r, kohya)
+        flow_keys = tuple(k for k in flow_keys if k not in ("guidance_scale", "apply_t5_attn_mask"))
+    _flow_options(r, flow_keys, kohya)
     if kohya:
         _kohya_network(r)
     r.note(
@@ -177,15 +198,65 @@ def import_flux_keys(r: Reader, *, kohya: bool) -> None:
     )
 
 
-def _companions(r: Reader) -> None:
+def _model_type(r: Reader) -> str:
+    value = r.get("model_type")
+    if is_blank(value) or value == "flux":
+        r.ignore("model_type", "flux: FLUX.1, as lorabake trains")
+        return "flux1"
+    if value == "chroma":
+        r.put("model_family", "chroma", "model_type")
+        return "chroma"
+    r.unsupported(
+        "model_type", value, "lorabake trains FLUX.1 (flux) and Chroma (chroma) text-to-image LoRAs, not this"
+    )
+    return "flux1"
+
+
+def _chroma_guidance(r: Reader) -> None:
+    """guidance_scale must be 0 (what lorabake feeds Chroma's approximator); sd-scripts' default is 3.5.
+    kohya_ss's 0 is a real 0 here: lora_gui.py re-emits guidance_scale for Chroma even at 0."""
+    key = "guidance_scale"
+    if not r.has(key):
+        why = f"not in the file, so sd-scripts trains with its default; {_CHROMA_GUIDANCE}"
+        r.unsupported(key, SD_SCRIPTS_DEFAULTS[key], why)
+        return
+    try:
+        value = number(r.get(key))
+    except ValueError as exc:
+        r.unsupported(key, r.get(key), str(exc))
+        return
+    if value == 0:
+        r.put(key, 0.0, key)
+    else:
+        r.unsupported(key, r.get(key), _CHROMA_GUIDANCE)
+
+
+def _chroma_mask(r: Reader, kohya: bool) -> None:
+    """sd-scripts asserts apply_t5_attn_mask for Chroma; kohya_ss always passes it true for Chroma."""
+    key = "apply_t5_attn_mask"
+    if kohya:
+        r.put(key, True, key if r.has(key) else "model_type")
+        if r.has(key) and r.get(key) is not True:
+            r.note("apply_t5_attn_mask: kohya_ss passes true for Chroma whatever the field says")
+    elif r.has(key) and boolean(r.get(key)) is True:
+        r.put(key, True, key)
+    else:
+        r.unsupported(key, r.get(key, False), "sd-scripts stops on a Chroma config without it (an assert)")
+
+
+def _companions(r: Reader, family: str = "flux1") -> None:
     files = []
     for key in _COMPANION:
         value = r.get(key)
+        if family == "chroma" and key == "clip_l":
+            r.ignore(key, _NO_CLIP_L)
+            continue
         if isinstance(value, str) and value.lower().endswith((".safetensors", ".sft")):
             files.append((PureWindowsPath(value) if "\\" in value else PurePosixPath(value)).name)
         r.ignore(key, _COMPANION_REASON)
     if files:
-        r.note(f"FLUX.1's companion files: put {', '.join(files)} beside the model in the models folder")
+        label = "Chroma" if family == "chroma" else "FLUX.1"
+        r.note(f"{label}'s companion files: put {', '.join(files)} beside the model in the models folder")
 
 
 def _flow_options(r: Reader, keys: tuple[str, ...], kohya: bool) -> None:

@@ -60,7 +60,6 @@ def always_ignored(tool: str) -> dict[str, str]:
         "save_last_n_steps_state": "lorabake keeps its own resume state for every job",
         "save_last_n_epochs_state": "lorabake keeps its own resume state for every job",
         "skip_cache_check": f"a latent-cache speed option of {tool}",
-        "vae_batch_size": MACHINE_REASON,
         "num_cpu_threads_per_process": MACHINE_REASON,
         "num_processes": MACHINE_REASON,
         "num_machines": MACHINE_REASON,

@@ -62,7 +62,6 @@ _NOT_LYCORIS_ALGO_KEYS = {"train_on_input", "unit"}  # (IA)^3's and DyLoRA's: ig
 _PRECISION_REASONS = {
     "full_fp16": "lorabake keeps the trained LoRA weights in fp32 (mixed precision)",
     "full_bf16": "lorabake keeps the trained LoRA weights in fp32 (mixed precision)",
-    "fp8_base": "training on an fp8 copy of the base model is not supported yet",
 }
 
 
@@ -73,7 +72,8 @@ def import_kohya_config(data: dict[str, Any]) -> KohyaImport:
     _resolution(r)
     _length(r)
     _learning_rates(r)
-    if flux and "text_encoder_lr" in r.config:  # kohya_ss: --network_train_unet_only when the TE rate is 0
+    chroma = r.config.get("model_family") == "chroma"  # no CLIP-L: nothing but the transformer trains
+    if flux and not chroma and "text_encoder_lr" in r.config:  # kohya_ss: unet only when the TE rate is 0
         r.put("network_train_unet_only", r.config["text_encoder_lr"] == 0, r.source["text_encoder_lr"])
     _scheduler(r)
     _optimizer(r)
@@ -106,7 +106,7 @@ def _model(r: Reader) -> bool:
         if flux and key == "flux1_checkbox":
             r.put("model_family", "flux1", key)
         elif r.has(key) and not is_off(r.get(key)):
-            why = "lorabake trains SD1.x, SD2.x, SDXL and FLUX.1 LoRAs only"
+            why = "lorabake trains SD1.x, SD2.x, SDXL, FLUX.1 and Chroma LoRAs only"
             if key == "flux1_checkbox":
                 why = "sdxl is checked too, so kohya_ss runs sdxl_train_network.py"
             r.unsupported(key, r.get(key), why)
@@ -357,10 +357,12 @@ def _noise(r: Reader) -> None:
 def _precision_and_saving(r: Reader) -> None:
     r.direct("mixed_precision", "mixed_precision", text)
     r.direct("save_precision", "save_precision", text)
-    for key in ("full_fp16", "full_bf16", "fp8_base"):
-        if r.has(key) and not is_off(r.get(key)) and key not in r.done:  # FLUX's fp8_base: flux_import
+    for key in ("full_fp16", "full_bf16"):
+        if r.has(key) and not is_off(r.get(key)):
             r.unsupported(key, r.get(key), _PRECISION_REASONS[key])
         r.ignore(key, "off")
+    r.direct("fp8_base", "fp8_base", boolean)  # sd-scripts' name and meaning, FLUX.1's too
+    r.optional("vae_batch_size", "vae_batch_size")  # kohya_ss passes nothing for 0: lorabake's own choice
     for key in ("save_every_n_epochs", "save_every_n_steps", "save_last_n_epochs", "save_last_n_steps"):
         r.optional(key, key)
     if r.has("save_model_as"):

@@ -9,6 +9,9 @@ multiple of 16 (its latents are packed in 2x2 patches).
 FLUX.1 draws as its training samples do (worker/training/families/flux.py): its own flow-matching Euler
 scheduler, no negative prompt and no classifier-free guidance, the distilled guidance from `--g` (3.5 unless
 given). A FLUX.1 spec records exactly that (flux_render_values), whatever sampler or CFG was asked for.
+Chroma (no guidance embedding) draws with its own Euler scheduler and classifier-free guidance at --l (4
+unless given, its family's `sample_cfg`) against --n; --g means nothing (chroma_render_values). Which of these
+a family does is its row in shared/model_families.py (`guidance`, `sample_cfg`, `t5xxl`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from shared.config.sample_prompts import (
     normalize_sampler,
     parse_prompt_lines,
 )
-from shared.model_families import FAMILIES, TRAITS
+from shared.model_families import FAMILIES, TRAITS, traits
 
 MAX_STEPS = 150
 MAX_CFG = 30.0
@@ -92,6 +95,38 @@ def flux_render_values(values: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def chroma_render_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Render settings as Chroma draws them (its training samples' chroma_prompt): sampler "euler", CFG and
+    negative prompt as asked, no distilled guidance."""
+    return {**values, "sampler": FLUX_SAMPLER, "guidance_scale": None}
+
+
+def render_values(values: Mapping[str, Any], family: str | None) -> dict[str, Any]:
+    """``values`` as the family draws them: FLUX.1's distilled guidance (flux_render_values), a flow family's
+    CFG with its own scheduler (chroma_render_values), else as asked with no --g (the SD families)."""
+    family_traits = traits(family or "")
+    if family_traits is not None and family_traits.guidance == "distilled":
+        return flux_render_values(values)
+    if family_traits is not None and family_traits.objective == "flow":
+        return chroma_render_values(values)
+    return {**values, "guidance_scale": None}  # --g is FLUX.1's; an SD image does not use it
+
+
+def sample_cfg(prompt: SamplePrompt, family: str | None) -> float:
+    """The CFG a training of ``family`` drew ``prompt`` with: its --l, else the family's own (Chroma's 4),
+    else Kohya's default."""
+    family_traits = traits(family or "")
+    if "cfg_scale" in prompt.model_fields_set or family_traits is None or family_traits.sample_cfg is None:
+        return prompt.cfg_scale
+    return family_traits.sample_cfg
+
+
+def uses_t5(family: str | None) -> bool:
+    """Whether the family encodes prompts with T5-XXL (so a preview takes its training's t5_options)."""
+    family_traits = traits(family or "")
+    return family_traits is not None and family_traits.t5xxl
+
+
 def size_problem(family: str | None, value: int) -> str | None:
     """Why `value` pixels cannot be a side of the family's image (None: it can)."""
     multiple = SIZE_MULTIPLES.get(family or "", SD_SIZE_MULTIPLE)
@@ -122,14 +157,14 @@ def training_render_defaults(config: Mapping[str, Any], family: str | None) -> d
         "width": size,  # TrainingConfig bounds it as a preview's size is bounded
         "height": size,
         "steps": min(first.steps, MAX_STEPS),
-        "cfg_scale": min(first.cfg_scale, MAX_CFG),
+        "cfg_scale": min(sample_cfg(first, family), MAX_CFG),
         "sampler": first.sampler or normalize_sampler(str(config.get("sample_sampler") or DEFAULT_SAMPLER)),
         "guidance_scale": first.guidance_scale,
     }
 
 
 def t5_options(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A FLUX.1 training's T5 settings, so a preview encodes a prompt as its samples were encoded."""
+    """A T5 family's (uses_t5) training's T5 settings, so a preview encodes a prompt as its samples were."""
     return {
         "t5xxl_max_token_length": config.get("t5xxl_max_token_length"),
         "apply_t5_attn_mask": bool(config.get("apply_t5_attn_mask")),
@@ -160,7 +195,8 @@ class GenerationSpec(RenderSettings):
     prompt_line: str  # as sent
     seed: Seed
     loras: list[LoraRef] = []
-    # FLUX.1's T5 encoding, its first LoRA's training's (None: the variant's default, 512 dev / 256 schnell)
+    # FLUX.1's and Chroma's T5 encoding, its first LoRA's training's (None: the variant's default, 512 dev /
+    # 256 schnell / 512 Chroma)
     t5xxl_max_token_length: int | None = Field(None, ge=8, le=512)
     apply_t5_attn_mask: bool = False
 
@@ -192,7 +228,7 @@ class ComparisonSpec(BaseModel):
     weights: list[Weight] = Field(min_length=1, max_length=MAX_WEIGHTS)
     prediction_type: Literal["epsilon", "v_prediction"] | None = None  # the training's; None: the model's
     mixed_precision: str = "no"  # the training's: its samples were drawn under this autocast
-    t5xxl_max_token_length: int | None = Field(None, ge=8, le=512)  # FLUX.1: the training's T5 encoding
+    t5xxl_max_token_length: int | None = Field(None, ge=8, le=512)  # T5 families: the training's encoding
     apply_t5_attn_mask: bool = False
 
     @property

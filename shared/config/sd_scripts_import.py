@@ -21,6 +21,7 @@ import tomllib
 from typing import Any
 
 from shared.config.flux_import import (
+    CHROMA_DIFFERING_DEFAULTS,
     DIFFERING_DEFAULTS,
     FLUX_SCRIPT,
     LORA_FLUX,
@@ -92,7 +93,8 @@ _INT = frozenset(
     save_last_n_epochs save_last_n_steps keep_tokens min_bucket_reso max_bucket_reso
     bucket_reso_steps caption_dropout_every_n_epochs network_dim lr_scheduler_num_cycles
     token_warmup_min initial_epoch initial_step dataset_repeats validation_seed
-    validate_every_n_steps validate_every_n_epochs max_validation_steps lr_scheduler_timescale"""
+    validate_every_n_steps validate_every_n_epochs max_validation_steps lr_scheduler_timescale
+    vae_batch_size"""
     )
 )
 _FLOAT = frozenset(
@@ -197,8 +199,7 @@ _OFF_ONLY: dict[str, tuple[Any, str]] = {
     "save_n_epoch_ratio": (None, "saving by epoch ratio (use save_every_n_epochs)"),
     "full_fp16": (False, "lorabake keeps the trained LoRA weights in fp32 (mixed precision)"),
     "full_bf16": (False, "lorabake keeps the trained LoRA weights in fp32 (mixed precision)"),
-    "fp8_base": (False, "training on an fp8 copy of the base model (not supported yet)"),
-    "fp8_base_unet": (False, "training on an fp8 copy of the base model (not supported yet)"),
+    "fp8_base_unet": (False, "fp8 for the denoiser alone: lorabake's fp8_base stores T5-XXL in fp8 too"),
     "vae": (None, "a separate VAE; the base model's VAE is used"),
     "resume": (None, "an sd-scripts state folder; lorabake resumes its own jobs"),
     "initial_epoch": (None, "starting at a later epoch; lorabake resumes its own jobs"),
@@ -481,7 +482,9 @@ def import_sd_scripts_config(
     _rest(r, set(args), f"{FLUX_SCRIPT if flux else 'train_network'}.py")
     defaults = _SD_DEFAULTS if config_toml is not None else _SD_DATASET_DEFAULTS
     if flux:  # no v_parameterization for a flow model; FLUX's own defaults where they differ from ours
-        defaults = {**{k: v for k, v in defaults.items() if k != "v_parameterization"}, **DIFFERING_DEFAULTS}
+        chroma = r.config.get("model_family") == "chroma"
+        differing = CHROMA_DIFFERING_DEFAULTS if chroma else DIFFERING_DEFAULTS
+        defaults = {**{k: v for k, v in defaults.items() if k != "v_parameterization"}, **differing}
     _sd_defaults(r, defaults)
     validate(r)
     return r.result
@@ -504,6 +507,9 @@ def _model(r: Reader, script: str | None, flux: bool) -> None:
         if script is None and r.get("network_module") != LORA_FLUX:
             source = "pretrained_model_name_or_path"
             r.note("model_family flux1: the model file's name says FLUX (give script flux_train_network)")
+        if r.config.get("model_family") == "chroma":  # flux_import read model_type chroma
+            r.used(source, "model_family")
+            return
         r.config["model_family"] = "flux1"
         r.source["model_family"] = source
         r.used(source, "model_family")
@@ -745,6 +751,8 @@ def _noise_and_loss(r: Reader) -> None:
 def _saving(r: Reader) -> None:
     r.direct("mixed_precision", "mixed_precision", text)
     r.direct("save_precision", "save_precision", text)
+    r.direct("fp8_base", "fp8_base", boolean)  # sd-scripts' name and meaning, FLUX.1's too
+    r.optional("vae_batch_size", "vae_batch_size")
     for key in ("save_every_n_epochs", "save_every_n_steps", "save_last_n_epochs", "save_last_n_steps"):
         r.optional(key, key)  # 0 saves nothing extra in sd-scripts too
     fmt = r.get("save_model_as", "safetensors")

@@ -35,6 +35,19 @@ TimestepSampling = Literal["sigma", "uniform", "sigmoid", "shift", "flux_shift"]
 WeightingScheme = Literal["none", "logit_normal", "mode"]
 # lora also covers LoCon (conv_dim); loha / lokr are LyCORIS algorithms (network_args algo=...).
 NetworkType = Literal["lora", "loha", "lokr"]
+BaseQuantization = Literal["none", "fp8", "int8", "nf4"]
+# vae_batch_size unset: images encoded at once while caching, up to this many pixels and images (a float32
+# encode of 4 images at 1024 px holds about 10 GiB; 4 at 512 px is what lorabake always did)
+AUTO_VAE_PIXELS, AUTO_VAE_BATCH = 4 * 512 * 512, 4
+
+
+def vae_batch_for(vae_batch_size: int | None, pixels: int) -> int:
+    """Images the VAE encodes at once for a bucket of `pixels` (width x height): vae_batch_size, else as
+    many as make about one megapixel, from 1 to 4 (a float32 encode holds ~2.5 kB per pixel)."""
+    if vae_batch_size is not None:
+        return vae_batch_size
+    return max(1, min(AUTO_VAE_BATCH, AUTO_VAE_PIXELS // max(1, pixels)))
+
 
 # A1111 uses the file name as the LoRA's prompt name (<lora:NAME:1>): keep it a plain, portable file stem.
 _OUTPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -178,6 +191,18 @@ class TrainingConfig(BaseModel):
         "on older ones, no on a CPU), recorded in the files; or Kohya's no / fp16 / bf16.",
     )
     save_precision: SavePrecision = "fp16"
+    fp8_base: bool = Field(
+        False,
+        description="sd-scripts' --fp8_base: the frozen base weights (the denoiser's Linear layers, and "
+        "T5-XXL) stored as float8 e4m3fn, computed in the training dtype; base_quantization 'fp8' spelled as "
+        "sd-scripts does.",
+    )
+    base_quantization: BaseQuantization = Field(
+        "none",
+        description="Store the frozen denoiser's Linear weights (and T5-XXL's) in less memory, computed in "
+        "the training dtype; the LoRA stays float32 and its file is unchanged: fp8 (float8 e4m3fn) or int8 "
+        "(weight-only, about half of bf16), nf4 (4-bit, CUDA workers with bitsandbytes only).",
+    )
     save_every_n_epochs: int | None = Field(
         1, ge=1, le=1000, description="Save a LoRA every N epochs; the last epoch is always saved."
     )
@@ -330,6 +355,13 @@ class TrainingConfig(BaseModel):
     flip_aug: bool = Field(False, description="Train each sample mirrored with probability 1/2.")
     cache_latents_to_disk: bool = Field(
         False, description="Keep VAE latents on disk between runs (keyed by image, mtime, bucket and VAE)."
+    )
+    vae_batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Kohya's vae_batch_size: images the VAE encodes at once while caching latents (float32). "
+        "Unset: as many as make about one megapixel, at most 4 (1 at 1024 px, 4 at 512 px).",
     )
     prior_loss_weight: float = Field(1.0, ge=0, le=100, description="Loss weight of regularization samples.")
     masked_loss: bool = Field(
@@ -519,6 +551,38 @@ class TrainingConfig(BaseModel):
                     ],
                 )
         return self
+
+    @model_validator(mode="after")
+    def _base_weights(self) -> TrainingConfig:
+        errors = []
+        if self.fp8_base and self.base_quantization not in ("none", "fp8"):
+            why = f"{self.base_quantization!r} conflicts with fp8_base (fp8 weights): set one of them"
+            errors.append(("base_quantization", why))
+        if self.base_precision != "none" and self.uses_lycoris:
+            # LyCORIS adds its delta to the layer's weight in forward, which a quantized weight cannot take
+            field = "fp8_base" if self.fp8_base else "base_quantization"
+            errors.append((field, "quantized base weights train LoRA / LoCon only (not LoHa, LoKr or DoRA)"))
+        if errors:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("base_weights", "{why}", {"why": why}),
+                        loc=(field,),
+                        input=getattr(self, field),
+                    )
+                    for field, why in errors
+                ],
+            )
+        return self
+
+    @property
+    def base_precision(self) -> str:
+        """How the frozen base weights are stored: "none" (the training dtype), "fp8", "int8" or "nf4"."""
+        return "fp8" if self.fp8_base else self.base_quantization
+
+    def vae_batch_for(self, pixels: int) -> int:
+        return vae_batch_for(self.vae_batch_size, pixels)
 
     @property
     def uses_lycoris(self) -> bool:

@@ -3,14 +3,15 @@ cheapest changes of existing config fields that make it fit a 24, 16 or 12 GB ca
 
 It follows how the engine holds things (worker/training/families/sd.py, flux.py, data.py): the base weights
 in the training dtype (float32 for mixed_precision "no", else 16-bit; "auto" counts as 16-bit, what a GPU
-worker picks), the VAE in float32, all on the card from the start; latents cached first (the VAE encoding
-chunks of images), then SD keeps its text encoders on the card for the whole run, while FLUX caches T5 and
-CLIP-L outputs and drops both encoders (unless CLIP-L trains or captions change per step). LoRA parameters and
-their gradients are float32; optimizer states as each optimizer keeps them. The peak is the larger of the
+worker picks) or, with fp8_base / base_quantization, their Linear layers quantized (and FLUX's T5 too), the
+VAE in float32; latents cached first (the VAE encoding vae_batch_size images at once), then SD keeps its
+text encoders on the card for the whole run, while FLUX caches T5 and CLIP-L outputs and drops both encoders
+(unless CLIP-L trains or captions change per step) before its transformer comes to the card. LoRA parameters
+and their gradients are float32; optimizer states as each optimizer keeps them. The peak is the larger of the
 caching phase and the training phase. The numbers behind it: shared/vram/tables.py.
 
-Later base-weight precisions (`base_precision`) and swapped blocks (`blocks_to_swap`) are one term each in
-`_denoiser_weights`: parameters defaulting to "none" and 0.
+Base-weight precision (`base_precision`, from the config) and swapped blocks (`blocks_to_swap`, 0 until the
+engine has it) are one term each in `_denoiser_weights`.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from shared.config.buckets import make_bucket_resolutions
+from shared.config.spec import vae_batch_for
 from shared.vram.tables import (
     FAMILY_MEMORY,
+    QUANTIZED_LINEARS,
+    T5_LINEARS,
     VAE_ENCODE_BYTES_PER_PIXEL,
     VAE_ENCODE_CHUNK,
     FamilyMemory,
@@ -34,9 +38,15 @@ CARD_SIZES_GB = (24, 16, 12)
 CONTEXT_BYTES = 1 * GIB  # CUDA context (~0.5 GiB with torch's kernels), cuBLAS workspaces, allocator slack
 ACTIVATION_MARGIN = 1.2  # backward's working set (gradients of the activations) on top of what is kept
 LORA_BYTES = 4  # LoRA parameters and their gradients are float32 (families' add_network)
-# base_precision -> bytes per frozen denoiser weight; "none": the training dtype (the issue's fp8/int8 add
-# rows here)
-BASE_PRECISION_BYTES: dict[str, float | None] = {"none": None}
+# base_precision -> (bytes per quantized Linear weight, bytes per output row) as the worker stores them
+# (worker/training/base_quantization.py): torchao's fp8 / int8 with a float32 scale per row (int8 also an int8
+# zero point), bitsandbytes' nf4 with a float32 absmax per 64 weights; "none": the training dtype.
+BASE_PRECISION_BYTES: dict[str, tuple[float, int] | None] = {
+    "none": None,
+    "fp8": (1, 4),
+    "int8": (1, 5),
+    "nf4": (0.5 + 4 / 64, 0),
+}
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,7 @@ class Knobs:
     single_blocks: int | None = None
     base_precision: str = "none"
     blocks_to_swap: int = 0
+    vae_batch_size: int | None = None  # the config's (None: by bucket size, vae_batch_for)
 
 
 @dataclass(frozen=True)
@@ -171,6 +182,8 @@ def knobs_of(config: Any, plan: Mapping[str, Any], family: str) -> Knobs:
         resolution=config.resolution,
         largest_pixels=pixels,
         largest_bucket_images=max(1, bucket_images),
+        vae_batch_size=config.vae_batch_size,
+        base_precision=config.base_precision,
         latent_pixels_cached=cached * orientations,
         captions=images,
         caption_tokens=tokens,
@@ -225,10 +238,23 @@ def _optimizer_bytes(k: Knobs, params: int, modules_width: int) -> int:
     return 4 * modules_width + (4 * params if args.get("beta1") else 0)
 
 
+def _frozen_bytes(k: Knobs, params: int, linears: tuple[int, int] | None) -> float:
+    """A frozen model's bytes: its Linear weights at `base_precision` (with their scales), the rest in the
+    training dtype."""
+    precision = BASE_PRECISION_BYTES[k.base_precision]
+    if precision is None or linears is None:
+        return params * k.weight_bytes
+    (per_weight, per_row), (weights, rows) = precision, linears
+    return (params - weights) * k.weight_bytes + weights * per_weight + rows * per_row
+
+
 def _denoiser_weights(k: Knobs, memory: FamilyMemory) -> list[Part]:
-    """The frozen denoiser on the card: at `base_precision`, less the blocks swapped to the CPU."""
-    per_weight = BASE_PRECISION_BYTES[k.base_precision] or k.weight_bytes
+    """The frozen denoiser on the card: at `base_precision`, less the blocks swapped to the CPU. FLUX's joins
+    the card after the captions are encoded (families/flux.py), so it is not there while caching."""
     params = memory.denoiser
+    total = _frozen_bytes(k, params, QUANTIZED_LINEARS.get(k.family))
+    per_weight = total / params
+    phase = "training" if k.family == "flux1" else "both"
     parts = []
     if k.blocks_to_swap:
         if memory.blocks is None:
@@ -240,8 +266,8 @@ def _denoiser_weights(k: Knobs, memory: FamilyMemory) -> list[Part]:
             n = min(left, count)
             swapped += n * block_params
             left -= n
-        parts.append(Part("swapped blocks (CPU)", -round(swapped * per_weight), "both"))
-    return [Part("denoiser weights", round(params * per_weight), "both"), *parts]
+        parts.append(Part("swapped blocks (CPU)", -round(swapped * per_weight), phase))
+    return [Part("denoiser weights", round(total), phase), *parts]
 
 
 def estimate(k: Knobs) -> Estimate:
@@ -252,7 +278,9 @@ def estimate(k: Knobs) -> Estimate:
     encoders_stay = not flux or k.trains_text_encoder or k.captions_vary
     for encoder in memory.text_encoders:
         phase = "both" if encoders_stay else "caching"
-        parts.append(Part(f"{encoder.name} weights", encoder.params * k.weight_bytes, phase))
+        linears = T5_LINEARS if encoder.lora is None else None  # frozen T5 is stored as the denoiser is
+        weights = round(_frozen_bytes(k, encoder.params, linears))
+        parts.append(Part(f"{encoder.name} weights", weights, phase))
     parts.append(Part("VAE weights (float32)", memory.vae * 4, "both"))
     denoiser_lora, text_lora = _lora_params(k, memory)
     lora = denoiser_lora + text_lora
@@ -272,7 +300,7 @@ def estimate(k: Knobs) -> Estimate:
         width = sum(e.output_width for e in memory.text_encoders) if not flux else 4096
         cached += k.captions * (k.caption_tokens * width + memory.pooled_width) * 2
     parts.append(Part("cached latents and text", cached, "both"))
-    chunk = min(VAE_ENCODE_CHUNK, k.largest_bucket_images)
+    chunk = min(vae_batch_for(k.vae_batch_size, k.largest_pixels), k.largest_bucket_images)
     encoding = chunk * k.largest_pixels * VAE_ENCODE_BYTES_PER_PIXEL
     parts.append(Part("VAE encoding (float32)", encoding, "caching"))
     parts.append(Part("CUDA context and allocator", CONTEXT_BYTES, "both"))
@@ -287,6 +315,7 @@ _LEVER_COST = {
     "gradient_checkpointing": 1,  # ~20-30 % slower, same result
     "mixed_precision": 2,  # float32 -> bf16: the usual choice
     "optimizer": 3,  # AdamW -> AdamW8bit: same learning rate, 8-bit states
+    "fp8_base": 3,  # frozen weights in float8 (sd-scripts' --fp8_base): slower steps, slightly other numbers
     "network_train_unet_only": 4,  # no text-encoder LoRA
     "batch_size": 8,  # per halving: changes the schedule (and the presets' learning rate)
     "network_dim": 16,  # per halving: a smaller LoRA
@@ -304,6 +333,8 @@ def _options(k: Knobs) -> Iterator[list[tuple[str, Any, int]]]:
     )
     eight_bit = [("optimizer", "AdamW8bit", 3)] if k.optimizer == "AdamW" else []
     yield [("optimizer", k.optimizer, 0), *eight_bit]
+    fp8 = k.base_precision == "none" and k.network_type == "lora"  # LyCORIS cannot wrap quantized layers
+    yield [("fp8_base", False, 0)] + ([("fp8_base", True, 3)] if fp8 else [])
     yield [("network_train_unet_only", None, 0)] + (
         [("network_train_unet_only", True, 4)] if k.trains_text_encoder else []
     )
@@ -323,6 +354,8 @@ def _apply(k: Knobs, choice: Iterable[tuple[str, Any, int]]) -> Knobs:
             k = replace(k, mixed_precision=value, weight_bytes=2)
         elif field == "network_train_unet_only":
             k = replace(k, trains_text_encoder=False)
+        elif field == "fp8_base":
+            k = replace(k, base_precision="fp8")
         elif field == "resolution":  # the largest bucket scales with the area
             scale = (value / k.resolution) ** 2
             k = replace(

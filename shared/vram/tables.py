@@ -136,8 +136,40 @@ FAMILY_MEMORY: dict[ModelFamily, FamilyMemory] = {
         },
     ),
 }
-# (Kohya's, worker/training/data.py) the VAE encodes latents in chunks of this many images, in float32
+# Chroma1-HD (worker/training/base_configs/chroma1-hd): exact counts like the others; its activations are
+# FLUX.1's until bench/gpu_train.py's Chroma runs calibrate them (the same blocks and widths less the small
+# modulation Linears). Not in FAMILY_MEMORY yet: estimate.py's branches for a T5 family (T5 released after
+# caching, the job's t5xxl_max_token_length, CLIP-L's LoRA) test for "flux1" only, so the plan would count
+# T5 through training; add it there once they follow the family table.
+CHROMA_MEMORY = FamilyMemory(
+    denoiser=8_899_983_424,
+    vae=83_819_683,
+    text_encoders=(TextEncoder("T5-XXL", 4_762_310_656, None, 4096),),
+    denoiser_lora={"all_linear": Targets(418, 4_085_760)},
+    locon_linear=NO_TARGETS,
+    locon_conv=NO_TARGETS,
+    activations=FAMILY_MEMORY["flux1"].activations,
+    latent_channels=16,
+    caption_tokens=512,  # Chroma's t5xxl_max_token_length default (families/chroma.py T5_TOKENS)
+    blocks={
+        "double": (19, 226_548_224, Targets(12, 110_592)),
+        "single": (38, 113_271_040, Targets(5, 52_224)),
+    },
+)
+# Images assumed in the largest bucket when the plan has no image sizes (the VAE encodes vae_batch_size of
+# them at once, shared.config.spec.vae_batch_for: up to 4)
 VAE_ENCODE_CHUNK = 4
+# Linear weights (parameters, output rows) of each denoiser and of T5-XXL: what base_quantization stores
+# quantized (worker/training/base_quantization.py; convolutions, norms and biases stay in the training
+# dtype, so SD1.5's UNet, 31 % Linear, gains little). Counted on the meta device like the rest.
+QUANTIZED_LINEARS: dict[str, tuple[int, int]] = {
+    "sd1": (270_049_280, 234_880),
+    "sd2": (301_219_840, 259_840),
+    "sdxl": (2_232_647_680, 1_455_040),
+    "flux1": (11_898_322_944, 3_065_920),
+    "chroma": (8_897_888_256, 2_050_112),
+}
+T5_LINEARS = (4_630_511_616, 983_040)
 # peak live bytes of a float32 VAE encode per image pixel (the four families' VAEs alike: five 128-channel
 # full-resolution tensors at once in the first resnets; counted on the meta device)
 VAE_ENCODE_BYTES_PER_PIXEL = 2560

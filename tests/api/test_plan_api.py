@@ -278,7 +278,8 @@ def test_flux_imports_refuse_by_key_and_the_refused_values_are_422s_naming_the_f
     kohya = client.post("/v1/configs/kohya", headers=headers, json=flux_preset_config())
     assert kohya.status_code == 200, kohya.text
     assert kohya.json()["config"]["model_family"] == "flux1"
-    assert {u["key"] for u in kohya.json()["unsupported"]} == {"fp8_base", "full_bf16", "max_train_steps"}
+    assert {u["key"] for u in kohya.json()["unsupported"]} == {"full_bf16", "max_train_steps"}
+    assert kohya.json()["config"]["fp8_base"] is True  # sd-scripts' fp8 base weights, mapped as such
 
     # what the importers refuse or set aside, sent as the config itself, is a 422 naming the field
     counts = {"subsets": [{"folder": "img/10_ohwx woman", "images": 20}]}

@@ -263,8 +263,9 @@ def test_the_flux_preset_maps_to_a_flux_config_with_every_key_accounted_for():
     assert config["network_train_unet_only"] is True
     assert (config["train_double_block_indices"], config["train_single_block_indices"]) == ("all", "all")
     assert (config["network_dim"], config["network_alpha"], config["epochs"]) == (16, 16, 1)
-    # the preset's fp8 / full-bf16 training and its 1000-step limit are what lorabake cannot train as such
-    assert unsupported_keys(result) == {"fp8_base", "full_bf16", "max_train_steps"}
+    assert config["fp8_base"] is True  # sd-scripts' fp8 base weights: lorabake's field of the same name
+    # the preset's full-bf16 training and its 1000-step limit are what lorabake cannot train as such
+    assert unsupported_keys(result) == {"full_bf16", "max_train_steps"}
     TrainingConfig.model_validate(config)
 
     mapped = {m["key"] for m in result["mapped"]}
@@ -301,7 +302,7 @@ def test_flux_gui_fields_map_as_lora_gui_passes_them_or_are_refused_by_key():
         blocks_to_swap=18,
         fp8_base_unet=True,
         cpu_offload_checkpointing=True,
-        model_type="chroma",
+        model_type="chroma_radiance",
         model_prediction_type="sigma_scaled",
         timestep_sampling="lognorm",
         train_lora_ggpo=True,
@@ -336,3 +337,24 @@ def test_flux_off_values_are_sd_scripts_defaults_and_the_text_encoder_rate_decid
     prompt = "saruman, photorealistic --w 1024 --h 1024 --d 42 --s 20 --g 3.5"
     assert flux(sample_prompts=prompt)["config"]["sample_prompts"] == [prompt]  # --g: FLUX's guidance
     assert "sample_prompts" in unsupported_keys(flux(sample_prompts="x --g lots"))
+
+
+def test_the_base_model_type_chroma_maps_as_lora_gui_passes_it():
+    # kohya_ss 45088f0 lora_gui.py: model_type chroma, no clip_l, apply_t5_attn_mask forced true and
+    # guidance_scale passed even at 0 (class_flux1.py sets 0.0 and sigmoid when Chroma is picked)
+    result = flux(
+        model_type="chroma",
+        pretrained_model_name_or_path="/models/Chroma1-HD.safetensors",
+        guidance_scale=0.0,
+        apply_t5_attn_mask=False,
+        text_encoder_lr=1e-5,
+    )
+    config = result["config"]
+    assert (config["model_family"], config["base_model"]) == ("chroma", "Chroma1-HD.safetensors")
+    assert (config["guidance_scale"], config["apply_t5_attn_mask"]) == (0.0, True)
+    assert "network_train_unet_only" not in config  # a CLIP-L rate trains nothing: Chroma has no CLIP-L
+    assert "CLIP-L" in ignored(result)["clip_l"] and "CLIP-L" in ignored(result)["text_encoder_lr"]
+    assert unsupported_keys(result) == {"full_bf16", "max_train_steps"}  # the preset's, as FLUX.1
+    assert config["fp8_base"] is True
+    TrainingConfig.model_validate(config)
+    assert "guidance_scale" in unsupported_keys(flux(model_type="chroma", guidance_scale=3.5))

@@ -379,11 +379,12 @@ def test_flux_options_keep_sd_scripts_meanings():
     refused = unsupported(
         run(
             'network_module = "networks.lora_flux"\nmodel_prediction_type = "sigma_scaled"\n'
-            'weighting_scheme = "sigma_sqrt"\nfp8_base = true\nsplit_mode = true\nmodel_type = "chroma"\n'
+            'weighting_scheme = "sigma_sqrt"\nfp8_base = true\nsplit_mode = true\n'
+            'model_type = "chroma_radiance"\n'
             'controlnet_model_name_or_path = "cn.safetensors"\n'
         )
     )
-    assert {"model_prediction_type", "weighting_scheme", "fp8_base", "split_mode", "model_type",
+    assert {"model_prediction_type", "weighting_scheme", "split_mode", "model_type",
             "controlnet_model_name_or_path"} == set(refused)  # fmt: skip
     # left out, model_prediction_type is sd-scripts' sigma_scaled, which lorabake does not train
     default = unsupported(run('network_module = "networks.lora_flux"\n'))["model_prediction_type"]
@@ -402,3 +403,43 @@ def test_the_flux_family_comes_from_the_script_the_module_or_the_model_file():
     assert sd["config"]["model_family"] == "sd1" and "network_module" in unsupported(sd)
     # FLUX options in an SD script's file are not its options
     assert "guidance_scale" in unsupported(run("guidance_scale = 1.0\n", script="train_network"))
+
+
+def test_model_type_chroma_maps_to_a_chroma_config_with_sd_scripts_meanings():
+    # sd-scripts' docs/flux_train_network.md Chroma command, as a TOML (no clip_l)
+    toml = (
+        'pretrained_model_name_or_path = "Chroma1-HD.safetensors"\nmodel_type = "chroma"\n'
+        't5xxl = "t5xxl_fp16.safetensors"\nae = "ae.safetensors"\napply_t5_attn_mask = true\n'
+        'timestep_sampling = "sigmoid"\nmodel_prediction_type = "raw"\nguidance_scale = 0.0\n'
+        'network_module = "networks.lora_flux"\nnetwork_dim = 16\nnetwork_train_unet_only = false\n'
+        "text_encoder_lr = 1e-5\nlearning_rate = 1e-4\nmax_train_epochs = 4\n"
+    )
+    result = run(toml, script="flux_train_network")
+    config = result["config"]
+    assert (config["model_family"], config["base_model"]) == ("chroma", "Chroma1-HD.safetensors")
+    assert mapped(result)["model_type"] == ["model_family"]
+    assert (config["guidance_scale"], config["apply_t5_attn_mask"]) == (0.0, True)
+    assert (config["timestep_sampling"], config["model_prediction_type"]) == ("sigmoid", "raw")
+    # no CLIP-L: nothing trains but the transformer, whatever the file says; no FLUX.1 default of 3.5
+    assert "network_train_unet_only" not in config and "CLIP-L" in ignored(result)["network_train_unet_only"]
+    assert config["discrete_flow_shift"] == 3.0  # left out: sd-scripts' default, as for FLUX.1
+    assert not unsupported(result)
+    assert any(
+        "Chroma's companion files: put t5xxl_fp16.safetensors, ae.safetensors" in n for n in result["notes"]
+    )
+    TrainingConfig.model_validate(config)
+    flat, _ = flatten_config(tomllib.loads(toml))
+    assert accounted(result) == set(flat)
+
+    # sd-scripts feeds guidance_scale to Chroma's approximator (3.5 when left out) and asserts the T5 mask
+    refused = unsupported(
+        run('model_type = "chroma"\nmodel_prediction_type = "raw"\n', script="flux_train_network")
+    )
+    assert set(refused) == {"guidance_scale", "apply_t5_attn_mask"}
+    assert refused["guidance_scale"]["value"] == 3.5 and "approximator" in refused["guidance_scale"]["reason"]
+    assert "assert" in refused["apply_t5_attn_mask"]["reason"]
+    two = run(
+        'model_type = "chroma"\nguidance_scale = 2.0\napply_t5_attn_mask = true\n',
+        script="flux_train_network",
+    )
+    assert "guidance_scale" in unsupported(two) and "guidance_scale" not in two["config"]

@@ -9,7 +9,7 @@ import torch
 
 from shared.config.spec import TrainingConfig
 from shared.vram.estimate import estimate, knobs_of
-from shared.vram.tables import FAMILY_MEMORY
+from shared.vram.tables import CHROMA_MEMORY, FAMILY_MEMORY
 from worker.devtools.vram_counts import lora_targets, meta_models, params
 from worker.training.families.base import WEIGHT_DTYPES
 
@@ -42,3 +42,15 @@ def test_the_table_counts_the_full_size_models_exactly(family: str):
         assert parts["VAE weights (float32)"] == _bytes(models.vae, torch.float32)
         for table, te in zip(memory.text_encoders, models.text_encoders, strict=True):
             assert parts[f"{table.name} weights"] == _bytes(te, dtype), (precision, table.name)
+
+
+def test_the_chroma_table_counts_chroma1_hd_exactly():
+    models = meta_models("chroma")
+    assert params(models.denoiser) == CHROMA_MEMORY.denoiser == 8_899_983_424
+    assert params(models.vae) == CHROMA_MEMORY.vae
+    assert [params(te) for te in models.text_encoders] == [te.params for te in CHROMA_MEMORY.text_encoders]
+    counted = lora_targets("chroma", models)
+    # 418 diffusers modules: what the exporter fuses into sd-scripts' 228 (flux_names' CHROMA_* tables)
+    assert counted["denoiser_lora"] == CHROMA_MEMORY.denoiser_lora
+    assert counted["blocks"] == CHROMA_MEMORY.blocks
+    assert counted["text_encoder_lora"] == [None]  # T5 never gets a LoRA; there is no CLIP-L

@@ -1,6 +1,8 @@
 """Write a FLUX.1 pipeline as users download it: BFL's transformer file (``flux1-dev.safetensors``) and the
 companion files in ComfyUI's layout (``ae.safetensors``, ``clip_l.safetensors``, ``t5xxl_fp16.safetensors``),
-for tests of worker/training/flux_single_file.py. diffusers only reads these layouts.
+for tests of worker/training/flux_single_file.py. diffusers only reads these layouts. Chroma likewise
+(``Chroma1-HD.safetensors`` + ``ae.safetensors`` + ``t5xxl_fp16.safetensors``, no CLIP-L):
+:func:`save_comfyui_chroma`.
 
 - transformer: the inverse of diffusers' ``convert_flux_transformer_checkpoint_to_diffusers``
   (worker.training.flux_bfl_keys: q/k/v (and a single block's MLP input) fused by rows, RMSNorm ``scale``,
@@ -17,21 +19,21 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
+from diffusers import AutoencoderKL, ChromaPipeline, FluxPipeline
 from safetensors.torch import save_file
 
 from worker.devtools.single_file import vae_to_ldm
-from worker.training.flux_bfl_keys import bfl_tensors, swap_halves
+from worker.training.flux_bfl_keys import bfl_layout, swap_halves
 
 COMFYUI_PREFIX = "model.diffusion_model."
 
 
 def transformer_to_bfl(state_dict: Mapping[str, torch.Tensor], config: Mapping) -> dict[str, torch.Tensor]:
-    """A FluxTransformer2DModel state dict (of ``config``) in BFL's key layout, without a prefix. Works on
-    meta tensors too (for header-only files of the full-size model)."""
+    """A FluxTransformer2DModel (or ChromaTransformer2DModel) state dict (of ``config``) in BFL's key layout,
+    without a prefix. Works on meta tensors too (for header-only files of the full-size model)."""
     out: dict[str, torch.Tensor] = {}
     used: set[str] = set()
-    for entry in bfl_tensors(config["num_layers"], config["num_single_layers"], config["guidance_embeds"]):
+    for entry in bfl_layout(config):
         tensor = torch.cat([state_dict[name] for name in entry.parts], dim=0)
         out[entry.bfl] = swap_halves(tensor) if entry.swap_halves else tensor
         used.update(entry.parts)
@@ -55,10 +57,11 @@ def _save(tensors: Mapping[str, torch.Tensor], path: Path, dtype: torch.dtype | 
 
 
 def save_flux_transformer_file(
-    transformer: FluxTransformer2DModel, path: Path, *, dtype: torch.dtype | None = None, prefix: str = ""
+    transformer: torch.nn.Module, path: Path, *, dtype: torch.dtype | None = None, prefix: str = ""
 ) -> Path:
-    """BFL's ``flux1-dev.safetensors`` layout; ``dtype`` torch.bfloat16 as BFL ships it, torch.float8_e4m3fn
-    as ComfyUI's fp8 files; ``prefix`` COMFYUI_PREFIX as ComfyUI saves a model."""
+    """BFL's ``flux1-dev.safetensors`` layout (Chroma's for a ChromaTransformer2DModel); ``dtype``
+    torch.bfloat16 as BFL ships it, torch.float8_e4m3fn as ComfyUI's fp8 files; ``prefix`` COMFYUI_PREFIX
+    as ComfyUI saves a model."""
     bfl = transformer_to_bfl(transformer.state_dict(), transformer.config)
     return _save({prefix + k: v for k, v in bfl.items()}, path, dtype)
 
@@ -136,4 +139,37 @@ def save_comfyui_flux(
         pipe.text_encoder, clip_dir / "clip_l.safetensors", text_model_prefix=clip_text_model_prefix
     )
     save_t5xxl_file(pipe.text_encoder_2, clip_dir / t5_name, dtype=t5_dtype)
+    return save_flux_transformer_file(pipe.transformer, top / name, dtype=transformer_dtype, prefix=prefix)
+
+
+def save_chroma_config_folder(pipe: ChromaPipeline, folder: Path, *, scheduler: bool = False) -> Path:
+    """A Chroma pipeline's configs and tokenizer, no weights: what ``configs/chroma/`` in a models folder
+    holds (diffusers' ChromaPipeline layout: ``text_encoder/`` and ``tokenizer/`` are T5's)."""
+    folder = Path(folder)
+    pipe.transformer.save_config(folder / "transformer")
+    pipe.vae.save_config(folder / "vae")
+    pipe.text_encoder.config.save_pretrained(folder / "text_encoder")
+    pipe.tokenizer.save_pretrained(folder / "tokenizer")
+    if scheduler:
+        pipe.scheduler.save_config(folder / "scheduler")
+    return folder
+
+
+def save_comfyui_chroma(
+    pipe: ChromaPipeline,
+    models_dir: Path,
+    *,
+    name: str = "Chroma1-HD.safetensors",
+    beside: bool = False,
+    transformer_dtype: torch.dtype | None = None,
+    prefix: str = "",
+) -> Path:
+    """Lay ``pipe`` out as a ComfyUI user has Chroma and return the transformer file: ``models/<name>`` +
+    ``vae/ae.safetensors`` + ``text_encoders/t5xxl_fp16.safetensors``; with ``beside`` everything in
+    ``models/chroma/``. Configs and tokenizers are not written (:func:`save_chroma_config_folder`)."""
+    models_dir = Path(models_dir)
+    top = models_dir / "chroma" if beside else models_dir
+    vae_dir, t5_dir = (top, top) if beside else (models_dir / "vae", models_dir / "text_encoders")
+    save_flux_vae_file(pipe.vae, vae_dir / "ae.safetensors")
+    save_t5xxl_file(pipe.text_encoder, t5_dir / "t5xxl_fp16.safetensors")
     return save_flux_transformer_file(pipe.transformer, top / name, dtype=transformer_dtype, prefix=prefix)

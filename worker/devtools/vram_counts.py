@@ -7,7 +7,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import torch
-from diffusers import AutoencoderKL, FluxTransformer2DModel, UNet2DConditionModel
+from diffusers import AutoencoderKL, ChromaTransformer2DModel, FluxTransformer2DModel, UNet2DConditionModel
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
@@ -22,7 +22,7 @@ from worker.training.single_file_configs import BASE_CONFIGS
 
 # family -> the shipped config folder of its full-size model
 TARGETS = ("all_linear", "attention")  # network_target's choices
-FOLDERS = {"sd1": "sd15", "sd2": "sd2-512", "sdxl": "sdxl-base", "flux1": "flux1-dev"}
+FOLDERS = {"sd1": "sd15", "sd2": "sd2-512", "sdxl": "sdxl-base", "flux1": "flux1-dev", "chroma": "chroma1-hd"}
 
 
 def meta_models(family: str) -> SimpleNamespace:
@@ -36,6 +36,10 @@ def meta_models(family: str) -> SimpleNamespace:
                 CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder")),
                 T5EncoderModel(T5Config.from_pretrained(folder / "text_encoder_2")),
             ]
+        elif family == "chroma":  # T5-XXL alone, in diffusers' ChromaPipeline layout (text_encoder/)
+            config = ChromaTransformer2DModel.load_config(folder / "transformer")
+            denoiser = ChromaTransformer2DModel.from_config(config)
+            encoders = [T5EncoderModel(T5Config.from_pretrained(folder / "text_encoder"))]
         else:
             denoiser = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
             encoders = [CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))]
@@ -67,7 +71,7 @@ def lora_targets(family: str, models: SimpleNamespace) -> dict[str, object]:
     """The LoRA target widths the table records for `family`."""
     den = models.denoiser
     out: dict[str, object] = {}
-    if family == "flux1":
+    if family in ("flux1", "chroma"):
         out["denoiser_lora"] = {"all_linear": targets(den, flux_names.flux_lora_target_paths(den))}
         blocks = {}
         for kind, (attr, other) in {

@@ -172,6 +172,18 @@ def _config_fingerprint(config: TrainingConfig) -> dict[str, Any]:
     return config.model_dump(mode="json")
 
 
+def _config_diff(
+    saved: dict[str, Any], config: TrainingConfig, *, allowed: tuple[str, ...] = ()
+) -> list[str]:
+    """Fields whose values differ; a field a state predates (written by an older worker) counts as its
+    default, which is what that run trained with."""
+    current = _config_fingerprint(config)
+    fields = TrainingConfig.model_fields
+    defaults = {k: f.get_default(call_default_factory=True) for k, f in fields.items() if not f.is_required()}
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
+    return sorted(k for k in set(saved) | set(current) if k not in allowed and saved.get(k) != current.get(k))
+
+
 def write_state(path: Path, payload: dict[str, Any]) -> Path:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -192,9 +204,7 @@ def read_state(path: Path) -> dict[str, Any]:
 
 def check_state(state: dict[str, Any], config: TrainingConfig, plan: TrainingPlan) -> None:
     """The state must come from this very run: same config (seed aside when it was chosen), same plan."""
-    saved = dict(state["config"])
-    current = _config_fingerprint(config)
-    diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    diff = _config_diff(dict(state["config"]), config)
     if diff:
         raise ResumeStateError(f"the resume state was written for another config (differs in {diff})")
     if (state["total_steps"], state["steps_per_epoch"]) != (plan.total_steps, plan.steps_per_epoch):
@@ -208,8 +218,7 @@ def check_continuation(state: dict[str, Any], config: TrainingConfig, plan: Trai
     """The final state of a finished run of this config with fewer epochs (only `epochs` may differ) and the
     same dataset: this run trains on from its end."""
     saved = dict(state["config"])
-    current = _config_fingerprint(config)
-    diff = sorted(k for k in set(saved) | set(current) if k != "epochs" and saved.get(k) != current.get(k))
+    diff = _config_diff(saved, config, allowed=("epochs",))
     if diff:
         raise ResumeStateError(f"the state to continue was written for another config (differs in {diff})")
     if state["steps_per_epoch"] != plan.steps_per_epoch:

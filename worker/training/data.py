@@ -24,13 +24,16 @@ from PIL import Image, ImageOps
 
 from shared.config.buckets import Assignment, BucketSelector, BucketSettings, Size, assign_buckets
 from shared.config.plan import epoch_samples
-from shared.config.spec import TrainingConfig
+from shared.config.spec import TrainingConfig, vae_batch_for
 from shared.datasets.images import check_mask_size, upright_size
 from shared.datasets.layout import DatasetLayout, ImageEntry, Subset
 from shared.datasets.pixels import alpha_channel, to_rgb
 from worker.training.captions import CaptionOptions, process_caption
 
 PRIOR_LOSS_WEIGHT = 1.0  # Kohya's --prior_loss_weight default: the loss weight of regularization samples
+# Latent samples are drawn for this many images of a bucket at a time, whatever the VAE batch: the random
+# stream (and so every run's latents) stays the one lorabake has always drawn.
+SAMPLE_CHUNK = 4
 
 
 @dataclass(frozen=True)
@@ -303,14 +306,16 @@ def cache_latents(
     flip_aug: bool = False,
     image_sizes: Mapping[str, Size] | None = None,
     disk_cache: LatentDiskCache | None = None,
-    batch_size: int = 4,
+    vae_batch_size: int | None = None,
 ) -> BucketLatents:
     """Encode each image once at its bucket (and once mirrored with flip_aug, as Kohya's cache_batch_latents
     does); latents end on the VAE's device, minus shift_factor (VAEs that have one) times scaling_factor.
+    The VAE encodes vae_batch_size images at once (shared.config.spec.vae_batch_for: unset, by bucket size).
 
     Like Kohya this keeps one latent_dist sample per image (and orientation), reused every epoch and repeat.
-    The samples are drawn from `generator` (CPU) in a fixed order (bucket, image, orientation), so they do
-    not depend on the device nor on which images came from the disk cache.
+    The samples are drawn from `generator` (CPU) in a fixed order (bucket, chunks of SAMPLE_CHUNK images,
+    orientation), so they do not depend on the device, the VAE batch, nor on which images came from the disk
+    cache.
     """
     dataset_dir = Path(dataset_dir)
     sizes = sorted({assignments[p].bucket for p in image_paths})
@@ -325,15 +330,25 @@ def cache_latents(
     orientations = (False, True) if flip_aug else (False,)
     shift = getattr(vae.config, "shift_factor", None)
     per_orientation: dict[bool, list[torch.Tensor]] = {o: [] for o in orientations}
-    for indices in members:
+    for bucket_size, indices in zip(sizes, members, strict=True):
         chunks: dict[bool, list[torch.Tensor]] = {o: [] for o in orientations}
-        for start in range(0, len(indices), batch_size):
-            chunk = [image_paths[i] for i in indices[start : start + batch_size]]
+        batch = vae_batch_for(vae_batch_size, bucket_size[0] * bucket_size[1])
+        pending: dict[bool, list[torch.Tensor]] = {o: [] for o in orientations}  # encoded, not yet drawn
+        paths: list[str] = []
+        for start in range(0, len(indices), batch):
+            chunk = [image_paths[i] for i in indices[start : start + batch]]
             params = _chunk_params(
                 vae, dataset_dir, chunk, assignments, orientations, image_sizes, disk_cache
             )
+            paths.extend(chunk)
             for flipped in orientations:
-                chunks[flipped].append(_sample(params[flipped], generator, chunk))
+                pending[flipped].extend(params[flipped])
+            last = start + batch >= len(indices)
+            while len(paths) >= SAMPLE_CHUNK or (last and paths):
+                drawn, paths = paths[:SAMPLE_CHUNK], paths[SAMPLE_CHUNK:]
+                for flipped in orientations:
+                    rows, pending[flipped] = pending[flipped][: len(drawn)], pending[flipped][len(drawn) :]
+                    chunks[flipped].append(_sample(torch.stack(rows), generator, drawn))
         for flipped in orientations:
             latents = torch.cat(chunks[flipped])
             if shift is not None:  # FLUX-style VAEs: (z - shift_factor) * scaling_factor
@@ -384,6 +399,7 @@ def cache_images(
         flip_aug=config.flip_aug,
         image_sizes=image_sizes,
         disk_cache=disk_cache,
+        vae_batch_size=config.vae_batch_size,
     )
     masks = None
     if config.uses_loss_masks:

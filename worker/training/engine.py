@@ -23,7 +23,7 @@ from diffusers import DiffusionPipeline
 from shared.config.plan import TrainingPlan, compute_plan
 from shared.config.spec import TrainingConfig
 from shared.datasets.layout import scan_dataset_dir
-from worker.training import checkpoints, data, export, optim, sampling
+from worker.training import base_quantization, checkpoints, data, export, optim, sampling
 from worker.training.errors import TrainingSetupError
 from worker.training.families import FamilyModel, load_family_model
 from worker.training.model_hashes import ModelHashes, base_model_hashes
@@ -200,6 +200,7 @@ def train_lora(
     if config.mixed_precision == "auto":  # from here on the run (files, resume state) has a concrete one
         config = config.model_copy(update={"mixed_precision": resolve_precision("auto", dev)})
     check_precision(config.mixed_precision, dev)
+    base_quantization.check_available(config, dev)  # nf4 without CUDA, a missing library: before any work
     optim.check_optimizer_available(config)
     sampling.check_samplers_available(config)
     layout = scan_dataset_dir(

@@ -25,6 +25,13 @@
   openai/clip-vit-large-patch14), downloaded into it (from FLUX.1-schnell) only with
   ``resolved.allow_download``.
 
+Chroma (``Chroma1-HD.safetensors``, ``chroma-unlocked-v50.safetensors``) loads the same way as the family
+:data:`CHROMA` describes: the same VAE and T5-XXL companions and no CLIP-L, configs from ``configs/chroma/``
+or the shipped ``base_configs/chroma1-hd`` (diffusers' ChromaPipeline layout: ``text_encoder/`` and
+``tokenizer/`` are T5's), the T5 tokenizer from a FLUX.1 snapshot's ``tokenizer_2/`` or Chroma1-HD's
+``tokenizer/``. A VAE file in diffusers' own layout (Chroma's repo ships ``vae/diffusion_pytorch_model``,
+which users save as ``ae.safetensors``) is read as it is.
+
 Every failure is a BaseModelError saying what to put where, paths relative to the models folder.
 """
 
@@ -37,7 +44,14 @@ from typing import Any
 
 import torch
 from accelerate import init_empty_weights
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from diffusers import (
+    AutoencoderKL,
+    ChromaPipeline,
+    ChromaTransformer2DModel,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+)
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from safetensors import safe_open
 from transformers import (
@@ -49,14 +63,18 @@ from transformers import (
     T5TokenizerFast,
 )
 
+from shared.catalogue.chroma import is_chroma_keys
 from shared.catalogue.families import config_candidates, describe_checkpoint, safetensors_shapes
-from shared.catalogue.flux import FluxVariant, flux_variant_from_keys
+from shared.catalogue.flux import flux_variant_from_keys
 from worker.training import single_file_configs as sfc
 from worker.training.flux_bfl_keys import bfl_to_diffusers
 from worker.training.model_loading import BaseModelError, ResolvedModel, shown
 
-SHARED_CONFIG = Path("configs") / "flux1"
-SHIPPED = {"dev": sfc.BASE_CONFIGS / "flux1-dev", "schnell": sfc.BASE_CONFIGS / "flux1-schnell"}
+SHIPPED = {
+    "dev": sfc.BASE_CONFIGS / "flux1-dev",
+    "schnell": sfc.BASE_CONFIGS / "flux1-schnell",
+    "chroma": sfc.BASE_CONFIGS / "chroma1-hd",
+}
 COMFYUI_PREFIX = "model.diffusion_model."
 # Keys of quantized formats whose weights are not plain tensors: loading them as such would be garbage.
 _QUANTIZED = (
@@ -68,7 +86,7 @@ _QUANTIZED = (
     ".quant_state",
     ".quant_map",
 )
-_CONFIG_FILES = {
+_FLUX_CONFIG_FILES = {
     "transformer": "transformer/config.json",
     "vae": "vae/config.json",
     "text_encoder": "text_encoder/config.json",
@@ -76,7 +94,7 @@ _CONFIG_FILES = {
     "scheduler": "scheduler/scheduler_config.json",
 }
 # schnell's repo is not gated, so it is the one downloaded from; the same files are read from dev's snapshot.
-TOKENIZERS = (
+FLUX_TOKENIZERS = (
     sfc.TokenizerSource(
         "tokenizer",
         "black-forest-labs/FLUX.1-schnell",
@@ -90,6 +108,15 @@ TOKENIZERS = (
         also=(("black-forest-labs/FLUX.1-dev", "tokenizer_2"),),
     ),
 )
+# Chroma's T5 tokenizer is FLUX.1's (T5 v1.1 XXL): a FLUX.1 snapshot serves, or Chroma1-HD's own folder.
+CHROMA_TOKENIZERS = (
+    sfc.TokenizerSource(
+        "tokenizer",
+        "black-forest-labs/FLUX.1-schnell",
+        "tokenizer_2",
+        also=(("black-forest-labs/FLUX.1-dev", "tokenizer_2"), ("lodestones/Chroma1-HD", "tokenizer")),
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -100,36 +127,80 @@ class Companion:
     source: str  # where users get it
 
 
-COMPANIONS = {
-    "vae": Companion(
-        "the FLUX.1 VAE",
-        ("ae.safetensors", "ae*.safetensors", "flux*vae*.safetensors"),
-        ("vae",),
-        "black-forest-labs/FLUX.1-schnell (ae.safetensors)",
-    ),
-    "text_encoder": Companion(
-        "the CLIP-L text encoder",
-        ("clip_l.safetensors", "clip_l*.safetensors"),
-        ("text_encoders", "clip"),
-        "comfyanonymous/flux_text_encoders (clip_l.safetensors)",
-    ),
-    "text_encoder_2": Companion(
-        "the T5-XXL text encoder",
-        ("t5xxl_fp16.safetensors", "t5xxl_fp8_e4m3fn.safetensors", "t5xxl*.safetensors"),
-        ("text_encoders", "clip"),
-        "comfyanonymous/flux_text_encoders (t5xxl_fp16.safetensors, or t5xxl_fp8_e4m3fn.safetensors)",
-    ),
-}
+_VAE = Companion(
+    "the FLUX.1 VAE",
+    ("ae.safetensors", "ae*.safetensors", "flux*vae*.safetensors"),
+    ("vae",),
+    "black-forest-labs/FLUX.1-schnell (ae.safetensors)",
+)
+_CLIP_L = Companion(
+    "the CLIP-L text encoder",
+    ("clip_l.safetensors", "clip_l*.safetensors"),
+    ("text_encoders", "clip"),
+    "comfyanonymous/flux_text_encoders (clip_l.safetensors)",
+)
+_T5XXL = Companion(
+    "the T5-XXL text encoder",
+    ("t5xxl_fp16.safetensors", "t5xxl_fp8_e4m3fn.safetensors", "t5xxl*.safetensors"),
+    ("text_encoders", "clip"),
+    "comfyanonymous/flux_text_encoders (t5xxl_fp16.safetensors, or t5xxl_fp8_e4m3fn.safetensors)",
+)
+COMPANIONS = {"vae": _VAE, "text_encoder": _CLIP_L, "text_encoder_2": _T5XXL}
+
+
+@dataclass(frozen=True)
+class BflFamily:
+    """A family whose single file is a BFL-layout transformer with companions: what it needs, by the
+    pipeline component names of its diffusers layout."""
+
+    family: str  # shared.model_families name
+    label: str
+    what: str  # what a trainable file is, for "is not ..."
+    companions: Mapping[str, Companion]  # pipeline component -> companion
+    t5: str  # the component that is T5-XXL
+    config_files: Mapping[str, str]
+    tokenizers: tuple[sfc.TokenizerSource, ...]
+    shared_config: Path  # the models folder's shared config folder
+
+    def variant(self, shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+        """The SHIPPED key of the file's architecture, None when it is none of this family's."""
+        if self.family == "chroma":
+            return "chroma" if is_chroma_keys(shapes) else None
+        return flux_variant_from_keys(shapes)
+
+
+FLUX1 = BflFamily(
+    "flux1",
+    "FLUX.1",
+    "a FLUX.1 dev or schnell transformer",
+    COMPANIONS,
+    "text_encoder_2",
+    _FLUX_CONFIG_FILES,
+    FLUX_TOKENIZERS,
+    Path("configs") / "flux1",
+)
+CHROMA = BflFamily(
+    "chroma",
+    "Chroma",
+    "a Chroma text-to-image transformer",
+    {"vae": _VAE, "text_encoder": _T5XXL},
+    "text_encoder",
+    {k: v for k, v in _FLUX_CONFIG_FILES.items() if k != "text_encoder_2"},  # text_encoder/ is T5's
+    CHROMA_TOKENIZERS,
+    Path("configs") / "chroma",
+)
+BFL_FAMILIES = {f.family: f for f in (FLUX1, CHROMA)}
 
 
 @dataclass(frozen=True)
 class FluxFiles:
-    """What a FLUX.1 single file loads from, found without reading any tensor data."""
+    """What a FLUX.1 (or Chroma) single file loads from, found without reading any tensor data."""
 
-    variant: FluxVariant
+    family: BflFamily
+    variant: str  # dev / schnell / chroma: the SHIPPED configs that fit its weights
     prefix: str  # of the transformer keys: "" (BFL) or COMFYUI_PREFIX
-    weights: Mapping[str, Path]  # transformer / vae / text_encoder / text_encoder_2 -> file
-    configs: Mapping[str, Path]  # _CONFIG_FILES key -> config file
+    weights: Mapping[str, Path]  # transformer and the family's companions -> file
+    configs: Mapping[str, Path]  # config_files key -> config file
     tokenizers: Mapping[str, Path]  # tokenizer / tokenizer_2 -> folder
 
 
@@ -158,7 +229,7 @@ def find_companion(resolved: ResolvedModel, companion: Companion) -> Path | None
     return None
 
 
-def _missing_message(resolved: ResolvedModel, missing: list[Companion]) -> str:
+def _missing_message(resolved: ResolvedModel, family: BflFamily, missing: list[Companion]) -> str:
     name = resolved.path.name
     parts = [
         f"{c.role}: put {c.names[0]} (from {c.source}) beside {name} or in {c.folders[0]}/ of the models "
@@ -166,14 +237,14 @@ def _missing_message(resolved: ResolvedModel, missing: list[Companion]) -> str:
         f"{', '.join(_where(f, resolved) for f in companion_folders(resolved, c))})"
         for c in missing
     ]
-    return f"{name} is a FLUX.1 transformer without its companion files; missing " + "; ".join(parts)
+    return f"{name} is a {family.label} transformer without its companion files; missing " + "; ".join(parts)
 
 
-def config_folders(resolved: ResolvedModel) -> list[Path]:
+def config_folders(resolved: ResolvedModel, family: BflFamily = FLUX1) -> list[Path]:
     """The config folders that exist, in the order they are read."""
     candidates = [
-        *config_candidates(resolved.path, resolved.models_dir, "flux1"),
-        resolved.models_dir / SHARED_CONFIG,
+        *config_candidates(resolved.path, resolved.models_dir, family.family),  # type: ignore[arg-type]
+        resolved.models_dir / family.shared_config,
     ]
     return [c for c in dict.fromkeys(candidates) if c.is_dir()]
 
@@ -182,10 +253,10 @@ def _first(folders: list[Path], rel: str) -> Path | None:
     return next((f / rel for f in folders if (f / rel).exists()), None)
 
 
-def _tokenizer_folders(resolved: ResolvedModel, folders: list[Path]) -> dict[str, Path]:
+def _tokenizer_folders(resolved: ResolvedModel, family: BflFamily, folders: list[Path]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     missing = []
-    for source in TOKENIZERS:
+    for source in family.tokenizers:
         local = _first(folders, f"{source.folder}/tokenizer_config.json")
         if local is not None:
             found[source.folder] = local.parent
@@ -195,7 +266,7 @@ def _tokenizer_folders(resolved: ResolvedModel, folders: list[Path]) -> dict[str
             try:
                 files = sfc.download_tokenizer_files(source, resolved.cache_dir)
             except sfc.SingleFileConfigError as exc:
-                raise BaseModelError(resolved.ref, f"FLUX.1 tokenizers: {exc}") from exc
+                raise BaseModelError(resolved.ref, f"{family.label} tokenizers: {exc}") from exc
         if files is None:
             missing.append(source)
         else:
@@ -203,48 +274,50 @@ def _tokenizer_folders(resolved: ResolvedModel, folders: list[Path]) -> dict[str
     if missing:
         folders = " and ".join(f"{s.folder}/" for s in missing)
         include = " ".join(f"'{s.subfolder}/*'" for s in missing)
-        configs = f"{shown(resolved.models_dir / SHARED_CONFIG, resolved.models_dir)}/"
+        configs = f"{shown(resolved.models_dir / family.shared_config, resolved.models_dir)}/"
         raise BaseModelError(
             resolved.ref,
-            f"FLUX.1 needs its tokenizer files ({folders} as a FLUX.1 diffusers repo lays them out), "
-            f"which are neither in {configs} of the models folder nor in the worker's Hugging Face cache "
-            "(HF_HOME), and model downloads are disabled. Either run "
-            f"`hf download {TOKENIZERS[0].repo_id} --include {include}` on the worker (same HF_HOME), "
+            f"{family.label} needs its tokenizer files ({folders} as a {family.label} diffusers repo lays "
+            f"them out), which are neither in {configs} of the models folder nor in the worker's Hugging "
+            "Face cache (HF_HOME), and model downloads are disabled. Either run "
+            f"`hf download {family.tokenizers[0].repo_id} --include {include}` on the worker (same HF_HOME), "
             f"or copy those folders into {configs}, or set LORABAKE_ALLOW_MODEL_DOWNLOADS=true",
         )
     return found
 
 
-def locate_flux_single_file(resolved: ResolvedModel) -> FluxFiles:
-    """Check that a FLUX.1 single file can be loaded (its header, companions, configs, tokenizers), reading no
-    tensor data: a job can fail on this before it does any work."""
+def locate_flux_single_file(resolved: ResolvedModel, family: str = "flux1") -> FluxFiles:
+    """Check that a FLUX.1 (or, with ``family`` "chroma", a Chroma) single file can be loaded (its header,
+    companions, configs, tokenizers), reading no tensor data: a job can fail on this before it does any
+    work."""
+    spec = BFL_FAMILIES[family]
     if resolved.kind != "single_file" or resolved.path.suffix.lower() != ".safetensors":
         raise BaseModelError(
-            resolved.ref, f"{resolved.path.name}: FLUX.1 single files are read as .safetensors"
+            resolved.ref, f"{resolved.path.name}: {spec.label} single files are read as .safetensors"
         )
     shapes = _header(resolved, resolved.path)
-    variant = flux_variant_from_keys(shapes)
+    variant = spec.variant(shapes)
     if variant is None:
         raise BaseModelError(
             resolved.ref,
-            f"{resolved.path.name} is not a FLUX.1 dev or schnell transformer in BFL's layout: it looks like "
+            f"{resolved.path.name} is not {spec.what} in BFL's layout: it looks like "
             f"{describe_checkpoint(shapes)}",
         )
     _refuse_quantized(resolved, resolved.path, shapes)
     weights = {"transformer": resolved.path}
     missing = []
-    for name, companion in COMPANIONS.items():
+    for name, companion in spec.companions.items():
         found = find_companion(resolved, companion)
         if found is None:
             missing.append(companion)
         else:
             weights[name] = found
     if missing:
-        raise BaseModelError(resolved.ref, _missing_message(resolved, missing))
-    folders = config_folders(resolved)
-    configs = {name: _first(folders, rel) or SHIPPED[variant] / rel for name, rel in _CONFIG_FILES.items()}
+        raise BaseModelError(resolved.ref, _missing_message(resolved, spec, missing))
+    folders = config_folders(resolved, spec)
+    configs = {n: _first(folders, rel) or SHIPPED[variant] / rel for n, rel in spec.config_files.items()}
     prefix = COMFYUI_PREFIX if COMFYUI_PREFIX + "img_in.weight" in shapes else ""
-    return FluxFiles(variant, prefix, weights, configs, _tokenizer_folders(resolved, folders))
+    return FluxFiles(spec, variant, prefix, weights, configs, _tokenizer_folders(resolved, spec, folders))
 
 
 # --- reading weights ----------------------------------------------------------------------------------------
@@ -315,11 +388,13 @@ def _assign(
 # --- the components -----------------------------------------------------------------------------------------
 
 
-def _transformer(resolved: ResolvedModel, files: FluxFiles, dtype: torch.dtype) -> FluxTransformer2DModel:
-    config = dict(FluxTransformer2DModel.load_config(files.configs["transformer"]))
-    config["guidance_embeds"] = files.variant == "dev"  # the weights decide; a shared config serves both
+def _transformer(resolved: ResolvedModel, files: FluxFiles, dtype: torch.dtype) -> torch.nn.Module:
+    model_class = ChromaTransformer2DModel if files.family is CHROMA else FluxTransformer2DModel
+    config = dict(model_class.load_config(files.configs["transformer"]))
+    if files.family is FLUX1:
+        config["guidance_embeds"] = files.variant == "dev"  # the weights decide; a shared config serves both
     with init_empty_weights():
-        model = FluxTransformer2DModel.from_config(config)
+        model = model_class.from_config(config)
     path = files.weights["transformer"]
     bfl = _read(resolved, path, dtype, files.prefix)
     try:
@@ -339,7 +414,10 @@ def _vae(resolved: ResolvedModel, files: FluxFiles, dtype: torch.dtype) -> Autoe
     with init_empty_weights():
         model = AutoencoderKL.from_config(config)
     path = files.weights["vae"]
-    _assign(resolved, model, convert_ldm_vae_checkpoint(_read(resolved, path, dtype), config), path)
+    state = _read(resolved, path, dtype)
+    if not any(k.startswith("encoder.down_blocks.") for k in state):  # BFL's original keys, not diffusers'
+        state = convert_ldm_vae_checkpoint(state, config)
+    _assign(resolved, model, state, path)
     return model
 
 
@@ -359,9 +437,10 @@ def _clip(resolved: ResolvedModel, files: FluxFiles, dtype: torch.dtype) -> CLIP
 
 
 def _t5(resolved: ResolvedModel, files: FluxFiles, dtype: torch.dtype) -> T5EncoderModel:
+    component = files.family.t5
     with init_empty_weights():
-        model = T5EncoderModel(T5Config.from_pretrained(files.configs["text_encoder_2"].parent))
-    path = files.weights["text_encoder_2"]
+        model = T5EncoderModel(T5Config.from_pretrained(files.configs[component].parent))
+    path = files.weights[component]
     state = _read(resolved, path, dtype)
     # One embedding under two names: ComfyUI saves it once, as shared.weight; T5EncoderModel lists the same
     # parameter as encoder.embed_tokens.weight too (transformers 5.23 ties them whatever the config says).
@@ -397,3 +476,25 @@ def load_flux_single_file(resolved: ResolvedModel, *, dtype: torch.dtype = torch
         transformer=_transformer(resolved, files, dtype),
     )
     return pipe
+
+
+def load_chroma_single_file(resolved: ResolvedModel, *, dtype: torch.dtype = torch.float32) -> ChromaPipeline:
+    """A ChromaPipeline from a Chroma single file and its companions (ae + t5xxl, no CLIP), weights in
+    ``dtype`` (the VAE in float32), offline. Raises BaseModelError naming the file and what to do."""
+    files = locate_flux_single_file(resolved, "chroma")
+    try:
+        tokenizer = T5TokenizerFast.from_pretrained(files.tokenizers["tokenizer"], local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise BaseModelError(
+            resolved.ref, f"failed to load the Chroma tokenizer: {type(exc).__name__}"
+        ) from exc
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+        FlowMatchEulerDiscreteScheduler.load_config(files.configs["scheduler"])
+    )
+    return ChromaPipeline(
+        scheduler=scheduler,
+        vae=_vae(resolved, files, torch.float32),
+        text_encoder=_t5(resolved, files, dtype),
+        tokenizer=tokenizer,
+        transformer=_transformer(resolved, files, dtype),
+    )

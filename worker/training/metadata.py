@@ -3,7 +3,7 @@ writes it.
 
 Every value is rendered as sd-scripts renders it (``str()`` of the Python value: ``True``, ``None``,
 ``(512, 512)``, JSON for the nested ones). Options sd-scripts has and lorabake does not (validation, huber
-loss, fp8, multires noise, ...) are written with sd-scripts' defaults, so readers that expect every key find
+loss, multires noise, ...) are written with sd-scripts' defaults, so readers that expect every key find
 it and see that the option was off. The SD1 / SD2 / SDXL decision of A1111 and Forge reads
 ``ss_base_model_version`` (``sdxl_`` prefix) and then ``ss_v2`` (``"True"``); both are always written.
 
@@ -351,6 +351,7 @@ def option_metadata(config: TrainingConfig) -> dict[str, str]:
         "ss_adaptive_noise_scale": config.adaptive_noise_scale,
         "ss_min_snr_gamma": config.min_snr_gamma,
         "ss_lr_warmup_steps": config.lr_warmup_steps,
+        "ss_fp8_base": config.base_precision == "fp8",  # sd-scripts' --fp8_base (int8 / nf4: it has none)
     }
     if config.optimizer == "Adafactor" and (
         config.optimizer_args.get("relative_step") or config.optimizer_args.get("warmup_init")

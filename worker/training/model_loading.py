@@ -437,16 +437,10 @@ def resolve_family(resolved: ResolvedModel, requested: str = "auto") -> ModelFam
         family = requested  # type: ignore[assignment]
     if resolved.kind == "single_file" and family in SHARED_CONFIGS:  # the SD families' config folders
         single_file_config(resolved, family)
-    elif resolved.kind == "single_file" and family == "flux1":  # its companion files, configs, tokenizers
+    elif resolved.kind == "single_file" and family in ("flux1", "chroma"):  # companions, configs, tokenizers
         from worker.training.flux_single_file import locate_flux_single_file  # it imports this module
 
-        locate_flux_single_file(resolved)
-    elif resolved.kind == "single_file" and family == "chroma":
-        raise BaseModelError(
-            resolved.ref,
-            f"{resolved.path.name} is a Chroma single file, which lorabake does not load yet: use a Chroma "
-            "diffusers folder (e.g. lodestones/Chroma1-HD as `hf download` lays it out)",
-        )
+        locate_flux_single_file(resolved, family)
     return family
 
 

@@ -28,7 +28,7 @@ from PIL import Image
 from shared.config.family_options import family_conflicts
 from shared.config.sample_prompts import SamplePrompt
 from shared.config.spec import TrainingConfig
-from worker.training import flow_matching, flux_names, network
+from worker.training import base_quantization, flow_matching, flux_names, network
 from worker.training.errors import TrainingSetupError
 from worker.training.families.base import WEIGHT_DTYPES, NetworkParams
 from worker.training.families.flux import SAMPLER, FluxModel, TextConditioning
@@ -145,20 +145,29 @@ class ChromaModel(FluxModel):
                 "the block indices and patterns leave no module to train",
                 details={"field": "train_double_block_indices"},
             )
+        weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
+        base_quantization.quantize_frozen(pipe.transformer, base_quantization.mode_of(config), weight_dtype)
         pipe.transformer.add_adapter(
             network.lora_config(config.network_dim, config.network_alpha, targets),
             adapter_name=network.ADAPTER_NAME,
         )
         denoiser = network.trainable_parameters(pipe.transformer)
-        weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
-        for model, dtype in ((pipe.transformer, weight_dtype), (pipe.text_encoder, weight_dtype)):
-            model.to(device, **({"dtype": dtype} if model.dtype != dtype else {}))
+        self._place_text_encoders(config, device, weight_dtype)
         pipe.vae.to(device, torch.float32)
+        # on the device once T5 is done (FluxModel.prepare_batches), as for FLUX.1
+        base_quantization.place(pipe.transformer, torch.device("cpu"), weight_dtype)
+        self.device = device
         for p in denoiser:
             p.data = p.data.float()
         if config.gradient_checkpointing:
             pipe.transformer.enable_gradient_checkpointing()
         return NetworkParams(denoiser=denoiser, text_encoder=[], weight_dtype=weight_dtype)
+
+    def _place_text_encoders(self, config: TrainingConfig, device: torch.device, dtype: torch.dtype) -> None:
+        """T5-XXL alone, stored as the base weights are (it is always frozen)."""
+        t5 = self.pipeline.text_encoder
+        base_quantization.quantize_frozen(t5, base_quantization.mode_of(config), dtype)
+        base_quantization.place(t5, device, dtype)
 
     def load_network_weights(self, path: Any, config: TrainingConfig) -> None:
         raise TrainingSetupError(
@@ -237,15 +246,14 @@ class ChromaModel(FluxModel):
 
 
 def load_chroma_pipeline(resolved: ResolvedModel, dtype: torch.dtype = torch.float32) -> Any:
-    """A Chroma diffusers folder (or cached hub snapshot), offline: the VAE in float32, the rest in dtype."""
+    """A Chroma diffusers folder (or cached hub snapshot), or its single file with ComfyUI's companions
+    (worker/training/flux_single_file.py), offline: the VAE in float32, the rest in dtype."""
     from diffusers import ChromaPipeline
 
-    if resolved.kind != "diffusers":
-        raise BaseModelError(
-            resolved.ref,
-            f"{resolved.path.name} is a Chroma single file, which lorabake does not load yet: use a Chroma "
-            "diffusers folder (e.g. lodestones/Chroma1-HD as `hf download` lays it out)",
-        )
+    if resolved.kind != "diffusers":  # Chroma1-HD.safetensors with ae.safetensors and t5xxl
+        from worker.training.flux_single_file import load_chroma_single_file
+
+        return load_chroma_single_file(resolved, dtype=dtype)
     try:
         return ChromaPipeline.from_pretrained(
             resolved.path, dtype={"default": dtype, "vae": torch.float32}, local_files_only=True

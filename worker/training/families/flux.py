@@ -29,7 +29,7 @@ from shared.config.family_options import family_conflicts
 from shared.config.previews import FLUX_GUIDANCE, FLUX_SAMPLER
 from shared.config.sample_prompts import SamplePrompt
 from shared.config.spec import TrainingConfig
-from worker.training import data, export, flow_matching, flux_names, network, sampling
+from worker.training import base_quantization, data, export, flow_matching, flux_names, network, sampling
 from worker.training.captions import CaptionOptions, with_affixes
 from worker.training.errors import TrainingSetupError
 from worker.training.families.base import WEIGHT_DTYPES, NetworkParams
@@ -173,6 +173,7 @@ class FluxModel:
         self.pipeline = pipe
         self.variant = "dev" if pipe.transformer.config.guidance_embeds else "schnell"
         self.sample_text: dict[str, TextConditioning] = {}  # prompt -> conditioning, when encoders left
+        self.device = torch.device("cpu")  # the run's device: add_network sets it
 
     @classmethod
     def load(cls, resolved: ResolvedModel, family: str, config: TrainingConfig) -> FluxModel:
@@ -244,6 +245,8 @@ class FluxModel:
                 "the block indices and patterns leave no module to train",
                 details={"field": "train_double_block_indices"},
             )
+        weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
+        base_quantization.quantize_frozen(pipe.transformer, base_quantization.mode_of(config), weight_dtype)
         pipe.transformer.add_adapter(
             network.lora_config(config.network_dim, config.network_alpha, targets),
             adapter_name=network.ADAPTER_NAME,
@@ -254,20 +257,30 @@ class FluxModel:
             te_params = network.add_text_encoder_lora(
                 pipe.text_encoder, rank=config.network_dim, alpha=config.network_alpha, target="all_linear"
             )
-        weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
-        placements = [
-            (pipe.transformer, weight_dtype),
-            (pipe.text_encoder, weight_dtype),
-            (pipe.text_encoder_2, weight_dtype),
-            (pipe.vae, torch.float32),  # runs once per image; float32 as for SD
-        ]
-        for model, dtype in placements:
-            model.to(device, **({"dtype": dtype} if model.dtype != dtype else {}))
+        self._place_text_encoders(config, device, weight_dtype)
+        pipe.vae.to(device, **({"dtype": torch.float32} if pipe.vae.dtype != torch.float32 else {}))
+        # The transformer is cast here but reaches the device only in prepare_batches, once the captions are
+        # encoded and the encoders left (as sd-scripts orders it): FLUX.1's 11.9 B and T5-XXL's 4.8 B
+        # parameters are never on the card together. .to() keeps the Parameter objects the optimizer holds.
+        base_quantization.place(pipe.transformer, torch.device("cpu"), weight_dtype)
+        self.device = device
         for p in (*denoiser, *te_params):
             p.data = p.data.float()
         if config.gradient_checkpointing:
             pipe.transformer.enable_gradient_checkpointing()
         return NetworkParams(denoiser=denoiser, text_encoder=te_params, weight_dtype=weight_dtype)
+
+    def _place_text_encoders(self, config: TrainingConfig, device: torch.device, dtype: torch.dtype) -> None:
+        """CLIP-L and T5-XXL on the device in the training dtype; T5, always frozen (4.8 B parameters, about
+        9.5 GB in bf16), stored as the base weights are (base_quantization)."""
+        pipe = self.pipeline
+        base_quantization.quantize_frozen(pipe.text_encoder_2, base_quantization.mode_of(config), dtype)
+        base_quantization.place(pipe.text_encoder, device, dtype)
+        base_quantization.place(pipe.text_encoder_2, device, dtype)
+
+    def _transformer_to_device(self) -> None:
+        """The transformer joins the card once the text encoders have done their part (add_network)."""
+        base_quantization.place(self.transformer, self.device, self.transformer.dtype)
 
     def load_network_weights(self, path: Path, config: TrainingConfig) -> None:
         # sd-scripts' FLUX.1 files fuse q/k/v (flux_names); reading one back into PEFT's split layers is not
@@ -304,6 +317,7 @@ class FluxModel:
                     encoded = _encode_all(self.encode_text, prompts, device=device, **encode)
                     self.sample_text = {prompt: _row(encoded, i) for i, prompt in enumerate(prompts)}
             self._release_text_encoders()
+        self._transformer_to_device()
         item_bucket = tuple(latents.image_bucket[i] for i in table.item_image)
         return FluxBatches(
             latents=latents,

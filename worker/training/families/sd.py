@@ -22,6 +22,7 @@ from diffusers import DDPMScheduler, DiffusionPipeline
 from shared.config.buckets import sdxl_size_conditioning
 from shared.config.spec import TrainingConfig
 from worker.training import (
+    base_quantization,
     conditioning,
     data,
     export,
@@ -344,6 +345,10 @@ def _add_network(
     unet, vae, text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
     for model in (unet, vae, text_encoder):
         model.requires_grad_(False)  # only the LoRA weights add_lora creates will train
+    # fp8_base / base_quantization: the UNet's Linear layers stored quantized before the LoRA wraps them
+    base_quantization.quantize_frozen(
+        unet, base_quantization.mode_of(config), WEIGHT_DTYPES[config.mixed_precision]
+    )
     torch.manual_seed(seed)  # the LoRA init draws from the global RNG
     lycoris: lycoris_network.LycorisNetwork | None = None
     if config.uses_lycoris:
@@ -377,7 +382,7 @@ def _add_network(
     placements = [(unet, weight_dtype), *((te, weight_dtype) for te in text_encoders), (vae, torch.float32)]
     for model, dtype in placements:
         # dtype only when it changes: diffusers warns on every .to(dtype) of a model.
-        model.to(device, **({"dtype": dtype} if model.dtype != dtype else {}))
+        base_quantization.place(model, device, dtype)
     if lycoris is not None:
         lycoris.to(device)  # not a child of the models it is hooked into: moved on its own, kept float32
     for p in (*unet_params, *te_params):
