@@ -28,9 +28,9 @@ from PIL import Image
 from shared.config.family_options import family_conflicts
 from shared.config.sample_prompts import SamplePrompt
 from shared.config.spec import TrainingConfig
-from worker.training import base_quantization, flow_matching, flux_names, network
+from worker.training import base_quantization, flow_matching
 from worker.training.errors import TrainingSetupError
-from worker.training.families.base import WEIGHT_DTYPES, NetworkParams
+from worker.training.families.base import WEIGHT_DTYPES
 from worker.training.families.flux import SAMPLER, FluxModel, TextConditioning
 from worker.training.model_loading import BaseModelError, ResolvedModel, shown
 
@@ -79,6 +79,7 @@ class ChromaModel(FluxModel):
     transformer call, targets, metadata and sampling."""
 
     family = FAMILY
+    family_label = "Chroma"
     # sd-scripts' docs for Chroma: `--timestep_sampling sigmoid` (sigmoid_scale 1.0)
     timestep_defaults = flow_matching.TimestepSampling(method="sigmoid")
 
@@ -128,40 +129,8 @@ class ChromaModel(FluxModel):
             return_dict=False,
         )[0]
 
-    def add_network(self, config: TrainingConfig, seed: int, device: torch.device) -> NetworkParams:
-        pipe = self.pipeline
-        for model in (pipe.transformer, pipe.vae, pipe.text_encoder):
-            model.requires_grad_(False)
-        torch.manual_seed(seed)  # the LoRA init draws from the global RNG
-        targets = flux_names.flux_lora_target_paths(
-            pipe.transformer,
-            train_double_block_indices=config.train_double_block_indices,
-            train_single_block_indices=config.train_single_block_indices,
-            include_patterns=config.include_patterns,
-            exclude_patterns=config.exclude_patterns,
-        )
-        if not targets:
-            raise TrainingSetupError(
-                "the block indices and patterns leave no module to train",
-                details={"field": "train_double_block_indices"},
-            )
-        weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
-        base_quantization.quantize_frozen(pipe.transformer, base_quantization.mode_of(config), weight_dtype)
-        pipe.transformer.add_adapter(
-            network.lora_config(config.network_dim, config.network_alpha, targets),
-            adapter_name=network.ADAPTER_NAME,
-        )
-        denoiser = network.trainable_parameters(pipe.transformer)
-        self._place_text_encoders(config, device, weight_dtype)
-        pipe.vae.to(device, torch.float32)
-        # on the device once T5 is done (FluxModel.prepare_batches), as for FLUX.1
-        base_quantization.place(pipe.transformer, torch.device("cpu"), weight_dtype)
-        self.device = device
-        for p in denoiser:
-            p.data = p.data.float()
-        if config.gradient_checkpointing:
-            pipe.transformer.enable_gradient_checkpointing()
-        return NetworkParams(denoiser=denoiser, text_encoder=[], weight_dtype=weight_dtype)
+    def trains_text_encoder(self, config: TrainingConfig) -> bool:
+        return False  # no CLIP-L; T5 is always frozen (FluxModel.add_network does the rest)
 
     def _place_text_encoders(self, config: TrainingConfig, device: torch.device, dtype: torch.dtype) -> None:
         """T5-XXL alone, stored as the base weights are (it is always frozen)."""
@@ -169,11 +138,6 @@ class ChromaModel(FluxModel):
         base_quantization.quantize_frozen(t5, base_quantization.mode_of(config), dtype)
         base_quantization.place(t5, device, dtype)
 
-    def load_network_weights(self, path: Any, config: TrainingConfig) -> None:
-        raise TrainingSetupError(
-            "network_weights is not supported for Chroma runs yet",
-            details={"field": "config.network_weights"},
-        )
 
     def _release_text_encoders(self) -> None:
         self.pipeline.register_modules(text_encoder=None)

@@ -165,6 +165,7 @@ class FluxModel:
     """A loaded FLUX.1 base model for one run (worker/training/families/base.py)."""
 
     family = "flux1"
+    family_label = "FLUX.1"  # in messages
     v_parameterization = False
     lycoris = None
     timestep_defaults = FLUX_TIMESTEPS
@@ -228,10 +229,16 @@ class FluxModel:
             return_dict=False,
         )[0]
 
+    def trains_text_encoder(self, config: TrainingConfig) -> bool:
+        """Whether CLIP-L gets a LoRA (Chroma, which has none, says never)."""
+        return trains_clip(config)
+
     def add_network(self, config: TrainingConfig, seed: int, device: torch.device) -> NetworkParams:
         pipe = self.pipeline
-        for model in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-            model.requires_grad_(False)
+        encoders = (pipe.text_encoder, getattr(pipe, "text_encoder_2", None))  # Chroma: T5 alone
+        for model in (pipe.transformer, pipe.vae, *encoders):
+            if model is not None:
+                model.requires_grad_(False)
         torch.manual_seed(seed)  # the LoRA init draws from the global RNG
         targets = flux_names.flux_lora_target_paths(
             pipe.transformer,
@@ -253,7 +260,7 @@ class FluxModel:
         )
         denoiser = network.trainable_parameters(pipe.transformer)
         te_params: list[torch.nn.Parameter] = []
-        if trains_clip(config):
+        if self.trains_text_encoder(config):
             te_params = network.add_text_encoder_lora(
                 pipe.text_encoder, rank=config.network_dim, alpha=config.network_alpha, target="all_linear"
             )
@@ -283,10 +290,10 @@ class FluxModel:
         base_quantization.place(self.transformer, self.device, self.transformer.dtype)
 
     def load_network_weights(self, path: Path, config: TrainingConfig) -> None:
-        # sd-scripts' FLUX.1 files fuse q/k/v (flux_names); reading one back into PEFT's split layers is not
-        # written yet (the API refuses it at submission too)
+        # sd-scripts' FLUX.1 and Chroma files fuse q/k/v (flux_names); reading one back into PEFT's split
+        # layers is not written yet (the API refuses it at submission too)
         raise TrainingSetupError(
-            "network_weights is not supported for FLUX.1 runs yet",
+            f"network_weights is not supported for {self.family_label} runs yet",
             details={"field": "config.network_weights"},
         )
 
