@@ -24,6 +24,7 @@ from typing import Any
 
 from shared.config.buckets import make_bucket_resolutions
 from shared.config.spec import vae_batch_for
+from shared.model_families import traits
 from shared.vram.tables import (
     FAMILY_MEMORY,
     QUANTIZED_LINEARS,
@@ -124,6 +125,13 @@ def _count_blocks(selection: str | None, total: int) -> int:
     return len({i for i in chosen if 0 <= i < total})
 
 
+def caches_text(family: str) -> bool:
+    """The T5 families (FLUX.1, Chroma: worker/training/families/flux.py) cache their text encoders'
+    outputs, release the encoders, and only then put the transformer on the card."""
+    found = traits(family)
+    return found is not None and found.t5xxl
+
+
 def _largest_bucket(config: Any, buckets: list[Mapping[str, Any]]) -> tuple[int, int]:
     """(pixels, images) of the plan's largest bucket; without image sizes, the largest of Kohya's buckets
     for the resolution (their area never passes resolution^2)."""
@@ -156,12 +164,13 @@ def knobs_of(config: Any, plan: Mapping[str, Any], family: str) -> Knobs:
         or config.caption_dropout_every_n_epochs > 0
         or config.caption_tag_dropout_rate > 0
     )
-    if family == "flux1":  # CLIP-L gets a LoRA only when asked (families/flux.py trains_clip)
-        trains_te = config.network_train_unet_only is False and config.text_encoder_lr > 0
+    if caches_text(family):  # CLIP-L (FLUX.1's; Chroma has none) gets a LoRA only when asked (trains_clip)
+        has_clip = any(encoder.lora is not None for encoder in memory.text_encoders)
+        trains_te = has_clip and config.network_train_unet_only is False and config.text_encoder_lr > 0
     else:
         trains_te = config.trains_text_encoder
     tokens = memory.caption_tokens
-    if family == "flux1" and config.t5xxl_max_token_length:
+    if caches_text(family) and config.t5xxl_max_token_length:
         tokens = config.t5xxl_max_token_length
     elif config.max_token_length:  # 150 / 225: 2 / 3 windows of 75 (+2)
         tokens = 77 * (config.max_token_length // 75)
@@ -254,7 +263,7 @@ def _denoiser_weights(k: Knobs, memory: FamilyMemory) -> list[Part]:
     params = memory.denoiser
     total = _frozen_bytes(k, params, QUANTIZED_LINEARS.get(k.family))
     per_weight = total / params
-    phase = "training" if k.family == "flux1" else "both"
+    phase = "training" if caches_text(k.family) else "both"
     parts = []
     if k.blocks_to_swap:
         if memory.blocks is None:
@@ -272,9 +281,9 @@ def _denoiser_weights(k: Knobs, memory: FamilyMemory) -> list[Part]:
 
 def estimate(k: Knobs) -> Estimate:
     memory = FAMILY_MEMORY[k.family]  # type: ignore[index]
-    flux = k.family == "flux1"
+    flux = caches_text(k.family)
     parts = _denoiser_weights(k, memory)
-    # FLUX: the encoders leave once every caption is encoded, unless they encode each step (families/flux.py)
+    # FLUX.1, Chroma: the encoders leave once every caption is encoded, unless they encode each step
     encoders_stay = not flux or k.trains_text_encoder or k.captions_vary
     for encoder in memory.text_encoders:
         phase = "both" if encoders_stay else "caching"

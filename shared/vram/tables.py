@@ -138,9 +138,7 @@ FAMILY_MEMORY: dict[ModelFamily, FamilyMemory] = {
 }
 # Chroma1-HD (worker/training/base_configs/chroma1-hd): exact counts like the others; its activations are
 # FLUX.1's until bench/gpu_train.py's Chroma runs calibrate them (the same blocks and widths less the small
-# modulation Linears). Not in FAMILY_MEMORY yet: estimate.py's branches for a T5 family (T5 released after
-# caching, the job's t5xxl_max_token_length, CLIP-L's LoRA) test for "flux1" only, so the plan would count
-# T5 through training; add it there once they follow the family table.
+# modulation Linears).
 CHROMA_MEMORY = FamilyMemory(
     denoiser=8_899_983_424,
     vae=83_819_683,
@@ -156,6 +154,7 @@ CHROMA_MEMORY = FamilyMemory(
         "single": (38, 113_271_040, Targets(5, 52_224)),
     },
 )
+FAMILY_MEMORY["chroma"] = CHROMA_MEMORY
 # Images assumed in the largest bucket when the plan has no image sizes (the VAE encodes vae_batch_size of
 # them at once, shared.config.spec.vae_batch_for: up to 4)
 VAE_ENCODE_CHUNK = 4

@@ -23,7 +23,7 @@ def peak(family: str, **fields: Any) -> int:
     return vram_plan(TrainingConfig(base_model="m", **fields), PLAN, family)["peak_bytes"]
 
 
-@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl", "flux1"])
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl", "flux1", "chroma"])
 def test_the_parts_add_up_to_the_peak_of_the_two_phases(family: str):
     vram = vram_plan(TrainingConfig(base_model="m", resolution=1024), PLAN, family)
     sums = {
@@ -79,6 +79,18 @@ def test_flux_drops_its_text_encoders_after_caching_unless_clip_trains():
     # fewer blocks trained: 4 double blocks' LoRA, 14 modules of width 153,600 each block, rank 32, float32
     some = parts("flux1", train_double_block_indices="0-3", train_single_block_indices="none")
     assert some["LoRA parameters (float32)"] == 4 * 153_600 * 32 * 4
+
+
+def test_chroma_caches_t5_alone_before_its_transformer_reaches_the_card():
+    """Chroma (FluxModel's order): T5-XXL only while caching, the transformer only while training, no CLIP-L;
+    its job's T5 length sizes the cached text."""
+    config = TrainingConfig(base_model="m", resolution=1024, gradient_checkpointing=True)
+    phases = {p.name: p.phase for p in estimate(knobs_of(config, PLAN, "chroma")).parts}
+    assert phases["T5-XXL weights"] == "caching" and phases["denoiser weights"] == "training"
+    assert not any("CLIP" in name for name in phases)
+    short = parts("chroma", resolution=1024, t5xxl_max_token_length=256)["cached latents and text"]
+    assert parts("chroma", resolution=1024)["cached latents and text"] > short
+    assert peak("chroma", resolution=1024) < peak("flux1", resolution=1024)  # 8.9 B parameters, not 11.9 B
 
 
 def _applied(config: TrainingConfig, changes: tuple[tuple[str, Any], ...]) -> TrainingConfig:
