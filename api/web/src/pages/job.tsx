@@ -294,6 +294,11 @@ export function JobPage({ id }: { id: string }) {
             ? ` · expected to take ${formatDuration((job.plan as { estimate?: Estimate }).estimate?.seconds)}`
             : ""}
           {job.attempts > 1 ? ` · attempt ${job.attempts}` : ""}
+          {job.expired_at
+            ? ` · its files were deleted ${formatTime(job.expired_at)} (retention)`
+            : job.expires_at
+              ? ` · files kept until ${formatTime(job.expires_at)}`
+              : ""}
         </p>
         {job.error && <ErrorNote error={job.error} />}
         {job.dataset_id && (
